@@ -1,0 +1,177 @@
+//! Connectors: how the engine reads and writes records of connected systems.
+//!
+//! A [`Connector`] lists, gets, creates, updates and deletes records of the
+//! unified model and reports its health. The [`ConnectorRegistry`] maps
+//! connection names to connectors; the `sandbox` connection is always there.
+
+pub mod sandbox;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::unified::Entity;
+
+/// What to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListQuery {
+    /// Field equality filters (`status: approved`). A list value matches any of its elements.
+    pub filters: BTreeMap<String, Value>,
+    /// Only records changed after this instant.
+    pub modified_after: Option<DateTime<Utc>>,
+    /// Page size.
+    pub limit: Option<usize>,
+    /// Where the previous page ended (`next_cursor` of that page).
+    pub cursor: Option<String>,
+}
+
+/// One page of records.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page {
+    /// Unified records.
+    pub records: Vec<Value>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Kinds of connector failure, which decide whether a retry may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorErrorKind {
+    /// The record does not exist.
+    NotFound,
+    /// The request or record is invalid; retrying cannot help.
+    Validation,
+    /// The system asked us to slow down.
+    RateLimited,
+    /// A temporary failure (5xx, network); a retry may help.
+    Transient,
+    /// Credentials were refused.
+    AuthRequired,
+    /// Any other permanent failure.
+    Permanent,
+}
+
+/// A connector failure.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{connection}: {message}")]
+pub struct ConnectorError {
+    /// The connection that failed.
+    pub connection: String,
+    /// The kind of failure.
+    pub kind: ConnectorErrorKind,
+    /// What happened.
+    pub message: String,
+    /// How long the system asked us to wait.
+    pub retry_after: Option<Duration>,
+}
+
+impl ConnectorError {
+    /// A new error.
+    pub fn new(connection: &str, kind: ConnectorErrorKind, message: impl Into<String>) -> Self {
+        ConnectorError {
+            connection: connection.to_string(),
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Whether retrying may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ConnectorErrorKind::RateLimited | ConnectorErrorKind::Transient
+        )
+    }
+}
+
+/// The health of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    /// Working.
+    Online,
+    /// Working with errors.
+    Degraded,
+    /// Not reachable.
+    Offline,
+    /// Credentials refused.
+    AuthRequired,
+}
+
+/// A write operation, with the key that makes repeating it harmless.
+#[derive(Debug, Clone)]
+pub struct WriteRequest<'a> {
+    /// Entity written.
+    pub entity: Entity,
+    /// Record id for update and delete.
+    pub remote_id: Option<&'a str>,
+    /// Fields to write (create: the record; update: the changed fields).
+    pub data: &'a Value,
+    /// Same key, same effect: a retried or resumed write is deduplicated by it.
+    pub idempotency_key: &'a str,
+}
+
+/// A connected system.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// Lists records.
+    async fn list(&self, entity: Entity, query: &ListQuery) -> Result<Page, ConnectorError>;
+    /// Gets one record by remote id.
+    async fn get(&self, entity: Entity, remote_id: &str) -> Result<Value, ConnectorError>;
+    /// Creates a record and returns it.
+    async fn create(&self, req: WriteRequest<'_>) -> Result<Value, ConnectorError>;
+    /// Updates a record and returns it.
+    async fn update(&self, req: WriteRequest<'_>) -> Result<Value, ConnectorError>;
+    /// Deletes a record and returns it as it was, marked deleted.
+    async fn delete(&self, req: WriteRequest<'_>) -> Result<Value, ConnectorError>;
+    /// Current health.
+    async fn health(&self) -> ConnectionStatus;
+    /// Entities this connector serves.
+    fn entities(&self) -> Vec<Entity>;
+}
+
+/// Connection name → connector.
+#[derive(Clone)]
+pub struct ConnectorRegistry {
+    connections: BTreeMap<String, Arc<dyn Connector>>,
+}
+
+impl Default for ConnectorRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnectorRegistry {
+    /// A registry with the built-in `sandbox` connection.
+    pub fn new() -> Self {
+        let mut connections: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
+        connections.insert(
+            sandbox::CONNECTION.to_string(),
+            Arc::new(sandbox::SandboxConnector::new()),
+        );
+        ConnectorRegistry { connections }
+    }
+
+    /// Adds or replaces a connection.
+    pub fn insert(&mut self, name: &str, connector: Arc<dyn Connector>) {
+        self.connections.insert(name.to_string(), connector);
+    }
+
+    /// The connector of a connection.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Connector>> {
+        self.connections.get(name)
+    }
+
+    /// Names of all connections.
+    pub fn names(&self) -> Vec<String> {
+        self.connections.keys().cloned().collect()
+    }
+}

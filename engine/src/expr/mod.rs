@@ -1,0 +1,330 @@
+//! `${{ }}` expressions and templates, evaluated by minijinja.
+//!
+//! A string that is exactly one `${{ expr }}` yields a typed JSON value (a
+//! number stays a number, a list stays a list); a string with expressions
+//! inside text is rendered as a template and yields a string. Values with no
+//! `${{` are literals and cost nothing to evaluate. Expressions are compiled
+//! once, when a flow is compiled; undefined variables are errors (strict mode),
+//! so a typo fails loudly instead of producing `null`.
+
+pub mod jsonpath;
+pub mod secrets;
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use minijinja::syntax::SyntaxConfig;
+use minijinja::{Environment, Expression, UndefinedBehavior, Value as MjValue};
+use serde_json::Value;
+
+/// Opening delimiter of an expression.
+pub const OPEN: &str = "${{";
+/// Closing delimiter of an expression.
+pub const CLOSE: &str = "}}";
+
+static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    let syntax = SyntaxConfig::builder()
+        .variable_delimiters(OPEN, CLOSE)
+        .block_delimiters("${%", "%}")
+        .comment_delimiters("${#", "#}")
+        .build()
+        .expect("static delimiters are valid");
+    env.set_syntax(syntax);
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env
+});
+
+/// Names of functions every expression may call (minijinja globals).
+pub fn global_names() -> Vec<String> {
+    ENV.globals().map(|(n, _)| n.to_string()).collect()
+}
+
+/// An expression or template that failed to compile or evaluate.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message} in `{source_text}`")]
+pub struct ExprError {
+    /// The expression or template text as written.
+    pub source_text: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl ExprError {
+    fn new(source_text: &str, err: &minijinja::Error) -> Self {
+        let mut message = err.kind().to_string();
+        if let Some(detail) = err.detail() {
+            message = format!("{message}: {detail}");
+        }
+        ExprError {
+            source_text: source_text.to_string(),
+            message,
+        }
+    }
+}
+
+/// A JSON value whose strings may hold `${{ }}` expressions, compiled.
+#[derive(Debug)]
+pub enum Template {
+    /// No expressions anywhere: returned as is.
+    Literal(Value),
+    /// A whole-string expression: yields a typed value.
+    Expr {
+        /// The expression text without delimiters.
+        source: String,
+        /// The compiled expression.
+        expr: Expression<'static, 'static>,
+    },
+    /// Text with embedded expressions: yields a string.
+    Text(String),
+    /// An array with templates inside.
+    Array(Vec<Template>),
+    /// An object with templates inside.
+    Object(Vec<(String, Template)>),
+}
+
+/// Whether a JSON value contains any `${{`.
+fn has_expr(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains(OPEN),
+        Value::Array(a) => a.iter().any(has_expr),
+        Value::Object(o) => o.values().any(has_expr),
+        _ => false,
+    }
+}
+
+/// If `s` is exactly one `${{ ... }}`, its inner expression.
+fn whole_expression(s: &str) -> Option<&str> {
+    let t = s.trim();
+    let inner = t.strip_prefix(OPEN)?.strip_suffix(CLOSE)?;
+    if inner.contains(OPEN) || inner.contains(CLOSE) {
+        return None;
+    }
+    Some(inner.trim())
+}
+
+impl Template {
+    /// Compiles a JSON value.
+    pub fn compile(v: &Value) -> Result<Template, ExprError> {
+        if !has_expr(v) {
+            return Ok(Template::Literal(v.clone()));
+        }
+        match v {
+            Value::String(s) => Self::compile_str(s),
+            Value::Array(items) => Ok(Template::Array(
+                items.iter().map(Template::compile).collect::<Result<_, _>>()?,
+            )),
+            Value::Object(map) => Ok(Template::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), Template::compile(v)?)))
+                    .collect::<Result<_, ExprError>>()?,
+            )),
+            other => Ok(Template::Literal(other.clone())),
+        }
+    }
+
+    /// Compiles a string.
+    pub fn compile_str(s: &str) -> Result<Template, ExprError> {
+        if let Some(inner) = whole_expression(s) {
+            let expr = ENV
+                .compile_expression_owned(inner.to_string())
+                .map_err(|e| ExprError::new(s, &e))?;
+            return Ok(Template::Expr {
+                source: inner.to_string(),
+                expr,
+            });
+        }
+        if s.contains(OPEN) {
+            ENV.template_from_str(s).map_err(|e| ExprError::new(s, &e))?;
+            return Ok(Template::Text(s.to_string()));
+        }
+        Ok(Template::Literal(Value::String(s.to_string())))
+    }
+
+    /// Compiles a string that must be one whole expression, or a bare
+    /// expression without delimiters (as `if:` allows).
+    pub fn compile_condition(s: &str) -> Result<Template, ExprError> {
+        let inner = whole_expression(s).unwrap_or(s.trim());
+        let expr = ENV
+            .compile_expression_owned(inner.to_string())
+            .map_err(|e| ExprError::new(s, &e))?;
+        Ok(Template::Expr {
+            source: inner.to_string(),
+            expr,
+        })
+    }
+
+    /// Evaluates into JSON.
+    pub fn eval(&self, ctx: &MjValue) -> Result<Value, ExprError> {
+        match self {
+            Template::Literal(v) => Ok(v.clone()),
+            Template::Expr { source, expr } => {
+                let v = expr.eval(ctx).map_err(|e| ExprError::new(source, &e))?;
+                to_json(&v).map_err(|message| ExprError {
+                    source_text: source.clone(),
+                    message,
+                })
+            }
+            Template::Text(src) => {
+                let tmpl = ENV.template_from_str(src).map_err(|e| ExprError::new(src, &e))?;
+                tmpl.render(ctx)
+                    .map(Value::String)
+                    .map_err(|e| ExprError::new(src, &e))
+            }
+            Template::Array(items) => items
+                .iter()
+                .map(|t| t.eval(ctx))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            Template::Object(entries) => {
+                let mut map = serde_json::Map::with_capacity(entries.len());
+                for (k, t) in entries {
+                    map.insert(k.clone(), t.eval(ctx)?);
+                }
+                Ok(Value::Object(map))
+            }
+        }
+    }
+
+    /// Evaluates as a condition (minijinja truthiness).
+    pub fn eval_truthy(&self, ctx: &MjValue) -> Result<bool, ExprError> {
+        match self {
+            Template::Expr { source, expr } => expr
+                .eval(ctx)
+                .map(|v| v.is_true())
+                .map_err(|e| ExprError::new(source, &e)),
+            other => other.eval(ctx).map(|v| truthy(&v)),
+        }
+    }
+
+    /// Dotted variable paths this template reads, e.g. `steps.approved.output`.
+    pub fn references(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.collect_references(&mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn collect_references(&self, out: &mut Vec<String>) {
+        match self {
+            Template::Literal(_) => {}
+            Template::Expr { expr, .. } => out.extend(expr.undeclared_variables(true)),
+            Template::Text(src) => {
+                if let Ok(t) = ENV.template_from_str(src) {
+                    out.extend(t.undeclared_variables(true));
+                }
+            }
+            Template::Array(items) => items.iter().for_each(|t| t.collect_references(out)),
+            Template::Object(entries) => entries.iter().for_each(|(_, t)| t.collect_references(out)),
+        }
+    }
+
+    /// Whether evaluating this template can only return a constant.
+    pub fn is_literal(&self) -> bool {
+        matches!(self, Template::Literal(_))
+    }
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// Converts a minijinja value to JSON (undefined becomes `null`).
+pub fn to_json(v: &MjValue) -> Result<Value, String> {
+    if v.is_undefined() {
+        return Ok(Value::Null);
+    }
+    serde_json::to_value(v).map_err(|e| e.to_string())
+}
+
+/// Converts JSON to a minijinja value.
+pub fn from_json(v: &Value) -> MjValue {
+    MjValue::from(minijinja::value::Serde(v))
+}
+
+/// Everything an expression can see.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// `inputs`
+    pub inputs: MjValue,
+    /// `trigger`
+    pub trigger: MjValue,
+    /// `steps.<id>` → `{output, status, error}`
+    pub steps: BTreeMap<String, MjValue>,
+    /// `secrets.<NAME>`
+    pub secrets: MjValue,
+}
+
+impl Scope {
+    /// The context for an expression, with `item` and `index` inside `for_each`.
+    pub fn context(&self, item: Option<(&MjValue, usize)>) -> MjValue {
+        let mut map: BTreeMap<&str, MjValue> = BTreeMap::new();
+        map.insert("inputs", self.inputs.clone());
+        map.insert("trigger", self.trigger.clone());
+        map.insert("steps", MjValue::from_iter(self.steps.iter().map(|(k, v)| (k.clone(), v.clone()))));
+        map.insert("secrets", self.secrets.clone());
+        if let Some((item, index)) = item {
+            map.insert("item", item.clone());
+            map.insert("index", MjValue::from(index));
+        }
+        MjValue::from_iter(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx() -> MjValue {
+        from_json(&json!({"inputs": {"threshold": 10000, "name": "ACME"}, "steps": {"a": {"output": [1, 2, 3]}}}))
+    }
+
+    #[test]
+    fn whole_expression_yields_typed_value() {
+        let t = Template::compile(&json!("${{ inputs.threshold * 2 }}")).unwrap();
+        assert_eq!(t.eval(&ctx()).unwrap(), json!(20000));
+        let t = Template::compile(&json!("${{ steps.a.output }}")).unwrap();
+        assert_eq!(t.eval(&ctx()).unwrap(), json!([1, 2, 3]));
+    }
+
+    #[test]
+    fn embedded_expression_interpolates_text() {
+        let t = Template::compile(&json!("Vendor ${{ inputs.name }} over ${{ inputs.threshold }}")).unwrap();
+        assert_eq!(t.eval(&ctx()).unwrap(), json!("Vendor ACME over 10000"));
+    }
+
+    #[test]
+    fn nested_values_are_rendered_and_literals_kept() {
+        let t = Template::compile(&json!({"n": "${{ inputs.threshold }}", "fixed": [true, 1.5]})).unwrap();
+        assert_eq!(t.eval(&ctx()).unwrap(), json!({"n": 10000, "fixed": [true, 1.5]}));
+    }
+
+    #[test]
+    fn undefined_variable_is_an_error_naming_the_expression() {
+        let t = Template::compile(&json!("${{ inputs.nope + 1 }}")).unwrap();
+        let e = t.eval(&ctx()).unwrap_err();
+        assert_eq!(e.source_text, "inputs.nope + 1");
+        assert!(e.message.contains("undefined"), "{}", e.message);
+    }
+
+    #[test]
+    fn syntax_error_is_reported_at_compile_time() {
+        let e = Template::compile(&json!("${{ inputs.threshold > }}")).unwrap_err();
+        assert!(e.message.contains("syntax error"), "{}", e.message);
+    }
+
+    #[test]
+    fn references_name_dotted_paths() {
+        let t = Template::compile(&json!({"a": "${{ steps.a.output | length }}", "b": "x ${{ inputs.name }}"})).unwrap();
+        assert_eq!(t.references(), vec!["inputs.name".to_string(), "steps.a.output".to_string()]);
+    }
+}

@@ -1,0 +1,89 @@
+//! Secrets: read from `SLUICE_SECRET_<NAME>` variables, never stored or logged.
+//!
+//! Expressions see them as `secrets.<NAME>`. Every output, error and log line
+//! the engine stores or prints passes through [`Secrets::redact`], which
+//! replaces each secret value with `[REDACTED]`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// The prefix of environment variables that hold secrets.
+pub const ENV_PREFIX: &str = "SLUICE_SECRET_";
+/// What a secret value is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Named secret values.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    values: Arc<BTreeMap<String, String>>,
+}
+
+impl Secrets {
+    /// Reads every `SLUICE_SECRET_<NAME>` variable of this process.
+    pub fn from_env() -> Secrets {
+        Secrets::from_pairs(std::env::vars().filter_map(|(k, v)| {
+            k.strip_prefix(ENV_PREFIX).map(|name| (name.to_string(), v))
+        }))
+    }
+
+    /// Secrets from explicit pairs.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Secrets {
+        Secrets {
+            values: Arc::new(pairs.into_iter().collect()),
+        }
+    }
+
+    /// The secrets as an expression value.
+    pub fn to_value(&self) -> minijinja::Value {
+        minijinja::Value::from_iter(self.values.iter().map(|(k, v)| (k.clone(), v.clone())))
+    }
+
+    /// Whether there are no secrets (redaction is then free).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Text with every secret value replaced by `[REDACTED]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for v in self.values.values().filter(|v| v.len() >= 3) {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// A JSON value with every secret value inside strings (and keys) replaced.
+    pub fn redact_json(&self, value: &Value) -> Value {
+        if self.is_empty() {
+            return value.clone();
+        }
+        match value {
+            Value::String(s) => Value::String(self.redact(s)),
+            Value::Array(a) => Value::Array(a.iter().map(|v| self.redact_json(v)).collect()),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, v)| (self.redact(k), self.redact_json(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn redact_replaces_every_occurrence_in_nested_json() {
+        let s = Secrets::from_pairs([("API_KEY".to_string(), "s3cr3t-value".to_string())]);
+        let v = s.redact_json(&json!({"h": "Bearer s3cr3t-value", "l": ["s3cr3t-value", 1]}));
+        assert_eq!(v, json!({"h": "Bearer [REDACTED]", "l": ["[REDACTED]", 1]}));
+        assert_eq!(s.redact("error near s3cr3t-value"), "error near [REDACTED]");
+    }
+}

@@ -1,0 +1,579 @@
+//! Flows: the YAML format, validation with located diagnostics, and
+//! compilation into an executable DAG.
+//!
+//! [`compile`] runs every check before anything executes and reports every
+//! problem at once: YAML syntax, the document's shape against the format's
+//! JSON Schema (unknown keys with "did you mean", wrong types, missing keys),
+//! then meaning: duplicate step ids, `needs` naming a missing step, cycles,
+//! expressions that do not parse, references to steps that are not upstream,
+//! unknown connections, entities and fields of the unified model.
+
+pub mod check;
+pub mod diagnostic;
+pub mod model;
+pub mod shape;
+pub mod source;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::{Dfs, Reversed};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use diagnostic::{Diagnostic, FlowErrors};
+pub use model::*;
+
+use check::{Checker, RefScope};
+use diagnostic::did_you_mean;
+use source::{Loc, Node, NodeValue, Seg};
+
+use crate::expr::Template;
+use crate::path;
+use crate::steps::{self, CompiledKind};
+
+/// Engine events a flow can be triggered by.
+pub const EVENT_TYPES: &[&str] = &[
+    "sync.completed",
+    "sync.failed",
+    "record.created",
+    "record.updated",
+    "record.deleted",
+    "connection.auth_required",
+    "connection.status_changed",
+    "system.error",
+];
+
+/// A retry policy with durations resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySpec {
+    /// Total attempts including the first.
+    pub max_attempts: u32,
+    /// Delay growth.
+    pub backoff: Backoff,
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+    /// Full jitter.
+    pub jitter: bool,
+}
+
+impl RetrySpec {
+    /// No retries.
+    pub const NONE: RetrySpec = RetrySpec {
+        max_attempts: 1,
+        backoff: Backoff::Constant,
+        initial: Duration::ZERO,
+        max: Duration::ZERO,
+        jitter: false,
+    };
+
+    /// Delay before attempt `next` (2 for the first retry), before jitter.
+    pub fn base_delay(&self, next: u32) -> Duration {
+        let d = match self.backoff {
+            Backoff::Constant => self.initial,
+            Backoff::Exponential => self
+                .initial
+                .saturating_mul(2u32.saturating_pow(next.saturating_sub(2))),
+        };
+        d.min(self.max.max(self.initial))
+    }
+}
+
+/// One step ready to execute.
+#[derive(Debug)]
+pub struct CompiledStep {
+    /// Step id.
+    pub id: String,
+    /// Indexes of the steps it needs.
+    pub needs: Vec<usize>,
+    /// Indexes of the steps that need it.
+    pub dependents: Vec<usize>,
+    /// `if`
+    pub condition: Option<Template>,
+    /// `for_each`
+    pub for_each: Option<Template>,
+    /// Items in flight at once.
+    pub concurrency: usize,
+    /// Retries.
+    pub retry: RetrySpec,
+    /// Per-attempt time limit.
+    pub timeout: Option<Duration>,
+    /// What a failure does.
+    pub on_error: OnError,
+    /// The kind's compiled config.
+    pub kind: CompiledKind,
+}
+
+/// A validated flow, compiled into a DAG of steps.
+#[derive(Debug)]
+pub struct CompiledFlow {
+    /// The typed flow as written.
+    pub flow: Flow,
+    /// The file it came from (for messages).
+    pub file: String,
+    /// The YAML text.
+    pub source: String,
+    /// sha256 of the text, hex.
+    pub hash: String,
+    /// Steps, in the order written.
+    pub steps: Vec<CompiledStep>,
+    /// Indexes in a topological order.
+    pub topo_order: Vec<usize>,
+    /// `output:` template.
+    pub output: Option<Template>,
+    /// Steps nothing depends on.
+    pub sinks: Vec<usize>,
+}
+
+impl CompiledFlow {
+    /// The flow id.
+    pub fn id(&self) -> &str {
+        &self.flow.id
+    }
+
+    /// Index of a step by id.
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+}
+
+/// What validation needs to know about the world.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    /// Known connection names.
+    pub connections: Vec<String>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog {
+            connections: vec![crate::connectors::sandbox::CONNECTION.to_string()],
+        }
+    }
+}
+
+/// Reads and compiles a flow file.
+pub fn compile_file(path: &std::path::Path, catalog: &Catalog) -> Result<CompiledFlow, FlowErrors> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => compile(&file, &text, catalog),
+        Err(e) => Err(FlowErrors {
+            file: file.clone(),
+            source: String::new(),
+            diagnostics: vec![Diagnostic::at("io", Loc::default(), format!("cannot read {file}: {e}"))],
+        }),
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Prunes keys the shape check found unknown, so the rest can still be checked.
+fn to_json_pruned(node: &Node, unknown: &BTreeSet<(usize, usize)>) -> Value {
+    match &node.value {
+        NodeValue::Map(entries) => Value::Object(
+            entries
+                .iter()
+                .filter(|(k, _)| !unknown.contains(&(k.loc.line, k.loc.column)))
+                .map(|(k, v)| (k.name.clone(), to_json_pruned(v, unknown)))
+                .collect(),
+        ),
+        NodeValue::Seq(items) => Value::Array(items.iter().map(|i| to_json_pruned(i, unknown)).collect()),
+        _ => node.to_json(),
+    }
+}
+
+/// Validates and compiles flow text. `file` names it in diagnostics.
+pub fn compile(file: &str, text: &str, catalog: &Catalog) -> Result<CompiledFlow, FlowErrors> {
+    let fail = |diagnostics: Vec<Diagnostic>| FlowErrors {
+        file: file.to_string(),
+        source: text.to_string(),
+        diagnostics,
+    };
+    let root = match source::parse_yaml(text) {
+        Ok(n) => n,
+        Err((message, loc)) => {
+            return Err(fail(vec![
+                Diagnostic::at("yaml-syntax", loc.unwrap_or_default(), format!("invalid YAML: {message}"))
+                    .with_hint("check indentation, quoting and `:` after keys"),
+            ]));
+        }
+    };
+    if !matches!(root.value, NodeValue::Map(_)) {
+        return Err(fail(vec![Diagnostic::at(
+            "wrong-type",
+            root.loc,
+            format!("a flow is a mapping, found {}", root.type_name()),
+        )
+        .with_hint("start with `apiVersion: sluice/v1`")]));
+    }
+
+    let schema = json_schema();
+    let mut diags = Vec::new();
+    shape::check(&root, &schema, &schema, &mut diags);
+    let structural = diags.iter().any(|d| d.code != "unknown-key");
+    if structural {
+        diags.sort_by_key(|d| (d.line, d.column));
+        return Err(fail(diags));
+    }
+    let unknown: BTreeSet<(usize, usize)> = diags
+        .iter()
+        .filter_map(|d| Some((d.line?, d.column?)))
+        .collect();
+    let flow: Flow = match serde_json::from_value(to_json_pruned(&root, &unknown)) {
+        Ok(f) => f,
+        Err(e) => {
+            diags.push(Diagnostic::at("invalid-flow", root.loc, format!("the flow does not match the format: {e}")));
+            return Err(fail(diags));
+        }
+    };
+
+    let compiled = check_meaning(&flow, &root, catalog, &mut diags);
+    if !diags.is_empty() {
+        diags.sort_by_key(|d| (d.line.unwrap_or(0), d.column.unwrap_or(0)));
+        diags.dedup();
+        return Err(fail(diags));
+    }
+    let (steps, topo_order, output, sinks) = compiled.expect("no diagnostics means everything compiled");
+    Ok(CompiledFlow {
+        hash: hex::encode(Sha256::digest(text.as_bytes())),
+        flow,
+        file: file.to_string(),
+        source: text.to_string(),
+        steps,
+        topo_order,
+        output,
+        sinks,
+    })
+}
+
+type Compiled = (Vec<CompiledStep>, Vec<usize>, Option<Template>, Vec<usize>);
+
+fn check_meaning(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> Option<Compiled> {
+    let at = |p: &[Seg]| root.locate(p);
+    let at_key = |p: &[Seg]| root.locate_key(p);
+
+    if !is_slug(&flow.id) {
+        diags.push(Diagnostic::at("invalid-id", at(&path!["id"]), format!("invalid flow id `{}`", flow.id))
+            .with_hint("use letters, digits, `-` and `_`"));
+    }
+    for (name, spec) in &flow.inputs {
+        if !is_identifier(name) {
+            diags.push(Diagnostic::at("invalid-id", at_key(&path!["inputs", name.as_str()]), format!("invalid input name `{name}`"))
+                .with_hint("use letters, digits and `_`, starting with a letter"));
+        }
+        if let Some(d) = &spec.default
+            && !spec.kind.accepts(d)
+        {
+            diags.push(Diagnostic::at(
+                "wrong-type",
+                at(&path!["inputs", name.as_str(), "default"]),
+                format!("default of input `{name}` is not a {}", spec.kind.name()),
+            ));
+        }
+    }
+    check_triggers(flow, root, catalog, diags);
+
+    // Step ids and kinds.
+    let mut index_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, step) in flow.steps.iter().enumerate() {
+        if !is_identifier(&step.id) {
+            diags.push(Diagnostic::at("invalid-id", at(&path!["steps", i, "id"]), format!("invalid step id `{}`", step.id))
+                .with_hint("use letters, digits and `_` (expressions read it as `steps.<id>`)"));
+        }
+        if index_of.insert(step.id.as_str(), i).is_some() {
+            diags.push(Diagnostic::at("duplicate-step", at(&path!["steps", i, "id"]), format!("duplicate step id `{}`", step.id))
+                .with_hint("step ids must be unique within a flow"));
+        }
+        let kinds = step.kinds();
+        match kinds.len() {
+            0 => diags.push(Diagnostic::at("missing-kind", at(&path!["steps", i]), format!("step `{}` does nothing", step.id))
+                .with_hint(format!("add one of: {}", STEP_KINDS.join(", ")))),
+            1 => {}
+            _ => {
+                let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+                diags.push(Diagnostic::at("several-kinds", at_key(&path!["steps", i, names[1]]), format!("step `{}` has several kinds: {}", step.id, names.join(", ")))
+                    .with_hint("split it into one step per kind"));
+            }
+        }
+    }
+    // Needs.
+    let mut graph: DiGraph<usize, ()> = DiGraph::new();
+    let nodes: Vec<NodeIndex> = (0..flow.steps.len()).map(|i| graph.add_node(i)).collect();
+    for (i, step) in flow.steps.iter().enumerate() {
+        for (j, need) in step.needs.iter().enumerate() {
+            match index_of.get(need.as_str()) {
+                Some(&n) if n == i => diags.push(Diagnostic::at("cycle", at(&path!["steps", i, "needs", j]), format!("step `{need}` needs itself"))),
+                Some(&n) => {
+                    graph.update_edge(nodes[n], nodes[i], ());
+                }
+                None => {
+                    let hint = match did_you_mean(need, index_of.keys().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => "`needs` lists ids of steps in this flow".to_string(),
+                    };
+                    diags.push(Diagnostic::at("unknown-step", at(&path!["steps", i, "needs", j]), format!("`needs` names `{need}`, which is not a step of this flow")).with_hint(hint));
+                }
+            }
+        }
+    }
+    let mut cyclic = false;
+    for scc in tarjan_scc(&graph) {
+        if scc.len() > 1 {
+            cyclic = true;
+            let mut members: Vec<usize> = scc.iter().map(|n| graph[*n]).collect();
+            members.sort();
+            let names: Vec<&str> = members.iter().map(|i| flow.steps[*i].id.as_str()).collect();
+            let first = members[0];
+            diags.push(
+                Diagnostic::at("cycle", at_key(&path!["steps", first, "needs"]), format!("steps form a cycle: {} → {}", names.join(" → "), names[0]))
+                    .with_hint("remove one of these `needs` so the steps form a DAG"),
+            );
+        }
+    }
+    if cyclic {
+        return None;
+    }
+    let topo: Vec<usize> = petgraph::algo::toposort(&graph, None)
+        .map(|order| order.into_iter().map(|n| graph[n]).collect())
+        .unwrap_or_default();
+
+    let all_steps: BTreeSet<String> = flow.steps.iter().map(|s| s.id.clone()).collect();
+    let base_scope = RefScope {
+        inputs: flow.inputs.keys().cloned().collect(),
+        all_steps: all_steps.clone(),
+        connections: catalog.connections.clone(),
+        ..RefScope::default()
+    };
+    let mut steps = Vec::with_capacity(flow.steps.len());
+    let mut ok = true;
+    for (i, step) in flow.steps.iter().enumerate() {
+        let mut upstream = BTreeSet::new();
+        let reversed = Reversed(&graph);
+        let mut dfs = Dfs::new(reversed, nodes[i]);
+        while let Some(n) = dfs.next(reversed) {
+            if n != nodes[i] {
+                upstream.insert(flow.steps[graph[n]].id.clone());
+            }
+        }
+        let scope = RefScope {
+            upstream,
+            current: Some(step.id.clone()),
+            ..base_scope.clone()
+        };
+        match compile_step(flow, i, step, root, scope, &index_of, diags) {
+            Some(s) => steps.push(s),
+            None => ok = false,
+        }
+    }
+    let mut output = None;
+    if let Some(o) = &flow.output {
+        let scope = RefScope {
+            upstream: all_steps,
+            ..base_scope
+        };
+        let mut c = Checker::new(root, vec![], diags, scope);
+        output = c.template(&path!["output"], o);
+        ok &= output.is_some();
+    }
+    if !ok {
+        return None;
+    }
+    for i in 0..steps.len() {
+        let needs = steps[i].needs.clone();
+        for n in needs {
+            steps[n].dependents.push(i);
+        }
+    }
+    let sinks = (0..steps.len()).filter(|i| steps[*i].dependents.is_empty()).collect();
+    Some((steps, topo, output, sinks))
+}
+
+fn compile_step(
+    flow: &Flow,
+    i: usize,
+    step: &Step,
+    root: &Node,
+    scope: RefScope,
+    index_of: &BTreeMap<&str, usize>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<CompiledStep> {
+    let _ = flow;
+    let mut c = Checker::new(root, path!["steps", i], diags, scope);
+    let mut ok = true;
+    let for_each = match &step.for_each {
+        Some(v) => {
+            let t = c.template(&path!["for_each"], v);
+            ok &= t.is_some();
+            t
+        }
+        None => None,
+    };
+    c.scope.item = step.for_each.is_some();
+    if step.concurrency.is_some() && step.for_each.is_none() {
+        c.error_at_key(&path!["concurrency"], "concurrency-without-for-each", "`concurrency` applies only to steps with `for_each`")
+            .hint = Some("add `for_each:` or remove `concurrency`".into());
+        ok = false;
+    }
+    let condition = match &step.condition {
+        Some(text) => {
+            let t = c.condition(&path!["if"], text);
+            ok &= t.is_some();
+            t
+        }
+        None => None,
+    };
+    let timeout = match &step.timeout {
+        Some(t) => {
+            let d = c.duration(&path!["timeout"], t);
+            ok &= d.is_some();
+            d
+        }
+        None => None,
+    };
+    let retry = match &step.retry {
+        Some(r) => {
+            let initial = match &r.initial {
+                Some(t) => c.duration(&path!["retry", "initial"], t),
+                None => Some(Duration::from_secs(1)),
+            };
+            let max = match &r.max {
+                Some(t) => c.duration(&path!["retry", "max"], t),
+                None => Some(Duration::from_secs(60)),
+            };
+            match (initial, max) {
+                (Some(initial), Some(max)) => {
+                    if max < initial {
+                        c.error(&path!["retry", "max"], "invalid-retry", "`retry.max` is shorter than `retry.initial`");
+                        ok = false;
+                    }
+                    RetrySpec {
+                        max_attempts: r.max_attempts.max(1),
+                        backoff: r.backoff,
+                        initial,
+                        max,
+                        jitter: r.jitter,
+                    }
+                }
+                _ => {
+                    ok = false;
+                    RetrySpec::NONE
+                }
+            }
+        }
+        None => RetrySpec::NONE,
+    };
+    let kind = match step.kind() {
+        Some(StepKind::Read(s)) => steps::read::compile(s, &mut c).map(CompiledKind::Read),
+        Some(StepKind::Write(s)) => steps::write::compile(s, &mut c).map(CompiledKind::Write),
+        Some(StepKind::Select(s)) => steps::select::compile(s, &mut c).map(CompiledKind::Select),
+        Some(StepKind::Set(v)) => steps::set::compile(v, &mut c).map(CompiledKind::Set),
+        Some(StepKind::Wait(s)) => steps::wait::compile(s, &mut c).map(CompiledKind::Wait),
+        None => None,
+    };
+    if !ok {
+        return None;
+    }
+    Some(CompiledStep {
+        id: step.id.clone(),
+        needs: step.needs.iter().filter_map(|n| index_of.get(n.as_str()).copied()).collect(),
+        dependents: Vec::new(),
+        condition,
+        for_each,
+        concurrency: step.concurrency.unwrap_or(1).max(1) as usize,
+        retry,
+        timeout,
+        on_error: step.on_error,
+        kind: kind?,
+    })
+}
+
+fn check_triggers(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Diagnostic>) {
+    for (i, t) in flow.triggers.iter().enumerate() {
+        let here = |rel: &[Seg]| {
+            let mut p = path!["triggers", i];
+            p.extend_from_slice(rel);
+            root.locate(&p)
+        };
+        let kinds: Vec<&str> = [
+            t.schedule.as_ref().map(|_| "schedule"),
+            t.event.as_ref().map(|_| "event"),
+            t.webhook.as_ref().map(|_| "webhook"),
+            t.manual.as_ref().map(|_| "manual"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match kinds.len() {
+            0 => diags.push(Diagnostic::at("missing-kind", here(&[]), "trigger has no kind")
+                .with_hint("use one of: schedule, event, webhook, manual")),
+            1 => {}
+            _ => diags.push(Diagnostic::at("several-kinds", here(&[]), format!("trigger has several kinds: {}", kinds.join(", ")))
+                .with_hint("write one trigger per list item")),
+        }
+        if let Some(cron) = &t.schedule {
+            let parser = croner::parser::CronParser::builder()
+                .seconds(croner::parser::Seconds::Optional)
+                .build();
+            if let Err(e) = parser.parse(cron) {
+                diags.push(Diagnostic::at("invalid-cron", here(&path!["schedule"]), format!("invalid cron expression `{cron}`: {e}"))
+                    .with_hint("five fields (minute hour day month weekday) or six with seconds first, e.g. `*/15 * * * *`"));
+            }
+        }
+        if let Some(tz) = &t.timezone {
+            if t.schedule.is_none() {
+                diags.push(Diagnostic::at("misplaced-key", here(&path!["timezone"]), "`timezone` applies only to `schedule` triggers"));
+            } else if chrono_tz::Tz::from_str(tz).is_err() {
+                diags.push(Diagnostic::at("invalid-timezone", here(&path!["timezone"]), format!("unknown time zone `{tz}`"))
+                    .with_hint("use an IANA name such as `Europe/Berlin` or `America/Chicago`"));
+            }
+        }
+        if let Some(ev) = &t.event
+            && !EVENT_TYPES.contains(&ev.as_str())
+        {
+            let hint = match did_you_mean(ev, EVENT_TYPES.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("events: {}", EVENT_TYPES.join(", ")),
+            };
+            diags.push(Diagnostic::at("unknown-event", here(&path!["event"]), format!("unknown event `{ev}`")).with_hint(hint));
+        }
+        if t.event.is_none() {
+            for key in ["connection", "entity"] {
+                let present = if key == "connection" { t.connection.is_some() } else { t.entity.is_some() };
+                if present {
+                    diags.push(Diagnostic::at("misplaced-key", here(&path![key]), format!("`{key}` filters `event` triggers only")));
+                }
+            }
+        }
+        if let Some(c) = &t.connection
+            && !catalog.connections.contains(c)
+        {
+            diags.push(Diagnostic::at("unknown-connection", here(&path!["connection"]), format!("unknown connection `{c}`"))
+                .with_hint(format!("known connections: {}", catalog.connections.join(", "))));
+        }
+        if let Some(e) = &t.entity
+            && e.parse::<crate::unified::Entity>().is_err()
+        {
+            diags.push(Diagnostic::at("unknown-entity", here(&path!["entity"]), format!("unknown entity `{e}`")));
+        }
+        if let Some(w) = &t.webhook
+            && !w.path.split('/').all(is_slug)
+        {
+            diags.push(Diagnostic::at("invalid-path", here(&path!["webhook", "path"]), format!("invalid webhook path `{}`", w.path))
+                .with_hint("use letters, digits, `-`, `_` and `/` between segments"));
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The typed flow format (`apiVersion: sluice/v1`).
+//!
+//! These types are the single source of truth for the format: the parser
+//! deserializes into them, and `sluice schema` prints the JSON Schema that
+//! `schemars` derives from them, so the published schema cannot drift from
+//! what the parser accepts. Every struct rejects unknown keys.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::steps::{ReadStep, SelectStep, WaitStep, WriteStep};
+
+/// A flow: a DAG of steps started by triggers.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Sluice flow (sluice/v1)")]
+pub struct Flow {
+    /// Format version; must be `sluice/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: ApiVersion,
+    /// Unique flow id (letters, digits, `-` and `_`).
+    pub id: String,
+    /// What the flow is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Typed inputs, available as `inputs.<name>` in expressions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, InputSpec>,
+    /// How many runs of this flow may be active at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<FlowConcurrency>,
+    /// What starts the flow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
+    /// The steps; order does not matter, `needs` does.
+    pub steps: Vec<Step>,
+    /// The run's output, built from templates. Defaults to the outputs of the
+    /// steps nothing depends on, keyed by step id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+}
+
+/// The only format version so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ApiVersion {
+    /// Version 1.
+    #[serde(rename = "sluice/v1")]
+    V1,
+}
+
+/// The declared type of an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    /// A string.
+    String,
+    /// Any JSON number.
+    Number,
+    /// A whole number.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+    /// A JSON object.
+    Object,
+    /// A JSON array.
+    Array,
+}
+
+impl InputType {
+    /// Whether `value` has this type.
+    pub fn accepts(self, value: &Value) -> bool {
+        match self {
+            InputType::String => value.is_string(),
+            InputType::Number => value.is_number(),
+            InputType::Integer => value.is_i64() || value.is_u64(),
+            InputType::Boolean => value.is_boolean(),
+            InputType::Object => value.is_object(),
+            InputType::Array => value.is_array(),
+        }
+    }
+
+    /// The name used in the flow format.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputType::String => "string",
+            InputType::Number => "number",
+            InputType::Integer => "integer",
+            InputType::Boolean => "boolean",
+            InputType::Object => "object",
+            InputType::Array => "array",
+        }
+    }
+}
+
+/// One declared input.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// The input's type.
+    #[serde(rename = "type")]
+    pub kind: InputType,
+    /// Value used when the caller gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    /// A run without this input (and without a default) is refused.
+    #[serde(default)]
+    pub required: bool,
+    /// What the input means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Per-flow limit on active runs.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConcurrency {
+    /// Maximum number of runs of this flow running at once.
+    #[schemars(range(min = 1))]
+    pub limit: u32,
+    /// What to do with a run that would exceed the limit.
+    #[serde(default)]
+    pub on_limit: OnLimit,
+}
+
+/// What happens to a run that would exceed the flow's concurrency limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// Wait for a slot.
+    #[default]
+    Queue,
+    /// Do not run; the run ends `cancelled`.
+    Skip,
+    /// Cancel the oldest active run to make room.
+    CancelOldest,
+}
+
+/// A trigger: exactly one of `schedule`, `event`, `webhook`, `manual`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    /// Cron expression (5 or 6 fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// IANA time zone for `schedule` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Engine event type, e.g. `sync.completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Event filter: only events of this connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// Event filter: only events about this entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
+    /// Inbound webhook: `POST /v1/hooks/<path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookTrigger>,
+    /// Started by the API or the CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual: Option<ManualTrigger>,
+}
+
+/// An inbound webhook trigger.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTrigger {
+    /// Path under `/v1/hooks/`.
+    pub path: String,
+    /// Secret (`whsec_...`, usually `${{ secrets.NAME }}`) to check Standard Webhooks signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// A manual trigger (API or CLI).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManualTrigger {}
+
+/// What a failed step does to the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The run fails.
+    #[default]
+    Fail,
+    /// The error is recorded and dependents run.
+    Continue,
+}
+
+/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Unique step id (letters, digits, `_`), used as `steps.<id>` in expressions.
+    pub id: String,
+    /// What the step does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Steps that must finish first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Condition; when false the step (and its dependents) are skipped. With
+    /// `for_each`, evaluated per item and false items are left out.
+    #[serde(rename = "if", default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Run the step once per element of this array (an expression or a literal list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<Value>,
+    /// How many `for_each` items run at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub concurrency: Option<u32>,
+    /// Retry policy for failed attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Time limit per attempt, e.g. `30s`, `2m`, `500ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// `fail` (default) or `continue`.
+    #[serde(default)]
+    pub on_error: OnError,
+
+    /// Read records of an entity from a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadStep>,
+    /// Create, update or delete a record through a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<WriteStep>,
+    /// Select values with JSONPath (RFC 9535).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<SelectStep>,
+    /// Build a value from templates; the value is the step's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<Value>,
+    /// Pause for a duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitStep>,
+}
+
+/// Which kind a step is, borrowed from its [`Step`].
+#[derive(Debug, Clone, Copy)]
+pub enum StepKind<'a> {
+    /// `read`
+    Read(&'a ReadStep),
+    /// `write`
+    Write(&'a WriteStep),
+    /// `select`
+    Select(&'a SelectStep),
+    /// `set`
+    Set(&'a Value),
+    /// `wait`
+    Wait(&'a WaitStep),
+}
+
+impl StepKind<'_> {
+    /// The key naming this kind in YAML.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Read(_) => "read",
+            StepKind::Write(_) => "write",
+            StepKind::Select(_) => "select",
+            StepKind::Set(_) => "set",
+            StepKind::Wait(_) => "wait",
+        }
+    }
+
+    /// Whether running the step twice is harmless (no external effect), so its
+    /// start need not be recorded for at-least-once accounting.
+    pub fn is_pure(&self) -> bool {
+        matches!(self, StepKind::Select(_) | StepKind::Set(_))
+    }
+}
+
+impl Step {
+    /// All kinds present on this step (valid steps have exactly one).
+    pub fn kinds(&self) -> Vec<StepKind<'_>> {
+        let mut kinds = Vec::with_capacity(1);
+        if let Some(k) = &self.read {
+            kinds.push(StepKind::Read(k));
+        }
+        if let Some(k) = &self.write {
+            kinds.push(StepKind::Write(k));
+        }
+        if let Some(k) = &self.select {
+            kinds.push(StepKind::Select(k));
+        }
+        if let Some(k) = &self.set {
+            kinds.push(StepKind::Set(k));
+        }
+        if let Some(k) = &self.wait {
+            kinds.push(StepKind::Wait(k));
+        }
+        kinds
+    }
+
+    /// The step's kind. Validation guarantees exactly one.
+    pub fn kind(&self) -> Option<StepKind<'_>> {
+        self.kinds().into_iter().next()
+    }
+}
+
+/// Names of the step kinds, for hints.
+pub const STEP_KINDS: &[&str] = &["read", "write", "select", "set", "wait"];
+
+/// Retry policy of a step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Total attempts including the first (default 3).
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1))]
+    pub max_attempts: u32,
+    /// `constant` or `exponential` (default).
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// First delay, e.g. `1s` (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<String>,
+    /// Largest delay, e.g. `1m` (default `1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
+    /// Randomize each delay between 0 and its value ("full jitter"; default true).
+    #[serde(default = "default_true")]
+    pub jitter: bool,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How retry delays grow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backoff {
+    /// Every delay is `initial`.
+    Constant,
+    /// `initial`, doubled each attempt, capped at `max`.
+    #[default]
+    Exponential,
+}
+
+/// The JSON Schema of the flow format, as printed by `sluice schema`.
+pub fn json_schema() -> Value {
+    let schema = schemars::schema_for!(Flow);
+    serde_json::to_value(schema).expect("a schemars schema always serializes")
+}

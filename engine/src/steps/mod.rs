@@ -1,0 +1,147 @@
+//! Step kinds. Each module holds one kind's config (as written in YAML), its
+//! compile-time checks and its execution, side by side. Adding a kind means a
+//! new module here plus one field on [`crate::flow::Step`].
+
+pub mod read;
+pub mod select;
+pub mod set;
+pub mod wait;
+pub mod write;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub use read::ReadStep;
+pub use select::SelectStep;
+pub use wait::WaitStep;
+pub use write::WriteStep;
+
+use crate::connectors::{ConnectorError, ConnectorErrorKind, ConnectorRegistry};
+use crate::expr::ExprError;
+
+/// What went wrong in a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepErrorKind {
+    /// An expression failed at run time.
+    Expression,
+    /// Input or a record was invalid.
+    Validation,
+    /// The connected system failed.
+    Connector,
+    /// The attempt ran past its `timeout`.
+    Timeout,
+    /// The run was cancelled.
+    Cancelled,
+}
+
+/// A failed step attempt.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize)]
+#[error("{message}")]
+pub struct StepError {
+    /// Kind of failure.
+    pub kind: StepErrorKind,
+    /// Message naming what failed.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// Wait at least this long before retrying (from a 429 `Retry-After`).
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+impl StepError {
+    /// A non-retryable error.
+    pub fn new(kind: StepErrorKind, message: impl Into<String>) -> Self {
+        StepError {
+            kind,
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<ExprError> for StepError {
+    fn from(e: ExprError) -> Self {
+        StepError::new(
+            StepErrorKind::Expression,
+            format!("expression `{}` failed: {}", e.source_text, e.message),
+        )
+    }
+}
+
+impl From<ConnectorError> for StepError {
+    fn from(e: ConnectorError) -> Self {
+        let kind = if e.kind == ConnectorErrorKind::Validation {
+            StepErrorKind::Validation
+        } else {
+            StepErrorKind::Connector
+        };
+        StepError {
+            kind,
+            retryable: e.is_retryable(),
+            retry_after: e.retry_after,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What a step can reach while it runs.
+pub struct StepRuntime<'a> {
+    /// Connections.
+    pub connectors: &'a ConnectorRegistry,
+    /// Expression context (`inputs`, `steps`, `item`...).
+    pub ctx: &'a minijinja::Value,
+    /// Key identifying this step (and item) in this run; stable across retries and resumes.
+    pub idempotency_key: &'a str,
+}
+
+impl StepRuntime<'_> {
+    fn connector(
+        &self,
+        name: &str,
+    ) -> Result<&std::sync::Arc<dyn crate::connectors::Connector>, StepError> {
+        self.connectors.get(name).ok_or_else(|| {
+            StepError::new(
+                StepErrorKind::Validation,
+                format!("unknown connection `{name}`"),
+            )
+        })
+    }
+}
+
+/// A step kind compiled for execution.
+#[derive(Debug)]
+pub enum CompiledKind {
+    /// `read`
+    Read(read::CompiledRead),
+    /// `write`
+    Write(write::CompiledWrite),
+    /// `select`
+    Select(select::CompiledSelect),
+    /// `set`
+    Set(set::CompiledSet),
+    /// `wait`
+    Wait(wait::CompiledWait),
+}
+
+impl CompiledKind {
+    /// Runs one attempt.
+    pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
+        match self {
+            CompiledKind::Read(s) => s.execute(rt).await,
+            CompiledKind::Write(s) => s.execute(rt).await,
+            CompiledKind::Select(s) => s.execute(rt),
+            CompiledKind::Set(s) => s.execute(rt),
+            CompiledKind::Wait(s) => s.execute().await,
+        }
+    }
+
+    /// Whether the kind has no effect outside the run (safe to repeat unrecorded).
+    pub fn is_pure(&self) -> bool {
+        matches!(self, CompiledKind::Select(_) | CompiledKind::Set(_))
+    }
+}

@@ -1,0 +1,31 @@
+//! `set`: build a value from templates. The value is the step's output.
+//!
+//! ```yaml
+//! - id: alert
+//!   set: { po: "${{ item.number }}", total: "${{ item.total }}" }
+//! ```
+
+use serde_json::Value;
+
+use super::{StepError, StepRuntime};
+use crate::expr::Template;
+use crate::flow::check::Checker;
+
+/// A compiled `set` step.
+#[derive(Debug)]
+pub struct CompiledSet {
+    value: Template,
+}
+
+/// Compiles the value of `set:`.
+pub fn compile(value: &Value, c: &mut Checker<'_>) -> Option<CompiledSet> {
+    c.template(&crate::path!["set"], value)
+        .map(|value| CompiledSet { value })
+}
+
+impl CompiledSet {
+    /// Renders the value.
+    pub fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
+        Ok(self.value.eval(rt.ctx)?)
+    }
+}

@@ -1,0 +1,159 @@
+//! `write`: create, update or delete a record through a connection.
+//!
+//! ```yaml
+//! - id: tag
+//!   write:
+//!     connection: sandbox
+//!     entity: purchase_order
+//!     op: update
+//!     id: "${{ item.remote_id }}"
+//!     data: { custom_fields: { risk_score: "${{ item.risk }}" } }
+//! ```
+//! Every write carries the step's idempotency key, so a retried or resumed
+//! write is deduplicated by the connection. The output is the record as the
+//! system returned it. A record the unified model rejects fails the step with
+//! a validation error naming the field.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{StepError, StepErrorKind, StepRuntime};
+use crate::connectors::WriteRequest;
+use crate::expr::Template;
+use crate::flow::check::Checker;
+use crate::path;
+use crate::unified::Entity;
+
+/// The write operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteOp {
+    /// Create a record from `data`.
+    Create,
+    /// Change the fields in `data` of record `id`.
+    Update,
+    /// Delete record `id`.
+    Delete,
+}
+
+/// Config of a `write` step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteStep {
+    /// Connection name.
+    pub connection: String,
+    /// Entity written.
+    pub entity: String,
+    /// `create`, `update` or `delete`.
+    pub op: WriteOp,
+    /// Remote id of the record (update, delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Fields to write (create, update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// A compiled `write` step.
+#[derive(Debug)]
+pub struct CompiledWrite {
+    connection: String,
+    entity: Entity,
+    op: WriteOp,
+    id: Option<Template>,
+    data: Option<Template>,
+}
+
+/// Checks connection, entity, the fields of `data` and that `id`/`data` fit `op`.
+pub fn compile(step: &WriteStep, c: &mut Checker<'_>) -> Option<CompiledWrite> {
+    let connection_ok = c.connection(&path!["write", "connection"], &step.connection);
+    let entity = c.entity(&path!["write", "entity"], &step.entity);
+    let mut ok = connection_ok && entity.is_some();
+    match (step.op, &step.id, &step.data) {
+        (WriteOp::Create, Some(_), _) => {
+            c.error(&path!["write", "id"], "invalid-write", "`create` takes no `id`; the system assigns it")
+                .hint = Some("remove `id`, or use `op: update`".into());
+            ok = false;
+        }
+        (WriteOp::Create | WriteOp::Update, _, None) => {
+            c.error(&path!["write", "op"], "invalid-write", format!("`{}` needs `data`", op_name(step.op)))
+                .hint = Some("add `data:` with the fields to write".into());
+            ok = false;
+        }
+        (WriteOp::Update | WriteOp::Delete, None, _) => {
+            c.error(&path!["write", "op"], "invalid-write", format!("`{}` needs `id`", op_name(step.op)))
+                .hint = Some("add `id:` with the record's remote id".into());
+            ok = false;
+        }
+        (WriteOp::Delete, _, Some(_)) => {
+            c.error(&path!["write", "data"], "invalid-write", "`delete` takes no `data`");
+            ok = false;
+        }
+        _ => {}
+    }
+    if let (Some(e), Some(Value::Object(fields))) = (entity, &step.data) {
+        for k in fields.keys() {
+            c.entity_field(&path!["write", "data", k.as_str()], e, k);
+        }
+    }
+    let id = step
+        .id
+        .as_ref()
+        .and_then(|i| c.template(&path!["write", "id"], &Value::String(i.clone())));
+    let data = step.data.as_ref().and_then(|d| c.template(&path!["write", "data"], d));
+    if !ok || (step.id.is_some() && id.is_none()) || (step.data.is_some() && data.is_none()) {
+        return None;
+    }
+    Some(CompiledWrite {
+        connection: step.connection.clone(),
+        entity: entity?,
+        op: step.op,
+        id,
+        data,
+    })
+}
+
+fn op_name(op: WriteOp) -> &'static str {
+    match op {
+        WriteOp::Create => "create",
+        WriteOp::Update => "update",
+        WriteOp::Delete => "delete",
+    }
+}
+
+impl CompiledWrite {
+    /// Performs the write.
+    pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
+        let connector = rt.connector(&self.connection)?;
+        let id = match &self.id {
+            Some(t) => match t.eval(rt.ctx)? {
+                Value::String(s) if !s.is_empty() => Some(s),
+                Value::Number(n) => Some(n.to_string()),
+                other => {
+                    return Err(StepError::new(
+                        StepErrorKind::Validation,
+                        format!("write id must be a non-empty string, got {other}"),
+                    ));
+                }
+            },
+            None => None,
+        };
+        let data = match &self.data {
+            Some(t) => t.eval(rt.ctx)?,
+            None => Value::Null,
+        };
+        let req = WriteRequest {
+            entity: self.entity,
+            remote_id: id.as_deref(),
+            data: &data,
+            idempotency_key: rt.idempotency_key,
+        };
+        let record = match self.op {
+            WriteOp::Create => connector.create(req).await?,
+            WriteOp::Update => connector.update(req).await?,
+            WriteOp::Delete => connector.delete(req).await?,
+        };
+        Ok(record)
+    }
+}
