@@ -6,8 +6,11 @@
 //! on a [`store::Store`] (SQLite by default, PostgreSQL for scale-out); steps
 //! read and write records of the [`unified`] model through [`connectors`].
 
+pub mod cli;
 pub mod connectors;
 pub mod expr;
 pub mod flow;
+pub mod run;
 pub mod steps;
+pub mod store;
 pub mod unified;

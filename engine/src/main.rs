@@ -1,1 +1,6 @@
-fn main(){}
+//! The `sluice` binary; see [`sluice::cli`].
+
+#[tokio::main]
+async fn main() {
+    std::process::exit(sluice::cli::main().await);
+}

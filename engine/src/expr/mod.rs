@@ -269,13 +269,13 @@ impl Scope {
         let mut map: BTreeMap<&str, MjValue> = BTreeMap::new();
         map.insert("inputs", self.inputs.clone());
         map.insert("trigger", self.trigger.clone());
-        map.insert("steps", MjValue::from_iter(self.steps.iter().map(|(k, v)| (k.clone(), v.clone()))));
+        map.insert("steps", MjValue::from(self.steps.clone()));
         map.insert("secrets", self.secrets.clone());
         if let Some((item, index)) = item {
             map.insert("item", item.clone());
             map.insert("index", MjValue::from(index));
         }
-        MjValue::from_iter(map)
+        MjValue::from(map)
     }
 }
 

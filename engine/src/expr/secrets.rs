@@ -37,7 +37,7 @@ impl Secrets {
 
     /// The secrets as an expression value.
     pub fn to_value(&self) -> minijinja::Value {
-        minijinja::Value::from_iter(self.values.iter().map(|(k, v)| (k.clone(), v.clone())))
+        minijinja::Value::from((*self.values).clone())
     }
 
     /// Whether there are no secrets (redaction is then free).

@@ -1,0 +1,414 @@
+//! The `sluice` command line.
+//!
+//! Exit codes: 0 success, 1 the flow (or a command) failed, 2 an invalid flow
+//! or invalid usage. Every command that touches the store takes `--db URL`
+//! (`sqlite://PATH` or `postgres://...`; default `sqlite://sluice.db`, or the
+//! `SLUICE_DB` variable).
+
+mod graph;
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value, json};
+
+use crate::connectors::ConnectorRegistry;
+use crate::expr::secrets::Secrets;
+use crate::flow::{self, CompiledFlow, FlowErrors, InputType, diagnostic};
+use crate::run::{Engine, RunError, RunOutcome};
+use crate::store::{DEFAULT_URL, RunFilter, RunStatus, Store, StoreError};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the flow or command failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: invalid flow or usage.
+pub const EXIT_INVALID: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "Workflow automation for ERP, CMMS and WMS integrations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DbArgs {
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, env = "SLUICE_DB", default_value = DEFAULT_URL)]
+    db: String,
+    /// How long a run stays claimed by this process without renewal (e.g. 30s).
+    #[arg(long, env = "SLUICE_RUN_LEASE", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
+    lease: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a flow file and print its output.
+    Run {
+        /// The flow file.
+        file: PathBuf,
+        /// An input, as NAME=VALUE (VALUE is JSON, or text for string inputs). Repeatable.
+        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// Print only the run's result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Validate flow files (or directories of them); exit 2 on any problem.
+    Validate {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print diagnostics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of the flow format.
+    Schema,
+    /// Draw a flow's DAG (Mermaid; --dot for Graphviz).
+    Graph {
+        /// The flow file.
+        file: PathBuf,
+        /// Graphviz DOT instead of Mermaid.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Inspect and resume runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only runs with this status (queued, running, succeeded, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show a run with its steps and attempts.
+    Show {
+        /// Run id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Resume a run: an interrupted one after its lease expired, or a failed
+    /// one from the failed step. Without an id, resume every interrupted run.
+    Resume {
+        /// Run id.
+        id: Option<String>,
+        /// Print only the result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Cancel a queued or running run.
+    Cancel {
+        /// Run id.
+        id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// Parses arguments, runs the command, returns the exit code.
+pub async fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_INVALID } else { EXIT_OK };
+        }
+    };
+    init_tracing();
+    match dispatch(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            let secrets = Secrets::from_env();
+            eprintln!("error: {}", secrets.redact(&e.message));
+            e.code
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// A command failure with its exit code.
+struct CliError {
+    message: String,
+    code: i32,
+}
+
+impl CliError {
+    fn failed(message: impl Into<String>) -> Self {
+        CliError { message: message.into(), code: EXIT_FAILED }
+    }
+    fn invalid(message: impl Into<String>) -> Self {
+        CliError { message: message.into(), code: EXIT_INVALID }
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnsupportedUrl(_) => CliError::invalid(e.to_string()),
+            other => CliError::failed(other.to_string()),
+        }
+    }
+}
+
+impl From<RunError> for CliError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Inputs(_) | RunError::NotFound(_) | RunError::AlreadyFinished(..) => CliError::invalid(e.to_string()),
+            other => CliError::failed(other.to_string()),
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<i32, CliError> {
+    match cmd {
+        Command::Run { file, inputs, json, db } => run(&file, &inputs, json, &db).await,
+        Command::Validate { paths, json } => Ok(validate(&paths, json)),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&flow::json_schema()).expect("schema serializes"));
+            Ok(EXIT_OK)
+        }
+        Command::Graph { file, dot } => {
+            let flow = compile_or_report(&file, &flow::Catalog::default())?;
+            print!("{}", if dot { graph::dot(&flow) } else { graph::mermaid(&flow) });
+            Ok(EXIT_OK)
+        }
+        Command::Runs { command } => runs(command).await,
+    }
+}
+
+async fn engine(db: &DbArgs) -> Result<Engine, CliError> {
+    let store = Store::connect(&db.db).await?;
+    Ok(Engine::new(store, ConnectorRegistry::new(), Secrets::from_env()).with_lease(db.lease))
+}
+
+fn compile_or_report(file: &Path, catalog: &flow::Catalog) -> Result<CompiledFlow, CliError> {
+    flow::compile_file(file, catalog).map_err(|e| {
+        eprint!("{}", render_errors(&e));
+        CliError::invalid(format!("{}: {} problem(s); the flow was not run", e.file, e.diagnostics.len()))
+    })
+}
+
+fn render_errors(e: &FlowErrors) -> String {
+    diagnostic::render(&e.file, &e.source, &e.diagnostics, std::io::stderr().is_terminal())
+}
+
+/// Parses `NAME=VALUE` inputs, reading VALUE per the declared type.
+fn parse_inputs(flow: &CompiledFlow, raw: &[String]) -> Result<Map<String, Value>, CliError> {
+    let mut out = Map::new();
+    for pair in raw {
+        let (name, text) = pair
+            .split_once('=')
+            .ok_or_else(|| CliError::invalid(format!("--input `{pair}` is not NAME=VALUE")))?;
+        let declared = flow.flow.inputs.get(name).map(|s| s.kind);
+        let value = match declared {
+            Some(InputType::String) => Value::String(text.to_string()),
+            _ => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string())),
+        };
+        out.insert(name.to_string(), value);
+    }
+    Ok(out)
+}
+
+async fn run(file: &Path, raw_inputs: &[String], json_out: bool, db: &DbArgs) -> Result<i32, CliError> {
+    let engine = engine(db).await?;
+    let flow = Arc::new(compile_or_report(file, &engine.catalog())?);
+    let inputs = parse_inputs(&flow, raw_inputs)?;
+    let (events, display) = if json_out { (None, None) } else { progress::start(&flow) };
+    let outcome = engine.run(flow, &inputs, json!({"type": "manual", "source": "cli"}), events).await;
+    if let Some(d) = display {
+        let _ = d.await;
+    }
+    report(&outcome?, json_out)
+}
+
+fn report(outcome: &RunOutcome, json_out: bool) -> Result<i32, CliError> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(outcome).expect("outcome serializes"));
+    } else {
+        match outcome.status {
+            RunStatus::Succeeded => {
+                eprintln!("run {} succeeded", outcome.run_id);
+                println!("{}", serde_json::to_string_pretty(&outcome.output).expect("JSON serializes"));
+            }
+            status => {
+                let message = outcome.error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("no error recorded");
+                eprintln!("run {} {}: {message}", outcome.run_id, status.as_str());
+            }
+        }
+    }
+    Ok(if outcome.status == RunStatus::Succeeded { EXIT_OK } else { EXIT_FAILED })
+}
+
+fn collect_flow_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    files
+}
+
+fn validate(paths: &[PathBuf], json_out: bool) -> i32 {
+    let catalog = flow::Catalog::default();
+    let mut failed = 0;
+    let mut report = Vec::new();
+    for file in collect_flow_files(paths) {
+        match flow::compile_file(&file, &catalog) {
+            Ok(f) => {
+                if !json_out {
+                    eprintln!("ok: {} ({}: {} steps)", file.display(), f.id(), f.steps.len());
+                }
+                report.push(json!({"file": file.display().to_string(), "ok": true, "diagnostics": []}));
+            }
+            Err(e) => {
+                failed += 1;
+                if !json_out {
+                    eprint!("{}", render_errors(&e));
+                }
+                report.push(json!({"file": e.file, "ok": false, "diagnostics": e.diagnostics}));
+            }
+        }
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report).expect("JSON serializes"));
+    } else if failed > 0 {
+        eprintln!("{failed} file(s) with problems");
+    }
+    if failed > 0 { EXIT_INVALID } else { EXIT_OK }
+}
+
+async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
+    match cmd {
+        RunsCommand::List { flow, status, limit, json, db } => {
+            let store = Store::connect(&db.db).await?;
+            let status = status.map(|s| s.parse::<RunStatus>()).transpose().map_err(CliError::invalid)?;
+            let runs = store.list_runs(&RunFilter { flow_id: flow, status, limit }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs).expect("JSON serializes"));
+            } else {
+                println!("{:<36}  {:<24}  {:<9}  {:<24}  DURATION", "RUN", "FLOW", "STATUS", "CREATED");
+                for r in runs {
+                    let created = chrono::DateTime::from_timestamp_millis(r.created_at).map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+                    let duration = r.finished_at.zip(r.started_at).map(|(f, s)| format!("{} ms", f - s)).unwrap_or_else(|| "-".into());
+                    println!("{:<36}  {:<24}  {:<9}  {:<24}  {duration}", r.id, r.flow_id, r.status.as_str(), created);
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        RunsCommand::Show { id, json, db } => {
+            let store = Store::connect(&db.db).await?;
+            let run = store.get_run(&id).await?.ok_or_else(|| CliError::invalid(format!("no run with id `{id}`")))?;
+            let steps = store.steps(&id).await?;
+            let attempts = store.attempts(&id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({"run": run, "steps": steps, "attempts": attempts})).expect("JSON serializes"));
+            } else {
+                println!("run {}  flow {}@{}  {}", run.id, run.flow_id, run.flow_revision, run.status.as_str());
+                println!("inputs: {}", run.inputs);
+                for s in &steps {
+                    let took = s.finished_at.zip(s.started_at).map(|(f, st)| format!("{} ms", f - st)).unwrap_or_default();
+                    let err = s.error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("");
+                    println!("  {:<24} {:<9} attempts={} {took} {err}", s.step_id, s.status.as_str(), s.attempts);
+                }
+                if let Some(o) = &run.output {
+                    println!("output: {}", serde_json::to_string_pretty(o).expect("JSON serializes"));
+                }
+                if let Some(e) = &run.error {
+                    println!("error: {e}");
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        RunsCommand::Resume { id, json, db } => {
+            let engine = engine(&db).await?;
+            match id {
+                Some(id) => {
+                    let outcome = engine.resume(&id, None).await?;
+                    report(&outcome, json)
+                }
+                None => {
+                    let results = engine.resume_orphaned(None).await?;
+                    let mut code = EXIT_OK;
+                    if results.is_empty() {
+                        eprintln!("no interrupted runs to resume");
+                    }
+                    for r in results {
+                        match r {
+                            Ok(o) => {
+                                if report(&o, json)? != EXIT_OK {
+                                    code = EXIT_FAILED;
+                                }
+                            }
+                            Err(e) => {
+                                eprintln!("error: {e}");
+                                code = EXIT_FAILED;
+                            }
+                        }
+                    }
+                    Ok(code)
+                }
+            }
+        }
+        RunsCommand::Cancel { id, db } => {
+            let engine = engine(&db).await?;
+            if engine.cancel(&id).await? {
+                eprintln!("cancellation of run {id} requested");
+                Ok(EXIT_OK)
+            } else {
+                Err(CliError::invalid(format!("run `{id}` is not queued or running")))
+            }
+        }
+    }
+}

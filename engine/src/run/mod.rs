@@ -1,0 +1,694 @@
+//! The executor: runs a compiled flow durably on a [`Store`].
+//!
+//! Ready steps run concurrently as tokio tasks; each step's result is stored
+//! before any step that needs it starts. A step whose `if` is false is
+//! skipped, and so are the steps that need it. `for_each` runs items with
+//! bounded concurrency and keeps outputs in item order. Failed attempts are
+//! retried with backoff and jitter; each attempt has the step's `timeout`.
+//!
+//! Durability: a run is leased by the process executing it and the lease is
+//! renewed while it runs. If the process dies, the lease expires and
+//! [`Engine::resume`] (or [`Engine::resume_orphaned`]) continues the run:
+//! completed steps are not run again; a step that was in flight runs again
+//! with the same idempotency key (`run:step[:item]`), so connectors can
+//! deduplicate. Starts of steps with external effects are logged in the
+//! store's attempt log, which is how executions can be counted.
+
+pub mod retry;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::task::JoinSet;
+use tracing::{Instrument, info_span};
+
+use crate::connectors::ConnectorRegistry;
+use crate::expr::secrets::Secrets;
+use crate::expr::{Scope, from_json};
+use crate::flow::{self, Catalog, CompiledFlow, CompiledStep, FlowErrors, OnError, OnLimit};
+use crate::steps::{StepError, StepErrorKind, StepRuntime};
+use crate::store::{NewRun, RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError, now_ms};
+
+/// Default lease of a run: how long a dead process keeps others from resuming it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// Progress of a run, for live display.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The run was claimed and starts executing.
+    Started {
+        /// Run id.
+        run_id: String,
+        /// Steps already done (resumed run).
+        already_done: usize,
+        /// Total steps.
+        total: usize,
+    },
+    /// A step attempt started.
+    StepStarted {
+        /// Step id.
+        step_id: String,
+    },
+    /// A step finished.
+    StepFinished {
+        /// Step id.
+        step_id: String,
+        /// Final status.
+        status: StepStatus,
+        /// Wall time.
+        elapsed_ms: u64,
+        /// Attempts made.
+        attempts: i64,
+        /// Error message, if failed.
+        error: Option<String>,
+    },
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    /// Run id.
+    pub run_id: String,
+    /// Flow id.
+    pub flow_id: String,
+    /// Final status.
+    pub status: RunStatus,
+    /// Output (secrets redacted), when succeeded.
+    pub output: Option<Value>,
+    /// Error `{step, kind, message}` (secrets redacted), when not succeeded.
+    pub error: Option<Value>,
+}
+
+/// Why a run could not be started or resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Inputs do not match the flow's declaration.
+    #[error("invalid inputs: {0}")]
+    Inputs(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such run.
+    #[error("no run with id `{0}`")]
+    NotFound(String),
+    /// Another process holds the run's lease.
+    #[error("run `{run_id}` is held by process {owner} until its lease expires in {remaining_ms} ms; try again then")]
+    Held {
+        /// Run id.
+        run_id: String,
+        /// Lease owner.
+        owner: String,
+        /// Milliseconds left.
+        remaining_ms: i64,
+    },
+    /// The run already ended.
+    #[error("run `{0}` already {1}; only failed or interrupted runs can be resumed")]
+    AlreadyFinished(String, &'static str),
+    /// The stored flow revision is missing or no longer compiles.
+    #[error("flow of run `{run_id}`: {message}")]
+    Flow {
+        /// Run id.
+        run_id: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+struct CancelSignal {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl CancelSignal {
+    fn new() -> Self {
+        CancelSignal {
+            flag: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+    fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+}
+
+struct Inner {
+    store: Store,
+    connectors: ConnectorRegistry,
+    secrets: Secrets,
+    owner: String,
+    lease: Duration,
+    admission: Mutex<()>,
+    active: std::sync::Mutex<HashMap<String, Arc<CancelSignal>>>,
+}
+
+/// Runs flows durably. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+type Events = Option<mpsc::UnboundedSender<RunEvent>>;
+
+fn emit(events: &Events, e: RunEvent) {
+    if let Some(tx) = events {
+        let _ = tx.send(e);
+    }
+}
+
+impl Engine {
+    /// An engine over a store and connections, with secrets for expressions.
+    pub fn new(store: Store, connectors: ConnectorRegistry, secrets: Secrets) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                connectors,
+                secrets,
+                owner: uuid::Uuid::now_v7().to_string(),
+                lease: DEFAULT_LEASE,
+                admission: Mutex::new(()),
+                active: std::sync::Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Sets the run lease (before any run starts).
+    pub fn with_lease(self, lease: Duration) -> Engine {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| panic!("with_lease is called before the engine is shared"));
+        Engine {
+            inner: Arc::new(Inner { lease, ..inner }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The secrets (for redacting what callers print).
+    pub fn secrets(&self) -> &Secrets {
+        &self.inner.secrets
+    }
+
+    /// What validation needs to know (connection names).
+    pub fn catalog(&self) -> Catalog {
+        Catalog {
+            connections: self.inner.connectors.names(),
+        }
+    }
+
+    /// Applies defaults and checks given inputs against the declaration.
+    pub fn resolve_inputs(flow: &CompiledFlow, given: &Map<String, Value>) -> Result<Value, RunError> {
+        let mut problems = Vec::new();
+        let mut out = Map::new();
+        for name in given.keys() {
+            if !flow.flow.inputs.contains_key(name) {
+                let declared: Vec<&str> = flow.flow.inputs.keys().map(String::as_str).collect();
+                problems.push(format!("unknown input `{name}` (declared: {})", if declared.is_empty() { "none".to_string() } else { declared.join(", ") }));
+            }
+        }
+        for (name, spec) in &flow.flow.inputs {
+            match given.get(name).or(spec.default.as_ref()) {
+                Some(v) if spec.kind.accepts(v) => {
+                    out.insert(name.clone(), v.clone());
+                }
+                Some(v) => problems.push(format!("input `{name}` must be {}, got {v}", spec.kind.name())),
+                None if spec.required => problems.push(format!("missing required input `{name}` ({})", spec.kind.name())),
+                None => {
+                    out.insert(name.clone(), Value::Null);
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(Value::Object(out))
+        } else {
+            Err(RunError::Inputs(problems.join("; ")))
+        }
+    }
+
+    /// Stores the flow (as a new revision if changed), starts a run with
+    /// `inputs` and executes it to the end.
+    pub async fn run(&self, flow: Arc<CompiledFlow>, inputs: &Map<String, Value>, trigger: Value, events: Events) -> Result<RunOutcome, RunError> {
+        let inputs = Self::resolve_inputs(&flow, inputs)?;
+        let revision = self.inner.store.save_flow(flow.id(), &flow.source, &flow.hash).await?;
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let limited = flow.flow.concurrency.is_some();
+        self.inner
+            .store
+            .create_run(NewRun {
+                id: &run_id,
+                flow_id: flow.id(),
+                flow_revision: revision,
+                inputs: &inputs,
+                trigger: &trigger,
+                lease: (!limited).then_some((self.inner.owner.as_str(), self.inner.lease)),
+            })
+            .await?;
+        if limited && !self.admit(&flow, &run_id).await? {
+            return self.outcome(&run_id).await;
+        }
+        let record = self.inner.store.get_run(&run_id).await?.ok_or_else(|| RunError::NotFound(run_id.clone()))?;
+        self.execute(flow, record, events).await
+    }
+
+    /// Waits for a slot under the flow's concurrency limit and claims the run.
+    /// Returns false when the run was skipped.
+    async fn admit(&self, flow: &CompiledFlow, run_id: &str) -> Result<bool, RunError> {
+        let Some(limit) = &flow.flow.concurrency else {
+            return Ok(true);
+        };
+        loop {
+            {
+                let _guard = self.inner.admission.lock().await;
+                let active = self.inner.store.active_runs(flow.id()).await?;
+                if active.len() < limit.limit as usize {
+                    if self.inner.store.claim_run(run_id, &self.inner.owner, self.inner.lease, false).await? {
+                        return Ok(true);
+                    }
+                    return Err(RunError::Held { run_id: run_id.to_string(), owner: "another process".into(), remaining_ms: 0 });
+                }
+                match limit.on_limit {
+                    OnLimit::Skip => {
+                        let error = json!({"kind": "concurrency_limit", "message": format!("skipped: flow `{}` already has {} active run(s), its concurrency limit", flow.id(), active.len())});
+                        self.inner.store.finish_run(run_id, RunStatus::Cancelled, None, Some(&error)).await?;
+                        return Ok(false);
+                    }
+                    OnLimit::CancelOldest => {
+                        if let Some(oldest) = active.first() {
+                            self.cancel(oldest).await?;
+                        }
+                    }
+                    OnLimit::Queue => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Asks a run to stop. Returns false if it was not queued or running.
+    pub async fn cancel(&self, run_id: &str) -> Result<bool, RunError> {
+        let requested = self.inner.store.request_cancel(run_id).await?;
+        let signal = self.inner.active.lock().expect("cancel map lock").get(run_id).cloned();
+        if let Some(s) = signal {
+            s.cancel();
+        }
+        Ok(requested)
+    }
+
+    /// Continues a run that was interrupted (its process died and its lease
+    /// expired) or that failed (from the failed step on).
+    pub async fn resume(&self, run_id: &str, events: Events) -> Result<RunOutcome, RunError> {
+        let run = self.inner.store.get_run(run_id).await?.ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
+        match run.status {
+            RunStatus::Succeeded | RunStatus::Cancelled => {
+                return Err(RunError::AlreadyFinished(run_id.to_string(), run.status.as_str()));
+            }
+            RunStatus::Failed => self.inner.store.reset_unfinished_steps(run_id).await?,
+            RunStatus::Queued | RunStatus::Running => {}
+        }
+        let revision = self
+            .inner
+            .store
+            .flow_revision(&run.flow_id, run.flow_revision)
+            .await?
+            .ok_or_else(|| RunError::Flow { run_id: run_id.to_string(), message: format!("revision {} of flow `{}` is not in the store", run.flow_revision, run.flow_id) })?;
+        let compiled = flow::compile(&format!("{}@{}", run.flow_id, run.flow_revision), &revision.source, &self.catalog())
+            .map_err(|e: FlowErrors| RunError::Flow { run_id: run_id.to_string(), message: e.to_string() })?;
+        let claimed = self.inner.store.claim_run(run_id, &self.inner.owner, self.inner.lease, run.status == RunStatus::Failed).await?;
+        if !claimed {
+            return Err(RunError::Held {
+                run_id: run_id.to_string(),
+                owner: run.lease_owner.unwrap_or_default(),
+                remaining_ms: run.lease_expires_at.map(|t| t - now_ms()).unwrap_or(0),
+            });
+        }
+        let record = self.inner.store.get_run(run_id).await?.ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
+        self.execute(Arc::new(compiled), record, events).await
+    }
+
+    /// Resumes every run whose process died (lease expired).
+    pub async fn resume_orphaned(&self, events: Events) -> Result<Vec<Result<RunOutcome, RunError>>, RunError> {
+        let ids = self.inner.store.orphaned_runs().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.resume(&id, events.clone()).await);
+        }
+        Ok(out)
+    }
+
+    async fn outcome(&self, run_id: &str) -> Result<RunOutcome, RunError> {
+        let r = self.inner.store.get_run(run_id).await?.ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
+        Ok(RunOutcome { run_id: r.id, flow_id: r.flow_id, status: r.status, output: r.output, error: r.error })
+    }
+
+    /// Executes a claimed run to its end.
+    async fn execute(&self, flow: Arc<CompiledFlow>, run: RunRecord, events: Events) -> Result<RunOutcome, RunError> {
+        let span = info_span!("run", run_id = %run.id, flow_id = %flow.id());
+        self.execute_inner(flow, run, events).instrument(span).await
+    }
+
+    async fn execute_inner(&self, flow: Arc<CompiledFlow>, run: RunRecord, events: Events) -> Result<RunOutcome, RunError> {
+        let inner = &self.inner;
+        let run_id = run.id.clone();
+        let cancel = Arc::new(CancelSignal::new());
+        inner.active.lock().expect("cancel map lock").insert(run_id.clone(), cancel.clone());
+        let lost = Arc::new(AtomicBool::new(false));
+        let keeper = tokio::spawn(keep_lease(inner.store.clone(), run_id.clone(), inner.owner.clone(), inner.lease, cancel.clone(), lost.clone()));
+        let result = self.drive(&flow, &run, &cancel, &events).await;
+        keeper.abort();
+        inner.active.lock().expect("cancel map lock").remove(&run_id);
+        let (status, output, error) = result?;
+        if lost.load(Ordering::SeqCst) {
+            return Err(RunError::Held { run_id, owner: "another process".into(), remaining_ms: 0 });
+        }
+        let output = output.map(|o| inner.secrets.redact_json(&o));
+        let error = error.map(|e| inner.secrets.redact_json(&e));
+        inner.store.finish_run(&run_id, status, output.as_ref(), error.as_ref()).await?;
+        match status {
+            RunStatus::Succeeded => tracing::info!("run succeeded"),
+            _ => tracing::warn!(status = status.as_str(), error = %error.as_ref().map(|e| e.to_string()).unwrap_or_default(), "run did not succeed"),
+        }
+        Ok(RunOutcome { run_id, flow_id: flow.id().to_string(), status, output, error })
+    }
+
+    /// The scheduling loop. Returns the run's final status, output and error.
+    async fn drive(&self, flow: &Arc<CompiledFlow>, run: &RunRecord, cancel: &Arc<CancelSignal>, events: &Events) -> Result<(RunStatus, Option<Value>, Option<Value>), RunError> {
+        let inner = &self.inner;
+        let n = flow.steps.len();
+        let mut status: Vec<Option<StepStatus>> = vec![None; n];
+        let mut scope = Scope {
+            inputs: from_json(&run.inputs),
+            trigger: from_json(&run.trigger),
+            steps: BTreeMap::new(),
+            secrets: inner.secrets.to_value(),
+        };
+        let mut outputs: Vec<Value> = vec![Value::Null; n];
+        for rec in inner.store.steps(&run.id).await? {
+            let Some(i) = flow.step_index(&rec.step_id) else { continue };
+            if matches!(rec.status, StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed) {
+                status[i] = Some(rec.status);
+                outputs[i] = rec.output.clone().unwrap_or(Value::Null);
+                scope.steps.insert(rec.step_id.clone(), step_value(&rec));
+            }
+        }
+        emit(events, RunEvent::Started { run_id: run.id.clone(), already_done: status.iter().filter(|s| s.is_some()).count(), total: n });
+
+        let mut running = vec![false; n];
+        let mut tasks: JoinSet<(usize, StepRecord, Option<Value>)> = JoinSet::new();
+        let mut failure: Option<Value> = None;
+        let mut cancelled = false;
+        loop {
+            if failure.is_none() && !cancelled {
+                for &i in &flow.topo_order {
+                    if status[i].is_some() || running[i] {
+                        continue;
+                    }
+                    let step = &flow.steps[i];
+                    if !step.needs.iter().all(|&d| status[d].is_some()) {
+                        continue;
+                    }
+                    if let Some(&d) = step.needs.iter().find(|&&d| status[d] == Some(StepStatus::Skipped)) {
+                        let rec = StepRecord {
+                            step_id: step.id.clone(),
+                            status: StepStatus::Skipped,
+                            attempts: 0,
+                            output: None,
+                            error: Some(json!({"kind": "skipped", "message": format!("skipped because `{}` was skipped", flow.steps[d].id)})),
+                            started_at: None,
+                            finished_at: Some(now_ms()),
+                        };
+                        inner.store.save_step(&run.id, &rec).await?;
+                        emit(events, RunEvent::StepFinished { step_id: step.id.clone(), status: StepStatus::Skipped, elapsed_ms: 0, attempts: 0, error: None });
+                        scope.steps.insert(step.id.clone(), step_value(&rec));
+                        status[i] = Some(StepStatus::Skipped);
+                        continue;
+                    }
+                    running[i] = true;
+                    emit(events, RunEvent::StepStarted { step_id: step.id.clone() });
+                    let task = StepTask { inner: inner.clone(), flow: flow.clone(), index: i, run_id: run.id.clone(), scope: scope.clone() };
+                    let span = info_span!("step", run_id = %run.id, flow_id = %flow.id(), step_id = %step.id);
+                    tasks.spawn(task.run().instrument(span));
+                }
+            }
+            if tasks.is_empty() {
+                // Skips above may have made more steps ready.
+                if failure.is_none() && !cancelled && status.iter().enumerate().any(|(i, s)| s.is_none() && flow.steps[i].needs.iter().all(|&d| status[d].is_some())) {
+                    continue;
+                }
+                break;
+            }
+            let joined = tokio::select! {
+                j = tasks.join_next() => j,
+                _ = cancel.notify.notified(), if !cancelled => {
+                    cancelled = true;
+                    tasks.abort_all();
+                    continue;
+                }
+            };
+            let Some(joined) = joined else { break };
+            let (i, rec, raw_output) = match joined {
+                Ok(r) => r,
+                Err(e) if e.is_cancelled() => continue,
+                Err(e) => return Err(RunError::Flow { run_id: run.id.clone(), message: format!("step task crashed: {e}") }),
+            };
+            running[i] = false;
+            let stored = StepRecord {
+                output: rec.output.as_ref().map(|o| inner.secrets.redact_json(o)),
+                error: rec.error.as_ref().map(|e| inner.secrets.redact_json(e)),
+                ..rec.clone()
+            };
+            inner.store.save_step(&run.id, &stored).await?;
+            let step = &flow.steps[i];
+            emit(events, RunEvent::StepFinished {
+                step_id: step.id.clone(),
+                status: rec.status,
+                elapsed_ms: rec.finished_at.zip(rec.started_at).map(|(f, s)| (f - s).max(0) as u64).unwrap_or(0),
+                attempts: rec.attempts,
+                error: stored.error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_string),
+            });
+            if rec.status == StepStatus::Failed {
+                tracing::warn!(step_id = %step.id, error = %stored.error.as_ref().map(|e| e.to_string()).unwrap_or_default(), "step failed");
+            }
+            let mut value_rec = rec.clone();
+            value_rec.output = raw_output.clone();
+            scope.steps.insert(step.id.clone(), step_value(&value_rec));
+            outputs[i] = raw_output.unwrap_or(Value::Null);
+            status[i] = Some(rec.status);
+            if rec.status == StepStatus::Failed && step.on_error == OnError::Fail && failure.is_none() {
+                let mut err = stored.error.clone().unwrap_or_else(|| json!({}));
+                if let Some(o) = err.as_object_mut() {
+                    o.insert("step".into(), json!(step.id));
+                }
+                failure = Some(err);
+            }
+            if cancel.flag.load(Ordering::SeqCst) && !cancelled {
+                cancelled = true;
+                tasks.abort_all();
+            }
+        }
+        if cancelled || cancel.flag.load(Ordering::SeqCst) {
+            return Ok((RunStatus::Cancelled, None, Some(json!({"kind": "cancelled", "message": "the run was cancelled"}))));
+        }
+        if let Some(err) = failure {
+            return Ok((RunStatus::Failed, None, Some(err)));
+        }
+        let output = match &flow.output {
+            Some(t) => match t.eval(&scope.context(None)) {
+                Ok(v) => v,
+                Err(e) => {
+                    let e = StepError::from(e);
+                    return Ok((RunStatus::Failed, None, Some(json!({"step": "output", "kind": e.kind, "message": format!("flow output: {}", e.message)}))));
+                }
+            },
+            None => {
+                let sinks = &flow.sinks;
+                if sinks.len() == 1 {
+                    outputs[sinks[0]].clone()
+                } else {
+                    Value::Object(sinks.iter().map(|&i| (flow.steps[i].id.clone(), outputs[i].clone())).collect())
+                }
+            }
+        };
+        Ok((RunStatus::Succeeded, Some(output), None))
+    }
+}
+
+/// `steps.<id>` as expressions see it.
+fn step_value(rec: &StepRecord) -> minijinja::Value {
+    from_json(&json!({
+        "output": rec.output,
+        "status": rec.status.as_str(),
+        "error": rec.error.as_ref().and_then(|e| e.get("message")).cloned(),
+    }))
+}
+
+async fn keep_lease(store: Store, run_id: String, owner: String, lease: Duration, cancel: Arc<CancelSignal>, lost: Arc<AtomicBool>) {
+    let period = (lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        match store.renew_lease(&run_id, &owner, lease).await {
+            Ok(Some(true)) => cancel.cancel(),
+            Ok(Some(false)) => {}
+            Ok(None) => {
+                tracing::error!(run_id = %run_id, "lost the run's lease; another process took it over");
+                lost.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(run_id = %run_id, error = %e, "could not renew lease"),
+        }
+    }
+}
+
+/// One step of one run, executed as its own task.
+struct StepTask {
+    inner: Arc<Inner>,
+    flow: Arc<CompiledFlow>,
+    index: usize,
+    run_id: String,
+    scope: Scope,
+}
+
+impl StepTask {
+    async fn run(self) -> (usize, StepRecord, Option<Value>) {
+        let step = &self.flow.steps[self.index];
+        let started = now_ms();
+        let t0 = Instant::now();
+        let (status, output, error, attempts) = match &step.for_each {
+            Some(list) => self.run_for_each(step, list).await,
+            None => {
+                let ctx = self.scope.context(None);
+                let key = format!("{}:{}", self.run_id, step.id);
+                match step.condition.as_ref().map(|c| c.eval_truthy(&ctx)) {
+                    Some(Ok(false)) => (StepStatus::Skipped, None, Some(json!({"kind": "skipped", "message": "condition `if` was false"})), 0),
+                    Some(Err(e)) => (StepStatus::Failed, None, Some(error_json(step, &StepError::from(e), 1)), 1),
+                    _ => match self.attempts(step, &ctx, &key).await {
+                        (Ok(v), n) => (StepStatus::Succeeded, Some(v), None, n),
+                        (Err(e), n) => (StepStatus::Failed, None, Some(error_json(step, &e, n)), n),
+                    },
+                }
+            }
+        };
+        let _ = t0;
+        let rec = StepRecord {
+            step_id: step.id.clone(),
+            status,
+            attempts: i64::from(attempts),
+            output: output.clone(),
+            error,
+            started_at: Some(started),
+            finished_at: Some(now_ms()),
+        };
+        (self.index, rec, output)
+    }
+
+    async fn run_for_each(&self, step: &CompiledStep, list: &crate::expr::Template) -> (StepStatus, Option<Value>, Option<Value>, u32) {
+        let base = self.scope.context(None);
+        let items = match list.eval(&base) {
+            Ok(Value::Array(items)) => items,
+            Ok(other) => {
+                let e = StepError::new(StepErrorKind::Expression, format!("`for_each` must give a list, got {}", type_name(&other)));
+                return (StepStatus::Failed, None, Some(error_json(step, &e, 1)), 1);
+            }
+            Err(e) => return (StepStatus::Failed, None, Some(error_json(step, &StepError::from(e), 1)), 1),
+        };
+        let results: Vec<(usize, Result<Option<Value>, StepError>, u32)> = futures::stream::iter(items.into_iter().enumerate())
+            .map(|(index, item)| async move {
+                let item = from_json(&item);
+                let ctx = self.scope.context(Some((&item, index)));
+                match step.condition.as_ref().map(|c| c.eval_truthy(&ctx)) {
+                    Some(Ok(false)) => (index, Ok(None), 0),
+                    Some(Err(e)) => (index, Err(StepError::from(e)), 1),
+                    _ => {
+                        let key = format!("{}:{}:{}", self.run_id, step.id, index);
+                        let (r, n) = self.attempts(step, &ctx, &key).await;
+                        (index, r.map(Some), n)
+                    }
+                }
+            })
+            .buffered(step.concurrency)
+            .collect()
+            .await;
+        let attempts = results.iter().map(|r| r.2).max().unwrap_or(0);
+        let mut out = Vec::with_capacity(results.len());
+        for (index, r, n) in results {
+            match r {
+                Ok(Some(v)) => out.push(v),
+                Ok(None) => {}
+                Err(e) => {
+                    let e = StepError { message: format!("item {index}: {}", e.message), ..e };
+                    return (StepStatus::Failed, None, Some(error_json(step, &e, n)), attempts);
+                }
+            }
+        }
+        (StepStatus::Succeeded, Some(Value::Array(out)), None, attempts)
+    }
+
+    /// Runs attempts until one succeeds, the error is not retryable, or the
+    /// policy is exhausted. Returns the result and the number of attempts.
+    async fn attempts(&self, step: &CompiledStep, ctx: &minijinja::Value, key: &str) -> (Result<Value, StepError>, u32) {
+        let max = step.retry.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            if !step.kind.is_pure()
+                && let Err(e) = self.inner.store.record_attempt(&self.run_id, &step.id, key, attempt).await
+            {
+                return (Err(StepError::new(StepErrorKind::Connector, format!("could not log the attempt: {e}"))), attempt);
+            }
+            let rt = StepRuntime { connectors: &self.inner.connectors, ctx, idempotency_key: key };
+            let fut = step.kind.execute(&rt);
+            let result = match step.timeout {
+                Some(limit) => match tokio::time::timeout(limit, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StepError {
+                        kind: StepErrorKind::Timeout,
+                        message: format!("timed out after {}", humantime::format_duration(limit)),
+                        retryable: true,
+                        retry_after: None,
+                    }),
+                },
+                None => fut.await,
+            };
+            match result {
+                Ok(v) => return (Ok(v), attempt),
+                Err(e) if e.retryable && attempt < max => {
+                    let delay = retry::delay(&step.retry, attempt + 1, e.retry_after);
+                    tracing::info!(step_id = %step.id, attempt, delay_ms = delay.as_millis() as u64, error = %self.inner.secrets.redact(&e.message), "retrying step");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    let e = if attempt > 1 { StepError { message: format!("{} (gave up after {attempt} attempts)", e.message), ..e } } else { e };
+                    return (Err(e), attempt);
+                }
+            }
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn error_json(step: &CompiledStep, e: &StepError, attempts: u32) -> Value {
+    json!({
+        "kind": e.kind,
+        "message": format!("step `{}`: {}", step.id, e.message),
+        "attempts": attempts,
+    })
+}

@@ -1,0 +1,632 @@
+//! Durable state: flows with revisions, runs, step results and the attempt
+//! log, on SQLite (embedded default: one file, WAL) or PostgreSQL (many
+//! processes sharing one database).
+//!
+//! One code path serves both backends through sqlx's `Any` driver: the SQL is
+//! portable (`$1` parameters, `BIGINT` times in milliseconds, JSON as text)
+//! and one set of migrations creates the same tables on both.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+/// The default database: a SQLite file in the working directory.
+pub const DEFAULT_URL: &str = "sqlite://sluice.db";
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL's scheme is neither `sqlite` nor `postgres`.
+    #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    /// The database could not be reached or opened.
+    #[error("cannot open database {url}: {source}")]
+    Connect {
+        /// The URL, without password.
+        url: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    /// Stored JSON did not parse.
+    #[error("corrupt stored JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Status of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Waiting to start.
+    Queued,
+    /// Executing.
+    Running,
+    /// Every step succeeded or was skipped.
+    Succeeded,
+    /// A step failed.
+    Failed,
+    /// Cancelled (by a user or a concurrency limit).
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the run is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled)
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "queued" => RunStatus::Queued,
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            other => return Err(format!("unknown run status `{other}`")),
+        })
+    }
+}
+
+/// Status of a step in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    /// Not started.
+    Pending,
+    /// Executing.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed after its attempts.
+    Failed,
+    /// Skipped by `if`, or because a step it needs was skipped.
+    Skipped,
+}
+
+impl StepStatus {
+    /// Name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+}
+
+impl FromStr for StepStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "pending" => StepStatus::Pending,
+            "running" => StepStatus::Running,
+            "succeeded" => StepStatus::Succeeded,
+            "failed" => StepStatus::Failed,
+            "skipped" => StepStatus::Skipped,
+            other => return Err(format!("unknown step status `{other}`")),
+        })
+    }
+}
+
+/// A stored flow revision.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRevision {
+    /// Flow id.
+    pub id: String,
+    /// 1, 2, 3... per flow id.
+    pub revision: i64,
+    /// sha256 of the source.
+    pub hash: String,
+    /// YAML text.
+    pub source: String,
+    /// When stored (ms).
+    pub created_at: i64,
+}
+
+/// A stored run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Run id (UUID v7).
+    pub id: String,
+    /// Flow id.
+    pub flow_id: String,
+    /// Flow revision run.
+    pub flow_revision: i64,
+    /// Status.
+    pub status: RunStatus,
+    /// Inputs after defaults.
+    pub inputs: Value,
+    /// Trigger data.
+    pub trigger: Value,
+    /// Output, when succeeded.
+    pub output: Option<Value>,
+    /// Error, when failed or cancelled.
+    pub error: Option<Value>,
+    /// Created (ms).
+    pub created_at: i64,
+    /// Started (ms).
+    pub started_at: Option<i64>,
+    /// Finished (ms).
+    pub finished_at: Option<i64>,
+    /// Process holding the run.
+    pub lease_owner: Option<String>,
+    /// Lease end (ms).
+    pub lease_expires_at: Option<i64>,
+    /// How many times the run was resumed.
+    pub resumes: i64,
+}
+
+/// A stored step result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    /// Step id.
+    pub step_id: String,
+    /// Status.
+    pub status: StepStatus,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Output (secrets redacted).
+    pub output: Option<Value>,
+    /// Error `{kind, message}` (secrets redacted).
+    pub error: Option<Value>,
+    /// Started (ms).
+    pub started_at: Option<i64>,
+    /// Finished (ms).
+    pub finished_at: Option<i64>,
+}
+
+/// One logged attempt of a step with external effects.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    /// Step id.
+    pub step_id: String,
+    /// Idempotency key (`run:step` or `run:step:item`).
+    pub idempotency_key: String,
+    /// Attempt number within this execution.
+    pub attempt: i64,
+    /// Started (ms).
+    pub started_at: i64,
+}
+
+/// A new run to insert.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    /// Run id.
+    pub id: &'a str,
+    /// Flow id.
+    pub flow_id: &'a str,
+    /// Flow revision.
+    pub flow_revision: i64,
+    /// Inputs after defaults.
+    pub inputs: &'a Value,
+    /// Trigger data.
+    pub trigger: &'a Value,
+    /// Claim it at once for this owner (skips a separate claim).
+    pub lease: Option<(&'a str, Duration)>,
+}
+
+/// Filters for listing runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this flow.
+    pub flow_id: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// At most this many (newest first).
+    pub limit: i64,
+}
+
+/// The durable store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn json_text(v: &Value) -> String {
+    v.to_string()
+}
+
+fn parse_json(s: Option<String>) -> Result<Option<Value>, StoreError> {
+    s.map(|t| serde_json::from_str(&t)).transpose().map_err(StoreError::from)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, conn_url, max) = if let Some(path) = url.strip_prefix("sqlite://") {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let with_mode = if path.contains("mode=") { url.to_string() } else { format!("{url}{sep}mode=rwc") };
+            (Backend::Sqlite, with_mode, 4)
+        } else if url.starts_with("sqlite:") {
+            (Backend::Sqlite, url.to_string(), 4)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string(), 8)
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let mut options = AnyPoolOptions::new().max_connections(max);
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&conn_url).await.map_err(|source| StoreError::Connect {
+            url: redact_password(url),
+            source,
+        })?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Stores a flow's source as a new revision, unless the latest revision
+    /// has the same hash. Returns the revision number.
+    pub async fn save_flow(&self, id: &str, source: &str, hash: &str) -> Result<i64, StoreError> {
+        let latest = sqlx::query("SELECT revision, hash FROM flows WHERE id = $1 ORDER BY revision DESC LIMIT 1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let next = match latest {
+            Some(row) => {
+                let rev: i64 = row.try_get(0)?;
+                let h: String = row.try_get(1)?;
+                if h == hash {
+                    return Ok(rev);
+                }
+                rev + 1
+            }
+            None => 1,
+        };
+        let inserted = sqlx::query("INSERT INTO flows (id, revision, hash, source, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id, revision) DO NOTHING")
+            .bind(id)
+            .bind(next)
+            .bind(hash)
+            .bind(source)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        if inserted.rows_affected() == 0 {
+            // Another process stored a revision at the same moment; store ours after it.
+            return Box::pin(self.save_flow(id, source, hash)).await;
+        }
+        Ok(next)
+    }
+
+    /// One revision of a flow.
+    pub async fn flow_revision(&self, id: &str, revision: i64) -> Result<Option<FlowRevision>, StoreError> {
+        let row = sqlx::query("SELECT id, revision, hash, source, created_at FROM flows WHERE id = $1 AND revision = $2")
+            .bind(id)
+            .bind(revision)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| flow_from_row(&r)).transpose()
+    }
+
+    /// Every revision of a flow, oldest first.
+    pub async fn flow_revisions(&self, id: &str) -> Result<Vec<FlowRevision>, StoreError> {
+        let rows = sqlx::query("SELECT id, revision, hash, source, created_at FROM flows WHERE id = $1 ORDER BY revision")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(flow_from_row).collect()
+    }
+
+    /// Inserts a run: `running` and leased when `lease` is given, else `queued`.
+    pub async fn create_run(&self, run: NewRun<'_>) -> Result<(), StoreError> {
+        let now = now_ms();
+        let (status, owner, expires, started) = match run.lease {
+            Some((owner, lease)) => ("running", Some(owner.to_string()), Some(now + ms(lease)), Some(now)),
+            None => ("queued", None, None, None),
+        };
+        sqlx::query("INSERT INTO runs (id, flow_id, flow_revision, status, inputs, trigger_data, created_at, started_at, lease_owner, lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            .bind(run.id)
+            .bind(run.flow_id)
+            .bind(run.flow_revision)
+            .bind(status)
+            .bind(json_text(run.inputs))
+            .bind(json_text(run.trigger))
+            .bind(now)
+            .bind(started)
+            .bind(owner)
+            .bind(expires)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the lease of a run that is queued, running under an expired
+    /// lease, or (with `reopen`) failed. Returns false when another process holds it.
+    pub async fn claim_run(&self, run_id: &str, owner: &str, lease: Duration, reopen: bool) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let statuses = if reopen { "('queued', 'running', 'failed')" } else { "('queued', 'running')" };
+        let sql = format!(
+            "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
+             started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
+             resumes = resumes + CASE WHEN started_at IS NULL THEN 0 ELSE 1 END \
+             WHERE id = $4 AND status IN {statuses} \
+             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $3)"
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(now + ms(lease))
+            .bind(now)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Extends a lease. Returns the run's `cancel_requested` flag, or `None`
+    /// when the lease was lost.
+    pub async fn renew_lease(&self, run_id: &str, owner: &str, lease: Duration) -> Result<Option<bool>, StoreError> {
+        let done = sqlx::query("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'")
+            .bind(now_ms() + ms(lease))
+            .bind(run_id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT cancel_requested FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(row.try_get::<i64, _>(0)? != 0))
+    }
+
+    /// Ends a run and releases its lease.
+    pub async fn finish_run(&self, run_id: &str, status: RunStatus, output: Option<&Value>, error: Option<&Value>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET status = $1, output = $2, error = $3, finished_at = $4, lease_owner = NULL, lease_expires_at = NULL WHERE id = $5")
+            .bind(status.as_str())
+            .bind(output.map(json_text))
+            .bind(error.map(json_text))
+            .bind(now_ms())
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Asks the process running `run_id` to cancel it. A queued run is cancelled at once.
+    pub async fn request_cancel(&self, run_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND status IN ('queued', 'running')")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("UPDATE runs SET status = 'cancelled', finished_at = $1, error = $2 WHERE id = $3 AND status = 'queued'")
+            .bind(now_ms())
+            .bind(json_text(&serde_json::json!({"kind": "cancelled", "message": "cancelled before it started"})))
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A run by id.
+    pub async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{RUN_COLUMNS} WHERE id = $1")))
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| run_from_row(&r)).transpose()
+    }
+
+    /// Runs, newest first.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+        let limit = if filter.limit > 0 { filter.limit } else { 50 };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{RUN_COLUMNS} WHERE ($1 = '' OR flow_id = $1) AND ($2 = '' OR status = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
+        )))
+        .bind(filter.flow_id.clone().unwrap_or_default())
+        .bind(filter.status.map(|s| s.as_str()).unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Ids of running runs of a flow, oldest first.
+    pub async fn active_runs(&self, flow_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM runs WHERE flow_id = $1 AND status = 'running' ORDER BY created_at, id")
+            .bind(flow_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
+    }
+
+    /// Runs left `queued` or `running` whose lease has expired (their process died).
+    pub async fn orphaned_runs(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM runs WHERE status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY created_at")
+            .bind(now_ms())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
+    }
+
+    /// Logs the start of an attempt of a step with external effects.
+    pub async fn record_attempt(&self, run_id: &str, step_id: &str, key: &str, attempt: u32) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO step_attempts (id, run_id, step_id, idempotency_key, attempt, started_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(run_id)
+            .bind(step_id)
+            .bind(key)
+            .bind(i64::from(attempt))
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every logged attempt of a run.
+    pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+        let rows = sqlx::query("SELECT step_id, idempotency_key, attempt, started_at FROM step_attempts WHERE run_id = $1 ORDER BY started_at, id")
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRecord {
+                    step_id: r.try_get(0)?,
+                    idempotency_key: r.try_get(1)?,
+                    attempt: r.try_get(2)?,
+                    started_at: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a step's result (insert or replace).
+    pub async fn save_step(&self, run_id: &str, step: &StepRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO step_runs (run_id, step_id, status, attempts, output, error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, output = excluded.output, error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at")
+            .bind(run_id)
+            .bind(&step.step_id)
+            .bind(step.status.as_str())
+            .bind(step.attempts)
+            .bind(step.output.as_ref().map(json_text))
+            .bind(step.error.as_ref().map(json_text))
+            .bind(step.started_at)
+            .bind(step.finished_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets failed and skipped step results so a resumed run retries them.
+    pub async fn reset_unfinished_steps(&self, run_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM step_runs WHERE run_id = $1 AND status IN ('failed', 'skipped', 'running', 'pending')")
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The stored step results of a run.
+    pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let rows = sqlx::query("SELECT step_id, status, attempts, output, error, started_at, finished_at FROM step_runs WHERE run_id = $1 ORDER BY started_at, step_id")
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get(1)?;
+                Ok(StepRecord {
+                    step_id: r.try_get(0)?,
+                    status: status.parse().map_err(|e: String| StoreError::Query(sqlx::Error::Protocol(e)))?,
+                    attempts: r.try_get(2)?,
+                    output: parse_json(r.try_get(3)?)?,
+                    error: parse_json(r.try_get(4)?)?,
+                    started_at: r.try_get(5)?,
+                    finished_at: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+const RUN_COLUMNS: &str = "SELECT id, flow_id, flow_revision, status, inputs, trigger_data, output, error, created_at, started_at, finished_at, lease_owner, lease_expires_at, resumes FROM runs";
+
+fn run_from_row(r: &AnyRow) -> Result<RunRecord, StoreError> {
+    let status: String = r.try_get(3)?;
+    Ok(RunRecord {
+        id: r.try_get(0)?,
+        flow_id: r.try_get(1)?,
+        flow_revision: r.try_get(2)?,
+        status: status.parse().map_err(|e: String| StoreError::Query(sqlx::Error::Protocol(e)))?,
+        inputs: serde_json::from_str(&r.try_get::<String, _>(4)?)?,
+        trigger: serde_json::from_str(&r.try_get::<String, _>(5)?)?,
+        output: parse_json(r.try_get(6)?)?,
+        error: parse_json(r.try_get(7)?)?,
+        created_at: r.try_get(8)?,
+        started_at: r.try_get(9)?,
+        finished_at: r.try_get(10)?,
+        lease_owner: r.try_get(11)?,
+        lease_expires_at: r.try_get(12)?,
+        resumes: r.try_get(13)?,
+    })
+}
+
+fn flow_from_row(r: &AnyRow) -> Result<FlowRevision, StoreError> {
+    Ok(FlowRevision {
+        id: r.try_get(0)?,
+        revision: r.try_get(1)?,
+        hash: r.try_get(2)?,
+        source: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+    })
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
