@@ -5,6 +5,14 @@
 //! (`sqlite://PATH` or `postgres://...`; default `sqlite://sluice.db`, or the
 //! `SLUICE_DB` variable).
 
+/// `println!` that ignores a closed stdout (`sluice runs list | head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod graph;
 mod progress;
 
@@ -205,12 +213,12 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Run { file, inputs, json, db } => run(&file, &inputs, json, &db).await,
         Command::Validate { paths, json } => Ok(validate(&paths, json)),
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&flow::json_schema()).expect("schema serializes"));
+            outln!("{}", serde_json::to_string_pretty(&flow::json_schema()).expect("schema serializes"));
             Ok(EXIT_OK)
         }
         Command::Graph { file, dot } => {
             let flow = compile_or_report(&file, &flow::Catalog::default())?;
-            print!("{}", if dot { graph::dot(&flow) } else { graph::mermaid(&flow) });
+            outln!("{}", if dot { graph::dot(&flow) } else { graph::mermaid(&flow) }.trim_end());
             Ok(EXIT_OK)
         }
         Command::Runs { command } => runs(command).await,
@@ -264,12 +272,12 @@ async fn run(file: &Path, raw_inputs: &[String], json_out: bool, db: &DbArgs) ->
 
 fn report(outcome: &RunOutcome, json_out: bool) -> Result<i32, CliError> {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(outcome).expect("outcome serializes"));
+        outln!("{}", serde_json::to_string_pretty(outcome).expect("outcome serializes"));
     } else {
         match outcome.status {
             RunStatus::Succeeded => {
                 eprintln!("run {} succeeded", outcome.run_id);
-                println!("{}", serde_json::to_string_pretty(&outcome.output).expect("JSON serializes"));
+                outln!("{}", serde_json::to_string_pretty(&outcome.output).expect("JSON serializes"));
             }
             status => {
                 let message = outcome.error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("no error recorded");
@@ -322,7 +330,7 @@ fn validate(paths: &[PathBuf], json_out: bool) -> i32 {
         }
     }
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&report).expect("JSON serializes"));
+        outln!("{}", serde_json::to_string_pretty(&report).expect("JSON serializes"));
     } else if failed > 0 {
         eprintln!("{failed} file(s) with problems");
     }
@@ -336,13 +344,13 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
             let status = status.map(|s| s.parse::<RunStatus>()).transpose().map_err(CliError::invalid)?;
             let runs = store.list_runs(&RunFilter { flow_id: flow, status, limit }).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&runs).expect("JSON serializes"));
+                outln!("{}", serde_json::to_string_pretty(&runs).expect("JSON serializes"));
             } else {
-                println!("{:<36}  {:<24}  {:<9}  {:<24}  DURATION", "RUN", "FLOW", "STATUS", "CREATED");
+                outln!("{:<36}  {:<24}  {:<9}  {:<24}  DURATION", "RUN", "FLOW", "STATUS", "CREATED");
                 for r in runs {
                     let created = chrono::DateTime::from_timestamp_millis(r.created_at).map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
                     let duration = r.finished_at.zip(r.started_at).map(|(f, s)| format!("{} ms", f - s)).unwrap_or_else(|| "-".into());
-                    println!("{:<36}  {:<24}  {:<9}  {:<24}  {duration}", r.id, r.flow_id, r.status.as_str(), created);
+                    outln!("{:<36}  {:<24}  {:<9}  {:<24}  {duration}", r.id, r.flow_id, r.status.as_str(), created);
                 }
             }
             Ok(EXIT_OK)
@@ -353,20 +361,20 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
             let steps = store.steps(&id).await?;
             let attempts = store.attempts(&id).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"run": run, "steps": steps, "attempts": attempts})).expect("JSON serializes"));
+                outln!("{}", serde_json::to_string_pretty(&json!({"run": run, "steps": steps, "attempts": attempts})).expect("JSON serializes"));
             } else {
-                println!("run {}  flow {}@{}  {}", run.id, run.flow_id, run.flow_revision, run.status.as_str());
-                println!("inputs: {}", run.inputs);
+                outln!("run {}  flow {}@{}  {}", run.id, run.flow_id, run.flow_revision, run.status.as_str());
+                outln!("inputs: {}", run.inputs);
                 for s in &steps {
                     let took = s.finished_at.zip(s.started_at).map(|(f, st)| format!("{} ms", f - st)).unwrap_or_default();
                     let err = s.error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("");
-                    println!("  {:<24} {:<9} attempts={} {took} {err}", s.step_id, s.status.as_str(), s.attempts);
+                    outln!("  {:<24} {:<9} attempts={} {took} {err}", s.step_id, s.status.as_str(), s.attempts);
                 }
                 if let Some(o) = &run.output {
-                    println!("output: {}", serde_json::to_string_pretty(o).expect("JSON serializes"));
+                    outln!("output: {}", serde_json::to_string_pretty(o).expect("JSON serializes"));
                 }
                 if let Some(e) = &run.error {
-                    println!("error: {e}");
+                    outln!("error: {e}");
                 }
             }
             Ok(EXIT_OK)

@@ -164,6 +164,25 @@ fn check_enum(node: &Node, options: &[Value], out: &mut Vec<Diagnostic>) {
 }
 
 fn check_branches(node: &Node, branches: &[Value], root: &Value, out: &mut Vec<Diagnostic>) {
+    // An enum whose variants carry docs comes out as `oneOf` of `const`s:
+    // check it as one enum so the hint lists (or guesses) every value.
+    let mut values = Vec::new();
+    let all_constants = branches.iter().all(|b| {
+        let b = resolve(b, root);
+        if let Some(c) = b.get("const") {
+            values.push(c.clone());
+            true
+        } else if let Some(Value::Array(e)) = b.get("enum") {
+            values.extend(e.iter().cloned());
+            true
+        } else {
+            false
+        }
+    });
+    if all_constants && !values.is_empty() {
+        check_enum(node, &values, out);
+        return;
+    }
     let mut best: Option<Vec<Diagnostic>> = None;
     for b in branches {
         let b = resolve(b, root);

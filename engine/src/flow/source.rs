@@ -277,7 +277,11 @@ impl<'de> Visitor<'de> for NodeVisitor {
 /// Parses YAML text into a located tree. The error carries serde-saphyr's
 /// location when it has one.
 pub fn parse_yaml(text: &str) -> Result<Node, (String, Option<Loc>)> {
-    serde_saphyr::from_str::<Node>(text).map_err(|e| {
+    // YAML 1.2 booleans only: `n`, `no`, `on`, `yes` stay strings (the
+    // "Norway problem"), as flow authors expect for input names and values.
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
         let loc = e.location().map(Loc::from);
         let message = e.to_string();
         // serde-saphyr appends its own snippet; keep the first line only, the
