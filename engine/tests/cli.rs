@@ -1,0 +1,269 @@
+//! The `sluice` binary as a user runs it: example flows, exit codes,
+//! validate/schema/graph, runs list/show, and crash-resume after SIGKILL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice::connectors::sandbox::DATA;
+use sluice::store::{RunStatus, Store};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
+}
+
+fn sluice(args: &[&str], db: &str) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SLUICE_DB", db)
+        .env_remove("RUST_LOG")
+        .env_remove("SLUICE_LOG")
+        .output()
+        .expect("sluice runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json_out(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), stderr(o)))
+}
+
+fn temp_db() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    (dir, db)
+}
+
+#[test]
+fn po_high_value_alert_example_lists_every_approved_order_over_the_threshold() {
+    let (_d, db) = temp_db();
+    let flow = repo("flows/po-high-value-alert.yaml");
+    for threshold in [10000.0, 50000.0] {
+        let o = sluice(&["run", flow.to_str().unwrap(), "--json", "--input", &format!("threshold={threshold}")], &db);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = json_out(&o);
+        assert_eq!(out["status"], "succeeded");
+        let got: Vec<String> = out["output"]["alerts"].as_array().unwrap().iter().map(|a| a["po"].as_str().unwrap().to_string()).collect();
+        let want: Vec<String> = DATA
+            .purchase_orders
+            .iter()
+            .filter(|p| p["status"] == "approved" && p["total"].as_f64().unwrap() > threshold)
+            .map(|p| p["number"].as_str().unwrap().to_string())
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "threshold {threshold}");
+        assert!(out["output"]["alerts"][0]["message"].as_str().unwrap().starts_with(&format!("PO {} from ", want[0])));
+    }
+}
+
+#[test]
+fn overdue_work_orders_example_reports_open_orders_past_due() {
+    let (_d, db) = temp_db();
+    let o = sluice(&["run", repo("flows/overdue-work-orders.yaml").to_str().unwrap(), "--json", "-i", "as_of=2026-04-01"], &db);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = json_out(&o)["output"].clone();
+    let want: Vec<&str> = DATA
+        .work_orders
+        .iter()
+        .filter(|w| ["open", "scheduled", "in_progress", "on_hold"].contains(&w["status"].as_str().unwrap()))
+        .filter(|w| w["due_date"].as_str().unwrap() < "2026-04-01")
+        .map(|w| w["number"].as_str().unwrap())
+        .collect();
+    assert_eq!(out["count"], want.len());
+    assert_eq!(out["work_orders"], serde_json::json!(want));
+    assert_eq!(out["as_of"], "2026-04-01");
+}
+
+#[test]
+fn out_of_stock_example_finds_open_orders_for_unavailable_items() {
+    let (_d, db) = temp_db();
+    let o = sluice(&["run", repo("flows/out-of-stock-open-pos.yaml").to_str().unwrap(), "--json"], &db);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = json_out(&o)["output"].clone();
+    let oos: Vec<&str> = DATA.inventory_items.iter().filter(|i| i["quantity_available"] == 0.0).map(|i| i["remote_id"].as_str().unwrap()).collect();
+    assert_eq!(out["out_of_stock_items"], serde_json::json!(oos));
+    let want: Vec<&str> = DATA
+        .purchase_orders
+        .iter()
+        .filter(|p| ["pending_approval", "approved", "partially_received"].contains(&p["status"].as_str().unwrap()))
+        .filter(|p| p["lines"].as_array().unwrap().iter().any(|l| oos.contains(&l["item_id"].as_str().unwrap())))
+        .map(|p| p["number"].as_str().unwrap())
+        .collect();
+    let got: Vec<&str> = out["affected_orders"].as_array().unwrap().iter().map(|a| a["po"].as_str().unwrap()).collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+}
+
+#[test]
+fn plain_run_shows_step_progress_on_stderr_and_output_on_stdout() {
+    let (_d, db) = temp_db();
+    let o = sluice(&["run", repo("flows/overdue-work-orders.yaml").to_str().unwrap()], &db);
+    assert!(o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("ok   open (") && err.contains("ok   report ("), "{err}");
+    assert!(err.contains("succeeded"), "{err}");
+    let out: Value = serde_json::from_slice(&o.stdout).expect("stdout is the output JSON");
+    assert!(out["count"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn exit_codes_tell_success_failure_and_invalid_input_apart() {
+    let (dir, db) = temp_db();
+    let failing = dir.path().join("fail.yaml");
+    std::fs::write(&failing, "apiVersion: sluice/v1\nid: fails\nsteps:\n  - { id: a, set: \"${{ 1 / 0 }}\" }\n").unwrap();
+    let o = sluice(&["run", failing.to_str().unwrap()], &db);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("failed: step `a`: expression `1 / 0` failed"), "{}", stderr(&o));
+
+    let invalid = dir.path().join("invalid.yaml");
+    std::fs::write(&invalid, "apiVersion: sluice/v1\nid: bad\nsteps:\n  - id: a\n    needs: [ghost]\n    sett: 1\n").unwrap();
+    let o = sluice(&["run", invalid.to_str().unwrap()], &db);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("invalid.yaml:6:5: error: unknown key `sett`"), "{err}");
+    assert!(err.contains("invalid.yaml:5:13: error: `needs` names `ghost`"), "{err}");
+
+    let o = sluice(&["run", invalid.to_str().unwrap(), "--input", "nonsense"], &db);
+    assert_eq!(o.status.code(), Some(2));
+    let o = sluice(&["run", "--no-such-flag"], &db);
+    assert_eq!(o.status.code(), Some(2));
+    let o = sluice(&["run", repo("flows/overdue-work-orders.yaml").to_str().unwrap(), "--db", "mysql://x/y"], &db);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unsupported database URL `mysql://x/y`"), "{}", stderr(&o));
+    let o = sluice(&["run", repo("flows/overdue-work-orders.yaml").to_str().unwrap(), "-i", "nope=1"], &db);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown input `nope`"), "{}", stderr(&o));
+}
+
+#[test]
+fn validate_schema_and_graph_commands() {
+    let o = sluice(&["validate", repo("flows").to_str().unwrap()], "sqlite://unused.db");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("ok: ").count(), 3);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: sluice/v1\nid: x\nsteps:\n  - { id: a, needs: [b], set: 1 }\n  - { id: b, needs: [a], set: 2 }\n").unwrap();
+    let o = sluice(&["validate", "--json", bad.to_str().unwrap(), repo("flows/overdue-work-orders.yaml").to_str().unwrap()], "sqlite://unused.db");
+    assert_eq!(o.status.code(), Some(2));
+    let report = json_out(&o);
+    assert_eq!(report[0]["ok"], false);
+    assert_eq!(report[0]["diagnostics"][0]["message"], "steps form a cycle: a → b → a");
+    assert_eq!(report[1]["ok"], true);
+
+    let o = sluice(&["schema"], "sqlite://unused.db");
+    assert_eq!(json_out(&o), sluice::flow::json_schema());
+
+    let flow = repo("flows/po-high-value-alert.yaml");
+    let o = sluice(&["graph", flow.to_str().unwrap()], "sqlite://unused.db");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("flowchart TD"), "{text}");
+    assert!(text.contains("approved --> big") && text.contains("big --> alerts"), "{text}");
+    assert!(text.contains("alerts[\"alerts (set · for_each)\"]"), "{text}");
+    let o = sluice(&["graph", "--dot", flow.to_str().unwrap()], "sqlite://unused.db");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("\"approved\" -> \"big\";"), "{text}");
+}
+
+#[test]
+fn runs_list_and_show_report_stored_runs() {
+    let (_d, db) = temp_db();
+    let o = sluice(&["run", repo("flows/overdue-work-orders.yaml").to_str().unwrap(), "--json"], &db);
+    let run_id = json_out(&o)["run_id"].as_str().unwrap().to_string();
+    let o = sluice(&["runs", "list"], &db);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(&run_id) && text.contains("overdue-work-orders") && text.contains("succeeded"), "{text}");
+    let o = sluice(&["runs", "show", &run_id, "--json"], &db);
+    let shown = json_out(&o);
+    assert_eq!(shown["run"]["status"], "succeeded");
+    assert_eq!(shown["steps"].as_array().unwrap().len(), 3);
+    assert_eq!(shown["attempts"].as_array().unwrap().len(), 1, "only the read step has external effects");
+    let o = sluice(&["runs", "show", "no-such-run"], &db);
+    assert_eq!(o.status.code(), Some(2));
+    let o = sluice(&["runs", "resume", &run_id], &db);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("already succeeded"), "{}", stderr(&o));
+}
+
+#[test]
+fn secrets_never_reach_log_lines() {
+    let (dir, db) = temp_db();
+    let flow = dir.path().join("secret.yaml");
+    std::fs::write(&flow, "apiVersion: sluice/v1\nid: secret\nsteps:\n  - id: w\n    retry: { max_attempts: 2, initial: 1ms }\n    write: { connection: sandbox, entity: vendor, op: update, id: \"${{ secrets.VENDOR_KEY }}\", data: { name: x } }\n").unwrap();
+    let o = Command::new(BIN)
+        .args(["run", flow.to_str().unwrap(), "--db", &db])
+        .env("SLUICE_SECRET_VENDOR_KEY", "VK-9d8e7f-hidden")
+        .env("SLUICE_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("vendor `[REDACTED]` does not exist"), "{err}");
+    assert!(!err.contains("VK-9d8e7f-hidden") && !String::from_utf8_lossy(&o.stdout).contains("VK-9d8e7f-hidden"), "{err}");
+}
+
+/// Kills a real `sluice run` with SIGKILL in the middle of a slow step,
+/// resumes the run, and checks that completed steps ran exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_killed_mid_step_resumes_without_repeating_completed_steps() {
+    let (dir, db) = temp_db();
+    let flow = dir.path().join("slow.yaml");
+    std::fs::write(
+        &flow,
+        r#"apiVersion: sluice/v1
+id: crash-resume
+steps:
+  - id: record
+    write: { connection: sandbox, entity: vendor, op: update, id: V-1002, data: { email: resumed@example.com } }
+  - { id: slow, needs: [record], wait: { duration: 3s } }
+  - { id: done, needs: [slow], set: "${{ steps.record.output.email }}" }
+"#,
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", flow.to_str().unwrap(), "--db", &db])
+        .env("SLUICE_RUN_LEASE", "1s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = Store::connect(&db).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let run_id = loop {
+        assert!(Instant::now() < deadline, "the slow step never started");
+        if let Some(run) = store.list_runs(&Default::default()).await.unwrap().first()
+            && store.attempts(&run.id).await.unwrap().iter().any(|a| a.step_id == "slow")
+        {
+            break run.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Running, "the killed process left the run running");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.orphaned_runs().await.unwrap().contains(&run_id) {
+        assert!(Instant::now() < deadline, "lease never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let o = Command::new(BIN).args(["runs", "resume", "--json", "--db", &db]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = json_out(&o);
+    assert_eq!(out["run_id"], run_id.as_str());
+    assert_eq!(out["status"], "succeeded");
+    assert_eq!(out["output"], "resumed@example.com");
+
+    let attempts = store.attempts(&run_id).await.unwrap();
+    let count = |key: &str| attempts.iter().filter(|a| a.idempotency_key == key).count();
+    assert_eq!(count(&format!("{run_id}:record")), 1, "the completed write ran once");
+    assert_eq!(count(&format!("{run_id}:slow")), 2, "the in-flight step ran again with the same key");
+    let run = store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.resumes, 1);
+}
