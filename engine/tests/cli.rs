@@ -30,7 +30,13 @@ fn stderr(o: &Output) -> String {
 }
 
 fn json_out(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), stderr(o)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(o)
+        )
+    })
 }
 
 fn temp_db() -> (tempfile::TempDir, String) {
@@ -44,11 +50,25 @@ fn po_high_value_alert_example_lists_every_approved_order_over_the_threshold() {
     let (_d, db) = temp_db();
     let flow = repo("flows/po-high-value-alert.yaml");
     for threshold in [10000.0, 50000.0] {
-        let o = sluice(&["run", flow.to_str().unwrap(), "--json", "--input", &format!("threshold={threshold}")], &db);
+        let o = sluice(
+            &[
+                "run",
+                flow.to_str().unwrap(),
+                "--json",
+                "--input",
+                &format!("threshold={threshold}"),
+            ],
+            &db,
+        );
         assert!(o.status.success(), "{}", stderr(&o));
         let out = json_out(&o);
         assert_eq!(out["status"], "succeeded");
-        let got: Vec<String> = out["output"]["alerts"].as_array().unwrap().iter().map(|a| a["po"].as_str().unwrap().to_string()).collect();
+        let got: Vec<String> = out["output"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["po"].as_str().unwrap().to_string())
+            .collect();
         let want: Vec<String> = DATA
             .purchase_orders
             .iter()
@@ -57,20 +77,36 @@ fn po_high_value_alert_example_lists_every_approved_order_over_the_threshold() {
             .collect();
         assert!(!want.is_empty());
         assert_eq!(got, want, "threshold {threshold}");
-        assert!(out["output"]["alerts"][0]["message"].as_str().unwrap().starts_with(&format!("PO {} from ", want[0])));
+        assert!(
+            out["output"]["alerts"][0]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("PO {} from ", want[0]))
+        );
     }
 }
 
 #[test]
 fn overdue_work_orders_example_reports_open_orders_past_due() {
     let (_d, db) = temp_db();
-    let o = sluice(&["run", repo("flows/overdue-work-orders.yaml").to_str().unwrap(), "--json", "-i", "as_of=2026-04-01"], &db);
+    let o = sluice(
+        &[
+            "run",
+            repo("flows/overdue-work-orders.yaml").to_str().unwrap(),
+            "--json",
+            "-i",
+            "as_of=2026-04-01",
+        ],
+        &db,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = json_out(&o)["output"].clone();
     let want: Vec<&str> = DATA
         .work_orders
         .iter()
-        .filter(|w| ["open", "scheduled", "in_progress", "on_hold"].contains(&w["status"].as_str().unwrap()))
+        .filter(|w| {
+            ["open", "scheduled", "in_progress", "on_hold"].contains(&w["status"].as_str().unwrap())
+        })
         .filter(|w| w["due_date"].as_str().unwrap() < "2026-04-01")
         .map(|w| w["number"].as_str().unwrap())
         .collect();
@@ -82,19 +118,45 @@ fn overdue_work_orders_example_reports_open_orders_past_due() {
 #[test]
 fn out_of_stock_example_finds_open_orders_for_unavailable_items() {
     let (_d, db) = temp_db();
-    let o = sluice(&["run", repo("flows/out-of-stock-open-pos.yaml").to_str().unwrap(), "--json"], &db);
+    let o = sluice(
+        &[
+            "run",
+            repo("flows/out-of-stock-open-pos.yaml").to_str().unwrap(),
+            "--json",
+        ],
+        &db,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = json_out(&o)["output"].clone();
-    let oos: Vec<&str> = DATA.inventory_items.iter().filter(|i| i["quantity_available"] == 0.0).map(|i| i["remote_id"].as_str().unwrap()).collect();
+    let oos: Vec<&str> = DATA
+        .inventory_items
+        .iter()
+        .filter(|i| i["quantity_available"] == 0.0)
+        .map(|i| i["remote_id"].as_str().unwrap())
+        .collect();
     assert_eq!(out["out_of_stock_items"], serde_json::json!(oos));
     let want: Vec<&str> = DATA
         .purchase_orders
         .iter()
-        .filter(|p| ["pending_approval", "approved", "partially_received"].contains(&p["status"].as_str().unwrap()))
-        .filter(|p| p["lines"].as_array().unwrap().iter().any(|l| oos.contains(&l["item_id"].as_str().unwrap())))
+        .filter(|p| {
+            ["pending_approval", "approved", "partially_received"]
+                .contains(&p["status"].as_str().unwrap())
+        })
+        .filter(|p| {
+            p["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| oos.contains(&l["item_id"].as_str().unwrap()))
+        })
         .map(|p| p["number"].as_str().unwrap())
         .collect();
-    let got: Vec<&str> = out["affected_orders"].as_array().unwrap().iter().map(|a| a["po"].as_str().unwrap()).collect();
+    let got: Vec<&str> = out["affected_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["po"].as_str().unwrap())
+        .collect();
     assert!(!want.is_empty());
     assert_eq!(got, want);
 }
@@ -102,10 +164,19 @@ fn out_of_stock_example_finds_open_orders_for_unavailable_items() {
 #[test]
 fn plain_run_shows_step_progress_on_stderr_and_output_on_stdout() {
     let (_d, db) = temp_db();
-    let o = sluice(&["run", repo("flows/overdue-work-orders.yaml").to_str().unwrap()], &db);
+    let o = sluice(
+        &[
+            "run",
+            repo("flows/overdue-work-orders.yaml").to_str().unwrap(),
+        ],
+        &db,
+    );
     assert!(o.status.success());
     let err = stderr(&o);
-    assert!(err.contains("ok   open (") && err.contains("ok   report ("), "{err}");
+    assert!(
+        err.contains("ok   open (") && err.contains("ok   report ("),
+        "{err}"
+    );
     assert!(err.contains("succeeded"), "{err}");
     let out: Value = serde_json::from_slice(&o.stdout).expect("stdout is the output JSON");
     assert!(out["count"].as_u64().unwrap() > 0);
@@ -115,45 +186,104 @@ fn plain_run_shows_step_progress_on_stderr_and_output_on_stdout() {
 fn exit_codes_tell_success_failure_and_invalid_input_apart() {
     let (dir, db) = temp_db();
     let failing = dir.path().join("fail.yaml");
-    std::fs::write(&failing, "apiVersion: sluice/v1\nid: fails\nsteps:\n  - { id: a, set: \"${{ 1 / 0 }}\" }\n").unwrap();
+    std::fs::write(
+        &failing,
+        "apiVersion: sluice/v1\nid: fails\nsteps:\n  - { id: a, set: \"${{ 1 / 0 }}\" }\n",
+    )
+    .unwrap();
     let o = sluice(&["run", failing.to_str().unwrap()], &db);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("failed: step `a`: expression `1 / 0` failed"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("failed: step `a`: expression `1 / 0` failed"),
+        "{}",
+        stderr(&o)
+    );
 
     let invalid = dir.path().join("invalid.yaml");
-    std::fs::write(&invalid, "apiVersion: sluice/v1\nid: bad\nsteps:\n  - id: a\n    needs: [ghost]\n    sett: 1\n").unwrap();
+    std::fs::write(
+        &invalid,
+        "apiVersion: sluice/v1\nid: bad\nsteps:\n  - id: a\n    needs: [ghost]\n    sett: 1\n",
+    )
+    .unwrap();
     let o = sluice(&["run", invalid.to_str().unwrap()], &db);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(err.contains("invalid.yaml:6:5: error: unknown key `sett`"), "{err}");
-    assert!(err.contains("invalid.yaml:5:13: error: `needs` names `ghost`"), "{err}");
+    assert!(
+        err.contains("invalid.yaml:6:5: error: unknown key `sett`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("invalid.yaml:5:13: error: `needs` names `ghost`"),
+        "{err}"
+    );
 
-    let o = sluice(&["run", invalid.to_str().unwrap(), "--input", "nonsense"], &db);
+    let o = sluice(
+        &["run", invalid.to_str().unwrap(), "--input", "nonsense"],
+        &db,
+    );
     assert_eq!(o.status.code(), Some(2));
     let o = sluice(&["run", "--no-such-flag"], &db);
     assert_eq!(o.status.code(), Some(2));
-    let o = sluice(&["run", repo("flows/overdue-work-orders.yaml").to_str().unwrap(), "--db", "mysql://x/y"], &db);
+    let o = sluice(
+        &[
+            "run",
+            repo("flows/overdue-work-orders.yaml").to_str().unwrap(),
+            "--db",
+            "mysql://x/y",
+        ],
+        &db,
+    );
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("unsupported database URL `mysql://x/y`"), "{}", stderr(&o));
-    let o = sluice(&["run", repo("flows/overdue-work-orders.yaml").to_str().unwrap(), "-i", "nope=1"], &db);
+    assert!(
+        stderr(&o).contains("unsupported database URL `mysql://x/y`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sluice(
+        &[
+            "run",
+            repo("flows/overdue-work-orders.yaml").to_str().unwrap(),
+            "-i",
+            "nope=1",
+        ],
+        &db,
+    );
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("unknown input `nope`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown input `nope`"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn validate_schema_and_graph_commands() {
-    let o = sluice(&["validate", repo("flows").to_str().unwrap()], "sqlite://unused.db");
+    let o = sluice(
+        &["validate", repo("flows").to_str().unwrap()],
+        "sqlite://unused.db",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o).matches("ok: ").count(), 3);
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "apiVersion: sluice/v1\nid: x\nsteps:\n  - { id: a, needs: [b], set: 1 }\n  - { id: b, needs: [a], set: 2 }\n").unwrap();
-    let o = sluice(&["validate", "--json", bad.to_str().unwrap(), repo("flows/overdue-work-orders.yaml").to_str().unwrap()], "sqlite://unused.db");
+    let o = sluice(
+        &[
+            "validate",
+            "--json",
+            bad.to_str().unwrap(),
+            repo("flows/overdue-work-orders.yaml").to_str().unwrap(),
+        ],
+        "sqlite://unused.db",
+    );
     assert_eq!(o.status.code(), Some(2));
     let report = json_out(&o);
     assert_eq!(report[0]["ok"], false);
-    assert_eq!(report[0]["diagnostics"][0]["message"], "steps form a cycle: a → b → a");
+    assert_eq!(
+        report[0]["diagnostics"][0]["message"],
+        "steps form a cycle: a → b → a"
+    );
     assert_eq!(report[1]["ok"], true);
 
     let o = sluice(&["schema"], "sqlite://unused.db");
@@ -163,9 +293,18 @@ fn validate_schema_and_graph_commands() {
     let o = sluice(&["graph", flow.to_str().unwrap()], "sqlite://unused.db");
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.starts_with("flowchart TD"), "{text}");
-    assert!(text.contains("approved --> big") && text.contains("big --> alerts"), "{text}");
-    assert!(text.contains("alerts[\"alerts (set · for_each)\"]"), "{text}");
-    let o = sluice(&["graph", "--dot", flow.to_str().unwrap()], "sqlite://unused.db");
+    assert!(
+        text.contains("approved --> big") && text.contains("big --> alerts"),
+        "{text}"
+    );
+    assert!(
+        text.contains("alerts[\"alerts (set · for_each)\"]"),
+        "{text}"
+    );
+    let o = sluice(
+        &["graph", "--dot", flow.to_str().unwrap()],
+        "sqlite://unused.db",
+    );
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("\"approved\" -> \"big\";"), "{text}");
 }
@@ -173,16 +312,32 @@ fn validate_schema_and_graph_commands() {
 #[test]
 fn runs_list_and_show_report_stored_runs() {
     let (_d, db) = temp_db();
-    let o = sluice(&["run", repo("flows/overdue-work-orders.yaml").to_str().unwrap(), "--json"], &db);
+    let o = sluice(
+        &[
+            "run",
+            repo("flows/overdue-work-orders.yaml").to_str().unwrap(),
+            "--json",
+        ],
+        &db,
+    );
     let run_id = json_out(&o)["run_id"].as_str().unwrap().to_string();
     let o = sluice(&["runs", "list"], &db);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains(&run_id) && text.contains("overdue-work-orders") && text.contains("succeeded"), "{text}");
+    assert!(
+        text.contains(&run_id)
+            && text.contains("overdue-work-orders")
+            && text.contains("succeeded"),
+        "{text}"
+    );
     let o = sluice(&["runs", "show", &run_id, "--json"], &db);
     let shown = json_out(&o);
     assert_eq!(shown["run"]["status"], "succeeded");
     assert_eq!(shown["steps"].as_array().unwrap().len(), 3);
-    assert_eq!(shown["attempts"].as_array().unwrap().len(), 1, "only the read step has external effects");
+    assert_eq!(
+        shown["attempts"].as_array().unwrap().len(),
+        1,
+        "only the read step has external effects"
+    );
     let o = sluice(&["runs", "show", "no-such-run"], &db);
     assert_eq!(o.status.code(), Some(2));
     let o = sluice(&["runs", "resume", &run_id], &db);
@@ -204,7 +359,11 @@ fn secrets_never_reach_log_lines() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("vendor `[REDACTED]` does not exist"), "{err}");
-    assert!(!err.contains("VK-9d8e7f-hidden") && !String::from_utf8_lossy(&o.stdout).contains("VK-9d8e7f-hidden"), "{err}");
+    assert!(
+        !err.contains("VK-9d8e7f-hidden")
+            && !String::from_utf8_lossy(&o.stdout).contains("VK-9d8e7f-hidden"),
+        "{err}"
+    );
 }
 
 /// Kills a real `sluice run` with SIGKILL in the middle of a slow step,
@@ -237,7 +396,12 @@ steps:
     let run_id = loop {
         assert!(Instant::now() < deadline, "the slow step never started");
         if let Some(run) = store.list_runs(&Default::default()).await.unwrap().first()
-            && store.attempts(&run.id).await.unwrap().iter().any(|a| a.step_id == "slow")
+            && store
+                .attempts(&run.id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|a| a.step_id == "slow")
         {
             break run.id.clone();
         }
@@ -246,14 +410,21 @@ steps:
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let run = store.get_run(&run_id).await.unwrap().unwrap();
-    assert_eq!(run.status, RunStatus::Running, "the killed process left the run running");
+    assert_eq!(
+        run.status,
+        RunStatus::Running,
+        "the killed process left the run running"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while !store.orphaned_runs().await.unwrap().contains(&run_id) {
         assert!(Instant::now() < deadline, "lease never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let o = Command::new(BIN).args(["runs", "resume", "--json", "--db", &db]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["runs", "resume", "--json", "--db", &db])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let out = json_out(&o);
     assert_eq!(out["run_id"], run_id.as_str());
@@ -262,8 +433,16 @@ steps:
 
     let attempts = store.attempts(&run_id).await.unwrap();
     let count = |key: &str| attempts.iter().filter(|a| a.idempotency_key == key).count();
-    assert_eq!(count(&format!("{run_id}:record")), 1, "the completed write ran once");
-    assert_eq!(count(&format!("{run_id}:slow")), 2, "the in-flight step ran again with the same key");
+    assert_eq!(
+        count(&format!("{run_id}:record")),
+        1,
+        "the completed write ran once"
+    );
+    assert_eq!(
+        count(&format!("{run_id}:slow")),
+        2,
+        "the in-flight step ran again with the same key"
+    );
     let run = store.get_run(&run_id).await.unwrap().unwrap();
     assert_eq!(run.resumes, 1);
 }

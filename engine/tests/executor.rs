@@ -13,35 +13,58 @@ use sluice::store::{RunStatus, StepRecord, StepStatus};
 
 use common::{FlakyConnector, compile, engine, run, sqlite_store};
 
-async fn steps_by_id(engine: &Engine, run_id: &str) -> std::collections::BTreeMap<String, StepRecord> {
-    engine.store().steps(run_id).await.unwrap().into_iter().map(|s| (s.step_id.clone(), s)).collect()
+async fn steps_by_id(
+    engine: &Engine,
+    run_id: &str,
+) -> std::collections::BTreeMap<String, StepRecord> {
+    engine
+        .store()
+        .steps(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.step_id.clone(), s))
+        .collect()
 }
 
 #[tokio::test]
 async fn ready_steps_run_concurrently_and_dependents_wait_for_stored_results() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
-    let out = run(&e, r#"
+    let out = run(
+        &e,
+        r#"
 apiVersion: sluice/v1
 id: parallel
 steps:
   - { id: a, wait: { duration: 300ms } }
   - { id: b, wait: { duration: 300ms } }
   - { id: c, needs: [a, b], set: done }
-"#, json!({})).await;
+"#,
+        json!({}),
+    )
+    .await;
     assert_eq!(out.status, RunStatus::Succeeded);
     assert_eq!(out.output, Some(json!("done")));
     let s = steps_by_id(&e, &out.run_id).await;
     let (a, b, c) = (&s["a"], &s["b"], &s["c"]);
-    assert!(a.started_at < b.finished_at && b.started_at < a.finished_at, "a and b overlapped: {a:?} {b:?}");
-    assert!(c.started_at >= a.finished_at && c.started_at >= b.finished_at, "c started after both were stored");
+    assert!(
+        a.started_at < b.finished_at && b.started_at < a.finished_at,
+        "a and b overlapped: {a:?} {b:?}"
+    );
+    assert!(
+        c.started_at >= a.finished_at && c.started_at >= b.finished_at,
+        "c started after both were stored"
+    );
 }
 
 #[tokio::test]
 async fn false_condition_skips_the_step_and_its_dependents() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
-    let out = run(&e, r#"
+    let out = run(
+        &e,
+        r#"
 apiVersion: sluice/v1
 id: skips
 inputs:
@@ -51,12 +74,18 @@ steps:
   - { id: b, needs: [a], if: "${{ inputs.go }}", set: 2 }
   - { id: c, needs: [b], set: 3 }
   - { id: d, needs: [a], set: "${{ steps.a.output + 1 }}" }
-"#, json!({})).await;
+"#,
+        json!({}),
+    )
+    .await;
     assert_eq!(out.status, RunStatus::Succeeded);
     let s = steps_by_id(&e, &out.run_id).await;
     assert_eq!(s["b"].status, StepStatus::Skipped);
     assert_eq!(s["c"].status, StepStatus::Skipped);
-    assert_eq!(s["c"].error.as_ref().unwrap()["message"], "skipped because `b` was skipped");
+    assert_eq!(
+        s["c"].error.as_ref().unwrap()["message"],
+        "skipped because `b` was skipped"
+    );
     assert_eq!(s["d"].output, Some(json!(2)));
     assert_eq!(out.output, Some(json!({"c": null, "d": 2})));
 }
@@ -65,7 +94,9 @@ steps:
 async fn for_each_keeps_item_order_and_filters_with_if() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
-    let out = run(&e, r#"
+    let out = run(
+        &e,
+        r#"
 apiVersion: sluice/v1
 id: fanout
 steps:
@@ -74,9 +105,19 @@ steps:
     concurrency: 5
     if: "${{ item % 3 != 0 }}"
     set: { n: "${{ item * 10 }}", i: "${{ index }}" }
-"#, json!({})).await;
+"#,
+        json!({}),
+    )
+    .await;
     assert_eq!(out.status, RunStatus::Succeeded);
-    let got: Vec<i64> = out.output.unwrap().as_array().unwrap().iter().map(|v| v["n"].as_i64().unwrap()).collect();
+    let got: Vec<i64> = out
+        .output
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["n"].as_i64().unwrap())
+        .collect();
     let want: Vec<i64> = (0..20).filter(|i| i % 3 != 0).map(|i| i * 10).collect();
     assert_eq!(got, want);
 }
@@ -86,20 +127,28 @@ async fn transient_failures_are_retried_with_backoff_until_success() {
     let (store, _dir) = sqlite_store().await;
     let flaky = FlakyConnector::new(2, ConnectorErrorKind::Transient);
     let e = engine(store, vec![("flaky", flaky.clone())], vec![]);
-    let out = run(&e, r#"
+    let out = run(
+        &e,
+        r#"
 apiVersion: sluice/v1
 id: retrying
 steps:
   - id: r
     read: { connection: flaky, entity: vendor }
     retry: { max_attempts: 3, initial: 10ms, max: 50ms }
-"#, json!({})).await;
+"#,
+        json!({}),
+    )
+    .await;
     assert_eq!(out.status, RunStatus::Succeeded);
     let s = steps_by_id(&e, &out.run_id).await;
     assert_eq!(s["r"].attempts, 3);
     assert_eq!(flaky.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
     let log = e.store().attempts(&out.run_id).await.unwrap();
-    assert_eq!(log.iter().map(|a| a.attempt).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        log.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
 }
 
 #[tokio::test]
@@ -107,7 +156,9 @@ async fn exhausted_retries_fail_the_run_with_a_clear_error() {
     let (store, _dir) = sqlite_store().await;
     let flaky = FlakyConnector::new(10, ConnectorErrorKind::Transient);
     let e = engine(store, vec![("flaky", flaky)], vec![]);
-    let out = run(&e, r#"
+    let out = run(
+        &e,
+        r#"
 apiVersion: sluice/v1
 id: exhausted
 steps:
@@ -115,13 +166,22 @@ steps:
     read: { connection: flaky, entity: vendor }
     retry: { max_attempts: 3, backoff: constant, initial: 5ms }
   - { id: after, needs: [r], set: 1 }
-"#, json!({})).await;
+"#,
+        json!({}),
+    )
+    .await;
     assert_eq!(out.status, RunStatus::Failed);
     let err = out.error.unwrap();
     assert_eq!(err["step"], "r");
-    assert_eq!(err["message"], "step `r`: flaky: HTTP 503 from upstream (gave up after 3 attempts)");
+    assert_eq!(
+        err["message"],
+        "step `r`: flaky: HTTP 503 from upstream (gave up after 3 attempts)"
+    );
     let s = steps_by_id(&e, &out.run_id).await;
-    assert!(!s.contains_key("after"), "dependents of a failed step do not run");
+    assert!(
+        !s.contains_key("after"),
+        "dependents of a failed step do not run"
+    );
 }
 
 #[tokio::test]
@@ -143,7 +203,10 @@ steps:
     assert_eq!(out.status, RunStatus::Failed);
     let err = out.error.unwrap();
     assert_eq!(err["kind"], "validation");
-    assert_eq!(err["message"], "step `create`: sandbox: invalid record: vendor `V-9999` does not exist (field `vendor_id`)");
+    assert_eq!(
+        err["message"],
+        "step `create`: sandbox: invalid record: vendor `V-9999` does not exist (field `vendor_id`)"
+    );
     assert_eq!(steps_by_id(&e, &out.run_id).await["create"].attempts, 1);
 
     let out = run(&e, r#"
@@ -154,7 +217,10 @@ steps:
     write: { connection: sandbox, entity: work_order, op: update, id: WO-5001, data: { priority: "whenever" } }
 "#, json!({})).await;
     let msg = out.error.unwrap()["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("invalid record: unknown variant `whenever`"), "{msg}");
+    assert!(
+        msg.contains("invalid record: unknown variant `whenever`"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -162,7 +228,9 @@ async fn sandbox_writes_return_the_would_be_record_and_change_nothing() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
     let before = serde_json::to_string(&DATA.purchase_orders).unwrap();
-    let out = run(&e, r#"
+    let out = run(
+        &e,
+        r#"
 apiVersion: sluice/v1
 id: sandbox-write
 steps:
@@ -176,7 +244,10 @@ steps:
   - id: reread
     needs: [approve]
     read: { connection: sandbox, entity: purchase_order, filter: { remote_id: "4500000001" } }
-"#, json!({})).await;
+"#,
+        json!({}),
+    )
+    .await;
     assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
     let s = steps_by_id(&e, &out.run_id).await;
     let written = s["approve"].output.as_ref().unwrap();
@@ -184,19 +255,27 @@ steps:
     assert_eq!(written["custom_fields"]["risk"], 0.4);
     let reread = &s["reread"].output.as_ref().unwrap()["records"][0];
     assert_eq!(reread["status"], "draft");
-    assert_eq!(serde_json::to_string(&DATA.purchase_orders).unwrap(), before);
+    assert_eq!(
+        serde_json::to_string(&DATA.purchase_orders).unwrap(),
+        before
+    );
 }
 
 #[tokio::test]
 async fn a_step_past_its_timeout_fails_with_a_timeout_error() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
-    let out = run(&e, r#"
+    let out = run(
+        &e,
+        r#"
 apiVersion: sluice/v1
 id: slow
 steps:
   - { id: sleepy, wait: { duration: 10s }, timeout: 100ms }
-"#, json!({})).await;
+"#,
+        json!({}),
+    )
+    .await;
     assert_eq!(out.status, RunStatus::Failed);
     let err = out.error.unwrap();
     assert_eq!(err["kind"], "timeout");
@@ -206,7 +285,14 @@ steps:
 #[tokio::test]
 async fn on_error_continue_records_the_error_and_runs_dependents() {
     let (store, _dir) = sqlite_store().await;
-    let e = engine(store, vec![("flaky", FlakyConnector::new(99, ConnectorErrorKind::Permanent))], vec![]);
+    let e = engine(
+        store,
+        vec![(
+            "flaky",
+            FlakyConnector::new(99, ConnectorErrorKind::Permanent),
+        )],
+        vec![],
+    );
     let out = run(&e, r#"
 apiVersion: sluice/v1
 id: tolerant
@@ -215,30 +301,43 @@ steps:
   - { id: next, needs: [r], set: { upstream: "${{ steps.r.status }}", why: "${{ steps.r.error }}" } }
 "#, json!({})).await;
     assert_eq!(out.status, RunStatus::Succeeded);
-    assert_eq!(out.output, Some(json!({"upstream": "failed", "why": "step `r`: flaky: HTTP 503 from upstream"})));
+    assert_eq!(
+        out.output,
+        Some(json!({"upstream": "failed", "why": "step `r`: flaky: HTTP 503 from upstream"}))
+    );
 }
 
 #[tokio::test]
 async fn runtime_expression_errors_name_the_step_and_the_expression() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
-    let out = run(&e, r#"
+    let out = run(
+        &e,
+        r#"
 apiVersion: sluice/v1
 id: bad-expr
 steps:
   - { id: a, set: { x: 1 } }
   - { id: b, needs: [a], set: "${{ steps.a.output.y.z }}" }
-"#, json!({})).await;
+"#,
+        json!({}),
+    )
+    .await;
     assert_eq!(out.status, RunStatus::Failed);
     let msg = out.error.unwrap()["message"].as_str().unwrap().to_string();
-    assert!(msg.starts_with("step `b`: expression `steps.a.output.y.z` failed: undefined value"), "{msg}");
+    assert!(
+        msg.starts_with("step `b`: expression `steps.a.output.y.z` failed: undefined value"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn missing_or_mistyped_inputs_are_refused_before_the_run() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
-    let flow = compile(&e, r#"
+    let flow = compile(
+        &e,
+        r#"
 apiVersion: sluice/v1
 id: typed
 inputs:
@@ -246,12 +345,26 @@ inputs:
   limit: { type: integer, default: 5 }
 steps:
   - { id: a, set: "${{ inputs.plant }}" }
-"#);
-    let err = Engine::resolve_inputs(&flow, &json!({"limit": "x", "extra": 1}).as_object().unwrap().clone()).unwrap_err();
+"#,
+    );
+    let err = Engine::resolve_inputs(
+        &flow,
+        &json!({"limit": "x", "extra": 1})
+            .as_object()
+            .unwrap()
+            .clone(),
+    )
+    .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("unknown input `extra`"), "{text}");
-    assert!(text.contains("input `limit` must be integer, got \"x\""), "{text}");
-    assert!(text.contains("missing required input `plant` (string)"), "{text}");
+    assert!(
+        text.contains("input `limit` must be integer, got \"x\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("missing required input `plant` (string)"),
+        "{text}"
+    );
     let r = e.run(flow, &serde_json::Map::new(), json!({}), None).await;
     assert!(matches!(r, Err(RunError::Inputs(_))));
 }
@@ -260,7 +373,11 @@ steps:
 async fn secrets_are_redacted_in_stored_outputs_and_errors() {
     let (store, _dir) = sqlite_store().await;
     let secret = "tok-3f9a7c2e-very-secret";
-    let e = engine(store, vec![], vec![("API_TOKEN", secret), ("VENDOR", "V-SECRET-77")]);
+    let e = engine(
+        store,
+        vec![],
+        vec![("API_TOKEN", secret), ("VENDOR", "V-SECRET-77")],
+    );
     let out = run(&e, r#"
 apiVersion: sluice/v1
 id: secretive
@@ -278,10 +395,16 @@ steps:
     let steps = e.store().steps(&out.run_id).await.unwrap();
     let run = e.store().get_run(&out.run_id).await.unwrap().unwrap();
     let everything = format!("{:?} {:?} {:?}", steps, run, out);
-    assert!(!everything.contains(secret) && !everything.contains("V-SECRET-77"), "a secret leaked: {everything}");
+    assert!(
+        !everything.contains(secret) && !everything.contains("V-SECRET-77"),
+        "a secret leaked: {everything}"
+    );
     let header = steps.iter().find(|s| s.step_id == "header").unwrap();
     assert_eq!(header.output, Some(json!({"auth": "Bearer [REDACTED]"})));
-    assert_eq!(run.error.unwrap()["message"], "step `leak`: sandbox: invalid record: vendor `[REDACTED]` does not exist (field `vendor_id`)");
+    assert_eq!(
+        run.error.unwrap()["message"],
+        "step `leak`: sandbox: invalid record: vendor `[REDACTED]` does not exist (field `vendor_id`)"
+    );
 }
 
 const LIMITED: &str = r#"
@@ -297,12 +420,38 @@ async fn concurrency_limit_skip_cancels_the_extra_runs() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
     let yaml = LIMITED.replace("ON_LIMIT", "skip");
-    let (a, b, c) = tokio::join!(run(&e, &yaml, json!({})), run(&e, &yaml, json!({})), run(&e, &yaml, json!({})));
+    let (a, b, c) = tokio::join!(
+        run(&e, &yaml, json!({})),
+        run(&e, &yaml, json!({})),
+        run(&e, &yaml, json!({}))
+    );
     let statuses: Vec<RunStatus> = vec![a.status, b.status, c.status];
-    assert_eq!(statuses.iter().filter(|s| **s == RunStatus::Succeeded).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == RunStatus::Cancelled).count(), 2, "{statuses:?}");
-    let skipped = [a, b, c].into_iter().find(|o| o.status == RunStatus::Cancelled).unwrap();
-    assert!(skipped.error.unwrap()["message"].as_str().unwrap().starts_with("skipped: flow `limited-skip` already has 1 active run"));
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == RunStatus::Succeeded)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == RunStatus::Cancelled)
+            .count(),
+        2,
+        "{statuses:?}"
+    );
+    let skipped = [a, b, c]
+        .into_iter()
+        .find(|o| o.status == RunStatus::Cancelled)
+        .unwrap();
+    assert!(
+        skipped.error.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("skipped: flow `limited-skip` already has 1 active run")
+    );
 }
 
 #[tokio::test]
@@ -310,22 +459,34 @@ async fn concurrency_limit_queue_runs_one_at_a_time() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
     let yaml = LIMITED.replace("ON_LIMIT", "queue");
-    let (a, b, c) = tokio::join!(run(&e, &yaml, json!({})), run(&e, &yaml, json!({})), run(&e, &yaml, json!({})));
+    let (a, b, c) = tokio::join!(
+        run(&e, &yaml, json!({})),
+        run(&e, &yaml, json!({})),
+        run(&e, &yaml, json!({}))
+    );
     let mut spans = Vec::new();
     for o in [a, b, c] {
         assert_eq!(o.status, RunStatus::Succeeded);
         let s = steps_by_id(&e, &o.run_id).await;
-        spans.push((s["slow"].started_at.unwrap(), s["slow"].finished_at.unwrap()));
+        spans.push((
+            s["slow"].started_at.unwrap(),
+            s["slow"].finished_at.unwrap(),
+        ));
     }
     spans.sort();
-    assert!(spans[0].1 <= spans[1].0 && spans[1].1 <= spans[2].0, "runs overlapped: {spans:?}");
+    assert!(
+        spans[0].1 <= spans[1].0 && spans[1].1 <= spans[2].0,
+        "runs overlapped: {spans:?}"
+    );
 }
 
 #[tokio::test]
 async fn concurrency_limit_cancel_oldest_cancels_the_running_run() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
-    let yaml = LIMITED.replace("ON_LIMIT", "cancel_oldest").replace("300ms", "2s");
+    let yaml = LIMITED
+        .replace("ON_LIMIT", "cancel_oldest")
+        .replace("300ms", "2s");
     let first = {
         let e = e.clone();
         let yaml = yaml.clone();
@@ -342,19 +503,33 @@ async fn concurrency_limit_cancel_oldest_cancels_the_running_run() {
 async fn cancel_stops_a_running_run() {
     let (store, _dir) = sqlite_store().await;
     let e = engine(store, vec![], vec![]);
-    let flow = compile(&e, "apiVersion: sluice/v1\nid: long\nsteps:\n  - { id: w, wait: { duration: 30s } }\n");
+    let flow = compile(
+        &e,
+        "apiVersion: sluice/v1\nid: long\nsteps:\n  - { id: w, wait: { duration: 30s } }\n",
+    );
     let handle = {
         let e = e.clone();
         tokio::spawn(async move { e.run(flow, &serde_json::Map::new(), json!({}), None).await })
     };
     let run_id = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Some(r) = e.store().list_runs(&Default::default()).await.unwrap().into_iter().find(|r| r.flow_id == "long") {
+        if let Some(r) = e
+            .store()
+            .list_runs(&Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.flow_id == "long")
+        {
             break r.id;
         }
     };
     assert!(e.cancel(&run_id).await.unwrap());
-    let out = tokio::time::timeout(Duration::from_secs(10), handle).await.expect("cancel is prompt").unwrap().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("cancel is prompt")
+        .unwrap()
+        .unwrap();
     assert_eq!(out.status, RunStatus::Cancelled);
 }
 

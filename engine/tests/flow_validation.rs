@@ -71,7 +71,10 @@ steps:
     assert_eq!(unknown[0].hint.as_deref(), Some("did you mean `steps`?"));
     assert_eq!((unknown[1].line, unknown[1].column), (Some(6), Some(5)));
     assert_eq!(unknown[1].hint.as_deref(), Some("did you mean `needs`?"));
-    assert_eq!(unknown[2].hint.as_deref(), Some("did you mean `max_attempts`?"));
+    assert_eq!(
+        unknown[2].hint.as_deref(),
+        Some("did you mean `max_attempts`?")
+    );
 }
 
 #[test]
@@ -88,14 +91,27 @@ steps:
     set: 1
 "#,
     );
-    let api = d.iter().find(|x| x.line == Some(1)).expect("apiVersion problem");
+    let api = d
+        .iter()
+        .find(|x| x.line == Some(1))
+        .expect("apiVersion problem");
     assert_eq!(api.code, "unknown-value");
-    let input = d.iter().find(|x| x.line == Some(4)).expect("input type problem");
+    let input = d
+        .iter()
+        .find(|x| x.line == Some(4))
+        .expect("input type problem");
     assert_eq!(input.hint.as_deref(), Some("did you mean `integer`?"));
     let needs = d.iter().find(|x| x.line == Some(7)).expect("needs problem");
     assert_eq!(needs.code, "wrong-type");
-    assert!(needs.message.contains("expected array, found string `b`"), "{}", needs.message);
-    assert!(d.iter().any(|x| x.line == Some(8) && x.code == "unknown-value"));
+    assert!(
+        needs.message.contains("expected array, found string `b`"),
+        "{}",
+        needs.message
+    );
+    assert!(
+        d.iter()
+            .any(|x| x.line == Some(8) && x.code == "unknown-value")
+    );
 }
 
 #[test]
@@ -127,8 +143,15 @@ steps:
     let unknown: Vec<&Diagnostic> = d.iter().filter(|x| x.code == "unknown-step").collect();
     assert_eq!(unknown.len(), 2);
     assert_eq!(unknown[0].hint.as_deref(), Some("did you mean `a`?"));
-    assert!(find(&d, "missing-kind").message.contains("`c` does nothing"));
-    assert!(find(&d, "several-kinds").message.contains("set, select") || find(&d, "several-kinds").message.contains("select, set"));
+    assert!(
+        find(&d, "missing-kind")
+            .message
+            .contains("`c` does nothing")
+    );
+    assert!(
+        find(&d, "several-kinds").message.contains("set, select")
+            || find(&d, "several-kinds").message.contains("select, set")
+    );
 }
 
 #[test]
@@ -192,7 +215,10 @@ steps:
     let up = find(&d, "not-upstream");
     assert_eq!(up.line, Some(9));
     assert_eq!(up.hint.as_deref(), Some("add `a` to `needs:` of `b`"));
-    assert_eq!(find(&d, "unknown-input").hint.as_deref(), Some("did you mean `inputs.limit`?"));
+    assert_eq!(
+        find(&d, "unknown-input").hint.as_deref(),
+        Some("did you mean `inputs.limit`?")
+    );
     assert!(find(&d, "unknown-step").message.contains("steps.zz"));
     assert_eq!(find(&d, "item-outside-for-each").line, Some(14));
 }
@@ -221,8 +247,14 @@ steps:
       data: { priorty: high }
 "#,
     );
-    assert_eq!(find(&d, "unknown-connection").message, "unknown connection `sap-prod`");
-    assert_eq!(find(&d, "unknown-entity").hint.as_deref(), Some("did you mean `purchase_order`?"));
+    assert_eq!(
+        find(&d, "unknown-connection").message,
+        "unknown connection `sap-prod`"
+    );
+    assert_eq!(
+        find(&d, "unknown-entity").hint.as_deref(),
+        Some("did you mean `purchase_order`?")
+    );
     let fields: Vec<&Diagnostic> = d.iter().filter(|x| x.code == "unknown-field").collect();
     assert_eq!(fields.len(), 2);
     assert_eq!((fields[0].line, fields[0].column), (Some(12), Some(17)));
@@ -248,7 +280,10 @@ steps:
     );
     assert_eq!(find(&d, "invalid-cron").line, Some(4));
     assert_eq!(find(&d, "invalid-timezone").line, Some(5));
-    assert_eq!(find(&d, "unknown-event").hint.as_deref(), Some("did you mean `sync.completed`?"));
+    assert_eq!(
+        find(&d, "unknown-event").hint.as_deref(),
+        Some("did you mean `sync.completed`?")
+    );
     assert_eq!(find(&d, "invalid-path").line, Some(7));
     assert_eq!(find(&d, "missing-kind").line, Some(8));
 }
@@ -284,7 +319,10 @@ fn rendered_diagnostics_show_file_line_column_source_and_hint() {
     )
     .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("flows/bad.yaml:5:5: error: unknown key `sett`"), "{text}");
+    assert!(
+        text.contains("flows/bad.yaml:5:5: error: unknown key `sett`"),
+        "{text}"
+    );
     assert!(text.contains("    sett: 1"), "{text}");
     assert!(text.contains("did you mean `set`?"), "{text}");
 }

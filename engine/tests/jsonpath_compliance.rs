@@ -6,7 +6,10 @@ use sluice::expr::jsonpath::Query;
 
 #[test]
 fn jsonpath_compliance_suite_passes_every_case() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/jsonpath-cts.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/jsonpath-cts.json"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     let suite: Value = serde_json::from_str(&text).expect("suite is JSON");
     let tests = suite["tests"].as_array().expect("tests array");
@@ -39,5 +42,10 @@ fn jsonpath_compliance_suite_passes_every_case() {
             failures.push(format!("{name}: `{selector}` gave {got}"));
         }
     }
-    assert!(failures.is_empty(), "{} of 703 cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of 703 cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

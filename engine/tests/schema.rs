@@ -4,13 +4,17 @@
 use sluice::flow::{self, Catalog};
 
 fn repo(path: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
 }
 
 #[test]
 fn published_schema_matches_the_parser() {
-    let published = std::fs::read_to_string(repo("schema/flow.schema.json")).expect("schema/flow.schema.json exists");
-    let published: serde_json::Value = serde_json::from_str(&published).expect("published schema is JSON");
+    let published = std::fs::read_to_string(repo("schema/flow.schema.json"))
+        .expect("schema/flow.schema.json exists");
+    let published: serde_json::Value =
+        serde_json::from_str(&published).expect("published schema is JSON");
     assert!(
         published == flow::json_schema(),
         "schema/flow.schema.json is stale: run `cargo run -q -- schema > schema/flow.schema.json`"
@@ -27,7 +31,10 @@ fn every_example_flow_validates() {
             count += 1;
         }
     }
-    assert!(count >= 3, "expected at least three example flows, found {count}");
+    assert!(
+        count >= 3,
+        "expected at least three example flows, found {count}"
+    );
 }
 
 /// A flow using every key of the format: the schema-driven shape check and
@@ -79,13 +86,32 @@ steps:
     set: { done: true }
 output: "${{ steps.t.output }}"
 "#;
-    let f = flow::compile("everything.yaml", yaml, &Catalog::default()).unwrap_or_else(|e| panic!("{e}"));
+    let f = flow::compile("everything.yaml", yaml, &Catalog::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     let back = serde_json::to_value(&f.flow).expect("flow serializes");
-    for key in ["apiVersion", "id", "description", "inputs", "concurrency", "triggers", "steps", "output"] {
+    for key in [
+        "apiVersion",
+        "id",
+        "description",
+        "inputs",
+        "concurrency",
+        "triggers",
+        "steps",
+        "output",
+    ] {
         assert!(back.get(key).is_some(), "`{key}` was lost");
     }
     let s = &back["steps"][1];
-    for key in ["needs", "if", "for_each", "concurrency", "retry", "timeout", "on_error", "select"] {
+    for key in [
+        "needs",
+        "if",
+        "for_each",
+        "concurrency",
+        "retry",
+        "timeout",
+        "on_error",
+        "select",
+    ] {
         assert!(s.get(key).is_some(), "step key `{key}` was lost");
     }
     assert_eq!(back["triggers"][0]["timezone"], "Europe/Berlin");

@@ -21,8 +21,14 @@ async fn flows_get_revisions_only_when_they_change(store: &Store) {
     assert_eq!(store.save_flow(&id, "a: 1", "h1").await.unwrap(), 1);
     assert_eq!(store.save_flow(&id, "a: 2", "h2").await.unwrap(), 2);
     let revs = store.flow_revisions(&id).await.unwrap();
-    assert_eq!(revs.iter().map(|r| r.revision).collect::<Vec<_>>(), vec![1, 2]);
-    assert_eq!(store.flow_revision(&id, 2).await.unwrap().unwrap().source, "a: 2");
+    assert_eq!(
+        revs.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        store.flow_revision(&id, 2).await.unwrap().unwrap().source,
+        "a: 2"
+    );
     assert!(store.flow_revision(&id, 3).await.unwrap().is_none());
 }
 
@@ -30,22 +36,74 @@ async fn leases_keep_other_processes_out_until_they_expire(store: &Store) {
     let flow = unique("lease");
     let id = uuid::Uuid::now_v7().to_string();
     store
-        .create_run(NewRun { id: &id, flow_id: &flow, flow_revision: 1, inputs: &json!({"a": 1}), trigger: &json!({}), lease: Some(("p1", Duration::from_millis(300))) })
+        .create_run(NewRun {
+            id: &id,
+            flow_id: &flow,
+            flow_revision: 1,
+            inputs: &json!({"a": 1}),
+            trigger: &json!({}),
+            lease: Some(("p1", Duration::from_millis(300))),
+        })
         .await
         .unwrap();
-    assert!(!store.claim_run(&id, "p2", Duration::from_secs(5), false).await.unwrap(), "lease held by p1");
-    assert_eq!(store.renew_lease(&id, "p1", Duration::from_millis(300)).await.unwrap(), Some(false));
-    assert_eq!(store.renew_lease(&id, "p2", Duration::from_secs(1)).await.unwrap(), None);
+    assert!(
+        !store
+            .claim_run(&id, "p2", Duration::from_secs(5), false)
+            .await
+            .unwrap(),
+        "lease held by p1"
+    );
+    assert_eq!(
+        store
+            .renew_lease(&id, "p1", Duration::from_millis(300))
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        store
+            .renew_lease(&id, "p2", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        None
+    );
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(store.orphaned_runs().await.unwrap().contains(&id));
-    assert!(store.claim_run(&id, "p2", Duration::from_secs(5), false).await.unwrap(), "expired lease is taken over");
-    assert_eq!(store.renew_lease(&id, "p1", Duration::from_secs(1)).await.unwrap(), None, "p1 lost it");
+    assert!(
+        store
+            .claim_run(&id, "p2", Duration::from_secs(5), false)
+            .await
+            .unwrap(),
+        "expired lease is taken over"
+    );
+    assert_eq!(
+        store
+            .renew_lease(&id, "p1", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        None,
+        "p1 lost it"
+    );
     let run = store.get_run(&id).await.unwrap().unwrap();
     assert_eq!(run.lease_owner.as_deref(), Some("p2"));
     assert_eq!(run.resumes, 1);
     assert!(store.request_cancel(&id).await.unwrap());
-    assert_eq!(store.renew_lease(&id, "p2", Duration::from_secs(1)).await.unwrap(), Some(true));
-    store.finish_run(&id, RunStatus::Cancelled, None, Some(&json!({"kind": "cancelled"}))).await.unwrap();
+    assert_eq!(
+        store
+            .renew_lease(&id, "p2", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    store
+        .finish_run(
+            &id,
+            RunStatus::Cancelled,
+            None,
+            Some(&json!({"kind": "cancelled"})),
+        )
+        .await
+        .unwrap();
     let run = store.get_run(&id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Cancelled);
     assert!(run.lease_owner.is_none() && run.finished_at.is_some());
@@ -55,21 +113,53 @@ async fn leases_keep_other_processes_out_until_they_expire(store: &Store) {
 async fn step_results_upsert_and_reset(store: &Store) {
     let id = uuid::Uuid::now_v7().to_string();
     let flow = unique("steps");
-    store.create_run(NewRun { id: &id, flow_id: &flow, flow_revision: 1, inputs: &json!({}), trigger: &json!({}), lease: None }).await.unwrap();
-    let mut rec = StepRecord { step_id: "a".into(), status: StepStatus::Failed, attempts: 1, output: None, error: Some(json!({"message": "x"})), started_at: Some(1), finished_at: Some(2) };
+    store
+        .create_run(NewRun {
+            id: &id,
+            flow_id: &flow,
+            flow_revision: 1,
+            inputs: &json!({}),
+            trigger: &json!({}),
+            lease: None,
+        })
+        .await
+        .unwrap();
+    let mut rec = StepRecord {
+        step_id: "a".into(),
+        status: StepStatus::Failed,
+        attempts: 1,
+        output: None,
+        error: Some(json!({"message": "x"})),
+        started_at: Some(1),
+        finished_at: Some(2),
+    };
     store.save_step(&id, &rec).await.unwrap();
     rec.status = StepStatus::Succeeded;
     rec.attempts = 2;
     rec.output = Some(json!({"n": [1, 2]}));
     rec.error = None;
     store.save_step(&id, &rec).await.unwrap();
-    let b = StepRecord { step_id: "b".into(), status: StepStatus::Skipped, attempts: 0, output: None, error: None, started_at: Some(3), finished_at: Some(3) };
+    let b = StepRecord {
+        step_id: "b".into(),
+        status: StepStatus::Skipped,
+        attempts: 0,
+        output: None,
+        error: None,
+        started_at: Some(3),
+        finished_at: Some(3),
+    };
     store.save_step(&id, &b).await.unwrap();
     assert_eq!(store.steps(&id).await.unwrap(), vec![rec.clone(), b]);
     store.reset_unfinished_steps(&id).await.unwrap();
     assert_eq!(store.steps(&id).await.unwrap(), vec![rec]);
-    store.record_attempt(&id, "a", &format!("{id}:a"), 1).await.unwrap();
-    store.record_attempt(&id, "a", &format!("{id}:a"), 2).await.unwrap();
+    store
+        .record_attempt(&id, "a", &format!("{id}:a"), 1)
+        .await
+        .unwrap();
+    store
+        .record_attempt(&id, "a", &format!("{id}:a"), 2)
+        .await
+        .unwrap();
     let attempts = store.attempts(&id).await.unwrap();
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[1].idempotency_key, format!("{id}:a"));
@@ -80,33 +170,85 @@ async fn runs_list_by_flow_and_status_newest_first(store: &Store) {
     let mut ids = Vec::new();
     for _ in 0..3 {
         let id = uuid::Uuid::now_v7().to_string();
-        store.create_run(NewRun { id: &id, flow_id: &flow, flow_revision: 1, inputs: &json!({}), trigger: &json!({}), lease: None }).await.unwrap();
+        store
+            .create_run(NewRun {
+                id: &id,
+                flow_id: &flow,
+                flow_revision: 1,
+                inputs: &json!({}),
+                trigger: &json!({}),
+                lease: None,
+            })
+            .await
+            .unwrap();
         ids.push(id);
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    store.finish_run(&ids[0], RunStatus::Succeeded, Some(&json!(1)), None).await.unwrap();
-    let all = store.list_runs(&RunFilter { flow_id: Some(flow.clone()), status: None, limit: 10 }).await.unwrap();
-    assert_eq!(all.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]);
-    let done = store.list_runs(&RunFilter { flow_id: Some(flow.clone()), status: Some(RunStatus::Succeeded), limit: 10 }).await.unwrap();
+    store
+        .finish_run(&ids[0], RunStatus::Succeeded, Some(&json!(1)), None)
+        .await
+        .unwrap();
+    let all = store
+        .list_runs(&RunFilter {
+            flow_id: Some(flow.clone()),
+            status: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]
+    );
+    let done = store
+        .list_runs(&RunFilter {
+            flow_id: Some(flow.clone()),
+            status: Some(RunStatus::Succeeded),
+            limit: 10,
+        })
+        .await
+        .unwrap();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].output, Some(json!(1)));
-    let two = store.list_runs(&RunFilter { flow_id: Some(flow), status: None, limit: 2 }).await.unwrap();
+    let two = store
+        .list_runs(&RunFilter {
+            flow_id: Some(flow),
+            status: None,
+            limit: 2,
+        })
+        .await
+        .unwrap();
     assert_eq!(two.len(), 2);
 }
 
 async fn a_flow_runs_and_an_interrupted_run_resumes(store: Store) {
     let e = engine(store.clone(), vec![], vec![]).with_lease(Duration::from_millis(300));
     let id = unique("e2e");
-    let yaml = format!("apiVersion: sluice/v1\nid: {id}\nsteps:\n  - {{ id: a, read: {{ connection: sandbox, entity: asset, filter: {{ status: down }} }} }}\n  - {{ id: b, needs: [a], set: \"${{{{ steps.a.output.records | map(attribute='tag') | list }}}}\" }}\n");
+    let yaml = format!(
+        "apiVersion: sluice/v1\nid: {id}\nsteps:\n  - {{ id: a, read: {{ connection: sandbox, entity: asset, filter: {{ status: down }} }} }}\n  - {{ id: b, needs: [a], set: \"${{{{ steps.a.output.records | map(attribute='tag') | list }}}}\" }}\n"
+    );
     let out = run(&e, &yaml, json!({})).await;
     assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
     assert_eq!(out.output, Some(json!(["A-3005", "A-3012"])));
 
     // A run left `running` by a process that died: resumable once its lease expires.
     let flow = common::compile(&e, &yaml);
-    let rev = store.save_flow(&id, &flow.source, &flow.hash).await.unwrap();
+    let rev = store
+        .save_flow(&id, &flow.source, &flow.hash)
+        .await
+        .unwrap();
     let run_id = uuid::Uuid::now_v7().to_string();
-    store.create_run(NewRun { id: &run_id, flow_id: &id, flow_revision: rev, inputs: &json!({}), trigger: &json!({}), lease: Some(("dead-process", Duration::from_millis(100))) }).await.unwrap();
+    store
+        .create_run(NewRun {
+            id: &run_id,
+            flow_id: &id,
+            flow_revision: rev,
+            inputs: &json!({}),
+            trigger: &json!({}),
+            lease: Some(("dead-process", Duration::from_millis(100))),
+        })
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let resumed = e.resume(&run_id, None).await.unwrap();
     assert_eq!(resumed.status, RunStatus::Succeeded);
@@ -131,15 +273,22 @@ async fn store_suite_on_sqlite() {
 #[tokio::test]
 async fn store_suite_on_postgres() {
     let Some(url) = postgres_url() else {
-        eprintln!("skipped: SLUICE_TEST_POSTGRES_URL is not set, so the PostgreSQL store suite did not run");
+        eprintln!(
+            "skipped: SLUICE_TEST_POSTGRES_URL is not set, so the PostgreSQL store suite did not run"
+        );
         return;
     };
-    let store = Store::connect(&url).await.unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    let store = Store::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
     suite(store).await;
 }
 
 #[tokio::test]
 async fn unknown_database_scheme_is_a_clear_error() {
     let err = Store::connect("mysql://localhost/x").await.unwrap_err();
-    assert_eq!(err.to_string(), "unsupported database URL `mysql://localhost/x`: use sqlite://PATH or postgres://USER@HOST/DB");
+    assert_eq!(
+        err.to_string(),
+        "unsupported database URL `mysql://localhost/x`: use sqlite://PATH or postgres://USER@HOST/DB"
+    );
 }

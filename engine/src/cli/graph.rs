@@ -19,11 +19,18 @@ fn label(flow: &CompiledFlow, i: usize) -> String {
 pub fn mermaid(flow: &CompiledFlow) -> String {
     let mut out = String::from("flowchart TD\n");
     for i in 0..flow.steps.len() {
-        out.push_str(&format!("    {}[\"{}\"]\n", flow.steps[i].id, label(flow, i)));
+        out.push_str(&format!(
+            "    {}[\"{}\"]\n",
+            flow.steps[i].id,
+            label(flow, i)
+        ));
     }
     for (i, s) in flow.steps.iter().enumerate() {
         for &n in &s.needs {
-            out.push_str(&format!("    {} --> {}\n", flow.steps[n].id, flow.steps[i].id));
+            out.push_str(&format!(
+                "    {} --> {}\n",
+                flow.steps[n].id, flow.steps[i].id
+            ));
         }
     }
     out
@@ -31,13 +38,23 @@ pub fn mermaid(flow: &CompiledFlow) -> String {
 
 /// Graphviz `digraph`.
 pub fn dot(flow: &CompiledFlow) -> String {
-    let mut out = format!("digraph \"{}\" {{\n    rankdir=TB;\n    node [shape=box];\n", flow.id());
+    let mut out = format!(
+        "digraph \"{}\" {{\n    rankdir=TB;\n    node [shape=box];\n",
+        flow.id()
+    );
     for i in 0..flow.steps.len() {
-        out.push_str(&format!("    \"{}\" [label=\"{}\"];\n", flow.steps[i].id, label(flow, i)));
+        out.push_str(&format!(
+            "    \"{}\" [label=\"{}\"];\n",
+            flow.steps[i].id,
+            label(flow, i)
+        ));
     }
     for (i, s) in flow.steps.iter().enumerate() {
         for &n in &s.needs {
-            out.push_str(&format!("    \"{}\" -> \"{}\";\n", flow.steps[n].id, flow.steps[i].id));
+            out.push_str(&format!(
+                "    \"{}\" -> \"{}\";\n",
+                flow.steps[n].id, flow.steps[i].id
+            ));
         }
     }
     out.push_str("}\n");

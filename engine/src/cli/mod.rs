@@ -38,7 +38,11 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_INVALID: i32 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about = "Workflow automation for ERP, CMMS and WMS integrations")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Workflow automation for ERP, CMMS and WMS integrations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -150,7 +154,11 @@ pub async fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { EXIT_INVALID } else { EXIT_OK };
+            return if e.use_stderr() {
+                EXIT_INVALID
+            } else {
+                EXIT_OK
+            };
         }
     };
     init_tracing();
@@ -183,10 +191,16 @@ struct CliError {
 
 impl CliError {
     fn failed(message: impl Into<String>) -> Self {
-        CliError { message: message.into(), code: EXIT_FAILED }
+        CliError {
+            message: message.into(),
+            code: EXIT_FAILED,
+        }
     }
     fn invalid(message: impl Into<String>) -> Self {
-        CliError { message: message.into(), code: EXIT_INVALID }
+        CliError {
+            message: message.into(),
+            code: EXIT_INVALID,
+        }
     }
 }
 
@@ -202,7 +216,9 @@ impl From<StoreError> for CliError {
 impl From<RunError> for CliError {
     fn from(e: RunError) -> Self {
         match e {
-            RunError::Inputs(_) | RunError::NotFound(_) | RunError::AlreadyFinished(..) => CliError::invalid(e.to_string()),
+            RunError::Inputs(_) | RunError::NotFound(_) | RunError::AlreadyFinished(..) => {
+                CliError::invalid(e.to_string())
+            }
             other => CliError::failed(other.to_string()),
         }
     }
@@ -210,15 +226,31 @@ impl From<RunError> for CliError {
 
 async fn dispatch(cmd: Command) -> Result<i32, CliError> {
     match cmd {
-        Command::Run { file, inputs, json, db } => run(&file, &inputs, json, &db).await,
+        Command::Run {
+            file,
+            inputs,
+            json,
+            db,
+        } => run(&file, &inputs, json, &db).await,
         Command::Validate { paths, json } => Ok(validate(&paths, json)),
         Command::Schema => {
-            outln!("{}", serde_json::to_string_pretty(&flow::json_schema()).expect("schema serializes"));
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&flow::json_schema()).expect("schema serializes")
+            );
             Ok(EXIT_OK)
         }
         Command::Graph { file, dot } => {
             let flow = compile_or_report(&file, &flow::Catalog::default())?;
-            outln!("{}", if dot { graph::dot(&flow) } else { graph::mermaid(&flow) }.trim_end());
+            outln!(
+                "{}",
+                if dot {
+                    graph::dot(&flow)
+                } else {
+                    graph::mermaid(&flow)
+                }
+                .trim_end()
+            );
             Ok(EXIT_OK)
         }
         Command::Runs { command } => runs(command).await,
@@ -233,12 +265,21 @@ async fn engine(db: &DbArgs) -> Result<Engine, CliError> {
 fn compile_or_report(file: &Path, catalog: &flow::Catalog) -> Result<CompiledFlow, CliError> {
     flow::compile_file(file, catalog).map_err(|e| {
         eprint!("{}", render_errors(&e));
-        CliError::invalid(format!("{}: {} problem(s); the flow was not run", e.file, e.diagnostics.len()))
+        CliError::invalid(format!(
+            "{}: {} problem(s); the flow was not run",
+            e.file,
+            e.diagnostics.len()
+        ))
     })
 }
 
 fn render_errors(e: &FlowErrors) -> String {
-    diagnostic::render(&e.file, &e.source, &e.diagnostics, std::io::stderr().is_terminal())
+    diagnostic::render(
+        &e.file,
+        &e.source,
+        &e.diagnostics,
+        std::io::stderr().is_terminal(),
+    )
 }
 
 /// Parses `NAME=VALUE` inputs, reading VALUE per the declared type.
@@ -258,12 +299,28 @@ fn parse_inputs(flow: &CompiledFlow, raw: &[String]) -> Result<Map<String, Value
     Ok(out)
 }
 
-async fn run(file: &Path, raw_inputs: &[String], json_out: bool, db: &DbArgs) -> Result<i32, CliError> {
+async fn run(
+    file: &Path,
+    raw_inputs: &[String],
+    json_out: bool,
+    db: &DbArgs,
+) -> Result<i32, CliError> {
     let engine = engine(db).await?;
     let flow = Arc::new(compile_or_report(file, &engine.catalog())?);
     let inputs = parse_inputs(&flow, raw_inputs)?;
-    let (events, display) = if json_out { (None, None) } else { progress::start(&flow) };
-    let outcome = engine.run(flow, &inputs, json!({"type": "manual", "source": "cli"}), events).await;
+    let (events, display) = if json_out {
+        (None, None)
+    } else {
+        progress::start(&flow)
+    };
+    let outcome = engine
+        .run(
+            flow,
+            &inputs,
+            json!({"type": "manual", "source": "cli"}),
+            events,
+        )
+        .await;
     if let Some(d) = display {
         let _ = d.await;
     }
@@ -272,20 +329,35 @@ async fn run(file: &Path, raw_inputs: &[String], json_out: bool, db: &DbArgs) ->
 
 fn report(outcome: &RunOutcome, json_out: bool) -> Result<i32, CliError> {
     if json_out {
-        outln!("{}", serde_json::to_string_pretty(outcome).expect("outcome serializes"));
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(outcome).expect("outcome serializes")
+        );
     } else {
         match outcome.status {
             RunStatus::Succeeded => {
                 eprintln!("run {} succeeded", outcome.run_id);
-                outln!("{}", serde_json::to_string_pretty(&outcome.output).expect("JSON serializes"));
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&outcome.output).expect("JSON serializes")
+                );
             }
             status => {
-                let message = outcome.error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("no error recorded");
+                let message = outcome
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("no error recorded");
                 eprintln!("run {} {}: {message}", outcome.run_id, status.as_str());
             }
         }
     }
-    Ok(if outcome.status == RunStatus::Succeeded { EXIT_OK } else { EXIT_FAILED })
+    Ok(if outcome.status == RunStatus::Succeeded {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
 }
 
 fn collect_flow_files(paths: &[PathBuf]) -> Vec<PathBuf> {
@@ -316,9 +388,16 @@ fn validate(paths: &[PathBuf], json_out: bool) -> i32 {
         match flow::compile_file(&file, &catalog) {
             Ok(f) => {
                 if !json_out {
-                    eprintln!("ok: {} ({}: {} steps)", file.display(), f.id(), f.steps.len());
+                    eprintln!(
+                        "ok: {} ({}: {} steps)",
+                        file.display(),
+                        f.id(),
+                        f.steps.len()
+                    );
                 }
-                report.push(json!({"file": file.display().to_string(), "ok": true, "diagnostics": []}));
+                report.push(
+                    json!({"file": file.display().to_string(), "ok": true, "diagnostics": []}),
+                );
             }
             Err(e) => {
                 failed += 1;
@@ -330,7 +409,10 @@ fn validate(paths: &[PathBuf], json_out: bool) -> i32 {
         }
     }
     if json_out {
-        outln!("{}", serde_json::to_string_pretty(&report).expect("JSON serializes"));
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("JSON serializes")
+        );
     } else if failed > 0 {
         eprintln!("{failed} file(s) with problems");
     }
@@ -339,39 +421,107 @@ fn validate(paths: &[PathBuf], json_out: bool) -> i32 {
 
 async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
     match cmd {
-        RunsCommand::List { flow, status, limit, json, db } => {
+        RunsCommand::List {
+            flow,
+            status,
+            limit,
+            json,
+            db,
+        } => {
             let store = Store::connect(&db.db).await?;
-            let status = status.map(|s| s.parse::<RunStatus>()).transpose().map_err(CliError::invalid)?;
-            let runs = store.list_runs(&RunFilter { flow_id: flow, status, limit }).await?;
+            let status = status
+                .map(|s| s.parse::<RunStatus>())
+                .transpose()
+                .map_err(CliError::invalid)?;
+            let runs = store
+                .list_runs(&RunFilter {
+                    flow_id: flow,
+                    status,
+                    limit,
+                })
+                .await?;
             if json {
-                outln!("{}", serde_json::to_string_pretty(&runs).expect("JSON serializes"));
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&runs).expect("JSON serializes")
+                );
             } else {
-                outln!("{:<36}  {:<24}  {:<9}  {:<24}  DURATION", "RUN", "FLOW", "STATUS", "CREATED");
+                outln!(
+                    "{:<36}  {:<24}  {:<9}  {:<24}  DURATION",
+                    "RUN",
+                    "FLOW",
+                    "STATUS",
+                    "CREATED"
+                );
                 for r in runs {
-                    let created = chrono::DateTime::from_timestamp_millis(r.created_at).map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-                    let duration = r.finished_at.zip(r.started_at).map(|(f, s)| format!("{} ms", f - s)).unwrap_or_else(|| "-".into());
-                    outln!("{:<36}  {:<24}  {:<9}  {:<24}  {duration}", r.id, r.flow_id, r.status.as_str(), created);
+                    let created = chrono::DateTime::from_timestamp_millis(r.created_at)
+                        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_default();
+                    let duration = r
+                        .finished_at
+                        .zip(r.started_at)
+                        .map(|(f, s)| format!("{} ms", f - s))
+                        .unwrap_or_else(|| "-".into());
+                    outln!(
+                        "{:<36}  {:<24}  {:<9}  {:<24}  {duration}",
+                        r.id,
+                        r.flow_id,
+                        r.status.as_str(),
+                        created
+                    );
                 }
             }
             Ok(EXIT_OK)
         }
         RunsCommand::Show { id, json, db } => {
             let store = Store::connect(&db.db).await?;
-            let run = store.get_run(&id).await?.ok_or_else(|| CliError::invalid(format!("no run with id `{id}`")))?;
+            let run = store
+                .get_run(&id)
+                .await?
+                .ok_or_else(|| CliError::invalid(format!("no run with id `{id}`")))?;
             let steps = store.steps(&id).await?;
             let attempts = store.attempts(&id).await?;
             if json {
-                outln!("{}", serde_json::to_string_pretty(&json!({"run": run, "steps": steps, "attempts": attempts})).expect("JSON serializes"));
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"run": run, "steps": steps, "attempts": attempts})
+                    )
+                    .expect("JSON serializes")
+                );
             } else {
-                outln!("run {}  flow {}@{}  {}", run.id, run.flow_id, run.flow_revision, run.status.as_str());
+                outln!(
+                    "run {}  flow {}@{}  {}",
+                    run.id,
+                    run.flow_id,
+                    run.flow_revision,
+                    run.status.as_str()
+                );
                 outln!("inputs: {}", run.inputs);
                 for s in &steps {
-                    let took = s.finished_at.zip(s.started_at).map(|(f, st)| format!("{} ms", f - st)).unwrap_or_default();
-                    let err = s.error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("");
-                    outln!("  {:<24} {:<9} attempts={} {took} {err}", s.step_id, s.status.as_str(), s.attempts);
+                    let took = s
+                        .finished_at
+                        .zip(s.started_at)
+                        .map(|(f, st)| format!("{} ms", f - st))
+                        .unwrap_or_default();
+                    let err = s
+                        .error
+                        .as_ref()
+                        .and_then(|e| e.get("message"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    outln!(
+                        "  {:<24} {:<9} attempts={} {took} {err}",
+                        s.step_id,
+                        s.status.as_str(),
+                        s.attempts
+                    );
                 }
                 if let Some(o) = &run.output {
-                    outln!("output: {}", serde_json::to_string_pretty(o).expect("JSON serializes"));
+                    outln!(
+                        "output: {}",
+                        serde_json::to_string_pretty(o).expect("JSON serializes")
+                    );
                 }
                 if let Some(e) = &run.error {
                     outln!("error: {e}");
@@ -383,8 +533,16 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
             let engine = engine(&db).await?;
             match id {
                 Some(id) => {
-                    let outcome = engine.resume(&id, None).await?;
-                    report(&outcome, json)
+                    let (events, display) = if json {
+                        (None, None)
+                    } else {
+                        progress::start_untitled()
+                    };
+                    let outcome = engine.resume(&id, events).await;
+                    if let Some(d) = display {
+                        let _ = d.await;
+                    }
+                    report(&outcome?, json)
                 }
                 None => {
                     let results = engine.resume_orphaned(None).await?;
@@ -415,7 +573,9 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                 eprintln!("cancellation of run {id} requested");
                 Ok(EXIT_OK)
             } else {
-                Err(CliError::invalid(format!("run `{id}` is not queued or running")))
+                Err(CliError::invalid(format!(
+                    "run `{id}` is not queued or running"
+                )))
             }
         }
     }

@@ -12,7 +12,12 @@ use crate::run::RunEvent;
 use crate::store::StepStatus;
 
 /// Starts displaying events; returns the sender for the engine and the display task.
-pub fn start(flow: &CompiledFlow) -> (Option<mpsc::UnboundedSender<RunEvent>>, Option<JoinHandle<()>>) {
+pub fn start(
+    flow: &CompiledFlow,
+) -> (
+    Option<mpsc::UnboundedSender<RunEvent>>,
+    Option<JoinHandle<()>>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<RunEvent>();
     let tty = std::io::stderr().is_terminal();
     let total = flow.steps.len() as u64;
@@ -21,9 +26,11 @@ pub fn start(flow: &CompiledFlow) -> (Option<mpsc::UnboundedSender<RunEvent>>, O
         let bar = if tty {
             let b = ProgressBar::new(total);
             b.set_style(
-                ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} steps {msg}")
-                    .expect("static template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{spinner} {prefix} [{bar:30}] {pos}/{len} steps {msg}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
             );
             b.set_prefix(flow_id.clone());
             b.enable_steady_tick(std::time::Duration::from_millis(100));
@@ -37,9 +44,21 @@ pub fn start(flow: &CompiledFlow) -> (Option<mpsc::UnboundedSender<RunEvent>>, O
         };
         while let Some(ev) = rx.recv().await {
             match ev {
-                RunEvent::Started { run_id, already_done, total } => {
-                    line(format!("run {run_id} of {flow_id}: {total} steps{}", if already_done > 0 { format!(", {already_done} already done") } else { String::new() }));
+                RunEvent::Started {
+                    run_id,
+                    already_done,
+                    total,
+                } => {
+                    line(format!(
+                        "run {run_id} of {flow_id}: {total} steps{}",
+                        if already_done > 0 {
+                            format!(", {already_done} already done")
+                        } else {
+                            String::new()
+                        }
+                    ));
                     if let Some(b) = &bar {
+                        b.set_length(total as u64);
                         b.set_position(already_done as u64);
                     }
                 }
@@ -48,16 +67,28 @@ pub fn start(flow: &CompiledFlow) -> (Option<mpsc::UnboundedSender<RunEvent>>, O
                         b.set_message(format!("running {step_id}"));
                     }
                 }
-                RunEvent::StepFinished { step_id, status, elapsed_ms, attempts, error } => {
+                RunEvent::StepFinished {
+                    step_id,
+                    status,
+                    elapsed_ms,
+                    attempts,
+                    error,
+                } => {
                     let mark = match status {
                         StepStatus::Succeeded => "ok  ",
                         StepStatus::Skipped => "skip",
                         StepStatus::Failed => "FAIL",
                         _ => "    ",
                     };
-                    let retries = if attempts > 1 { format!(" after {attempts} attempts") } else { String::new() };
+                    let retries = if attempts > 1 {
+                        format!(" after {attempts} attempts")
+                    } else {
+                        String::new()
+                    };
                     let err = error.map(|e| format!(": {e}")).unwrap_or_default();
-                    line(format!("  {mark} {step_id} ({elapsed_ms} ms{retries}){err}"));
+                    line(format!(
+                        "  {mark} {step_id} ({elapsed_ms} ms{retries}){err}"
+                    ));
                     if let Some(b) = &bar {
                         b.inc(1);
                     }

@@ -153,7 +153,12 @@ fn build_data() -> SandboxData {
                 phone: Some(format!("+1-555-01{:02}", i)),
                 currency: Some(if i % 4 == 1 { "EUR" } else { "USD" }.into()),
                 payment_terms: Some(if i % 3 == 0 { "NET60" } else { "NET30" }.into()),
-                country: Some(["US", "SE", "DE", "US", "US", "CH", "IN", "US", "JP", "ES", "US", "CL"][i].into()),
+                country: Some(
+                    [
+                        "US", "SE", "DE", "US", "US", "CH", "IN", "US", "JP", "ES", "US", "CL",
+                    ][i]
+                        .into(),
+                ),
                 custom_fields: Map::new(),
                 raw: None,
             })
@@ -165,7 +170,11 @@ fn build_data() -> SandboxData {
         .enumerate()
         .map(|(i, (name, uom, cost))| {
             let remote_id = format!("ITM-{}", 2001 + i);
-            let on_hand = if OUT_OF_STOCK.contains(&i) { 0.0 } else { (10 + (i * 37) % 190) as f64 };
+            let on_hand = if OUT_OF_STOCK.contains(&i) {
+                0.0
+            } else {
+                (10 + (i * 37) % 190) as f64
+            };
             to_json(InventoryItem {
                 id: format!("inventory_item_{remote_id}"),
                 remote_id: remote_id.clone(),
@@ -175,11 +184,19 @@ fn build_data() -> SandboxData {
                 remote_was_deleted: false,
                 sku: remote_id,
                 name: (*name).into(),
-                status: if i == 29 { InventoryItemStatus::Discontinued } else { InventoryItemStatus::Active },
+                status: if i == 29 {
+                    InventoryItemStatus::Discontinued
+                } else {
+                    InventoryItemStatus::Active
+                },
                 remote_status: Some(if i == 29 { "OBSOLETE" } else { "ACTIVE" }.into()),
                 unit_of_measure: (*uom).into(),
                 quantity_on_hand: on_hand,
-                quantity_available: if on_hand > 0.0 { on_hand - (i % 5) as f64 } else { 0.0 },
+                quantity_available: if on_hand > 0.0 {
+                    on_hand - (i % 5) as f64
+                } else {
+                    0.0
+                },
                 reorder_point: Some(8.0 + (i % 4) as f64 * 4.0),
                 unit_cost: Some(*cost),
                 location: Some(["WH-MAIN", "WH-EAST", "STORE-01"][i % 3].into()),
@@ -206,19 +223,29 @@ fn build_data() -> SandboxData {
             let (vendor_id, vendor_name) = if i == 17 || i == 43 {
                 (MISSING_VENDOR_ID.to_string(), None)
             } else {
-                (format!("V-{}", 1001 + vendor_index), Some(VENDOR_NAMES[vendor_index].to_string()))
+                (
+                    format!("V-{}", 1001 + vendor_index),
+                    Some(VENDOR_NAMES[vendor_index].to_string()),
+                )
             };
             let (status, remote_status) = statuses[i % statuses.len()];
             let line_count = 1 + i % 4;
             let lines: Vec<PurchaseOrderLine> = (0..line_count)
                 .map(|l| {
                     // Lines of every ninth order include an out-of-stock item.
-                    let item = if i % 9 == 0 && l == 0 { OUT_OF_STOCK[(i / 9) % 5] } else { (i * 7 + l * 3) % ITEMS.len() };
+                    let item = if i % 9 == 0 && l == 0 {
+                        OUT_OF_STOCK[(i / 9) % 5]
+                    } else {
+                        (i * 7 + l * 3) % ITEMS.len()
+                    };
                     let (name, uom, cost) = ITEMS[item];
-                    let quantity = ((i + 3) * (l + 2) % 40 + 1) as f64 * if i % 10 == 3 { 25.0 } else { 1.0 };
+                    let quantity =
+                        ((i + 3) * (l + 2) % 40 + 1) as f64 * if i % 10 == 3 { 25.0 } else { 1.0 };
                     let received = match status {
                         PurchaseOrderStatus::Completed => quantity,
-                        PurchaseOrderStatus::PartiallyReceived if l == 0 => (quantity / 2.0).floor(),
+                        PurchaseOrderStatus::PartiallyReceived if l == 0 => {
+                            (quantity / 2.0).floor()
+                        }
                         _ => 0.0,
                     };
                     PurchaseOrderLine {
@@ -236,7 +263,10 @@ fn build_data() -> SandboxData {
             let total = (lines.iter().map(|l| l.amount).sum::<f64>() * 100.0).round() / 100.0;
             let mut custom_fields = Map::new();
             if i % 5 == 2 {
-                custom_fields.insert("YY1_ProjectCode".into(), json!(format!("PRJ-{:03}", 100 + i)));
+                custom_fields.insert(
+                    "YY1_ProjectCode".into(),
+                    json!(format!("PRJ-{:03}", 100 + i)),
+                );
                 custom_fields.insert("custbody_requires_inspection".into(), json!(i % 10 == 2));
             }
             to_json(PurchaseOrder {
@@ -286,11 +316,30 @@ fn build_data() -> SandboxData {
                 remote_status: Some(remote.into()),
                 category: Some(category.into()),
                 location: Some(["PLANT-A", "PLANT-B"][i % 2].into()),
-                manufacturer: Some(["Grundfos", "Atlas Copco", "Interroll", "Cleaver-Brooks", "Trane"][i % 5].into()),
+                manufacturer: Some(
+                    [
+                        "Grundfos",
+                        "Atlas Copco",
+                        "Interroll",
+                        "Cleaver-Brooks",
+                        "Trane",
+                    ][i % 5]
+                        .into(),
+                ),
                 model: Some(format!("M{}", 100 + i * 10)),
                 serial_number: Some(format!("SN{:06}", 880_000 + i * 131)),
-                install_date: Some(NaiveDate::from_ymd_opt(2015 + (i % 9) as i32, 1 + (i % 12) as u32, 10).expect("valid date")),
-                criticality: Some([Priority::Low, Priority::Medium, Priority::High, Priority::Urgent][i % 4]),
+                install_date: Some(
+                    NaiveDate::from_ymd_opt(2015 + (i % 9) as i32, 1 + (i % 12) as u32, 10)
+                        .expect("valid date"),
+                ),
+                criticality: Some(
+                    [
+                        Priority::Low,
+                        Priority::Medium,
+                        Priority::High,
+                        Priority::Urgent,
+                    ][i % 4],
+                ),
                 custom_fields: Map::new(),
                 raw: None,
             })
@@ -328,12 +377,18 @@ fn build_data() -> SandboxData {
                     .into(),
                 status,
                 remote_status: Some(remote.into()),
-                priority: [Priority::Low, Priority::Medium, Priority::High, Priority::Urgent][i % 4],
+                priority: [
+                    Priority::Low,
+                    Priority::Medium,
+                    Priority::High,
+                    Priority::Urgent,
+                ][i % 4],
                 work_type: Some(["corrective", "preventive", "inspection"][i % 3].into()),
                 asset_id: Some(format!("A-{}", 3001 + i % 15)),
                 assigned_to: Some(["crew-mech-1", "crew-elec-1", "r.kowalski"][i % 3].into()),
                 due_date: Some(date(i as i64 * 6)),
-                completed_at: (status == WorkOrderStatus::Completed).then(|| created + Duration::days(2)),
+                completed_at: (status == WorkOrderStatus::Completed)
+                    .then(|| created + Duration::days(2)),
                 estimated_hours: Some(1.5 + (i % 6) as f64),
                 custom_fields: Map::new(),
                 raw: None,
@@ -342,7 +397,7 @@ fn build_data() -> SandboxData {
         .collect();
 
     let sort = |mut v: Vec<Value>| {
-        v.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+        v.sort_by_key(sort_key);
         v
     };
     SandboxData {
@@ -356,7 +411,10 @@ fn build_data() -> SandboxData {
 
 fn sort_key(v: &Value) -> (String, String) {
     (
-        v["remote_updated_at"].as_str().unwrap_or_default().to_string(),
+        v["remote_updated_at"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         v["remote_id"].as_str().unwrap_or_default().to_string(),
     )
 }
@@ -371,7 +429,7 @@ fn matches_filter(actual: Option<&Value>, wanted: &Value) -> bool {
     };
     match wanted {
         Value::Array(options) => options.iter().any(|o| matches_filter(Some(actual), o)),
-        Value::String(s) if !actual.is_string() => actual.to_string() == *s,
+        Value::String(s) if !actual.is_string() => *actual.to_string() == **s,
         w => w == actual || (w.is_number() && actual.is_number() && w.as_f64() == actual.as_f64()),
     }
 }
@@ -405,7 +463,12 @@ impl SandboxConnector {
         DATA.records(entity)
             .iter()
             .find(|r| r["remote_id"] == remote_id)
-            .ok_or_else(|| Self::err(ConnectorErrorKind::NotFound, format!("{entity} `{remote_id}` does not exist")))
+            .ok_or_else(|| {
+                Self::err(
+                    ConnectorErrorKind::NotFound,
+                    format!("{entity} `{remote_id}` does not exist"),
+                )
+            })
     }
 
     /// Business rules beyond the record's shape.
@@ -416,13 +479,17 @@ impl SandboxConnector {
                 Err(_) => {
                     return Err(Self::err(
                         ConnectorErrorKind::Validation,
-                        format!("invalid record: vendor `{vendor_id}` does not exist (field `vendor_id`)"),
+                        format!(
+                            "invalid record: vendor `{vendor_id}` does not exist (field `vendor_id`)"
+                        ),
                     ));
                 }
                 Ok(v) if v["status"] == "blocked" => {
                     return Err(Self::err(
                         ConnectorErrorKind::Validation,
-                        format!("invalid record: vendor `{vendor_id}` is blocked (field `vendor_id`)"),
+                        format!(
+                            "invalid record: vendor `{vendor_id}` is blocked (field `vendor_id`)"
+                        ),
                     ));
                 }
                 Ok(_) => {}
@@ -433,7 +500,9 @@ impl SandboxConnector {
                 {
                     return Err(Self::err(
                         ConnectorErrorKind::Validation,
-                        format!("invalid record: item `{item}` does not exist (field `lines[{n}].item_id`)"),
+                        format!(
+                            "invalid record: item `{item}` does not exist (field `lines[{n}].item_id`)"
+                        ),
                     ));
                 }
             }
@@ -454,7 +523,9 @@ fn merge(base: &mut Value, patch: &Value) {
     if let (Value::Object(b), Value::Object(p)) = (base, patch) {
         for (k, v) in p {
             match (b.get_mut(k), v) {
-                (Some(existing @ Value::Object(_)), Value::Object(_)) if k == "custom_fields" => merge(existing, v),
+                (Some(existing @ Value::Object(_)), Value::Object(_)) if k == "custom_fields" => {
+                    merge(existing, v)
+                }
                 _ => {
                     b.insert(k.clone(), v.clone());
                 }
@@ -483,11 +554,16 @@ impl Connector for SandboxConnector {
         let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
         let after = match &query.cursor {
             Some(c) => Some(decode_cursor(c).ok_or_else(|| {
-                Self::err(ConnectorErrorKind::Validation, format!("invalid cursor `{c}`"))
+                Self::err(
+                    ConnectorErrorKind::Validation,
+                    format!("invalid cursor `{c}`"),
+                )
             })?),
             None => None,
         };
-        let modified_after = query.modified_after.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let modified_after = query
+            .modified_after
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         let mut records = Vec::new();
         let mut more = false;
         for r in DATA.records(entity) {
@@ -500,7 +576,11 @@ impl Connector for SandboxConnector {
             {
                 continue;
             }
-            if !query.filters.iter().all(|(k, w)| matches_filter(field(r, k), w)) {
+            if !query
+                .filters
+                .iter()
+                .all(|(k, w)| matches_filter(field(r, k), w))
+            {
                 continue;
             }
             if records.len() == limit {
@@ -509,8 +589,15 @@ impl Connector for SandboxConnector {
             }
             records.push(r.clone());
         }
-        let next_cursor = if more { records.last().map(encode_cursor) } else { None };
-        Ok(Page { records, next_cursor })
+        let next_cursor = if more {
+            records.last().map(encode_cursor)
+        } else {
+            None
+        };
+        Ok(Page {
+            records,
+            next_cursor,
+        })
     }
 
     async fn get(&self, entity: Entity, remote_id: &str) -> Result<Value, ConnectorError> {
@@ -576,7 +663,8 @@ mod tests {
     fn every_record_fits_the_unified_model() {
         for e in Entity::ALL {
             for r in DATA.records(e) {
-                e.validate(r).unwrap_or_else(|err| panic!("{e} {}: {err}", r["remote_id"]));
+                e.validate(r)
+                    .unwrap_or_else(|err| panic!("{e} {}: {err}", r["remote_id"]));
             }
         }
     }
@@ -585,11 +673,21 @@ mod tests {
     fn data_covers_the_documented_cases() {
         let pos = &DATA.purchase_orders;
         assert!(pos.len() >= 50);
-        for s in ["draft", "approved", "completed", "cancelled", "pending_approval", "partially_received"] {
+        for s in [
+            "draft",
+            "approved",
+            "completed",
+            "cancelled",
+            "pending_approval",
+            "partially_received",
+        ] {
             assert!(pos.iter().any(|p| p["status"] == s), "no {s} order");
         }
         assert!(pos.iter().any(|p| p["vendor_id"] == MISSING_VENDOR_ID));
-        assert!(pos.iter().any(|p| !p["custom_fields"].as_object().unwrap().is_empty()));
+        assert!(
+            pos.iter()
+                .any(|p| !p["custom_fields"].as_object().unwrap().is_empty())
+        );
         let oos: Vec<&str> = DATA
             .inventory_items
             .iter()
@@ -597,6 +695,12 @@ mod tests {
             .map(|i| i["remote_id"].as_str().unwrap())
             .collect();
         assert_eq!(oos.len(), 5);
-        assert!(pos.iter().any(|p| p["lines"].as_array().unwrap().iter().any(|l| oos.contains(&l["item_id"].as_str().unwrap()))));
+        assert!(pos.iter().any(|p| {
+            p["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| oos.contains(&l["item_id"].as_str().unwrap()))
+        }));
     }
 }

@@ -112,7 +112,10 @@ impl Template {
         match v {
             Value::String(s) => Self::compile_str(s),
             Value::Array(items) => Ok(Template::Array(
-                items.iter().map(Template::compile).collect::<Result<_, _>>()?,
+                items
+                    .iter()
+                    .map(Template::compile)
+                    .collect::<Result<_, _>>()?,
             )),
             Value::Object(map) => Ok(Template::Object(
                 map.iter()
@@ -135,7 +138,8 @@ impl Template {
             });
         }
         if s.contains(OPEN) {
-            ENV.template_from_str(s).map_err(|e| ExprError::new(s, &e))?;
+            ENV.template_from_str(s)
+                .map_err(|e| ExprError::new(s, &e))?;
             return Ok(Template::Text(s.to_string()));
         }
         Ok(Template::Literal(Value::String(s.to_string())))
@@ -166,7 +170,9 @@ impl Template {
                 })
             }
             Template::Text(src) => {
-                let tmpl = ENV.template_from_str(src).map_err(|e| ExprError::new(src, &e))?;
+                let tmpl = ENV
+                    .template_from_str(src)
+                    .map_err(|e| ExprError::new(src, &e))?;
                 tmpl.render(ctx)
                     .map(Value::String)
                     .map_err(|e| ExprError::new(src, &e))
@@ -216,7 +222,9 @@ impl Template {
                 }
             }
             Template::Array(items) => items.iter().for_each(|t| t.collect_references(out)),
-            Template::Object(entries) => entries.iter().for_each(|(_, t)| t.collect_references(out)),
+            Template::Object(entries) => {
+                entries.iter().for_each(|(_, t)| t.collect_references(out))
+            }
         }
     }
 
@@ -285,7 +293,9 @@ mod tests {
     use serde_json::json;
 
     fn ctx() -> MjValue {
-        from_json(&json!({"inputs": {"threshold": 10000, "name": "ACME"}, "steps": {"a": {"output": [1, 2, 3]}}}))
+        from_json(
+            &json!({"inputs": {"threshold": 10000, "name": "ACME"}, "steps": {"a": {"output": [1, 2, 3]}}}),
+        )
     }
 
     #[test]
@@ -298,14 +308,21 @@ mod tests {
 
     #[test]
     fn embedded_expression_interpolates_text() {
-        let t = Template::compile(&json!("Vendor ${{ inputs.name }} over ${{ inputs.threshold }}")).unwrap();
+        let t = Template::compile(&json!(
+            "Vendor ${{ inputs.name }} over ${{ inputs.threshold }}"
+        ))
+        .unwrap();
         assert_eq!(t.eval(&ctx()).unwrap(), json!("Vendor ACME over 10000"));
     }
 
     #[test]
     fn nested_values_are_rendered_and_literals_kept() {
-        let t = Template::compile(&json!({"n": "${{ inputs.threshold }}", "fixed": [true, 1.5]})).unwrap();
-        assert_eq!(t.eval(&ctx()).unwrap(), json!({"n": 10000, "fixed": [true, 1.5]}));
+        let t = Template::compile(&json!({"n": "${{ inputs.threshold }}", "fixed": [true, 1.5]}))
+            .unwrap();
+        assert_eq!(
+            t.eval(&ctx()).unwrap(),
+            json!({"n": 10000, "fixed": [true, 1.5]})
+        );
     }
 
     #[test]
@@ -324,7 +341,13 @@ mod tests {
 
     #[test]
     fn references_name_dotted_paths() {
-        let t = Template::compile(&json!({"a": "${{ steps.a.output | length }}", "b": "x ${{ inputs.name }}"})).unwrap();
-        assert_eq!(t.references(), vec!["inputs.name".to_string(), "steps.a.output".to_string()]);
+        let t = Template::compile(
+            &json!({"a": "${{ steps.a.output | length }}", "b": "x ${{ inputs.name }}"}),
+        )
+        .unwrap();
+        assert_eq!(
+            t.references(),
+            vec!["inputs.name".to_string(), "steps.a.output".to_string()]
+        );
     }
 }

@@ -23,9 +23,10 @@ pub struct Secrets {
 impl Secrets {
     /// Reads every `SLUICE_SECRET_<NAME>` variable of this process.
     pub fn from_env() -> Secrets {
-        Secrets::from_pairs(std::env::vars().filter_map(|(k, v)| {
-            k.strip_prefix(ENV_PREFIX).map(|name| (name.to_string(), v))
-        }))
+        Secrets::from_pairs(
+            std::env::vars()
+                .filter_map(|(k, v)| k.strip_prefix(ENV_PREFIX).map(|name| (name.to_string(), v))),
+        )
     }
 
     /// Secrets from explicit pairs.

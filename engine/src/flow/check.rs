@@ -41,7 +41,12 @@ const ROOTS: &[&str] = &["inputs", "trigger", "steps", "secrets", "item", "index
 
 impl<'a> Checker<'a> {
     /// A checker rooted at `base` in `source`.
-    pub fn new(source: &'a Node, base: Vec<Seg>, diags: &'a mut Vec<Diagnostic>, scope: RefScope) -> Self {
+    pub fn new(
+        source: &'a Node,
+        base: Vec<Seg>,
+        diags: &'a mut Vec<Diagnostic>,
+        scope: RefScope,
+    ) -> Self {
         Checker {
             source,
             base,
@@ -57,14 +62,24 @@ impl<'a> Checker<'a> {
     }
 
     /// Reports a problem at the value at `rel`.
-    pub fn error(&mut self, rel: &[Seg], code: &'static str, message: impl Into<String>) -> &mut Diagnostic {
+    pub fn error(
+        &mut self,
+        rel: &[Seg],
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
         let loc = self.source.locate(&self.full(rel));
         self.diags.push(Diagnostic::at(code, loc, message));
         self.diags.last_mut().expect("just pushed")
     }
 
     /// Reports a problem at the key at the end of `rel`.
-    pub fn error_at_key(&mut self, rel: &[Seg], code: &'static str, message: impl Into<String>) -> &mut Diagnostic {
+    pub fn error_at_key(
+        &mut self,
+        rel: &[Seg],
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
         let loc = self.source.locate_key(&self.full(rel));
         self.diags.push(Diagnostic::at(code, loc, message));
         self.diags.last_mut().expect("just pushed")
@@ -78,8 +93,15 @@ impl<'a> Checker<'a> {
                 Some(t)
             }
             Err(e) => {
-                self.error(rel, "invalid-expression", format!("expression does not parse: {}", e.message))
-                    .hint = Some(format!("in `{}`; expressions use minijinja syntax, e.g. `${{{{ inputs.limit * 2 }}}}`", e.source_text));
+                self.error(
+                    rel,
+                    "invalid-expression",
+                    format!("expression does not parse: {}", e.message),
+                )
+                .hint = Some(format!(
+                    "in `{}`; expressions use minijinja syntax, e.g. `${{{{ inputs.limit * 2 }}}}`",
+                    e.source_text
+                ));
                 None
             }
         }
@@ -93,8 +115,12 @@ impl<'a> Checker<'a> {
                 Some(t)
             }
             Err(e) => {
-                self.error(rel, "invalid-expression", format!("condition does not parse: {}", e.message))
-                    .hint = Some(format!("in `{}`", e.source_text));
+                self.error(
+                    rel,
+                    "invalid-expression",
+                    format!("condition does not parse: {}", e.message),
+                )
+                .hint = Some(format!("in `{}`", e.source_text));
                 None
             }
         }
@@ -111,25 +137,42 @@ impl<'a> Checker<'a> {
                     if let Some(name) = second
                         && !self.scope.inputs.contains(name)
                     {
-                        let hint = match did_you_mean(name, self.scope.inputs.iter().map(String::as_str)) {
+                        let hint = match did_you_mean(
+                            name,
+                            self.scope.inputs.iter().map(String::as_str),
+                        ) {
                             Some(s) => format!("did you mean `inputs.{s}`?"),
                             None => "declare it under `inputs:`".to_string(),
                         };
-                        self.error(rel, "unknown-input", format!("`inputs.{name}` is not a declared input"))
-                            .hint = Some(hint);
+                        self.error(
+                            rel,
+                            "unknown-input",
+                            format!("`inputs.{name}` is not a declared input"),
+                        )
+                        .hint = Some(hint);
                     }
                 }
                 "steps" => {
                     let Some(id) = second else { continue };
                     if !self.scope.all_steps.contains(id) {
-                        let hint = match did_you_mean(id, self.scope.all_steps.iter().map(String::as_str)) {
-                            Some(s) => format!("did you mean `steps.{s}`?"),
-                            None => "refer to a step id of this flow".to_string(),
-                        };
-                        self.error(rel, "unknown-step", format!("`steps.{id}` names no step of this flow"))
-                            .hint = Some(hint);
+                        let hint =
+                            match did_you_mean(id, self.scope.all_steps.iter().map(String::as_str))
+                            {
+                                Some(s) => format!("did you mean `steps.{s}`?"),
+                                None => "refer to a step id of this flow".to_string(),
+                            };
+                        self.error(
+                            rel,
+                            "unknown-step",
+                            format!("`steps.{id}` names no step of this flow"),
+                        )
+                        .hint = Some(hint);
                     } else if self.scope.current.as_deref() == Some(id) {
-                        self.error(rel, "self-reference", format!("step `{id}` refers to its own output"));
+                        self.error(
+                            rel,
+                            "self-reference",
+                            format!("step `{id}` refers to its own output"),
+                        );
                     } else if !self.scope.upstream.contains(id) {
                         let current = self.scope.current.clone().unwrap_or_default();
                         self.error(
@@ -141,8 +184,14 @@ impl<'a> Checker<'a> {
                     }
                 }
                 "item" | "index" if !self.scope.item => {
-                    self.error(rel, "item-outside-for-each", format!("`{root}` exists only in a step with `for_each`"))
-                        .hint = Some("add `for_each:` to the step, or refer to a step output instead".into());
+                    self.error(
+                        rel,
+                        "item-outside-for-each",
+                        format!("`{root}` exists only in a step with `for_each`"),
+                    )
+                    .hint = Some(
+                        "add `for_each:` to the step, or refer to a step output instead".into(),
+                    );
                 }
                 r if ROOTS.contains(&r) || globals.iter().any(|g| g == r) => {}
                 other => {
@@ -150,8 +199,12 @@ impl<'a> Checker<'a> {
                         Some(s) => format!("did you mean `{s}`?"),
                         None => format!("expressions can read: {}", ROOTS.join(", ")),
                     };
-                    self.error(rel, "unknown-variable", format!("unknown variable `{other}`"))
-                        .hint = Some(hint);
+                    self.error(
+                        rel,
+                        "unknown-variable",
+                        format!("unknown variable `{other}`"),
+                    )
+                    .hint = Some(hint);
                 }
             }
         }
@@ -167,8 +220,12 @@ impl<'a> Checker<'a> {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!("known connections: {}", known.join(", ")),
         };
-        self.error(rel, "unknown-connection", format!("unknown connection `{name}`"))
-            .hint = Some(hint);
+        self.error(
+            rel,
+            "unknown-connection",
+            format!("unknown connection `{name}`"),
+        )
+        .hint = Some(hint);
         false
     }
 
@@ -198,10 +255,17 @@ impl<'a> Checker<'a> {
         }
         let hint = match did_you_mean(top, fields.iter().map(String::as_str)) {
             Some(s) => format!("did you mean `{s}`?"),
-            None => format!("fields of {entity}: {}", fields.iter().cloned().collect::<Vec<_>>().join(", ")),
+            None => format!(
+                "fields of {entity}: {}",
+                fields.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
         };
-        self.error_at_key(rel, "unknown-field", format!("`{top}` is not a field of {entity}"))
-            .hint = Some(hint);
+        self.error_at_key(
+            rel,
+            "unknown-field",
+            format!("`{top}` is not a field of {entity}"),
+        )
+        .hint = Some(hint);
         false
     }
 
@@ -210,8 +274,12 @@ impl<'a> Checker<'a> {
         match humantime::parse_duration(text) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.error(rel, "invalid-duration", format!("invalid duration `{text}`: {e}"))
-                    .hint = Some("write a number and a unit, e.g. `500ms`, `30s`, `2m`, `1h`".into());
+                self.error(
+                    rel,
+                    "invalid-duration",
+                    format!("invalid duration `{text}`: {e}"),
+                )
+                .hint = Some("write a number and a unit, e.g. `500ms`, `30s`, `2m`, `1h`".into());
                 None
             }
         }

@@ -130,9 +130,7 @@ fn span_at(source: &str, line: usize, column: usize) -> Option<SourceSpan> {
                 .map(|(b, _)| b)
                 .unwrap_or(text.trim_end().len());
             let rest = &text[start..];
-            let len = rest
-                .find(|c: char| c == '\n' || c == '#' || c == ',' || c == '}' || c == ']')
-                .unwrap_or(rest.len());
+            let len = rest.find(['\n', '#', ',', '}', ']']).unwrap_or(rest.len());
             let len = rest[..len].trim_end().len().max(1).min(rest.len().max(1));
             return Some(SourceSpan::new((offset + start).into(), len));
         }
@@ -163,7 +161,7 @@ pub fn render(file: &str, source: &str, diagnostics: &[Diagnostic], color: bool)
         out.push_str(&header);
         let report = Report {
             diag: d,
-            src: NamedSource::new(format!("{file}"), source.to_string()),
+            src: NamedSource::new(file, source.to_string()),
             span,
         };
         let mut body = String::new();
@@ -176,7 +174,10 @@ pub fn render(file: &str, source: &str, diagnostics: &[Diagnostic], color: bool)
 }
 
 /// The closest candidate to `word`, if any is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))

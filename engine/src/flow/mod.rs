@@ -165,20 +165,27 @@ pub fn compile_file(path: &std::path::Path, catalog: &Catalog) -> Result<Compile
         Err(e) => Err(FlowErrors {
             file: file.clone(),
             source: String::new(),
-            diagnostics: vec![Diagnostic::at("io", Loc::default(), format!("cannot read {file}: {e}"))],
+            diagnostics: vec![Diagnostic::at(
+                "io",
+                Loc::default(),
+                format!("cannot read {file}: {e}"),
+            )],
         }),
     }
 }
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn is_slug(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Prunes keys the shape check found unknown, so the rest can still be checked.
@@ -191,7 +198,9 @@ fn to_json_pruned(node: &Node, unknown: &BTreeSet<(usize, usize)>) -> Value {
                 .map(|(k, v)| (k.name.clone(), to_json_pruned(v, unknown)))
                 .collect(),
         ),
-        NodeValue::Seq(items) => Value::Array(items.iter().map(|i| to_json_pruned(i, unknown)).collect()),
+        NodeValue::Seq(items) => {
+            Value::Array(items.iter().map(|i| to_json_pruned(i, unknown)).collect())
+        }
         _ => node.to_json(),
     }
 }
@@ -207,18 +216,24 @@ pub fn compile(file: &str, text: &str, catalog: &Catalog) -> Result<CompiledFlow
         Ok(n) => n,
         Err((message, loc)) => {
             return Err(fail(vec![
-                Diagnostic::at("yaml-syntax", loc.unwrap_or_default(), format!("invalid YAML: {message}"))
-                    .with_hint("check indentation, quoting and `:` after keys"),
+                Diagnostic::at(
+                    "yaml-syntax",
+                    loc.unwrap_or_default(),
+                    format!("invalid YAML: {message}"),
+                )
+                .with_hint("check indentation, quoting and `:` after keys"),
             ]));
         }
     };
     if !matches!(root.value, NodeValue::Map(_)) {
-        return Err(fail(vec![Diagnostic::at(
-            "wrong-type",
-            root.loc,
-            format!("a flow is a mapping, found {}", root.type_name()),
-        )
-        .with_hint("start with `apiVersion: sluice/v1`")]));
+        return Err(fail(vec![
+            Diagnostic::at(
+                "wrong-type",
+                root.loc,
+                format!("a flow is a mapping, found {}", root.type_name()),
+            )
+            .with_hint("start with `apiVersion: sluice/v1`"),
+        ]));
     }
 
     let schema = json_schema();
@@ -236,7 +251,11 @@ pub fn compile(file: &str, text: &str, catalog: &Catalog) -> Result<CompiledFlow
     let flow: Flow = match serde_json::from_value(to_json_pruned(&root, &unknown)) {
         Ok(f) => f,
         Err(e) => {
-            diags.push(Diagnostic::at("invalid-flow", root.loc, format!("the flow does not match the format: {e}")));
+            diags.push(Diagnostic::at(
+                "invalid-flow",
+                root.loc,
+                format!("the flow does not match the format: {e}"),
+            ));
             return Err(fail(diags));
         }
     };
@@ -247,7 +266,8 @@ pub fn compile(file: &str, text: &str, catalog: &Catalog) -> Result<CompiledFlow
         diags.dedup();
         return Err(fail(diags));
     }
-    let (steps, topo_order, output, sinks) = compiled.expect("no diagnostics means everything compiled");
+    let (steps, topo_order, output, sinks) =
+        compiled.expect("no diagnostics means everything compiled");
     Ok(CompiledFlow {
         hash: hex::encode(Sha256::digest(text.as_bytes())),
         flow,
@@ -262,18 +282,35 @@ pub fn compile(file: &str, text: &str, catalog: &Catalog) -> Result<CompiledFlow
 
 type Compiled = (Vec<CompiledStep>, Vec<usize>, Option<Template>, Vec<usize>);
 
-fn check_meaning(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> Option<Compiled> {
+fn check_meaning(
+    flow: &Flow,
+    root: &Node,
+    catalog: &Catalog,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Compiled> {
     let at = |p: &[Seg]| root.locate(p);
     let at_key = |p: &[Seg]| root.locate_key(p);
 
     if !is_slug(&flow.id) {
-        diags.push(Diagnostic::at("invalid-id", at(&path!["id"]), format!("invalid flow id `{}`", flow.id))
-            .with_hint("use letters, digits, `-` and `_`"));
+        diags.push(
+            Diagnostic::at(
+                "invalid-id",
+                at(&path!["id"]),
+                format!("invalid flow id `{}`", flow.id),
+            )
+            .with_hint("use letters, digits, `-` and `_`"),
+        );
     }
     for (name, spec) in &flow.inputs {
         if !is_identifier(name) {
-            diags.push(Diagnostic::at("invalid-id", at_key(&path!["inputs", name.as_str()]), format!("invalid input name `{name}`"))
-                .with_hint("use letters, digits and `_`, starting with a letter"));
+            diags.push(
+                Diagnostic::at(
+                    "invalid-id",
+                    at_key(&path!["inputs", name.as_str()]),
+                    format!("invalid input name `{name}`"),
+                )
+                .with_hint("use letters, digits and `_`, starting with a letter"),
+            );
         }
         if let Some(d) = &spec.default
             && !spec.kind.accepts(d)
@@ -291,22 +328,46 @@ fn check_meaning(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Di
     let mut index_of: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, step) in flow.steps.iter().enumerate() {
         if !is_identifier(&step.id) {
-            diags.push(Diagnostic::at("invalid-id", at(&path!["steps", i, "id"]), format!("invalid step id `{}`", step.id))
-                .with_hint("use letters, digits and `_` (expressions read it as `steps.<id>`)"));
+            diags.push(
+                Diagnostic::at(
+                    "invalid-id",
+                    at(&path!["steps", i, "id"]),
+                    format!("invalid step id `{}`", step.id),
+                )
+                .with_hint("use letters, digits and `_` (expressions read it as `steps.<id>`)"),
+            );
         }
         if index_of.insert(step.id.as_str(), i).is_some() {
-            diags.push(Diagnostic::at("duplicate-step", at(&path!["steps", i, "id"]), format!("duplicate step id `{}`", step.id))
-                .with_hint("step ids must be unique within a flow"));
+            diags.push(
+                Diagnostic::at(
+                    "duplicate-step",
+                    at(&path!["steps", i, "id"]),
+                    format!("duplicate step id `{}`", step.id),
+                )
+                .with_hint("step ids must be unique within a flow"),
+            );
         }
         let kinds = step.kinds();
         match kinds.len() {
-            0 => diags.push(Diagnostic::at("missing-kind", at(&path!["steps", i]), format!("step `{}` does nothing", step.id))
-                .with_hint(format!("add one of: {}", STEP_KINDS.join(", ")))),
+            0 => diags.push(
+                Diagnostic::at(
+                    "missing-kind",
+                    at(&path!["steps", i]),
+                    format!("step `{}` does nothing", step.id),
+                )
+                .with_hint(format!("add one of: {}", STEP_KINDS.join(", "))),
+            ),
             1 => {}
             _ => {
                 let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-                diags.push(Diagnostic::at("several-kinds", at_key(&path!["steps", i, names[1]]), format!("step `{}` has several kinds: {}", step.id, names.join(", ")))
-                    .with_hint("split it into one step per kind"));
+                diags.push(
+                    Diagnostic::at(
+                        "several-kinds",
+                        at_key(&path!["steps", i, names[1]]),
+                        format!("step `{}` has several kinds: {}", step.id, names.join(", ")),
+                    )
+                    .with_hint("split it into one step per kind"),
+                );
             }
         }
     }
@@ -316,7 +377,11 @@ fn check_meaning(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Di
     for (i, step) in flow.steps.iter().enumerate() {
         for (j, need) in step.needs.iter().enumerate() {
             match index_of.get(need.as_str()) {
-                Some(&n) if n == i => diags.push(Diagnostic::at("cycle", at(&path!["steps", i, "needs", j]), format!("step `{need}` needs itself"))),
+                Some(&n) if n == i => diags.push(Diagnostic::at(
+                    "cycle",
+                    at(&path!["steps", i, "needs", j]),
+                    format!("step `{need}` needs itself"),
+                )),
                 Some(&n) => {
                     graph.update_edge(nodes[n], nodes[i], ());
                 }
@@ -325,7 +390,14 @@ fn check_meaning(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Di
                         Some(s) => format!("did you mean `{s}`?"),
                         None => "`needs` lists ids of steps in this flow".to_string(),
                     };
-                    diags.push(Diagnostic::at("unknown-step", at(&path!["steps", i, "needs", j]), format!("`needs` names `{need}`, which is not a step of this flow")).with_hint(hint));
+                    diags.push(
+                        Diagnostic::at(
+                            "unknown-step",
+                            at(&path!["steps", i, "needs", j]),
+                            format!("`needs` names `{need}`, which is not a step of this flow"),
+                        )
+                        .with_hint(hint),
+                    );
                 }
             }
         }
@@ -339,8 +411,12 @@ fn check_meaning(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Di
             let names: Vec<&str> = members.iter().map(|i| flow.steps[*i].id.as_str()).collect();
             let first = members[0];
             diags.push(
-                Diagnostic::at("cycle", at_key(&path!["steps", first, "needs"]), format!("steps form a cycle: {} → {}", names.join(" → "), names[0]))
-                    .with_hint("remove one of these `needs` so the steps form a DAG"),
+                Diagnostic::at(
+                    "cycle",
+                    at_key(&path!["steps", first, "needs"]),
+                    format!("steps form a cycle: {} → {}", names.join(" → "), names[0]),
+                )
+                .with_hint("remove one of these `needs` so the steps form a DAG"),
             );
         }
     }
@@ -398,7 +474,9 @@ fn check_meaning(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Di
             steps[n].dependents.push(i);
         }
     }
-    let sinks = (0..steps.len()).filter(|i| steps[*i].dependents.is_empty()).collect();
+    let sinks = (0..steps.len())
+        .filter(|i| steps[*i].dependents.is_empty())
+        .collect();
     Some((steps, topo, output, sinks))
 }
 
@@ -412,7 +490,7 @@ fn compile_step(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<CompiledStep> {
     let _ = flow;
-    let mut c = Checker::new(root, path!["steps", i], diags, scope);
+    let mut c = Checker::new(root, path!["steps", i].to_vec(), diags, scope);
     let mut ok = true;
     let for_each = match &step.for_each {
         Some(v) => {
@@ -424,8 +502,12 @@ fn compile_step(
     };
     c.scope.item = step.for_each.is_some();
     if step.concurrency.is_some() && step.for_each.is_none() {
-        c.error_at_key(&path!["concurrency"], "concurrency-without-for-each", "`concurrency` applies only to steps with `for_each`")
-            .hint = Some("add `for_each:` or remove `concurrency`".into());
+        c.error_at_key(
+            &path!["concurrency"],
+            "concurrency-without-for-each",
+            "`concurrency` applies only to steps with `for_each`",
+        )
+        .hint = Some("add `for_each:` or remove `concurrency`".into());
         ok = false;
     }
     let condition = match &step.condition {
@@ -457,7 +539,11 @@ fn compile_step(
             match (initial, max) {
                 (Some(initial), Some(max)) => {
                     if max < initial {
-                        c.error(&path!["retry", "max"], "invalid-retry", "`retry.max` is shorter than `retry.initial`");
+                        c.error(
+                            &path!["retry", "max"],
+                            "invalid-retry",
+                            "`retry.max` is shorter than `retry.initial`",
+                        );
                         ok = false;
                     }
                     RetrySpec {
@@ -489,7 +575,11 @@ fn compile_step(
     }
     Some(CompiledStep {
         id: step.id.clone(),
-        needs: step.needs.iter().filter_map(|n| index_of.get(n.as_str()).copied()).collect(),
+        needs: step
+            .needs
+            .iter()
+            .filter_map(|n| index_of.get(n.as_str()).copied())
+            .collect(),
         dependents: Vec::new(),
         condition,
         for_each,
@@ -504,7 +594,7 @@ fn compile_step(
 fn check_triggers(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Diagnostic>) {
     for (i, t) in flow.triggers.iter().enumerate() {
         let here = |rel: &[Seg]| {
-            let mut p = path!["triggers", i];
+            let mut p = path!["triggers", i].to_vec();
             p.extend_from_slice(rel);
             root.locate(&p)
         };
@@ -518,11 +608,19 @@ fn check_triggers(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<D
         .flatten()
         .collect();
         match kinds.len() {
-            0 => diags.push(Diagnostic::at("missing-kind", here(&[]), "trigger has no kind")
-                .with_hint("use one of: schedule, event, webhook, manual")),
+            0 => diags.push(
+                Diagnostic::at("missing-kind", here(&[]), "trigger has no kind")
+                    .with_hint("use one of: schedule, event, webhook, manual"),
+            ),
             1 => {}
-            _ => diags.push(Diagnostic::at("several-kinds", here(&[]), format!("trigger has several kinds: {}", kinds.join(", ")))
-                .with_hint("write one trigger per list item")),
+            _ => diags.push(
+                Diagnostic::at(
+                    "several-kinds",
+                    here(&[]),
+                    format!("trigger has several kinds: {}", kinds.join(", ")),
+                )
+                .with_hint("write one trigger per list item"),
+            ),
         }
         if let Some(cron) = &t.schedule {
             let parser = croner::parser::CronParser::builder()
@@ -535,10 +633,20 @@ fn check_triggers(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<D
         }
         if let Some(tz) = &t.timezone {
             if t.schedule.is_none() {
-                diags.push(Diagnostic::at("misplaced-key", here(&path!["timezone"]), "`timezone` applies only to `schedule` triggers"));
+                diags.push(Diagnostic::at(
+                    "misplaced-key",
+                    here(&path!["timezone"]),
+                    "`timezone` applies only to `schedule` triggers",
+                ));
             } else if chrono_tz::Tz::from_str(tz).is_err() {
-                diags.push(Diagnostic::at("invalid-timezone", here(&path!["timezone"]), format!("unknown time zone `{tz}`"))
-                    .with_hint("use an IANA name such as `Europe/Berlin` or `America/Chicago`"));
+                diags.push(
+                    Diagnostic::at(
+                        "invalid-timezone",
+                        here(&path!["timezone"]),
+                        format!("unknown time zone `{tz}`"),
+                    )
+                    .with_hint("use an IANA name such as `Europe/Berlin` or `America/Chicago`"),
+                );
             }
         }
         if let Some(ev) = &t.event
@@ -548,32 +656,66 @@ fn check_triggers(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<D
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("events: {}", EVENT_TYPES.join(", ")),
             };
-            diags.push(Diagnostic::at("unknown-event", here(&path!["event"]), format!("unknown event `{ev}`")).with_hint(hint));
+            diags.push(
+                Diagnostic::at(
+                    "unknown-event",
+                    here(&path!["event"]),
+                    format!("unknown event `{ev}`"),
+                )
+                .with_hint(hint),
+            );
         }
         if t.event.is_none() {
             for key in ["connection", "entity"] {
-                let present = if key == "connection" { t.connection.is_some() } else { t.entity.is_some() };
+                let present = if key == "connection" {
+                    t.connection.is_some()
+                } else {
+                    t.entity.is_some()
+                };
                 if present {
-                    diags.push(Diagnostic::at("misplaced-key", here(&path![key]), format!("`{key}` filters `event` triggers only")));
+                    diags.push(Diagnostic::at(
+                        "misplaced-key",
+                        here(&path![key]),
+                        format!("`{key}` filters `event` triggers only"),
+                    ));
                 }
             }
         }
         if let Some(c) = &t.connection
             && !catalog.connections.contains(c)
         {
-            diags.push(Diagnostic::at("unknown-connection", here(&path!["connection"]), format!("unknown connection `{c}`"))
-                .with_hint(format!("known connections: {}", catalog.connections.join(", "))));
+            diags.push(
+                Diagnostic::at(
+                    "unknown-connection",
+                    here(&path!["connection"]),
+                    format!("unknown connection `{c}`"),
+                )
+                .with_hint(format!(
+                    "known connections: {}",
+                    catalog.connections.join(", ")
+                )),
+            );
         }
         if let Some(e) = &t.entity
             && e.parse::<crate::unified::Entity>().is_err()
         {
-            diags.push(Diagnostic::at("unknown-entity", here(&path!["entity"]), format!("unknown entity `{e}`")));
+            diags.push(Diagnostic::at(
+                "unknown-entity",
+                here(&path!["entity"]),
+                format!("unknown entity `{e}`"),
+            ));
         }
         if let Some(w) = &t.webhook
             && !w.path.split('/').all(is_slug)
         {
-            diags.push(Diagnostic::at("invalid-path", here(&path!["webhook", "path"]), format!("invalid webhook path `{}`", w.path))
-                .with_hint("use letters, digits, `-`, `_` and `/` between segments"));
+            diags.push(
+                Diagnostic::at(
+                    "invalid-path",
+                    here(&path!["webhook", "path"]),
+                    format!("invalid webhook path `{}`", w.path),
+                )
+                .with_hint("use letters, digits, `-`, `_` and `/` between segments"),
+            );
         }
     }
 }

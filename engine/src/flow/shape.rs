@@ -62,7 +62,8 @@ pub fn check(node: &Node, schema: &Value, root: &Value, out: &mut Vec<Diagnostic
     if let Some(c) = obj.get("const") {
         check_enum(node, std::slice::from_ref(c), out);
     }
-    if let (Some(min), NodeValue::Number(n)) = (obj.get("minimum").and_then(Value::as_f64), &node.value)
+    if let (Some(min), NodeValue::Number(n)) =
+        (obj.get("minimum").and_then(Value::as_f64), &node.value)
         && n.as_f64().is_some_and(|v| v < min)
     {
         out.push(Diagnostic::at(
@@ -133,8 +134,12 @@ fn check_object(
         for r in required.iter().filter_map(Value::as_str) {
             if !seen.contains(&r) {
                 out.push(
-                    Diagnostic::at("missing-key", node.loc, format!("missing required key `{r}`"))
-                        .with_hint(format!("add `{r}:` to this mapping")),
+                    Diagnostic::at(
+                        "missing-key",
+                        node.loc,
+                        format!("missing required key `{r}`"),
+                    )
+                    .with_hint(format!("add `{r}:` to this mapping")),
                 );
             }
         }

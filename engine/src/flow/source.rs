@@ -88,7 +88,7 @@ impl From<usize> for Seg {
 /// Builds a path: `path!["steps", 2, "needs"]`.
 #[macro_export]
 macro_rules! path {
-    ($($seg:expr),* $(,)?) => { vec![$($crate::flow::source::Seg::from($seg)),*] };
+    ($($seg:expr),* $(,)?) => { [$($crate::flow::source::Seg::from($seg)),*] };
 }
 
 impl Node {
@@ -136,9 +136,10 @@ impl Node {
         let mut node = self;
         for seg in path {
             let next = match (seg, &node.value) {
-                (Seg::Key(k), NodeValue::Map(entries)) => {
-                    entries.iter().find(|(key, _)| &key.name == k).map(|(_, v)| v)
-                }
+                (Seg::Key(k), NodeValue::Map(entries)) => entries
+                    .iter()
+                    .find(|(key, _)| &key.name == k)
+                    .map(|(_, v)| v),
                 (Seg::Index(i), NodeValue::Seq(items)) => items.get(*i),
                 _ => None,
             };
@@ -159,9 +160,10 @@ impl Node {
         let mut node = self;
         for seg in parent {
             let next = match (seg, &node.value) {
-                (Seg::Key(k), NodeValue::Map(entries)) => {
-                    entries.iter().find(|(key, _)| &key.name == k).map(|(_, v)| v)
-                }
+                (Seg::Key(k), NodeValue::Map(entries)) => entries
+                    .iter()
+                    .find(|(key, _)| &key.name == k)
+                    .map(|(_, v)| v),
                 (Seg::Index(i), NodeValue::Seq(items)) => items.get(*i),
                 _ => None,
             };

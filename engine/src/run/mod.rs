@@ -14,6 +14,7 @@
 //! deduplicate. Starts of steps with external effects are logged in the
 //! store's attempt log, which is how executions can be counted.
 
+pub mod memory;
 pub mod retry;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,7 +34,9 @@ use crate::expr::secrets::Secrets;
 use crate::expr::{Scope, from_json};
 use crate::flow::{self, Catalog, CompiledFlow, CompiledStep, FlowErrors, OnError, OnLimit};
 use crate::steps::{StepError, StepErrorKind, StepRuntime};
-use crate::store::{NewRun, RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError, now_ms};
+use crate::store::{
+    NewRun, RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError, now_ms,
+};
 
 /// Default lease of a run: how long a dead process keeps others from resuming it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -99,7 +102,9 @@ pub enum RunError {
     #[error("no run with id `{0}`")]
     NotFound(String),
     /// Another process holds the run's lease.
-    #[error("run `{run_id}` is held by process {owner} until its lease expires in {remaining_ms} ms; try again then")]
+    #[error(
+        "run `{run_id}` is held by process {owner} until its lease expires in {remaining_ms} ms; try again then"
+    )]
     Held {
         /// Run id.
         run_id: String,
@@ -148,6 +153,8 @@ struct Inner {
     lease: Duration,
     admission: Mutex<()>,
     active: std::sync::Mutex<HashMap<String, Arc<CancelSignal>>>,
+    /// (flow id, source hash) → stored revision, so repeated runs skip a query.
+    revisions: std::sync::Mutex<HashMap<(String, String), i64>>,
 }
 
 /// Runs flows durably. Cheap to clone.
@@ -176,13 +183,15 @@ impl Engine {
                 lease: DEFAULT_LEASE,
                 admission: Mutex::new(()),
                 active: std::sync::Mutex::new(HashMap::new()),
+                revisions: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
 
     /// Sets the run lease (before any run starts).
     pub fn with_lease(self, lease: Duration) -> Engine {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| panic!("with_lease is called before the engine is shared"));
+        let inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("with_lease is called before the engine is shared"));
         Engine {
             inner: Arc::new(Inner { lease, ..inner }),
         }
@@ -206,13 +215,23 @@ impl Engine {
     }
 
     /// Applies defaults and checks given inputs against the declaration.
-    pub fn resolve_inputs(flow: &CompiledFlow, given: &Map<String, Value>) -> Result<Value, RunError> {
+    pub fn resolve_inputs(
+        flow: &CompiledFlow,
+        given: &Map<String, Value>,
+    ) -> Result<Value, RunError> {
         let mut problems = Vec::new();
         let mut out = Map::new();
         for name in given.keys() {
             if !flow.flow.inputs.contains_key(name) {
                 let declared: Vec<&str> = flow.flow.inputs.keys().map(String::as_str).collect();
-                problems.push(format!("unknown input `{name}` (declared: {})", if declared.is_empty() { "none".to_string() } else { declared.join(", ") }));
+                problems.push(format!(
+                    "unknown input `{name}` (declared: {})",
+                    if declared.is_empty() {
+                        "none".to_string()
+                    } else {
+                        declared.join(", ")
+                    }
+                ));
             }
         }
         for (name, spec) in &flow.flow.inputs {
@@ -220,8 +239,14 @@ impl Engine {
                 Some(v) if spec.kind.accepts(v) => {
                     out.insert(name.clone(), v.clone());
                 }
-                Some(v) => problems.push(format!("input `{name}` must be {}, got {v}", spec.kind.name())),
-                None if spec.required => problems.push(format!("missing required input `{name}` ({})", spec.kind.name())),
+                Some(v) => problems.push(format!(
+                    "input `{name}` must be {}, got {v}",
+                    spec.kind.name()
+                )),
+                None if spec.required => problems.push(format!(
+                    "missing required input `{name}` ({})",
+                    spec.kind.name()
+                )),
                 None => {
                     out.insert(name.clone(), Value::Null);
                 }
@@ -236,9 +261,15 @@ impl Engine {
 
     /// Stores the flow (as a new revision if changed), starts a run with
     /// `inputs` and executes it to the end.
-    pub async fn run(&self, flow: Arc<CompiledFlow>, inputs: &Map<String, Value>, trigger: Value, events: Events) -> Result<RunOutcome, RunError> {
+    pub async fn run(
+        &self,
+        flow: Arc<CompiledFlow>,
+        inputs: &Map<String, Value>,
+        trigger: Value,
+        events: Events,
+    ) -> Result<RunOutcome, RunError> {
         let inputs = Self::resolve_inputs(&flow, inputs)?;
-        let revision = self.inner.store.save_flow(flow.id(), &flow.source, &flow.hash).await?;
+        let revision = self.revision_of(&flow).await?;
         let run_id = uuid::Uuid::now_v7().to_string();
         let limited = flow.flow.concurrency.is_some();
         self.inner
@@ -255,8 +286,49 @@ impl Engine {
         if limited && !self.admit(&flow, &run_id).await? {
             return self.outcome(&run_id).await;
         }
-        let record = self.inner.store.get_run(&run_id).await?.ok_or_else(|| RunError::NotFound(run_id.clone()))?;
-        self.execute(flow, record, events).await
+        let now = now_ms();
+        let record = RunRecord {
+            id: run_id,
+            flow_id: flow.id().to_string(),
+            flow_revision: revision,
+            status: RunStatus::Running,
+            inputs,
+            trigger,
+            output: None,
+            error: None,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            lease_owner: Some(self.inner.owner.clone()),
+            lease_expires_at: None,
+            resumes: 0,
+        };
+        self.execute(flow, record, true, events).await
+    }
+
+    /// The stored revision of a compiled flow, storing it if new.
+    async fn revision_of(&self, flow: &CompiledFlow) -> Result<i64, RunError> {
+        let key = (flow.id().to_string(), flow.hash.clone());
+        if let Some(rev) = self
+            .inner
+            .revisions
+            .lock()
+            .expect("revision cache lock")
+            .get(&key)
+        {
+            return Ok(*rev);
+        }
+        let rev = self
+            .inner
+            .store
+            .save_flow(flow.id(), &flow.source, &flow.hash)
+            .await?;
+        self.inner
+            .revisions
+            .lock()
+            .expect("revision cache lock")
+            .insert(key, rev);
+        Ok(rev)
     }
 
     /// Waits for a slot under the flow's concurrency limit and claims the run.
@@ -270,15 +342,27 @@ impl Engine {
                 let _guard = self.inner.admission.lock().await;
                 let active = self.inner.store.active_runs(flow.id()).await?;
                 if active.len() < limit.limit as usize {
-                    if self.inner.store.claim_run(run_id, &self.inner.owner, self.inner.lease, false).await? {
+                    if self
+                        .inner
+                        .store
+                        .claim_run(run_id, &self.inner.owner, self.inner.lease, false)
+                        .await?
+                    {
                         return Ok(true);
                     }
-                    return Err(RunError::Held { run_id: run_id.to_string(), owner: "another process".into(), remaining_ms: 0 });
+                    return Err(RunError::Held {
+                        run_id: run_id.to_string(),
+                        owner: "another process".into(),
+                        remaining_ms: 0,
+                    });
                 }
                 match limit.on_limit {
                     OnLimit::Skip => {
                         let error = json!({"kind": "concurrency_limit", "message": format!("skipped: flow `{}` already has {} active run(s), its concurrency limit", flow.id(), active.len())});
-                        self.inner.store.finish_run(run_id, RunStatus::Cancelled, None, Some(&error)).await?;
+                        self.inner
+                            .store
+                            .finish_run(run_id, RunStatus::Cancelled, None, Some(&error))
+                            .await?;
                         return Ok(false);
                     }
                     OnLimit::CancelOldest => {
@@ -296,7 +380,13 @@ impl Engine {
     /// Asks a run to stop. Returns false if it was not queued or running.
     pub async fn cancel(&self, run_id: &str) -> Result<bool, RunError> {
         let requested = self.inner.store.request_cancel(run_id).await?;
-        let signal = self.inner.active.lock().expect("cancel map lock").get(run_id).cloned();
+        let signal = self
+            .inner
+            .active
+            .lock()
+            .expect("cancel map lock")
+            .get(run_id)
+            .cloned();
         if let Some(s) = signal {
             s.cancel();
         }
@@ -306,10 +396,18 @@ impl Engine {
     /// Continues a run that was interrupted (its process died and its lease
     /// expired) or that failed (from the failed step on).
     pub async fn resume(&self, run_id: &str, events: Events) -> Result<RunOutcome, RunError> {
-        let run = self.inner.store.get_run(run_id).await?.ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
+        let run = self
+            .inner
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
         match run.status {
             RunStatus::Succeeded | RunStatus::Cancelled => {
-                return Err(RunError::AlreadyFinished(run_id.to_string(), run.status.as_str()));
+                return Err(RunError::AlreadyFinished(
+                    run_id.to_string(),
+                    run.status.as_str(),
+                ));
             }
             RunStatus::Failed => self.inner.store.reset_unfinished_steps(run_id).await?,
             RunStatus::Queued | RunStatus::Running => {}
@@ -319,10 +417,32 @@ impl Engine {
             .store
             .flow_revision(&run.flow_id, run.flow_revision)
             .await?
-            .ok_or_else(|| RunError::Flow { run_id: run_id.to_string(), message: format!("revision {} of flow `{}` is not in the store", run.flow_revision, run.flow_id) })?;
-        let compiled = flow::compile(&format!("{}@{}", run.flow_id, run.flow_revision), &revision.source, &self.catalog())
-            .map_err(|e: FlowErrors| RunError::Flow { run_id: run_id.to_string(), message: e.to_string() })?;
-        let claimed = self.inner.store.claim_run(run_id, &self.inner.owner, self.inner.lease, run.status == RunStatus::Failed).await?;
+            .ok_or_else(|| RunError::Flow {
+                run_id: run_id.to_string(),
+                message: format!(
+                    "revision {} of flow `{}` is not in the store",
+                    run.flow_revision, run.flow_id
+                ),
+            })?;
+        let compiled = flow::compile(
+            &format!("{}@{}", run.flow_id, run.flow_revision),
+            &revision.source,
+            &self.catalog(),
+        )
+        .map_err(|e: FlowErrors| RunError::Flow {
+            run_id: run_id.to_string(),
+            message: e.to_string(),
+        })?;
+        let claimed = self
+            .inner
+            .store
+            .claim_run(
+                run_id,
+                &self.inner.owner,
+                self.inner.lease,
+                run.status == RunStatus::Failed,
+            )
+            .await?;
         if !claimed {
             return Err(RunError::Held {
                 run_id: run_id.to_string(),
@@ -330,12 +450,21 @@ impl Engine {
                 remaining_ms: run.lease_expires_at.map(|t| t - now_ms()).unwrap_or(0),
             });
         }
-        let record = self.inner.store.get_run(run_id).await?.ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
-        self.execute(Arc::new(compiled), record, events).await
+        let record = self
+            .inner
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
+        self.execute(Arc::new(compiled), record, false, events)
+            .await
     }
 
     /// Resumes every run whose process died (lease expired).
-    pub async fn resume_orphaned(&self, events: Events) -> Result<Vec<Result<RunOutcome, RunError>>, RunError> {
+    pub async fn resume_orphaned(
+        &self,
+        events: Events,
+    ) -> Result<Vec<Result<RunOutcome, RunError>>, RunError> {
         let ids = self.inner.store.orphaned_runs().await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -345,42 +474,105 @@ impl Engine {
     }
 
     async fn outcome(&self, run_id: &str) -> Result<RunOutcome, RunError> {
-        let r = self.inner.store.get_run(run_id).await?.ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
-        Ok(RunOutcome { run_id: r.id, flow_id: r.flow_id, status: r.status, output: r.output, error: r.error })
+        let r = self
+            .inner
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
+        Ok(RunOutcome {
+            run_id: r.id,
+            flow_id: r.flow_id,
+            status: r.status,
+            output: r.output,
+            error: r.error,
+        })
     }
 
     /// Executes a claimed run to its end.
-    async fn execute(&self, flow: Arc<CompiledFlow>, run: RunRecord, events: Events) -> Result<RunOutcome, RunError> {
+    /// `fresh`: the run was just created here, so nothing of it is stored yet.
+    async fn execute(
+        &self,
+        flow: Arc<CompiledFlow>,
+        run: RunRecord,
+        fresh: bool,
+        events: Events,
+    ) -> Result<RunOutcome, RunError> {
         let span = info_span!("run", run_id = %run.id, flow_id = %flow.id());
-        self.execute_inner(flow, run, events).instrument(span).await
+        self.execute_inner(flow, run, fresh, events)
+            .instrument(span)
+            .await
     }
 
-    async fn execute_inner(&self, flow: Arc<CompiledFlow>, run: RunRecord, events: Events) -> Result<RunOutcome, RunError> {
+    async fn execute_inner(
+        &self,
+        flow: Arc<CompiledFlow>,
+        run: RunRecord,
+        fresh: bool,
+        events: Events,
+    ) -> Result<RunOutcome, RunError> {
         let inner = &self.inner;
         let run_id = run.id.clone();
         let cancel = Arc::new(CancelSignal::new());
-        inner.active.lock().expect("cancel map lock").insert(run_id.clone(), cancel.clone());
+        inner
+            .active
+            .lock()
+            .expect("cancel map lock")
+            .insert(run_id.clone(), cancel.clone());
         let lost = Arc::new(AtomicBool::new(false));
-        let keeper = tokio::spawn(keep_lease(inner.store.clone(), run_id.clone(), inner.owner.clone(), inner.lease, cancel.clone(), lost.clone()));
-        let result = self.drive(&flow, &run, &cancel, &events).await;
+        let keeper = tokio::spawn(keep_lease(
+            inner.store.clone(),
+            run_id.clone(),
+            inner.owner.clone(),
+            inner.lease,
+            cancel.clone(),
+            lost.clone(),
+        ));
+        let result = self.drive(&flow, &run, fresh, &cancel, &events).await;
         keeper.abort();
-        inner.active.lock().expect("cancel map lock").remove(&run_id);
+        inner
+            .active
+            .lock()
+            .expect("cancel map lock")
+            .remove(&run_id);
         let (status, output, error) = result?;
         if lost.load(Ordering::SeqCst) {
-            return Err(RunError::Held { run_id, owner: "another process".into(), remaining_ms: 0 });
+            return Err(RunError::Held {
+                run_id,
+                owner: "another process".into(),
+                remaining_ms: 0,
+            });
         }
         let output = output.map(|o| inner.secrets.redact_json(&o));
         let error = error.map(|e| inner.secrets.redact_json(&e));
-        inner.store.finish_run(&run_id, status, output.as_ref(), error.as_ref()).await?;
+        inner
+            .store
+            .finish_run(&run_id, status, output.as_ref(), error.as_ref())
+            .await?;
         match status {
             RunStatus::Succeeded => tracing::info!("run succeeded"),
-            _ => tracing::warn!(status = status.as_str(), error = %error.as_ref().map(|e| e.to_string()).unwrap_or_default(), "run did not succeed"),
+            _ => {
+                tracing::warn!(status = status.as_str(), error = %error.as_ref().map(|e| e.to_string()).unwrap_or_default(), "run did not succeed")
+            }
         }
-        Ok(RunOutcome { run_id, flow_id: flow.id().to_string(), status, output, error })
+        Ok(RunOutcome {
+            run_id,
+            flow_id: flow.id().to_string(),
+            status,
+            output,
+            error,
+        })
     }
 
     /// The scheduling loop. Returns the run's final status, output and error.
-    async fn drive(&self, flow: &Arc<CompiledFlow>, run: &RunRecord, cancel: &Arc<CancelSignal>, events: &Events) -> Result<(RunStatus, Option<Value>, Option<Value>), RunError> {
+    async fn drive(
+        &self,
+        flow: &Arc<CompiledFlow>,
+        run: &RunRecord,
+        fresh: bool,
+        cancel: &Arc<CancelSignal>,
+        events: &Events,
+    ) -> Result<(RunStatus, Option<Value>, Option<Value>), RunError> {
         let inner = &self.inner;
         let n = flow.steps.len();
         let mut status: Vec<Option<StepStatus>> = vec![None; n];
@@ -391,15 +583,32 @@ impl Engine {
             secrets: inner.secrets.to_value(),
         };
         let mut outputs: Vec<Value> = vec![Value::Null; n];
-        for rec in inner.store.steps(&run.id).await? {
-            let Some(i) = flow.step_index(&rec.step_id) else { continue };
-            if matches!(rec.status, StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed) {
+        let stored = if fresh {
+            Vec::new() // a run this process just created has no stored steps
+        } else {
+            inner.store.steps(&run.id).await?
+        };
+        for rec in stored {
+            let Some(i) = flow.step_index(&rec.step_id) else {
+                continue;
+            };
+            if matches!(
+                rec.status,
+                StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed
+            ) {
                 status[i] = Some(rec.status);
                 outputs[i] = rec.output.clone().unwrap_or(Value::Null);
                 scope.steps.insert(rec.step_id.clone(), step_value(&rec));
             }
         }
-        emit(events, RunEvent::Started { run_id: run.id.clone(), already_done: status.iter().filter(|s| s.is_some()).count(), total: n });
+        emit(
+            events,
+            RunEvent::Started {
+                run_id: run.id.clone(),
+                already_done: status.iter().filter(|s| s.is_some()).count(),
+                total: n,
+            },
+        );
 
         let mut running = vec![false; n];
         let mut tasks: JoinSet<(usize, StepRecord, Option<Value>)> = JoinSet::new();
@@ -415,32 +624,63 @@ impl Engine {
                     if !step.needs.iter().all(|&d| status[d].is_some()) {
                         continue;
                     }
-                    if let Some(&d) = step.needs.iter().find(|&&d| status[d] == Some(StepStatus::Skipped)) {
+                    if let Some(&d) = step
+                        .needs
+                        .iter()
+                        .find(|&&d| status[d] == Some(StepStatus::Skipped))
+                    {
                         let rec = StepRecord {
                             step_id: step.id.clone(),
                             status: StepStatus::Skipped,
                             attempts: 0,
                             output: None,
-                            error: Some(json!({"kind": "skipped", "message": format!("skipped because `{}` was skipped", flow.steps[d].id)})),
+                            error: Some(
+                                json!({"kind": "skipped", "message": format!("skipped because `{}` was skipped", flow.steps[d].id)}),
+                            ),
                             started_at: None,
                             finished_at: Some(now_ms()),
                         };
                         inner.store.save_step(&run.id, &rec).await?;
-                        emit(events, RunEvent::StepFinished { step_id: step.id.clone(), status: StepStatus::Skipped, elapsed_ms: 0, attempts: 0, error: None });
+                        emit(
+                            events,
+                            RunEvent::StepFinished {
+                                step_id: step.id.clone(),
+                                status: StepStatus::Skipped,
+                                elapsed_ms: 0,
+                                attempts: 0,
+                                error: None,
+                            },
+                        );
                         scope.steps.insert(step.id.clone(), step_value(&rec));
                         status[i] = Some(StepStatus::Skipped);
                         continue;
                     }
                     running[i] = true;
-                    emit(events, RunEvent::StepStarted { step_id: step.id.clone() });
-                    let task = StepTask { inner: inner.clone(), flow: flow.clone(), index: i, run_id: run.id.clone(), scope: scope.clone() };
+                    emit(
+                        events,
+                        RunEvent::StepStarted {
+                            step_id: step.id.clone(),
+                        },
+                    );
+                    let task = StepTask {
+                        inner: inner.clone(),
+                        flow: flow.clone(),
+                        index: i,
+                        run_id: run.id.clone(),
+                        scope: scope.clone(),
+                    };
                     let span = info_span!("step", run_id = %run.id, flow_id = %flow.id(), step_id = %step.id);
                     tasks.spawn(task.run().instrument(span));
                 }
             }
             if tasks.is_empty() {
                 // Skips above may have made more steps ready.
-                if failure.is_none() && !cancelled && status.iter().enumerate().any(|(i, s)| s.is_none() && flow.steps[i].needs.iter().all(|&d| status[d].is_some())) {
+                if failure.is_none()
+                    && !cancelled
+                    && status.iter().enumerate().any(|(i, s)| {
+                        s.is_none() && flow.steps[i].needs.iter().all(|&d| status[d].is_some())
+                    })
+                {
                     continue;
                 }
                 break;
@@ -457,7 +697,12 @@ impl Engine {
             let (i, rec, raw_output) = match joined {
                 Ok(r) => r,
                 Err(e) if e.is_cancelled() => continue,
-                Err(e) => return Err(RunError::Flow { run_id: run.id.clone(), message: format!("step task crashed: {e}") }),
+                Err(e) => {
+                    return Err(RunError::Flow {
+                        run_id: run.id.clone(),
+                        message: format!("step task crashed: {e}"),
+                    });
+                }
             };
             running[i] = false;
             let stored = StepRecord {
@@ -467,13 +712,25 @@ impl Engine {
             };
             inner.store.save_step(&run.id, &stored).await?;
             let step = &flow.steps[i];
-            emit(events, RunEvent::StepFinished {
-                step_id: step.id.clone(),
-                status: rec.status,
-                elapsed_ms: rec.finished_at.zip(rec.started_at).map(|(f, s)| (f - s).max(0) as u64).unwrap_or(0),
-                attempts: rec.attempts,
-                error: stored.error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_string),
-            });
+            emit(
+                events,
+                RunEvent::StepFinished {
+                    step_id: step.id.clone(),
+                    status: rec.status,
+                    elapsed_ms: rec
+                        .finished_at
+                        .zip(rec.started_at)
+                        .map(|(f, s)| (f - s).max(0) as u64)
+                        .unwrap_or(0),
+                    attempts: rec.attempts,
+                    error: stored
+                        .error
+                        .as_ref()
+                        .and_then(|e| e.get("message"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                },
+            );
             if rec.status == StepStatus::Failed {
                 tracing::warn!(step_id = %step.id, error = %stored.error.as_ref().map(|e| e.to_string()).unwrap_or_default(), "step failed");
             }
@@ -482,7 +739,10 @@ impl Engine {
             scope.steps.insert(step.id.clone(), step_value(&value_rec));
             outputs[i] = raw_output.unwrap_or(Value::Null);
             status[i] = Some(rec.status);
-            if rec.status == StepStatus::Failed && step.on_error == OnError::Fail && failure.is_none() {
+            if rec.status == StepStatus::Failed
+                && step.on_error == OnError::Fail
+                && failure.is_none()
+            {
                 let mut err = stored.error.clone().unwrap_or_else(|| json!({}));
                 if let Some(o) = err.as_object_mut() {
                     o.insert("step".into(), json!(step.id));
@@ -495,7 +755,11 @@ impl Engine {
             }
         }
         if cancelled || cancel.flag.load(Ordering::SeqCst) {
-            return Ok((RunStatus::Cancelled, None, Some(json!({"kind": "cancelled", "message": "the run was cancelled"}))));
+            return Ok((
+                RunStatus::Cancelled,
+                None,
+                Some(json!({"kind": "cancelled", "message": "the run was cancelled"})),
+            ));
         }
         if let Some(err) = failure {
             return Ok((RunStatus::Failed, None, Some(err)));
@@ -505,7 +769,13 @@ impl Engine {
                 Ok(v) => v,
                 Err(e) => {
                     let e = StepError::from(e);
-                    return Ok((RunStatus::Failed, None, Some(json!({"step": "output", "kind": e.kind, "message": format!("flow output: {}", e.message)}))));
+                    return Ok((
+                        RunStatus::Failed,
+                        None,
+                        Some(
+                            json!({"step": "output", "kind": e.kind, "message": format!("flow output: {}", e.message)}),
+                        ),
+                    ));
                 }
             },
             None => {
@@ -513,7 +783,12 @@ impl Engine {
                 if sinks.len() == 1 {
                     outputs[sinks[0]].clone()
                 } else {
-                    Value::Object(sinks.iter().map(|&i| (flow.steps[i].id.clone(), outputs[i].clone())).collect())
+                    Value::Object(
+                        sinks
+                            .iter()
+                            .map(|&i| (flow.steps[i].id.clone(), outputs[i].clone()))
+                            .collect(),
+                    )
                 }
             }
         };
@@ -530,7 +805,14 @@ fn step_value(rec: &StepRecord) -> minijinja::Value {
     }))
 }
 
-async fn keep_lease(store: Store, run_id: String, owner: String, lease: Duration, cancel: Arc<CancelSignal>, lost: Arc<AtomicBool>) {
+async fn keep_lease(
+    store: Store,
+    run_id: String,
+    owner: String,
+    lease: Duration,
+    cancel: Arc<CancelSignal>,
+    lost: Arc<AtomicBool>,
+) {
     let period = (lease / 3).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(period).await;
@@ -568,8 +850,18 @@ impl StepTask {
                 let ctx = self.scope.context(None);
                 let key = format!("{}:{}", self.run_id, step.id);
                 match step.condition.as_ref().map(|c| c.eval_truthy(&ctx)) {
-                    Some(Ok(false)) => (StepStatus::Skipped, None, Some(json!({"kind": "skipped", "message": "condition `if` was false"})), 0),
-                    Some(Err(e)) => (StepStatus::Failed, None, Some(error_json(step, &StepError::from(e), 1)), 1),
+                    Some(Ok(false)) => (
+                        StepStatus::Skipped,
+                        None,
+                        Some(json!({"kind": "skipped", "message": "condition `if` was false"})),
+                        0,
+                    ),
+                    Some(Err(e)) => (
+                        StepStatus::Failed,
+                        None,
+                        Some(error_json(step, &StepError::from(e), 1)),
+                        1,
+                    ),
                     _ => match self.attempts(step, &ctx, &key).await {
                         (Ok(v), n) => (StepStatus::Succeeded, Some(v), None, n),
                         (Err(e), n) => (StepStatus::Failed, None, Some(error_json(step, &e, n)), n),
@@ -590,33 +882,48 @@ impl StepTask {
         (self.index, rec, output)
     }
 
-    async fn run_for_each(&self, step: &CompiledStep, list: &crate::expr::Template) -> (StepStatus, Option<Value>, Option<Value>, u32) {
+    async fn run_for_each(
+        &self,
+        step: &CompiledStep,
+        list: &crate::expr::Template,
+    ) -> (StepStatus, Option<Value>, Option<Value>, u32) {
         let base = self.scope.context(None);
         let items = match list.eval(&base) {
             Ok(Value::Array(items)) => items,
             Ok(other) => {
-                let e = StepError::new(StepErrorKind::Expression, format!("`for_each` must give a list, got {}", type_name(&other)));
+                let e = StepError::new(
+                    StepErrorKind::Expression,
+                    format!("`for_each` must give a list, got {}", type_name(&other)),
+                );
                 return (StepStatus::Failed, None, Some(error_json(step, &e, 1)), 1);
             }
-            Err(e) => return (StepStatus::Failed, None, Some(error_json(step, &StepError::from(e), 1)), 1),
+            Err(e) => {
+                return (
+                    StepStatus::Failed,
+                    None,
+                    Some(error_json(step, &StepError::from(e), 1)),
+                    1,
+                );
+            }
         };
-        let results: Vec<(usize, Result<Option<Value>, StepError>, u32)> = futures::stream::iter(items.into_iter().enumerate())
-            .map(|(index, item)| async move {
-                let item = from_json(&item);
-                let ctx = self.scope.context(Some((&item, index)));
-                match step.condition.as_ref().map(|c| c.eval_truthy(&ctx)) {
-                    Some(Ok(false)) => (index, Ok(None), 0),
-                    Some(Err(e)) => (index, Err(StepError::from(e)), 1),
-                    _ => {
-                        let key = format!("{}:{}:{}", self.run_id, step.id, index);
-                        let (r, n) = self.attempts(step, &ctx, &key).await;
-                        (index, r.map(Some), n)
+        let results: Vec<(usize, Result<Option<Value>, StepError>, u32)> =
+            futures::stream::iter(items.into_iter().enumerate())
+                .map(|(index, item)| async move {
+                    let item = from_json(&item);
+                    let ctx = self.scope.context(Some((&item, index)));
+                    match step.condition.as_ref().map(|c| c.eval_truthy(&ctx)) {
+                        Some(Ok(false)) => (index, Ok(None), 0),
+                        Some(Err(e)) => (index, Err(StepError::from(e)), 1),
+                        _ => {
+                            let key = format!("{}:{}:{}", self.run_id, step.id, index);
+                            let (r, n) = self.attempts(step, &ctx, &key).await;
+                            (index, r.map(Some), n)
+                        }
                     }
-                }
-            })
-            .buffered(step.concurrency)
-            .collect()
-            .await;
+                })
+                .buffered(step.concurrency)
+                .collect()
+                .await;
         let attempts = results.iter().map(|r| r.2).max().unwrap_or(0);
         let mut out = Vec::with_capacity(results.len());
         for (index, r, n) in results {
@@ -624,26 +931,58 @@ impl StepTask {
                 Ok(Some(v)) => out.push(v),
                 Ok(None) => {}
                 Err(e) => {
-                    let e = StepError { message: format!("item {index}: {}", e.message), ..e };
-                    return (StepStatus::Failed, None, Some(error_json(step, &e, n)), attempts);
+                    let e = StepError {
+                        message: format!("item {index}: {}", e.message),
+                        ..e
+                    };
+                    return (
+                        StepStatus::Failed,
+                        None,
+                        Some(error_json(step, &e, n)),
+                        attempts,
+                    );
                 }
             }
         }
-        (StepStatus::Succeeded, Some(Value::Array(out)), None, attempts)
+        (
+            StepStatus::Succeeded,
+            Some(Value::Array(out)),
+            None,
+            attempts,
+        )
     }
 
     /// Runs attempts until one succeeds, the error is not retryable, or the
     /// policy is exhausted. Returns the result and the number of attempts.
-    async fn attempts(&self, step: &CompiledStep, ctx: &minijinja::Value, key: &str) -> (Result<Value, StepError>, u32) {
+    async fn attempts(
+        &self,
+        step: &CompiledStep,
+        ctx: &minijinja::Value,
+        key: &str,
+    ) -> (Result<Value, StepError>, u32) {
         let max = step.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
             if !step.kind.is_pure()
-                && let Err(e) = self.inner.store.record_attempt(&self.run_id, &step.id, key, attempt).await
+                && let Err(e) = self
+                    .inner
+                    .store
+                    .record_attempt(&self.run_id, &step.id, key, attempt)
+                    .await
             {
-                return (Err(StepError::new(StepErrorKind::Connector, format!("could not log the attempt: {e}"))), attempt);
+                return (
+                    Err(StepError::new(
+                        StepErrorKind::Connector,
+                        format!("could not log the attempt: {e}"),
+                    )),
+                    attempt,
+                );
             }
-            let rt = StepRuntime { connectors: &self.inner.connectors, ctx, idempotency_key: key };
+            let rt = StepRuntime {
+                connectors: &self.inner.connectors,
+                ctx,
+                idempotency_key: key,
+            };
             let fut = step.kind.execute(&rt);
             let result = match step.timeout {
                 Some(limit) => match tokio::time::timeout(limit, fut).await {
@@ -666,7 +1005,14 @@ impl StepTask {
                     attempt += 1;
                 }
                 Err(e) => {
-                    let e = if attempt > 1 { StepError { message: format!("{} (gave up after {attempt} attempts)", e.message), ..e } } else { e };
+                    let e = if attempt > 1 {
+                        StepError {
+                            message: format!("{} (gave up after {attempt} attempts)", e.message),
+                            ..e
+                        }
+                    } else {
+                        e
+                    };
                     return (Err(e), attempt);
                 }
             }

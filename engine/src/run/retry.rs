@@ -26,7 +26,13 @@ mod tests {
     use crate::flow::Backoff;
 
     fn spec(backoff: Backoff, jitter: bool) -> RetrySpec {
-        RetrySpec { max_attempts: 5, backoff, initial: Duration::from_millis(100), max: Duration::from_millis(350), jitter }
+        RetrySpec {
+            max_attempts: 5,
+            backoff,
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(350),
+            jitter,
+        }
     }
 
     #[test]

@@ -86,7 +86,10 @@ pub fn compile(step: &ReadStep, c: &mut Checker<'_>) -> Option<CompiledRead> {
             None => ok = false,
         }
     }
-    let limit = step.limit.as_ref().and_then(|l| c.template(&path!["read", "limit"], l));
+    let limit = step
+        .limit
+        .as_ref()
+        .and_then(|l| c.template(&path!["read", "limit"], l));
     let cursor = step
         .cursor
         .as_ref()
@@ -138,7 +141,10 @@ impl CompiledRead {
             Some(t) => match t.eval(rt.ctx)? {
                 Value::Null => None,
                 v => Some(v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
-                    StepError::new(StepErrorKind::Validation, format!("limit must be a positive integer, got {v}"))
+                    StepError::new(
+                        StepErrorKind::Validation,
+                        format!("limit must be a positive integer, got {v}"),
+                    )
                 })? as usize),
             },
             None => None,
@@ -166,7 +172,10 @@ impl CompiledRead {
         if limit.is_none() && cursor.is_some() {
             return Err(StepError::new(
                 StepErrorKind::Validation,
-                format!("read of {} matched more than {MAX_RECORDS} records; add a filter or a limit", self.entity),
+                format!(
+                    "read of {} matched more than {MAX_RECORDS} records; add a filter or a limit",
+                    self.entity
+                ),
             ));
         }
         Ok(json!({"count": records.len(), "records": records, "next_cursor": cursor}))

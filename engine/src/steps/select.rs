@@ -56,8 +56,12 @@ pub fn compile(step: &SelectStep, c: &mut Checker<'_>) -> Option<CompiledSelect>
         Some(q) => match Query::parse(q) {
             Ok(q) => Some(WhereClause::Fixed(q)),
             Err(e) => {
-                c.error(&crate::path!["select", "where"], "invalid-jsonpath", e.to_string())
-                    .hint = Some("JSONPath per RFC 9535, e.g. `$[?@.total > 1000]`".into());
+                c.error(
+                    &crate::path!["select", "where"],
+                    "invalid-jsonpath",
+                    e.to_string(),
+                )
+                .hint = Some("JSONPath per RFC 9535, e.g. `$[?@.total > 1000]`".into());
                 None
             }
         },

@@ -72,22 +72,38 @@ pub fn compile(step: &WriteStep, c: &mut Checker<'_>) -> Option<CompiledWrite> {
     let mut ok = connection_ok && entity.is_some();
     match (step.op, &step.id, &step.data) {
         (WriteOp::Create, Some(_), _) => {
-            c.error(&path!["write", "id"], "invalid-write", "`create` takes no `id`; the system assigns it")
-                .hint = Some("remove `id`, or use `op: update`".into());
+            c.error(
+                &path!["write", "id"],
+                "invalid-write",
+                "`create` takes no `id`; the system assigns it",
+            )
+            .hint = Some("remove `id`, or use `op: update`".into());
             ok = false;
         }
         (WriteOp::Create | WriteOp::Update, _, None) => {
-            c.error(&path!["write", "op"], "invalid-write", format!("`{}` needs `data`", op_name(step.op)))
-                .hint = Some("add `data:` with the fields to write".into());
+            c.error(
+                &path!["write", "op"],
+                "invalid-write",
+                format!("`{}` needs `data`", op_name(step.op)),
+            )
+            .hint = Some("add `data:` with the fields to write".into());
             ok = false;
         }
         (WriteOp::Update | WriteOp::Delete, None, _) => {
-            c.error(&path!["write", "op"], "invalid-write", format!("`{}` needs `id`", op_name(step.op)))
-                .hint = Some("add `id:` with the record's remote id".into());
+            c.error(
+                &path!["write", "op"],
+                "invalid-write",
+                format!("`{}` needs `id`", op_name(step.op)),
+            )
+            .hint = Some("add `id:` with the record's remote id".into());
             ok = false;
         }
         (WriteOp::Delete, _, Some(_)) => {
-            c.error(&path!["write", "data"], "invalid-write", "`delete` takes no `data`");
+            c.error(
+                &path!["write", "data"],
+                "invalid-write",
+                "`delete` takes no `data`",
+            );
             ok = false;
         }
         _ => {}
@@ -101,7 +117,10 @@ pub fn compile(step: &WriteStep, c: &mut Checker<'_>) -> Option<CompiledWrite> {
         .id
         .as_ref()
         .and_then(|i| c.template(&path!["write", "id"], &Value::String(i.clone())));
-    let data = step.data.as_ref().and_then(|d| c.template(&path!["write", "data"], d));
+    let data = step
+        .data
+        .as_ref()
+        .and_then(|d| c.template(&path!["write", "data"], d));
     if !ok || (step.id.is_some() && id.is_none()) || (step.data.is_some() && data.is_none()) {
         return None;
     }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
+use tokio::sync::{mpsc, oneshot};
 
 /// The default database: a SQLite file in the working directory.
 pub const DEFAULT_URL: &str = "sqlite://sluice.db";
@@ -41,6 +42,9 @@ pub enum StoreError {
     /// Stored JSON did not parse.
     #[error("corrupt stored JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A write through the SQLite writer failed.
+    #[error("database write failed: {0}")]
+    Write(String),
 }
 
 /// Which database a store talks to.
@@ -88,7 +92,10 @@ impl RunStatus {
 
     /// Whether the run is over.
     pub fn is_final(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 }
 
@@ -262,6 +269,100 @@ pub struct RunFilter {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite only: the group-commit writer (see [`writer_loop`]).
+    writer: Option<mpsc::Sender<WriteJob>>,
+}
+
+/// A bind parameter of a queued write.
+#[derive(Debug, Clone)]
+enum Arg {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+/// A write waiting for the SQLite writer.
+#[derive(Debug)]
+struct WriteJob {
+    sql: &'static str,
+    args: Vec<Arg>,
+    done: oneshot::Sender<Result<u64, String>>,
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    args: &[Arg],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for a in args {
+        q = match a {
+            Arg::Text(t) => q.bind(t.clone()),
+            Arg::Int(i) => q.bind(*i),
+        };
+    }
+    q
+}
+
+/// Most writes one SQLite transaction takes.
+const MAX_BATCH: usize = 256;
+
+/// SQLite has one writer at a time, and connections waiting for the lock
+/// back off by sleeping. So all hot-path writes go through one task that
+/// takes every write waiting in its queue and commits them in one
+/// transaction ("group commit"): a caller still gets its answer only after
+/// its write is committed, and concurrent runs share commits.
+async fn writer_loop(pool: AnyPool, mut rx: mpsc::Receiver<WriteJob>) {
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = rx.recv().await {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        match run_batch(&pool, &batch).await {
+            Ok(counts) => {
+                for (job, n) in batch.drain(..).zip(counts) {
+                    let _ = job.done.send(Ok(n));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                // Attribute the failure: replay the writes one by one.
+                for job in batch.drain(..) {
+                    let r = run_batch(&pool, std::slice::from_ref(&job))
+                        .await
+                        .map(|v| v.first().copied().unwrap_or(0))
+                        .map_err(|e| e.to_string());
+                    let _ = job.done.send(r);
+                }
+            }
+            Err(e) => {
+                for job in batch.drain(..) {
+                    let _ = job.done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+async fn run_batch(pool: &AnyPool, jobs: &[WriteJob]) -> Result<Vec<u64>, sqlx::Error> {
+    if let [job] = jobs {
+        let done = bind_all(sqlx::query(job.sql), &job.args)
+            .execute(pool)
+            .await?;
+        return Ok(vec![done.rows_affected()]);
+    }
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        out.push(
+            bind_all(sqlx::query(job.sql), &job.args)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+        );
+    }
+    tx.commit().await?;
+    Ok(out)
 }
 
 fn json_text(v: &Value) -> String {
@@ -269,7 +370,9 @@ fn json_text(v: &Value) -> String {
 }
 
 fn parse_json(s: Option<String>) -> Result<Option<Value>, StoreError> {
-    s.map(|t| serde_json::from_str(&t)).transpose().map_err(StoreError::from)
+    s.map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(StoreError::from)
 }
 
 fn ms(d: Duration) -> i64 {
@@ -282,7 +385,11 @@ impl Store {
         sqlx::any::install_default_drivers();
         let (backend, conn_url, max) = if let Some(path) = url.strip_prefix("sqlite://") {
             let sep = if path.contains('?') { '&' } else { '?' };
-            let with_mode = if path.contains("mode=") { url.to_string() } else { format!("{url}{sep}mode=rwc") };
+            let with_mode = if path.contains("mode=") {
+                url.to_string()
+            } else {
+                format!("{url}{sep}mode=rwc")
+            };
             (Backend::Sqlite, with_mode, 4)
         } else if url.starts_with("sqlite:") {
             (Backend::Sqlite, url.to_string(), 4)
@@ -301,12 +408,45 @@ impl Store {
                 })
             });
         }
-        let pool = options.connect(&conn_url).await.map_err(|source| StoreError::Connect {
-            url: redact_password(url),
-            source,
-        })?;
+        let pool = options
+            .connect(&conn_url)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: redact_password(url),
+                source,
+            })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool, backend })
+        let writer = (backend == Backend::Sqlite).then(|| {
+            let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+            tokio::spawn(writer_loop(pool.clone(), rx));
+            tx
+        });
+        Ok(Store {
+            pool,
+            backend,
+            writer,
+        })
+    }
+
+    /// Runs a write: through the group-commit writer on SQLite, directly on PostgreSQL.
+    async fn write(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64, StoreError> {
+        match &self.writer {
+            Some(writer) => {
+                let (done, answer) = oneshot::channel();
+                writer
+                    .send(WriteJob { sql, args, done })
+                    .await
+                    .map_err(|_| StoreError::Write("the store's writer has stopped".into()))?;
+                answer
+                    .await
+                    .map_err(|_| StoreError::Write("the store's writer has stopped".into()))?
+                    .map_err(StoreError::Write)
+            }
+            None => Ok(bind_all(sqlx::query(sql), &args)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()),
+        }
     }
 
     /// Which backend this is.
@@ -317,10 +457,12 @@ impl Store {
     /// Stores a flow's source as a new revision, unless the latest revision
     /// has the same hash. Returns the revision number.
     pub async fn save_flow(&self, id: &str, source: &str, hash: &str) -> Result<i64, StoreError> {
-        let latest = sqlx::query("SELECT revision, hash FROM flows WHERE id = $1 ORDER BY revision DESC LIMIT 1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let latest = sqlx::query(
+            "SELECT revision, hash FROM flows WHERE id = $1 ORDER BY revision DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         let next = match latest {
             Some(row) => {
                 let rev: i64 = row.try_get(0)?;
@@ -348,7 +490,11 @@ impl Store {
     }
 
     /// One revision of a flow.
-    pub async fn flow_revision(&self, id: &str, revision: i64) -> Result<Option<FlowRevision>, StoreError> {
+    pub async fn flow_revision(
+        &self,
+        id: &str,
+        revision: i64,
+    ) -> Result<Option<FlowRevision>, StoreError> {
         let row = sqlx::query("SELECT id, revision, hash, source, created_at FROM flows WHERE id = $1 AND revision = $2")
             .bind(id)
             .bind(revision)
@@ -370,30 +516,48 @@ impl Store {
     pub async fn create_run(&self, run: NewRun<'_>) -> Result<(), StoreError> {
         let now = now_ms();
         let (status, owner, expires, started) = match run.lease {
-            Some((owner, lease)) => ("running", Some(owner.to_string()), Some(now + ms(lease)), Some(now)),
+            Some((owner, lease)) => (
+                "running",
+                Some(owner.to_string()),
+                Some(now + ms(lease)),
+                Some(now),
+            ),
             None => ("queued", None, None, None),
         };
-        sqlx::query("INSERT INTO runs (id, flow_id, flow_revision, status, inputs, trigger_data, created_at, started_at, lease_owner, lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-            .bind(run.id)
-            .bind(run.flow_id)
-            .bind(run.flow_revision)
-            .bind(status)
-            .bind(json_text(run.inputs))
-            .bind(json_text(run.trigger))
-            .bind(now)
-            .bind(started)
-            .bind(owner)
-            .bind(expires)
-            .execute(&self.pool)
-            .await?;
+        self.write(
+            "INSERT INTO runs (id, flow_id, flow_revision, status, inputs, trigger_data, created_at, started_at, lease_owner, lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            vec![
+                Arg::Text(Some(run.id.to_string())),
+                Arg::Text(Some(run.flow_id.to_string())),
+                Arg::Int(Some(run.flow_revision)),
+                Arg::Text(Some(status.to_string())),
+                Arg::Text(Some(json_text(run.inputs))),
+                Arg::Text(Some(json_text(run.trigger))),
+                Arg::Int(Some(now)),
+                Arg::Int(started),
+                Arg::Text(owner),
+                Arg::Int(expires),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
     /// Takes the lease of a run that is queued, running under an expired
     /// lease, or (with `reopen`) failed. Returns false when another process holds it.
-    pub async fn claim_run(&self, run_id: &str, owner: &str, lease: Duration, reopen: bool) -> Result<bool, StoreError> {
+    pub async fn claim_run(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+        reopen: bool,
+    ) -> Result<bool, StoreError> {
         let now = now_ms();
-        let statuses = if reopen { "('queued', 'running', 'failed')" } else { "('queued', 'running')" };
+        let statuses = if reopen {
+            "('queued', 'running', 'failed')"
+        } else {
+            "('queued', 'running')"
+        };
         let sql = format!(
             "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
              started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
@@ -413,14 +577,19 @@ impl Store {
 
     /// Extends a lease. Returns the run's `cancel_requested` flag, or `None`
     /// when the lease was lost.
-    pub async fn renew_lease(&self, run_id: &str, owner: &str, lease: Duration) -> Result<Option<bool>, StoreError> {
-        let done = sqlx::query("UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'")
-            .bind(now_ms() + ms(lease))
-            .bind(run_id)
-            .bind(owner)
-            .execute(&self.pool)
+    pub async fn renew_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<bool>, StoreError> {
+        let done = self
+            .write(
+                "UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
+                vec![Arg::Int(Some(now_ms() + ms(lease))), Arg::Text(Some(run_id.to_string())), Arg::Text(Some(owner.to_string()))],
+            )
             .await?;
-        if done.rows_affected() == 0 {
+        if done == 0 {
             return Ok(None);
         }
         let row = sqlx::query("SELECT cancel_requested FROM runs WHERE id = $1")
@@ -431,15 +600,24 @@ impl Store {
     }
 
     /// Ends a run and releases its lease.
-    pub async fn finish_run(&self, run_id: &str, status: RunStatus, output: Option<&Value>, error: Option<&Value>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE runs SET status = $1, output = $2, error = $3, finished_at = $4, lease_owner = NULL, lease_expires_at = NULL WHERE id = $5")
-            .bind(status.as_str())
-            .bind(output.map(json_text))
-            .bind(error.map(json_text))
-            .bind(now_ms())
-            .bind(run_id)
-            .execute(&self.pool)
-            .await?;
+    pub async fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        output: Option<&Value>,
+        error: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        self.write(
+            "UPDATE runs SET status = $1, output = $2, error = $3, finished_at = $4, lease_owner = NULL, lease_expires_at = NULL WHERE id = $5",
+            vec![
+                Arg::Text(Some(status.as_str().to_string())),
+                Arg::Text(output.map(json_text)),
+                Arg::Text(error.map(json_text)),
+                Arg::Int(Some(now_ms())),
+                Arg::Text(Some(run_id.to_string())),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -483,11 +661,15 @@ impl Store {
 
     /// Ids of running runs of a flow, oldest first.
     pub async fn active_runs(&self, flow_id: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT id FROM runs WHERE flow_id = $1 AND status = 'running' ORDER BY created_at, id")
-            .bind(flow_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
+        let rows = sqlx::query(
+            "SELECT id FROM runs WHERE flow_id = $1 AND status = 'running' ORDER BY created_at, id",
+        )
+        .bind(flow_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
     }
 
     /// Runs left `queued` or `running` whose lease has expired (their process died).
@@ -496,20 +678,31 @@ impl Store {
             .bind(now_ms())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
     }
 
     /// Logs the start of an attempt of a step with external effects.
-    pub async fn record_attempt(&self, run_id: &str, step_id: &str, key: &str, attempt: u32) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO step_attempts (id, run_id, step_id, idempotency_key, attempt, started_at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(run_id)
-            .bind(step_id)
-            .bind(key)
-            .bind(i64::from(attempt))
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+    pub async fn record_attempt(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        key: &str,
+        attempt: u32,
+    ) -> Result<(), StoreError> {
+        self.write(
+            "INSERT INTO step_attempts (id, run_id, step_id, idempotency_key, attempt, started_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            vec![
+                Arg::Text(Some(uuid::Uuid::now_v7().to_string())),
+                Arg::Text(Some(run_id.to_string())),
+                Arg::Text(Some(step_id.to_string())),
+                Arg::Text(Some(key.to_string())),
+                Arg::Int(Some(i64::from(attempt))),
+                Arg::Int(Some(now_ms())),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -533,18 +726,21 @@ impl Store {
 
     /// Stores a step's result (insert or replace).
     pub async fn save_step(&self, run_id: &str, step: &StepRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO step_runs (run_id, step_id, status, attempts, output, error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, output = excluded.output, error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at")
-            .bind(run_id)
-            .bind(&step.step_id)
-            .bind(step.status.as_str())
-            .bind(step.attempts)
-            .bind(step.output.as_ref().map(json_text))
-            .bind(step.error.as_ref().map(json_text))
-            .bind(step.started_at)
-            .bind(step.finished_at)
-            .execute(&self.pool)
-            .await?;
+        self.write(
+            "INSERT INTO step_runs (run_id, step_id, status, attempts, output, error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, output = excluded.output, error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at",
+            vec![
+                Arg::Text(Some(run_id.to_string())),
+                Arg::Text(Some(step.step_id.clone())),
+                Arg::Text(Some(step.status.as_str().to_string())),
+                Arg::Int(Some(step.attempts)),
+                Arg::Text(step.output.as_ref().map(json_text)),
+                Arg::Text(step.error.as_ref().map(json_text)),
+                Arg::Int(step.started_at),
+                Arg::Int(step.finished_at),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -568,7 +764,9 @@ impl Store {
                 let status: String = r.try_get(1)?;
                 Ok(StepRecord {
                     step_id: r.try_get(0)?,
-                    status: status.parse().map_err(|e: String| StoreError::Query(sqlx::Error::Protocol(e)))?,
+                    status: status
+                        .parse()
+                        .map_err(|e: String| StoreError::Query(sqlx::Error::Protocol(e)))?,
                     attempts: r.try_get(2)?,
                     output: parse_json(r.try_get(3)?)?,
                     error: parse_json(r.try_get(4)?)?,
@@ -593,7 +791,9 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord, StoreError> {
         id: r.try_get(0)?,
         flow_id: r.try_get(1)?,
         flow_revision: r.try_get(2)?,
-        status: status.parse().map_err(|e: String| StoreError::Query(sqlx::Error::Protocol(e)))?,
+        status: status
+            .parse()
+            .map_err(|e: String| StoreError::Query(sqlx::Error::Protocol(e)))?,
         inputs: serde_json::from_str(&r.try_get::<String, _>(4)?)?,
         trigger: serde_json::from_str(&r.try_get::<String, _>(5)?)?,
         output: parse_json(r.try_get(6)?)?,

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The entities of the unified model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Entity {
     /// [`PurchaseOrder`]
@@ -78,7 +80,9 @@ impl Entity {
     /// Checks that `record` is a valid record of this entity and returns it
     /// normalized (as the typed model serializes it).
     pub fn validate(self, record: &Value) -> Result<Value, RecordError> {
-        fn check<T: serde::de::DeserializeOwned + Serialize>(v: &Value) -> Result<Value, RecordError> {
+        fn check<T: serde::de::DeserializeOwned + Serialize>(
+            v: &Value,
+        ) -> Result<Value, RecordError> {
             let typed: T = serde_path_to_error(v)?;
             Ok(serde_json::to_value(typed).expect("model types always serialize"))
         }

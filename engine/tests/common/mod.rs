@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sluice::connectors::{
-    ConnectionStatus, Connector, ConnectorError, ConnectorErrorKind, ConnectorRegistry, ListQuery, Page, WriteRequest,
+    ConnectionStatus, Connector, ConnectorError, ConnectorErrorKind, ConnectorRegistry, ListQuery,
+    Page, WriteRequest,
 };
 use sluice::expr::secrets::Secrets;
 use sluice::flow::{self, CompiledFlow};
@@ -24,7 +25,9 @@ pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
 
 /// The PostgreSQL URL for tests, or `None` (the caller prints that it skipped).
 pub fn postgres_url() -> Option<String> {
-    std::env::var("SLUICE_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty())
+    std::env::var("SLUICE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
 }
 
 /// A connector whose `list` fails with `kind` the first `failures` times.
@@ -36,7 +39,11 @@ pub struct FlakyConnector {
 
 impl FlakyConnector {
     pub fn new(failures: u32, kind: ConnectorErrorKind) -> Arc<Self> {
-        Arc::new(FlakyConnector { failures: AtomicU32::new(failures), kind, calls: AtomicU32::new(0) })
+        Arc::new(FlakyConnector {
+            failures: AtomicU32::new(failures),
+            kind,
+            calls: AtomicU32::new(0),
+        })
     }
 }
 
@@ -47,12 +54,23 @@ impl Connector for FlakyConnector {
         let left = self.failures.load(Ordering::SeqCst);
         if left > 0 {
             self.failures.store(left - 1, Ordering::SeqCst);
-            return Err(ConnectorError::new("flaky", self.kind, "HTTP 503 from upstream"));
+            return Err(ConnectorError::new(
+                "flaky",
+                self.kind,
+                "HTTP 503 from upstream",
+            ));
         }
-        Ok(Page { records: vec![serde_json::json!({"remote_id": "1"})], next_cursor: None })
+        Ok(Page {
+            records: vec![serde_json::json!({"remote_id": "1"})],
+            next_cursor: None,
+        })
     }
     async fn get(&self, _: Entity, id: &str) -> Result<Value, ConnectorError> {
-        Err(ConnectorError::new("flaky", ConnectorErrorKind::NotFound, format!("no {id}")))
+        Err(ConnectorError::new(
+            "flaky",
+            ConnectorErrorKind::NotFound,
+            format!("no {id}"),
+        ))
     }
     async fn create(&self, r: WriteRequest<'_>) -> Result<Value, ConnectorError> {
         Ok(r.data.clone())
@@ -72,12 +90,24 @@ impl Connector for FlakyConnector {
 }
 
 /// An engine on `store` with the sandbox plus extra connections and secrets.
-pub fn engine(store: Store, extra: Vec<(&str, Arc<dyn Connector>)>, secrets: Vec<(&str, &str)>) -> Engine {
+pub fn engine(
+    store: Store,
+    extra: Vec<(&str, Arc<dyn Connector>)>,
+    secrets: Vec<(&str, &str)>,
+) -> Engine {
     let mut reg = ConnectorRegistry::new();
     for (name, c) in extra {
         reg.insert(name, c);
     }
-    Engine::new(store, reg, Secrets::from_pairs(secrets.into_iter().map(|(k, v)| (k.to_string(), v.to_string()))))
+    Engine::new(
+        store,
+        reg,
+        Secrets::from_pairs(
+            secrets
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        ),
+    )
 }
 
 /// Compiles YAML against the engine's connections, panicking with the diagnostics.
@@ -89,5 +119,8 @@ pub fn compile(engine: &Engine, yaml: &str) -> Arc<CompiledFlow> {
 pub async fn run(engine: &Engine, yaml: &str, inputs: Value) -> RunOutcome {
     let flow = compile(engine, yaml);
     let inputs: Map<String, Value> = inputs.as_object().cloned().unwrap_or_default();
-    engine.run(flow, &inputs, serde_json::json!({"type": "test"}), None).await.expect("run starts")
+    engine
+        .run(flow, &inputs, serde_json::json!({"type": "test"}), None)
+        .await
+        .expect("run starts")
 }
