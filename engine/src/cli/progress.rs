@@ -11,17 +11,25 @@ use crate::flow::CompiledFlow;
 use crate::run::RunEvent;
 use crate::store::StepStatus;
 
-/// Starts displaying events; returns the sender for the engine and the display task.
-pub fn start(
-    flow: &CompiledFlow,
-) -> (
+type Display = (
     Option<mpsc::UnboundedSender<RunEvent>>,
     Option<JoinHandle<()>>,
-) {
+);
+
+/// Starts displaying events of a run of `flow`; returns the sender for the
+/// engine and the display task.
+pub fn start(flow: &CompiledFlow) -> Display {
+    display(flow.id().to_string(), flow.steps.len() as u64)
+}
+
+/// Like [`start`], for a run whose flow the engine loads itself (resume).
+pub fn start_untitled() -> Display {
+    display("run".to_string(), 0)
+}
+
+fn display(flow_id: String, total: u64) -> Display {
     let (tx, mut rx) = mpsc::unbounded_channel::<RunEvent>();
     let tty = std::io::stderr().is_terminal();
-    let total = flow.steps.len() as u64;
-    let flow_id = flow.id().to_string();
     let handle = tokio::spawn(async move {
         let bar = if tty {
             let b = ProgressBar::new(total);
