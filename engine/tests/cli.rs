@@ -384,17 +384,23 @@ steps:
 "#,
     )
     .unwrap();
+    let log = dir.path().join("first-process.log");
     let mut child = Command::new(BIN)
         .args(["run", flow.to_str().unwrap(), "--db", &db])
         .env("SLUICE_RUN_LEASE", "1s")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let store = Store::connect(&db).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let run_id = loop {
-        assert!(Instant::now() < deadline, "the slow step never started");
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            panic!(
+                "the slow step never started; the process said:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         if let Some(run) = store.list_runs(&Default::default()).await.unwrap().first()
             && store
                 .attempts(&run.id)

@@ -292,3 +292,22 @@ async fn unknown_database_scheme_is_a_clear_error() {
         "unsupported database URL `mysql://localhost/x`: use sqlite://PATH or postgres://USER@HOST/DB"
     );
 }
+
+#[tokio::test]
+async fn many_stores_opening_a_new_sqlite_file_at_once_all_succeed() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("race.db").display());
+        let opens = futures::future::join_all((0..6).map(|_| Store::connect(&url))).await;
+        for o in opens {
+            let store = o.unwrap_or_else(|e| panic!("concurrent open failed: {e}"));
+            assert!(
+                store
+                    .list_runs(&RunFilter::default())
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
+}

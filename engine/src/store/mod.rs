@@ -402,8 +402,26 @@ impl Store {
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
+                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;")
                         .await?;
+                    // WAL is a property of the file, set once. Switching needs an
+                    // exclusive lock that busy_timeout does not wait for, so
+                    // processes opening a new file at once retry briefly.
+                    for attempt in 0..100u64 {
+                        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                            .fetch_one(&mut *conn)
+                            .await?;
+                        if mode.eq_ignore_ascii_case("wal") {
+                            break;
+                        }
+                        match conn.execute("PRAGMA journal_mode = WAL").await {
+                            Ok(_) => {}
+                            Err(e) if attempt < 99 && e.to_string().contains("locked") => {
+                                tokio::time::sleep(Duration::from_millis(10 + attempt)).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                     Ok(())
                 })
             });
@@ -415,7 +433,22 @@ impl Store {
                 url: redact_password(url),
                 source,
             })?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        // Two processes opening a new SQLite file at once both try to apply
+        // the migrations; the loser fails ("table already exists") after the
+        // winner committed. Each migration is one transaction, so trying
+        // again sees it applied and does nothing.
+        let mut tries = 0;
+        loop {
+            match sqlx::migrate!("./migrations").run(&pool).await {
+                Ok(()) => break,
+                Err(e) if tries < 5 && backend == Backend::Sqlite => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "migration raced another process; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let writer = (backend == Backend::Sqlite).then(|| {
             let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
             tokio::spawn(writer_loop(pool.clone(), rx));
