@@ -14,3 +14,4 @@ pub mod run;
 pub mod steps;
 pub mod store;
 pub mod unified;
+pub mod webhooks;

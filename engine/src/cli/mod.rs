@@ -15,6 +15,7 @@ macro_rules! outln {
 
 mod graph;
 mod progress;
+mod webhook;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,11 @@ enum Command {
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
+    },
+    /// Outbound webhooks: endpoints, messages, delivery.
+    Webhook {
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
     },
 }
 
@@ -254,6 +260,7 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
             Ok(EXIT_OK)
         }
         Command::Runs { command } => runs(command).await,
+        Command::Webhook { command } => webhook::dispatch(command).await,
     }
 }
 
@@ -324,7 +331,30 @@ async fn run(
     if let Some(d) = display {
         let _ = d.await;
     }
-    report(&outcome?, json_out)
+    let outcome = outcome?;
+    deliver_fired_webhooks(engine.store(), json_out).await?;
+    report(&outcome, json_out)
+}
+
+/// Delivers the webhooks that are due (those the run fired, and any left
+/// over), so `sluice run` behaves like a server would; retries scheduled for
+/// later are left to `sluice webhook deliver`.
+async fn deliver_fired_webhooks(store: &Store, quiet: bool) -> Result<(), CliError> {
+    if store.undelivered_count().await? == 0 {
+        return Ok(());
+    }
+    let config =
+        crate::webhooks::delivery::DeliveryConfig::from_env().map_err(CliError::invalid)?;
+    let worker = crate::webhooks::delivery::DeliveryWorker::new(store.clone(), config)
+        .map_err(CliError::failed)?;
+    let r = worker.drain(Duration::from_secs(30)).await?;
+    if !quiet {
+        eprintln!(
+            "webhooks: {} delivery attempt(s); {} message(s) waiting for a retry (`sluice webhook deliver`)",
+            r.attempts, r.waiting
+        );
+    }
+    Ok(())
 }
 
 fn report(outcome: &RunOutcome, json_out: bool) -> Result<i32, CliError> {

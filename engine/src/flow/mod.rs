@@ -568,6 +568,7 @@ fn compile_step(
         Some(StepKind::Select(s)) => steps::select::compile(s, &mut c).map(CompiledKind::Select),
         Some(StepKind::Set(v)) => steps::set::compile(v, &mut c).map(CompiledKind::Set),
         Some(StepKind::Wait(s)) => steps::wait::compile(s, &mut c).map(CompiledKind::Wait),
+        Some(StepKind::Webhook(s)) => steps::webhook::compile(s, &mut c).map(CompiledKind::Webhook),
         None => None,
     };
     if !ok {

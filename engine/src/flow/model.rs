@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::steps::{ReadStep, SelectStep, WaitStep, WriteStep};
+use crate::steps::{ReadStep, SelectStep, WaitStep, WebhookStep, WriteStep};
 
 /// A flow: a DAG of steps started by triggers.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -192,7 +192,7 @@ pub enum OnError {
     Continue,
 }
 
-/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`).
+/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`, `webhook`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -240,6 +240,9 @@ pub struct Step {
     /// Pause for a duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitStep>,
+    /// Fire a custom event to webhook endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStep>,
 }
 
 /// Which kind a step is, borrowed from its [`Step`].
@@ -255,6 +258,8 @@ pub enum StepKind<'a> {
     Set(&'a Value),
     /// `wait`
     Wait(&'a WaitStep),
+    /// `webhook`
+    Webhook(&'a WebhookStep),
 }
 
 impl StepKind<'_> {
@@ -266,6 +271,7 @@ impl StepKind<'_> {
             StepKind::Select(_) => "select",
             StepKind::Set(_) => "set",
             StepKind::Wait(_) => "wait",
+            StepKind::Webhook(_) => "webhook",
         }
     }
 
@@ -295,6 +301,9 @@ impl Step {
         if let Some(k) = &self.wait {
             kinds.push(StepKind::Wait(k));
         }
+        if let Some(k) = &self.webhook {
+            kinds.push(StepKind::Webhook(k));
+        }
         kinds
     }
 
@@ -305,7 +314,7 @@ impl Step {
 }
 
 /// Names of the step kinds, for hints.
-pub const STEP_KINDS: &[&str] = &["read", "write", "select", "set", "wait"];
+pub const STEP_KINDS: &[&str] = &["read", "write", "select", "set", "wait", "webhook"];
 
 /// Retry policy of a step.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -61,6 +61,7 @@ pub async fn evaluate(
                             connectors,
                             ctx: &ctx,
                             idempotency_key: &key,
+                            store: None,
                         })
                         .await?,
                 );
@@ -72,6 +73,7 @@ pub async fn evaluate(
                     connectors,
                     ctx: &ctx,
                     idempotency_key: &key,
+                    store: None,
                 })
                 .await?
         };

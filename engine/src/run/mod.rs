@@ -33,7 +33,7 @@ use crate::connectors::ConnectorRegistry;
 use crate::expr::secrets::Secrets;
 use crate::expr::{Scope, from_json};
 use crate::flow::{self, Catalog, CompiledFlow, CompiledStep, FlowErrors, OnError, OnLimit};
-use crate::steps::{StepError, StepErrorKind, StepRuntime};
+use crate::steps::{CompiledKind, StepError, StepErrorKind, StepRuntime};
 use crate::store::{
     NewRun, RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError, now_ms,
 };
@@ -710,8 +710,24 @@ impl Engine {
                 error: rec.error.as_ref().map(|e| inner.secrets.redact_json(e)),
                 ..rec.clone()
             };
-            inner.store.save_step(&run.id, &stored).await?;
             let step = &flow.steps[i];
+            match (&step.kind, &stored.output) {
+                (CompiledKind::Webhook(_), Some(out)) if rec.status == StepStatus::Succeeded => {
+                    // The outbox messages commit with the step result, or neither does.
+                    let endpoints = inner.store.endpoints().await?;
+                    let messages: Vec<_> = crate::steps::webhook::envelopes(out)
+                        .iter()
+                        .flat_map(|(env, only)| {
+                            crate::webhooks::route(&endpoints, env, only.as_deref())
+                        })
+                        .collect();
+                    inner
+                        .store
+                        .save_step_with_messages(&run.id, &stored, &messages)
+                        .await?;
+                }
+                _ => inner.store.save_step(&run.id, &stored).await?,
+            }
             emit(
                 events,
                 RunEvent::StepFinished {
@@ -982,6 +998,7 @@ impl StepTask {
                 connectors: &self.inner.connectors,
                 ctx,
                 idempotency_key: key,
+                store: Some(&self.inner.store),
             };
             let fut = step.kind.execute(&rt);
             let result = match step.timeout {

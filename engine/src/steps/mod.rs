@@ -6,6 +6,7 @@ pub mod read;
 pub mod select;
 pub mod set;
 pub mod wait;
+pub mod webhook;
 pub mod write;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use serde_json::Value;
 pub use read::ReadStep;
 pub use select::SelectStep;
 pub use wait::WaitStep;
+pub use webhook::WebhookStep;
 pub use write::WriteStep;
 
 use crate::connectors::{ConnectorError, ConnectorErrorKind, ConnectorRegistry};
@@ -97,6 +99,8 @@ pub struct StepRuntime<'a> {
     pub ctx: &'a minijinja::Value,
     /// Key identifying this step (and item) in this run; stable across retries and resumes.
     pub idempotency_key: &'a str,
+    /// The store, when the step runs as part of a durable run.
+    pub store: Option<&'a crate::store::Store>,
 }
 
 impl StepRuntime<'_> {
@@ -126,6 +130,8 @@ pub enum CompiledKind {
     Set(set::CompiledSet),
     /// `wait`
     Wait(wait::CompiledWait),
+    /// `webhook`
+    Webhook(webhook::CompiledWebhook),
 }
 
 impl CompiledKind {
@@ -137,6 +143,7 @@ impl CompiledKind {
             CompiledKind::Select(s) => s.execute(rt),
             CompiledKind::Set(s) => s.execute(rt),
             CompiledKind::Wait(s) => s.execute().await,
+            CompiledKind::Webhook(s) => s.execute(rt).await,
         }
     }
 

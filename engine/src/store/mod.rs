@@ -16,6 +16,11 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
+mod webhooks;
+pub use webhooks::{
+    AttemptEnd, AttemptLog, ClaimedMessage, MessageFilter, MessageRecord, MessageStatus, NewMessage,
+};
+
 /// The default database: a SQLite file in the working directory.
 pub const DEFAULT_URL: &str = "sqlite://sluice.db";
 
@@ -271,6 +276,8 @@ pub struct Store {
     backend: Backend,
     /// SQLite only: the group-commit writer (see [`writer_loop`]).
     writer: Option<mpsc::Sender<WriteJob>>,
+    /// Woken when messages enter the outbox, so in-process delivery workers start at once.
+    outbox_signal: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// A bind parameter of a queued write.
@@ -280,12 +287,14 @@ enum Arg {
     Int(Option<i64>),
 }
 
-/// A write waiting for the SQLite writer.
+/// One statement of a write.
+type Stmt = (&'static str, Vec<Arg>);
+
+/// Statements committed together (atomically), waiting for the SQLite writer.
 #[derive(Debug)]
 struct WriteJob {
-    sql: &'static str,
-    args: Vec<Arg>,
-    done: oneshot::Sender<Result<u64, String>>,
+    stmts: Vec<Stmt>,
+    done: oneshot::Sender<Result<Vec<u64>, String>>,
 }
 
 fn bind_all<'q>(
@@ -330,7 +339,7 @@ async fn writer_loop(pool: AnyPool, mut rx: mpsc::Receiver<WriteJob>) {
                 for job in batch.drain(..) {
                     let r = run_batch(&pool, std::slice::from_ref(&job))
                         .await
-                        .map(|v| v.first().copied().unwrap_or(0))
+                        .map(|mut v| v.pop().unwrap_or_default())
                         .map_err(|e| e.to_string());
                     let _ = job.done.send(r);
                 }
@@ -344,22 +353,26 @@ async fn writer_loop(pool: AnyPool, mut rx: mpsc::Receiver<WriteJob>) {
     }
 }
 
-async fn run_batch(pool: &AnyPool, jobs: &[WriteJob]) -> Result<Vec<u64>, sqlx::Error> {
-    if let [job] = jobs {
-        let done = bind_all(sqlx::query(job.sql), &job.args)
-            .execute(pool)
-            .await?;
-        return Ok(vec![done.rows_affected()]);
+async fn run_batch(pool: &AnyPool, jobs: &[WriteJob]) -> Result<Vec<Vec<u64>>, sqlx::Error> {
+    if let [job] = jobs
+        && let [(sql, args)] = job.stmts.as_slice()
+    {
+        let done = bind_all(sqlx::query(*sql), args).execute(pool).await?;
+        return Ok(vec![vec![done.rows_affected()]]);
     }
     let mut tx = pool.begin().await?;
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
-        out.push(
-            bind_all(sqlx::query(job.sql), &job.args)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-        );
+        let mut counts = Vec::with_capacity(job.stmts.len());
+        for (sql, args) in &job.stmts {
+            counts.push(
+                bind_all(sqlx::query(*sql), args)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+            );
+        }
+        out.push(counts);
     }
     tx.commit().await?;
     Ok(out)
@@ -458,16 +471,26 @@ impl Store {
             pool,
             backend,
             writer,
+            outbox_signal: std::sync::Arc::new(tokio::sync::Notify::new()),
         })
     }
 
     /// Runs a write: through the group-commit writer on SQLite, directly on PostgreSQL.
     async fn write(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64, StoreError> {
+        Ok(self
+            .write_all(vec![(sql, args)])
+            .await?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// Runs statements in one transaction; returns each one's affected rows.
+    async fn write_all(&self, stmts: Vec<Stmt>) -> Result<Vec<u64>, StoreError> {
         match &self.writer {
             Some(writer) => {
                 let (done, answer) = oneshot::channel();
                 writer
-                    .send(WriteJob { sql, args, done })
+                    .send(WriteJob { stmts, done })
                     .await
                     .map_err(|_| StoreError::Write("the store's writer has stopped".into()))?;
                 answer
@@ -475,10 +498,29 @@ impl Store {
                     .map_err(|_| StoreError::Write("the store's writer has stopped".into()))?
                     .map_err(StoreError::Write)
             }
-            None => Ok(bind_all(sqlx::query(sql), &args)
-                .execute(&self.pool)
-                .await?
-                .rows_affected()),
+            None if stmts.len() == 1 => {
+                let (sql, args) = &stmts[0];
+                Ok(vec![
+                    bind_all(sqlx::query(*sql), args)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected(),
+                ])
+            }
+            None => {
+                let mut tx = self.pool.begin().await?;
+                let mut counts = Vec::with_capacity(stmts.len());
+                for (sql, args) in &stmts {
+                    counts.push(
+                        bind_all(sqlx::query(*sql), args)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected(),
+                    );
+                }
+                tx.commit().await?;
+                Ok(counts)
+            }
         }
     }
 
@@ -759,21 +801,7 @@ impl Store {
 
     /// Stores a step's result (insert or replace).
     pub async fn save_step(&self, run_id: &str, step: &StepRecord) -> Result<(), StoreError> {
-        self.write(
-            "INSERT INTO step_runs (run_id, step_id, status, attempts, output, error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, output = excluded.output, error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at",
-            vec![
-                Arg::Text(Some(run_id.to_string())),
-                Arg::Text(Some(step.step_id.clone())),
-                Arg::Text(Some(step.status.as_str().to_string())),
-                Arg::Int(Some(step.attempts)),
-                Arg::Text(step.output.as_ref().map(json_text)),
-                Arg::Text(step.error.as_ref().map(json_text)),
-                Arg::Int(step.started_at),
-                Arg::Int(step.finished_at),
-            ],
-        )
-        .await?;
+        self.write_all(vec![save_step_stmt(run_id, step)]).await?;
         Ok(())
     }
 
@@ -814,6 +842,24 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The upsert of a step result.
+fn save_step_stmt(run_id: &str, step: &StepRecord) -> Stmt {
+    (
+        "INSERT INTO step_runs (run_id, step_id, status, attempts, output, error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, output = excluded.output, error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at",
+        vec![
+            Arg::Text(Some(run_id.to_string())),
+            Arg::Text(Some(step.step_id.clone())),
+            Arg::Text(Some(step.status.as_str().to_string())),
+            Arg::Int(Some(step.attempts)),
+            Arg::Text(step.output.as_ref().map(json_text)),
+            Arg::Text(step.error.as_ref().map(json_text)),
+            Arg::Int(step.started_at),
+            Arg::Int(step.finished_at),
+        ],
+    )
 }
 
 const RUN_COLUMNS: &str = "SELECT id, flow_id, flow_revision, status, inputs, trigger_data, output, error, created_at, started_at, finished_at, lease_owner, lease_expires_at, resumes FROM runs";

@@ -1,0 +1,468 @@
+//! The delivery worker: claims due messages from the outbox with a lease,
+//! POSTs them signed, logs every attempt, and schedules retries.
+//!
+//! Each attempt has one deadline (10 s) for connecting, headers and body. A
+//! 2xx is success; anything else, a timeout or a network error is retried
+//! on the schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, each ±20 %),
+//! no sooner than a `Retry-After` asks (bounded). `410 Gone` disables the
+//! endpoint. A message whose attempts are exhausted is kept as `failed` and
+//! can be resent. A worker that dies mid-delivery leaves its messages
+//! leased; another claims them when the lease expires, so nothing is lost
+//! (delivery is at least once; receivers deduplicate by `webhook-id`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rand::Rng;
+use reqwest::StatusCode;
+
+use super::endpoints::Endpoint;
+use super::signing::signature_header;
+use super::ssrf::{GuardError, GuardPolicy, GuardedResolver};
+use crate::store::{AttemptEnd, AttemptLog, ClaimedMessage, Store, StoreError, now_ms};
+
+/// The production retry schedule: delays after attempts 1, 2, ...
+pub const DEFAULT_SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+
+/// How deliveries behave.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Delay after each failed attempt; its length + 1 is the number of attempts.
+    pub schedule: Vec<Duration>,
+    /// Relative jitter on each delay (0.2 = ±20 %).
+    pub jitter: f64,
+    /// Total deadline of one attempt: connect, headers and body.
+    pub attempt_timeout: Duration,
+    /// How much of a response body is kept in the attempt log.
+    pub max_response_bytes: usize,
+    /// How long a claimed message stays with this worker.
+    pub lease: Duration,
+    /// Messages claimed at once.
+    pub batch: i64,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Longest `Retry-After` honoured.
+    pub max_retry_after: Duration,
+    /// The SSRF guard's allow-list.
+    pub policy: GuardPolicy,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            schedule: DEFAULT_SCHEDULE.to_vec(),
+            jitter: 0.2,
+            attempt_timeout: Duration::from_secs(10),
+            max_response_bytes: 20 * 1024,
+            lease: Duration::from_secs(60),
+            batch: 256,
+            concurrency: 128,
+            max_retry_after: Duration::from_secs(24 * 3600),
+            policy: GuardPolicy::default(),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// Defaults, with `SLUICE_WEBHOOK_ALLOW` (allow-list) and
+    /// `SLUICE_WEBHOOK_SCHEDULE` (comma-separated delays, e.g. `1s,10s,1m`).
+    pub fn from_env() -> Result<DeliveryConfig, String> {
+        let mut c = DeliveryConfig {
+            policy: GuardPolicy::from_env().map_err(|e| format!("SLUICE_WEBHOOK_ALLOW: {e}"))?,
+            ..DeliveryConfig::default()
+        };
+        if let Ok(text) = std::env::var("SLUICE_WEBHOOK_SCHEDULE")
+            && !text.trim().is_empty()
+        {
+            c.schedule = text
+                .split(',')
+                .map(|d| {
+                    humantime::parse_duration(d.trim())
+                        .map_err(|e| format!("SLUICE_WEBHOOK_SCHEDULE: `{d}`: {e}"))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(c)
+    }
+
+    /// Delay before the attempt after attempt `n` (1-based), with jitter, or
+    /// `None` when the attempts are exhausted.
+    pub fn retry_delay(&self, n: i64, retry_after: Option<Duration>) -> Option<Duration> {
+        let base = *self.schedule.get(usize::try_from(n - 1).ok()?)?;
+        let factor = if self.jitter > 0.0 {
+            1.0 + rand::rng().random_range(-self.jitter..=self.jitter)
+        } else {
+            1.0
+        };
+        let d = base.mul_f64(factor.max(0.0));
+        Some(match retry_after {
+            Some(r) => d.max(r.min(self.max_retry_after)),
+            None => d,
+        })
+    }
+}
+
+/// Delivers outbox messages.
+pub struct DeliveryWorker {
+    store: Store,
+    config: Arc<DeliveryConfig>,
+    client: reqwest::Client,
+    owner: String,
+}
+
+/// What [`DeliveryWorker::drain`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Attempts made.
+    pub attempts: usize,
+    /// Messages still waiting (for a later retry).
+    pub waiting: i64,
+}
+
+enum Outcome {
+    Success(u16),
+    Gone,
+    Retryable {
+        status: Option<u16>,
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    Refused(String),
+}
+
+impl DeliveryWorker {
+    /// A worker on `store`.
+    pub fn new(store: Store, config: DeliveryConfig) -> Result<DeliveryWorker, String> {
+        let config = Arc::new(config);
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver::new(Arc::new(
+                config.policy.clone(),
+            ))))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(config.attempt_timeout)
+            .pool_max_idle_per_host(config.concurrency)
+            .user_agent(concat!("Sluice-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
+        Ok(DeliveryWorker {
+            store,
+            config,
+            client,
+            owner: format!("delivery-{}", uuid::Uuid::now_v7()),
+        })
+    }
+
+    /// Claims one batch of due messages and delivers it. Returns the number of attempts.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let claimed = self
+            .store
+            .claim_messages(&self.owner, self.config.lease, self.config.batch)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let endpoints: HashMap<String, Endpoint> = self
+            .store
+            .endpoints()
+            .await?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        let n = claimed.len();
+        let results: Vec<Result<(), StoreError>> = futures::stream::iter(claimed)
+            .map(|m| self.deliver(m, &endpoints))
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+        Ok(n)
+    }
+
+    /// Delivers until `stop` resolves, waking as soon as messages arrive.
+    pub async fn run_until(&self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let work = async {
+                match self.run_once().await {
+                    Ok(0) => self.store.outbox_changed(Duration::from_millis(250)).await,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "webhook delivery worker failed; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = work => {}
+            }
+        }
+    }
+
+    /// Delivers everything due now, until nothing is due or `max` passes.
+    /// Retries scheduled later are left for a running worker.
+    pub async fn drain(&self, max: Duration) -> Result<DrainReport, StoreError> {
+        let until = Instant::now() + max;
+        let mut report = DrainReport::default();
+        while Instant::now() < until {
+            let n = self.run_once().await?;
+            report.attempts += n;
+            if n == 0 {
+                match self.store.next_due().await? {
+                    Some(t) if t <= now_ms() => tokio::time::sleep(Duration::from_millis(20)).await,
+                    _ => break,
+                }
+            }
+        }
+        report.waiting = self.store.undelivered_count().await?;
+        Ok(report)
+    }
+
+    async fn deliver(
+        &self,
+        m: ClaimedMessage,
+        endpoints: &HashMap<String, Endpoint>,
+    ) -> Result<(), StoreError> {
+        let attempt = m.attempts + 1;
+        let started_at = now_ms();
+        let t0 = Instant::now();
+        let (outcome, body) = match endpoints.get(&m.endpoint_id) {
+            None => (
+                Outcome::Refused(format!("endpoint `{}` no longer exists", m.endpoint_id)),
+                None,
+            ),
+            Some(e) if !e.enabled => (
+                Outcome::Refused(format!(
+                    "endpoint `{}` is disabled: {}",
+                    e.id,
+                    e.disabled_reason.as_deref().unwrap_or("no reason given")
+                )),
+                None,
+            ),
+            Some(e) => self.attempt(e, &m).await,
+        };
+        let latency_ms = i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let (status_code, error, end) = match outcome {
+            Outcome::Success(code) => (Some(code), None, AttemptEnd::Delivered),
+            Outcome::Gone => {
+                let reason = format!(
+                    "the receiver answered 410 Gone at {}",
+                    chrono::Utc::now().to_rfc3339()
+                );
+                self.store
+                    .set_endpoint_enabled(&m.endpoint_id, false, Some(&reason))
+                    .await?;
+                tracing::warn!(endpoint_id = %m.endpoint_id, "webhook endpoint disabled: 410 Gone");
+                (
+                    Some(410),
+                    Some("410 Gone: endpoint disabled".to_string()),
+                    AttemptEnd::Failed,
+                )
+            }
+            Outcome::Refused(error) => (None, Some(error), AttemptEnd::Failed),
+            Outcome::Retryable {
+                status,
+                error,
+                retry_after,
+            } => {
+                let end = match self.config.retry_delay(attempt, retry_after) {
+                    Some(d) => AttemptEnd::Retry(
+                        now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2),
+                    ),
+                    None => AttemptEnd::Failed,
+                };
+                let error = if matches!(end, AttemptEnd::Failed) {
+                    format!("{error}; gave up after {attempt} attempts")
+                } else {
+                    error
+                };
+                (status, Some(error), end)
+            }
+        };
+        let log = AttemptLog {
+            message_id: m.id.clone(),
+            attempt,
+            started_at,
+            status_code: status_code.map(i64::from),
+            latency_ms,
+            error,
+            response_body: body,
+        };
+        self.store.finish_attempt(&log, &end).await
+    }
+
+    async fn attempt(&self, e: &Endpoint, m: &ClaimedMessage) -> (Outcome, Option<String>) {
+        if let Err(err) = self.config.policy.check_url(&e.url) {
+            return (Outcome::Refused(err.to_string()), None);
+        }
+        let ts = chrono::Utc::now().timestamp();
+        let signature = signature_header(
+            &e.signing_secrets(now_ms()),
+            &m.event_id,
+            ts,
+            m.body.as_bytes(),
+        );
+        let cap = self.config.max_response_bytes;
+        let request = self
+            .client
+            .post(&e.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &m.event_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(m.body.clone());
+        let exchange = async move {
+            let mut resp = request.send().await?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let mut body = Vec::new();
+            while body.len() < cap {
+                match resp.chunk().await? {
+                    Some(chunk) => {
+                        body.extend_from_slice(&chunk[..chunk.len().min(cap - body.len())])
+                    }
+                    None => break,
+                }
+            }
+            Ok::<_, reqwest::Error>((status, retry_after, body))
+        };
+        match tokio::time::timeout(self.config.attempt_timeout, exchange).await {
+            Err(_) => (
+                Outcome::Retryable {
+                    status: None,
+                    error: format!(
+                        "timed out after {} (connect, headers and body)",
+                        humantime::format_duration(self.config.attempt_timeout)
+                    ),
+                    retry_after: None,
+                },
+                None,
+            ),
+            Ok(Err(err)) => {
+                if let Some(g) = guard_error(&err) {
+                    return (Outcome::Refused(g.to_string()), None);
+                }
+                (
+                    Outcome::Retryable {
+                        status: None,
+                        error: format!("request failed: {}", error_chain(&err)),
+                        retry_after: None,
+                    },
+                    None,
+                )
+            }
+            Ok(Ok((status, retry_after, body))) => {
+                let text = Some(String::from_utf8_lossy(&body).into_owned());
+                let outcome = if status.is_success() {
+                    Outcome::Success(status.as_u16())
+                } else if status == StatusCode::GONE {
+                    Outcome::Gone
+                } else {
+                    let what = if status.is_redirection() {
+                        " (redirects are not followed)"
+                    } else {
+                        ""
+                    };
+                    Outcome::Retryable {
+                        status: Some(status.as_u16()),
+                        error: format!("receiver answered {status}{what}"),
+                        retry_after,
+                    }
+                };
+                (outcome, text)
+            }
+        }
+    }
+}
+
+fn guard_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a GuardError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(g) = e.downcast_ref::<GuardError>() {
+            return Some(g);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !parts.contains(&s) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_follow_the_schedule_with_jitter_and_end() {
+        let c = DeliveryConfig::default();
+        for _ in 0..50 {
+            let d = c.retry_delay(1, None).unwrap();
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(6),
+                "{d:?}"
+            );
+        }
+        let d = c.retry_delay(2, None).unwrap();
+        assert!(d >= Duration::from_secs(240) && d <= Duration::from_secs(360));
+        assert!(c.retry_delay(7, None).is_some());
+        assert_eq!(
+            c.retry_delay(8, None),
+            None,
+            "seven retries, eight attempts"
+        );
+        let d = c.retry_delay(1, Some(Duration::from_secs(120))).unwrap();
+        assert_eq!(d, Duration::from_secs(120));
+        let d = c
+            .retry_delay(1, Some(Duration::from_secs(10 * 24 * 3600)))
+            .unwrap();
+        assert_eq!(d, Duration::from_secs(24 * 3600), "Retry-After is bounded");
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        let d = parse_retry_after(&later).unwrap();
+        assert!(d > Duration::from_secs(80) && d <= Duration::from_secs(90));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,674 @@
+//! Outbound webhooks end to end: flows fire events, the outbox delivers them
+//! signed to local receivers that misbehave in every documented way.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+use sluice::store::{MessageFilter, MessageStatus, RunStatus, Store};
+use sluice::webhooks::delivery::{DeliveryConfig, DeliveryWorker};
+use sluice::webhooks::endpoints::{self, Endpoint, NewEndpoint};
+use sluice::webhooks::ssrf::{GuardError, GuardPolicy};
+
+use common::{engine, run, sqlite_store};
+
+/// What the receiver does for one request.
+#[derive(Clone)]
+enum Reply {
+    Status(u16),
+    RetryAfter(u16, &'static str),
+    Sleep(Duration),
+    Drip(Duration),
+    Redirect(&'static str),
+}
+
+#[derive(Clone, Debug)]
+struct Received {
+    headers: HeaderMap,
+    body: String,
+    at: Instant,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    /// A receiver answering per `script` (then 200 forever).
+    async fn start(script: Vec<Reply>) -> Receiver {
+        let script = Arc::new(Mutex::new(script));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (s, g) = (script.clone(), got.clone());
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let (s, g) = (s.clone(), g.clone());
+            async move {
+                g.lock().unwrap().push(Received {
+                    headers,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                    at: Instant::now(),
+                });
+                let reply = {
+                    let mut s = s.lock().unwrap();
+                    if s.is_empty() {
+                        Reply::Status(200)
+                    } else {
+                        s.remove(0)
+                    }
+                };
+                respond(reply).await
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { addr, got }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hooks", self.addr)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+async fn respond(reply: Reply) -> Response {
+    match reply {
+        Reply::Status(code) => Response::builder()
+            .status(code)
+            .body(Body::from(format!("status {code}")))
+            .unwrap(),
+        Reply::RetryAfter(code, after) => Response::builder()
+            .status(code)
+            .header("retry-after", after)
+            .body(Body::empty())
+            .unwrap(),
+        Reply::Sleep(d) => {
+            tokio::time::sleep(d).await;
+            Response::builder().status(200).body(Body::empty()).unwrap()
+        }
+        Reply::Drip(gap) => {
+            let chunks = futures::stream::unfold(0, move |i| async move {
+                if i == 20 {
+                    return None;
+                }
+                tokio::time::sleep(gap).await;
+                Some((Ok::<_, std::io::Error>(Bytes::from_static(b"drip ")), i + 1))
+            });
+            Response::builder()
+                .status(200)
+                .body(Body::from_stream(chunks))
+                .unwrap()
+        }
+        Reply::Redirect(to) => Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", to)
+            .body(Body::empty())
+            .unwrap(),
+    }
+}
+
+fn local_policy() -> GuardPolicy {
+    GuardPolicy::parse("127.0.0.1").unwrap()
+}
+
+fn test_config() -> DeliveryConfig {
+    DeliveryConfig {
+        schedule: vec![
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+            Duration::from_millis(300),
+        ],
+        jitter: 0.0,
+        attempt_timeout: Duration::from_secs(1),
+        policy: local_policy(),
+        ..DeliveryConfig::default()
+    }
+}
+
+async fn add_endpoint(store: &Store, url: &str, events: &[&str]) -> Endpoint {
+    endpoints::add(
+        store,
+        &local_policy(),
+        NewEndpoint {
+            url: url.to_string(),
+            event_types: events.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Delivers until every message is delivered or failed (or 20 s pass).
+async fn deliver_all(store: &Store, config: DeliveryConfig) {
+    let worker = DeliveryWorker::new(store.clone(), config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.undelivered_count().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "messages still undelivered");
+        if worker.run_once().await.unwrap() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const ALERT_FLOW: &str = r#"
+apiVersion: sluice/v1
+id: po-alerts
+steps:
+  - id: approved
+    read: { connection: sandbox, entity: purchase_order, filter: { status: approved }, limit: 3 }
+  - id: alert
+    needs: [approved]
+    for_each: "${{ steps.approved.output.records }}"
+    webhook:
+      event: po.high_value
+      payload: { po: "${{ item.number }}", total: "${{ item.total }}" }
+"#;
+
+async fn one_message(store: &Store) -> sluice::store::MessageRecord {
+    let all = store.messages(&MessageFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn flow_events_arrive_signed_and_an_independent_library_accepts_them() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![]).await;
+    let ep = add_endpoint(&store, &rx.url(), &["po.*"]).await;
+    let _other = add_endpoint(&store, &rx.url(), &["sync.*"]).await;
+    let e = engine(store.clone(), vec![], vec![]);
+    let out = run(&e, ALERT_FLOW, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let envelopes = out.output.unwrap();
+    assert_eq!(envelopes.as_array().unwrap().len(), 3);
+    deliver_all(&store, test_config()).await;
+
+    let got = rx.received();
+    assert_eq!(
+        got.len(),
+        3,
+        "one delivery per event, only to the po.* endpoint"
+    );
+    let verifier = standardwebhooks::Webhook::new(&ep.secret.to_text()).unwrap();
+    for (r, env) in got.iter().zip(envelopes.as_array().unwrap()) {
+        verifier
+            .verify(r.body.as_bytes(), &r.headers)
+            .expect("independent verifier accepts the delivery");
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["type"], "po.high_value");
+        assert_eq!(body["id"], env["id"]);
+        assert_eq!(r.headers["webhook-id"], env["id"].as_str().unwrap());
+        assert_eq!(body["data"]["po"], env["data"]["po"]);
+        assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(
+            body.as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>(),
+            ["id", "type", "timestamp", "connection_id", "data"]
+        );
+    }
+    let tampered = got[0].body.replace("po.high_value", "po.low_value");
+    assert!(
+        verifier
+            .verify(tampered.as_bytes(), &got[0].headers)
+            .is_err(),
+        "a tampered body fails verification"
+    );
+    let wrong =
+        standardwebhooks::Webhook::new(&sluice::webhooks::signing::Secret::generate().to_text())
+            .unwrap();
+    assert!(
+        wrong
+            .verify(got[0].body.as_bytes(), &got[0].headers)
+            .is_err(),
+        "a wrong secret fails verification"
+    );
+}
+
+#[tokio::test]
+async fn a_500_then_200_is_retried_and_delivered_once() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![Reply::Status(500)]).await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    sluice::webhooks::emit(
+        &store,
+        "k1",
+        "system.error",
+        None,
+        json!({"message": "disk full"}),
+    )
+    .await
+    .unwrap();
+    deliver_all(&store, test_config()).await;
+    let got = rx.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0].headers["webhook-id"], got[1].headers["webhook-id"],
+        "same id on every attempt"
+    );
+    let m = one_message(&store).await;
+    assert_eq!(m.status, MessageStatus::Delivered);
+    let attempts = store.message_attempts(&m.id).await.unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| a.status_code).collect::<Vec<_>>(),
+        vec![Some(500), Some(200)]
+    );
+    assert_eq!(
+        attempts[0].error.as_deref(),
+        Some("receiver answered 500 Internal Server Error")
+    );
+    assert_eq!(attempts[0].response_body.as_deref(), Some("status 500"));
+}
+
+#[tokio::test]
+async fn a_receiver_that_sleeps_past_the_deadline_times_out_and_is_retried() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![Reply::Sleep(Duration::from_secs(3))]).await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    sluice::webhooks::emit(&store, "k2", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    deliver_all(&store, test_config()).await;
+    let m = one_message(&store).await;
+    assert_eq!(m.status, MessageStatus::Delivered);
+    let attempts = store.message_attempts(&m.id).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        attempts[0].error.as_deref(),
+        Some("timed out after 1s (connect, headers and body)")
+    );
+    assert!(
+        attempts[0].latency_ms >= 1000 && attempts[0].latency_ms < 2500,
+        "{}",
+        attempts[0].latency_ms
+    );
+}
+
+#[tokio::test]
+async fn a_body_dripped_slowly_is_cut_at_the_deadline() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![Reply::Drip(Duration::from_millis(200))]).await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    sluice::webhooks::emit(&store, "k3", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    deliver_all(&store, test_config()).await;
+    let m = one_message(&store).await;
+    let attempts = store.message_attempts(&m.id).await.unwrap();
+    assert!(
+        attempts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("timed out after 1s"),
+        "{:?}",
+        attempts[0]
+    );
+    assert!(attempts[0].latency_ms < 2000);
+    assert_eq!(
+        m.status,
+        MessageStatus::Delivered,
+        "the retry got a normal answer"
+    );
+}
+
+#[tokio::test]
+async fn a_410_disables_the_endpoint() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![Reply::Status(410)]).await;
+    let ep = add_endpoint(&store, &rx.url(), &[]).await;
+    sluice::webhooks::emit(&store, "k4", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    deliver_all(&store, test_config()).await;
+    let m = one_message(&store).await;
+    assert_eq!(m.status, MessageStatus::Failed);
+    assert_eq!(m.last_error.as_deref(), Some("410 Gone: endpoint disabled"));
+    let ep = store.endpoint(&ep.id).await.unwrap().unwrap();
+    assert!(!ep.enabled);
+    assert!(
+        ep.disabled_reason
+            .unwrap()
+            .starts_with("the receiver answered 410 Gone")
+    );
+    sluice::webhooks::emit(&store, "k5", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .messages(&MessageFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "a disabled endpoint gets nothing new"
+    );
+}
+
+#[tokio::test]
+async fn a_429_retry_after_is_honoured() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![Reply::RetryAfter(429, "1")]).await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    sluice::webhooks::emit(&store, "k6", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    deliver_all(&store, test_config()).await;
+    let got = rx.received();
+    assert_eq!(got.len(), 2);
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "waited {gap:?}, not the 100 ms schedule"
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![Reply::Redirect("http://10.0.0.1/steal")]).await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    sluice::webhooks::emit(&store, "k7", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    deliver_all(&store, test_config()).await;
+    let m = one_message(&store).await;
+    let attempts = store.message_attempts(&m.id).await.unwrap();
+    assert_eq!(attempts[0].status_code, Some(302));
+    assert_eq!(
+        attempts[0].error.as_deref(),
+        Some("receiver answered 302 Found (redirects are not followed)")
+    );
+    assert_eq!(
+        rx.received().len(),
+        2,
+        "the retry went to the endpoint again, never to the redirect target"
+    );
+}
+
+#[tokio::test]
+async fn the_ssrf_guard_refuses_internal_addresses_unless_allow_listed() {
+    let (store, _d) = sqlite_store().await;
+    let none = GuardPolicy::default();
+    let add = |url: &str| NewEndpoint {
+        url: url.to_string(),
+        ..Default::default()
+    };
+    let e = endpoints::add(&store, &none, add("http://127.0.0.1:9/h"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "webhook URL `http://127.0.0.1:9/h` must use https (plain http is allowed only for allow-listed hosts)"
+    );
+    let e = endpoints::add(&store, &none, add("https://169.254.169.254/latest"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("metadata addresses are blocked"),
+        "{e}"
+    );
+    let e = endpoints::add(&store, &none, add("not a url"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with("invalid webhook URL `not a url`"),
+        "{e}"
+    );
+
+    // Allowed when added, but the worker runs with the guard on: refused at delivery.
+    let rx = Receiver::start(vec![]).await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    let via_name = endpoints::add(
+        &store,
+        &GuardPolicy::parse("localhost").unwrap(),
+        add(&format!("https://localhost:{}/h", rx.addr.port())),
+    )
+    .await
+    .unwrap();
+    sluice::webhooks::emit(&store, "k8", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    deliver_all(
+        &store,
+        DeliveryConfig {
+            policy: GuardPolicy::default(),
+            ..test_config()
+        },
+    )
+    .await;
+    assert!(
+        rx.received().is_empty(),
+        "nothing reached the loopback receiver"
+    );
+    for m in store.messages(&MessageFilter::default()).await.unwrap() {
+        assert_eq!(m.status, MessageStatus::Failed);
+        let err = m.last_error.unwrap();
+        if m.endpoint_id == via_name.id {
+            assert_eq!(
+                err,
+                "refused to deliver to localhost (127.0.0.1): loopback addresses are blocked (allow-list it to permit)"
+            );
+        } else {
+            assert!(
+                err.contains("must use https") || err.contains("loopback"),
+                "{err}"
+            );
+        }
+    }
+    assert!(matches!(
+        none.check_ip("x", "::ffff:10.1.1.1".parse().unwrap()),
+        Err(GuardError::Blocked { .. })
+    ));
+}
+
+#[tokio::test]
+async fn exhausted_messages_are_kept_failed_and_can_be_resent() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![
+        Reply::Status(503),
+        Reply::Status(503),
+        Reply::Status(503),
+        Reply::Status(503),
+    ])
+    .await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    sluice::webhooks::emit(&store, "k9", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    deliver_all(&store, test_config()).await;
+    let m = one_message(&store).await;
+    assert_eq!(m.status, MessageStatus::Failed);
+    assert_eq!(
+        m.last_error.as_deref(),
+        Some("receiver answered 503 Service Unavailable; gave up after 4 attempts")
+    );
+    assert!(store.resend_message(&m.id).await.unwrap());
+    deliver_all(&store, test_config()).await;
+    let m = one_message(&store).await;
+    assert_eq!(m.status, MessageStatus::Delivered);
+    assert_eq!(store.message_attempts(&m.id).await.unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_mid_delivery_loses_nothing() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![]).await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    sluice::webhooks::emit(&store, "k10", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    // A worker claims the message and dies before finishing it.
+    let claimed = store
+        .claim_messages("dead-worker", Duration::from_millis(200), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let worker = DeliveryWorker::new(store.clone(), test_config()).unwrap();
+    assert_eq!(
+        worker.run_once().await.unwrap(),
+        0,
+        "the lease keeps others off"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    deliver_all(&store, test_config()).await;
+    assert_eq!(rx.received().len(), 1);
+    assert_eq!(one_message(&store).await.status, MessageStatus::Delivered);
+}
+
+#[tokio::test]
+async fn rotation_sends_both_signatures_and_each_secret_verifies() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![]).await;
+    let ep = add_endpoint(&store, &rx.url(), &[]).await;
+    let new = endpoints::rotate(&store, &ep.id, None).await.unwrap();
+    sluice::webhooks::emit(&store, "k11", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    deliver_all(&store, test_config()).await;
+    let r = &rx.received()[0];
+    assert_eq!(
+        r.headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        2
+    );
+    for secret in [ep.secret.to_text(), new.to_text()] {
+        standardwebhooks::Webhook::new(&secret)
+            .unwrap()
+            .verify(r.body.as_bytes(), &r.headers)
+            .expect("both secrets verify");
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_run_does_not_fire_twice_and_oversized_payloads_fail() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![]).await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    let flaky = common::FlakyConnector::new(1, sluice::connectors::ConnectorErrorKind::Transient);
+    let e = engine(store.clone(), vec![("flaky", flaky)], vec![]);
+    let out = run(
+        &e,
+        r#"
+apiVersion: sluice/v1
+id: fire-then-fail
+steps:
+  - { id: fire, webhook: { event: order.seen, payload: { n: 1 } } }
+  - { id: after, needs: [fire], read: { connection: flaky, entity: vendor } }
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Failed);
+    // Resuming re-runs only the failed step: `fire` committed with its message, so it does not fire again.
+    let resumed = e.resume(&out.run_id, None).await.unwrap();
+    assert_eq!(resumed.status, RunStatus::Succeeded);
+    assert_eq!(
+        store
+            .messages(&MessageFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    sluice::webhooks::emit(&store, "same-key", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    sluice::webhooks::emit(&store, "same-key", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .messages(&MessageFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "the same key enqueues once"
+    );
+
+    let out = run(
+        &e,
+        r#"
+apiVersion: sluice/v1
+id: too-big
+steps:
+  - { id: big, webhook: { event: blob.made, payload: "${{ 'x' * 300000 }}" } }
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Failed);
+    let msg = out.error.unwrap()["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("payload is 300") && msg.contains("the limit is 262144 bytes"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_webhook_steps_are_caught_by_validation() {
+    let err = sluice::flow::compile(
+        "w.yaml",
+        "apiVersion: sluice/v1\nid: w\nsteps:\n  - { id: a, webhook: { event: sync.completed } }\n  - { id: b, webhook: { event: 'Bad Event' } }\n",
+        &Default::default(),
+    )
+    .unwrap_err();
+    let msgs: Vec<String> = err
+        .diagnostics
+        .iter()
+        .map(|d| format!("{}:{}", d.line.unwrap(), d.message))
+        .collect();
+    assert_eq!(
+        msgs[0],
+        "4:event type `sync.completed` is in the engine's reserved `sync.*` namespace; choose another"
+    );
+    assert!(
+        msgs[1].starts_with("5:event type `Bad Event` must be lowercase"),
+        "{msgs:?}"
+    );
+}
+
+#[tokio::test]
+async fn webhooks_deliver_on_postgres_too() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("skipped: SLUICE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let store = Store::connect(&url).await.unwrap();
+    let rx = Receiver::start(vec![Reply::Status(500)]).await;
+    let ep = add_endpoint(&store, &rx.url(), &[]).await;
+    let key = uuid::Uuid::now_v7().to_string();
+    let env = sluice::webhooks::emit(&store, &key, "system.error", None, json!({"pg": true}))
+        .await
+        .unwrap();
+    let worker = DeliveryWorker::new(store.clone(), test_config()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ms = store.messages_of_event(&env.id).await.unwrap();
+        if ms.iter().all(|m| m.status == MessageStatus::Delivered) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not delivered: {ms:?}");
+        worker.run_once().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rx.received().len(), 2);
+    endpoints::set_enabled(&store, &ep.id, false).await.unwrap();
+}
