@@ -452,3 +452,147 @@ steps:
     let run = store.get_run(&run_id).await.unwrap().unwrap();
     assert_eq!(run.resumes, 1);
 }
+
+/// A tiny receiver for CLI tests: answers 200 after `delay`, counting requests.
+async fn counting_receiver(
+    delay: Duration,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let app = axum::Router::new().fallback(move || {
+        let c = c.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            c.fetch_add(1, Ordering::SeqCst);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, count)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_commands_manage_endpoints_and_deliver() {
+    use std::sync::atomic::Ordering;
+    let (dir, db) = temp_db();
+    let (url, count) = counting_receiver(Duration::ZERO).await;
+    let cmd = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("SLUICE_DB", &db)
+            .env("SLUICE_WEBHOOK_ALLOW", "127.0.0.1")
+            .output()
+            .unwrap()
+    };
+    let o = cmd(&["webhook", "endpoint", "add", "http://10.1.2.3/x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("must use https"), "{}", stderr(&o));
+    let o = cmd(&[
+        "webhook", "endpoint", "add", &url, "--events", "po.*", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ep = json_out(&o);
+    let id = ep["id"].as_str().unwrap().to_string();
+    assert!(ep["secret"].as_str().unwrap().starts_with("whsec_"));
+    let o = cmd(&["webhook", "endpoint", "list"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&id));
+    let o = cmd(&["webhook", "endpoint", "rotate", &id]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .starts_with("whsec_")
+    );
+
+    let flow = dir.path().join("fire.yaml");
+    std::fs::write(&flow, "apiVersion: sluice/v1\nid: fire\nsteps:\n  - { id: f, for_each: [1, 2], webhook: { event: po.seen, payload: { n: \"${{ item }}\" } } }\n").unwrap();
+    let o = cmd(&["run", flow.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("webhooks: 2 delivery attempt(s); 0 message(s) waiting"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+
+    let o = cmd(&["webhook", "messages", "--json"]);
+    let messages = json_out(&o);
+    assert_eq!(messages.as_array().unwrap().len(), 2);
+    let mid = messages[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(messages[0]["status"], "delivered");
+    let o = cmd(&["webhook", "attempts", &mid, "--json"]);
+    assert_eq!(json_out(&o)[0]["status_code"], 200);
+    let o = cmd(&["webhook", "resend", &mid]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cmd(&["webhook", "deliver", "--once"]);
+    assert!(
+        stderr(&o).contains("1 delivery attempt(s)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    let o = cmd(&["webhook", "endpoint", "disable", &id]);
+    assert!(o.status.success());
+    let o = cmd(&["webhook", "endpoint", "disable", "ep_nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no webhook endpoint with id `ep_nope`"));
+}
+
+/// Kills a delivering process mid-request; after a restart the message is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_process_killed_mid_request_delivers_after_restart() {
+    use std::sync::atomic::Ordering;
+    let (_dir, db) = temp_db();
+    let (url, count) = counting_receiver(Duration::from_secs(3)).await;
+    let store = Store::connect(&db).await.unwrap();
+    sluice::webhooks::endpoints::add(
+        &store,
+        &sluice::webhooks::ssrf::GuardPolicy::parse("127.0.0.1").unwrap(),
+        sluice::webhooks::endpoints::NewEndpoint {
+            url,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    sluice::webhooks::emit(
+        &store,
+        "crash-key",
+        "system.error",
+        None,
+        serde_json::json!({"n": 1}),
+    )
+    .await
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["webhook", "deliver", "--db", &db])
+        .env("SLUICE_WEBHOOK_ALLOW", "127.0.0.1")
+        .env("SLUICE_WEBHOOK_LEASE", "1s")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = &store.messages(&Default::default()).await.unwrap()[0];
+        if m.status == sluice::store::MessageStatus::Delivering {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // the request is in flight
+    child.kill().unwrap();
+    child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the lease expires
+    let o = Command::new(BIN)
+        .args(["webhook", "deliver", "--once", "--db", &db])
+        .env("SLUICE_WEBHOOK_ALLOW", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = &store.messages(&Default::default()).await.unwrap()[0];
+    assert_eq!(m.status, sluice::store::MessageStatus::Delivered);
+    assert!(count.load(Ordering::SeqCst) >= 1);
+}

@@ -70,11 +70,18 @@ pub fn verify(key: &[u8], headers: &HeaderMap, body: &[u8], now: i64) -> Result<
         .parse()
         .map_err(|_| Rejection::BadTimestamp(format!("`{ts_text}` is not a number")))?;
     if (now - ts).abs() > TOLERANCE {
-        return Err(Rejection::BadTimestamp(format!("{}s away from now; the limit is {TOLERANCE}s", now - ts)));
+        return Err(Rejection::BadTimestamp(format!(
+            "{}s away from now; the limit is {TOLERANCE}s",
+            now - ts
+        )));
     }
     for sig in signatures.split(' ') {
-        let Some(b64) = sig.strip_prefix("v1,") else { continue };
-        let Ok(given) = STANDARD.decode(b64) else { continue };
+        let Some(b64) = sig.strip_prefix("v1,") else {
+            continue;
+        };
+        let Ok(given) = STANDARD.decode(b64) else {
+            continue;
+        };
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
         mac.update(format!("{id}.{ts}.").as_bytes());
         mac.update(body);
@@ -86,11 +93,17 @@ pub fn verify(key: &[u8], headers: &HeaderMap, body: &[u8], now: i64) -> Result<
     Err(Rejection::BadSignature)
 }
 
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+async fn receive(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
     let now = chrono::Utc::now().timestamp();
     let id = match verify(&r.key, &headers, &body, now) {
         Ok(id) => id,
-        Err(Rejection::BadSignature) => return (StatusCode::UNAUTHORIZED, "invalid signature".into()),
+        Err(Rejection::BadSignature) => {
+            return (StatusCode::UNAUTHORIZED, "invalid signature".into());
+        }
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e:?}")),
     };
     {
@@ -100,7 +113,10 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             return (StatusCode::OK, "duplicate".into());
         }
     }
-    let event = Accepted { id, body: String::from_utf8_lossy(&body).into_owned() };
+    let event = Accepted {
+        id,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
     if r.queue.try_send(event).is_err() {
         // Queue full: let the sender retry later rather than lose it.
         return (StatusCode::SERVICE_UNAVAILABLE, "busy".into());
@@ -110,10 +126,20 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
 
 /// The receiver's routes, with the queue its events go to.
 pub fn app(secret: &str, queue: mpsc::Sender<Accepted>) -> Result<Router, String> {
-    let b64 = secret.strip_prefix("whsec_").ok_or("the secret must start with whsec_")?;
-    let key = STANDARD.decode(b64).map_err(|e| format!("the secret is not base64: {e}"))?;
-    let state = Receiver { key: Arc::new(key), seen: Arc::default(), queue };
-    Ok(Router::new().route("/webhooks", post(receive)).with_state(state))
+    let b64 = secret
+        .strip_prefix("whsec_")
+        .ok_or("the secret must start with whsec_")?;
+    let key = STANDARD
+        .decode(b64)
+        .map_err(|e| format!("the secret is not base64: {e}"))?;
+    let state = Receiver {
+        key: Arc::new(key),
+        seen: Arc::default(),
+        queue,
+    };
+    Ok(Router::new()
+        .route("/webhooks", post(receive))
+        .with_state(state))
 }
 
 #[tokio::main]
@@ -146,7 +172,10 @@ mod tests {
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
     fn signed(body: &str, ts: i64, secret: &str) -> HeaderMap {
-        let sig = standardwebhooks::Webhook::new(secret).unwrap().sign("msg_1", ts, body.as_bytes()).unwrap();
+        let sig = standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .sign("msg_1", ts, body.as_bytes())
+            .unwrap();
         let mut h = HeaderMap::new();
         h.insert("webhook-id", "msg_1".parse().unwrap());
         h.insert("webhook-timestamp", ts.to_string().parse().unwrap());
@@ -177,7 +206,11 @@ mod tests {
         let now = chrono::Utc::now().timestamp();
         let body = r#"{"type":"po.high_value"}"#;
         assert_eq!(post(&url, signed(body, now, SECRET), body).await, 200);
-        assert_eq!(post(&url, signed(body, now, SECRET), body).await, 200, "duplicates are acknowledged");
+        assert_eq!(
+            post(&url, signed(body, now, SECRET), body).await,
+            200,
+            "duplicates are acknowledged"
+        );
         assert_eq!(rx.recv().await.unwrap().body, body);
         assert!(rx.try_recv().is_err(), "the duplicate was not queued again");
     }
@@ -187,9 +220,26 @@ mod tests {
         let (url, mut rx) = serve().await;
         let now = chrono::Utc::now().timestamp();
         let body = r#"{"total":10}"#;
-        assert_eq!(post(&url, signed(body, now, SECRET), r#"{"total":99}"#).await, 401, "tampered body");
-        assert_eq!(post(&url, signed(body, now, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"), body).await, 401, "wrong secret");
-        assert_eq!(post(&url, signed(body, now - 6 * 60, SECRET), body).await, 400, "stale timestamp");
+        assert_eq!(
+            post(&url, signed(body, now, SECRET), r#"{"total":99}"#).await,
+            401,
+            "tampered body"
+        );
+        assert_eq!(
+            post(
+                &url,
+                signed(body, now, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+                body
+            )
+            .await,
+            401,
+            "wrong secret"
+        );
+        assert_eq!(
+            post(&url, signed(body, now - 6 * 60, SECRET), body).await,
+            400,
+            "stale timestamp"
+        );
         assert_eq!(post(&url, HeaderMap::new(), body).await, 400, "no headers");
         assert!(rx.try_recv().is_err(), "nothing was queued");
     }
@@ -199,7 +249,13 @@ mod tests {
         let key = STANDARD.decode(&SECRET[6..]).unwrap();
         let h = signed("{}", 1000, SECRET);
         assert_eq!(verify(&key, &h, b"{}", 1000), Ok("msg_1".to_string()));
-        assert!(matches!(verify(&key, &h, b"{}", 1000 + 301), Err(Rejection::BadTimestamp(_))));
-        assert_eq!(verify(&key, &HeaderMap::new(), b"{}", 1000), Err(Rejection::MissingHeader("webhook-id")));
+        assert!(matches!(
+            verify(&key, &h, b"{}", 1000 + 301),
+            Err(Rejection::BadTimestamp(_))
+        ));
+        assert_eq!(
+            verify(&key, &HeaderMap::new(), b"{}", 1000),
+            Err(Rejection::MissingHeader("webhook-id"))
+        );
     }
 }

@@ -74,13 +74,25 @@ impl Default for DeliveryConfig {
 }
 
 impl DeliveryConfig {
-    /// Defaults, with `SLUICE_WEBHOOK_ALLOW` (allow-list) and
-    /// `SLUICE_WEBHOOK_SCHEDULE` (comma-separated delays, e.g. `1s,10s,1m`).
+    /// Defaults, with `SLUICE_WEBHOOK_ALLOW` (allow-list),
+    /// `SLUICE_WEBHOOK_SCHEDULE` (comma-separated delays, e.g. `1s,10s,1m`),
+    /// `SLUICE_WEBHOOK_LEASE` and `SLUICE_WEBHOOK_TIMEOUT` (durations).
     pub fn from_env() -> Result<DeliveryConfig, String> {
         let mut c = DeliveryConfig {
             policy: GuardPolicy::from_env().map_err(|e| format!("SLUICE_WEBHOOK_ALLOW: {e}"))?,
             ..DeliveryConfig::default()
         };
+        for (var, slot) in [
+            ("SLUICE_WEBHOOK_LEASE", &mut c.lease),
+            ("SLUICE_WEBHOOK_TIMEOUT", &mut c.attempt_timeout),
+        ] {
+            if let Ok(text) = std::env::var(var)
+                && !text.trim().is_empty()
+            {
+                *slot = humantime::parse_duration(text.trim())
+                    .map_err(|e| format!("{var}: `{text}`: {e}"))?;
+            }
+        }
         if let Ok(text) = std::env::var("SLUICE_WEBHOOK_SCHEDULE")
             && !text.trim().is_empty()
         {
