@@ -149,10 +149,10 @@ async fn add_endpoint(store: &Store, url: &str, events: &[&str]) -> Endpoint {
     .unwrap()
 }
 
-/// Delivers until every message is delivered or failed (or 20 s pass).
+/// Delivers until every message is delivered or failed (or 40 s pass).
 async fn deliver_all(store: &Store, config: DeliveryConfig) {
     let worker = DeliveryWorker::new(store.clone(), config).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(40);
     while store.undelivered_count().await.unwrap() > 0 {
         assert!(Instant::now() < deadline, "messages still undelivered");
         if worker.run_once().await.unwrap() == 0 {
@@ -671,4 +671,62 @@ async fn webhooks_deliver_on_postgres_too() {
     }
     assert_eq!(rx.received().len(), 2);
     endpoints::set_enabled(&store, &ep.id, false).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_step_can_name_its_endpoint_directly() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![]).await;
+    let direct = add_endpoint(&store, &rx.url(), &["sync.*"]).await;
+    let _subscribed = add_endpoint(&store, &rx.url(), &["order.*"]).await;
+    let e = engine(store.clone(), vec![], vec![]);
+    let yaml = format!(
+        "apiVersion: sluice/v1\nid: direct\nsteps:\n  - {{ id: w, webhook: {{ event: order.direct, endpoint: {}, payload: {{ ok: true }} }} }}\n",
+        direct.id
+    );
+    let out = run(&e, &yaml, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let msgs = store.messages(&MessageFilter::default()).await.unwrap();
+    assert_eq!(
+        msgs.len(),
+        1,
+        "only the named endpoint, whatever the filters"
+    );
+    assert_eq!(msgs[0].endpoint_id, direct.id);
+
+    let out = run(&e, "apiVersion: sluice/v1\nid: ghost\nsteps:\n  - { id: w, webhook: { event: order.x, endpoint: ep_ghost } }\n", json!({})).await;
+    assert_eq!(out.status, RunStatus::Failed);
+    assert_eq!(
+        out.error.unwrap()["message"],
+        "step `w`: webhook endpoint `ep_ghost` does not exist"
+    );
+}
+
+/// The production deadline: a receiver that sleeps 11 s is cut at 10 s and retried.
+#[tokio::test]
+async fn a_receiver_sleeping_11_s_hits_the_10_s_deadline() {
+    let (store, _d) = sqlite_store().await;
+    let rx = Receiver::start(vec![Reply::Sleep(Duration::from_secs(11))]).await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    sluice::webhooks::emit(&store, "k-11s", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    let config = DeliveryConfig {
+        attempt_timeout: DeliveryConfig::default().attempt_timeout,
+        ..test_config()
+    };
+    assert_eq!(config.attempt_timeout, Duration::from_secs(10));
+    deliver_all(&store, config).await;
+    let m = one_message(&store).await;
+    assert_eq!(m.status, MessageStatus::Delivered);
+    let attempts = store.message_attempts(&m.id).await.unwrap();
+    assert_eq!(
+        attempts[0].error.as_deref(),
+        Some("timed out after 10s (connect, headers and body)")
+    );
+    assert!(
+        (10_000..11_000).contains(&attempts[0].latency_ms),
+        "{}",
+        attempts[0].latency_ms
+    );
 }
