@@ -189,6 +189,21 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Prints a value as pretty JSON on stdout.
+fn print_json<T: serde::Serialize + ?Sized>(value: &T) {
+    outln!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("values built from JSON serialize")
+    );
+}
+
+/// A time in milliseconds since the epoch, for tables.
+fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
 /// A command failure with its exit code.
 struct CliError {
     message: String,
@@ -240,10 +255,7 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         } => run(&file, &inputs, json, &db).await,
         Command::Validate { paths, json } => Ok(validate(&paths, json)),
         Command::Schema => {
-            outln!(
-                "{}",
-                serde_json::to_string_pretty(&flow::json_schema()).expect("schema serializes")
-            );
+            print_json(&flow::json_schema());
             Ok(EXIT_OK)
         }
         Command::Graph { file, dot } => {
@@ -359,18 +371,12 @@ async fn deliver_fired_webhooks(store: &Store, quiet: bool) -> Result<(), CliErr
 
 fn report(outcome: &RunOutcome, json_out: bool) -> Result<i32, CliError> {
     if json_out {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(outcome).expect("outcome serializes")
-        );
+        print_json(outcome);
     } else {
         match outcome.status {
             RunStatus::Succeeded => {
                 eprintln!("run {} succeeded", outcome.run_id);
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&outcome.output).expect("JSON serializes")
-                );
+                print_json(&outcome.output);
             }
             status => {
                 let message = outcome
@@ -439,10 +445,7 @@ fn validate(paths: &[PathBuf], json_out: bool) -> i32 {
         }
     }
     if json_out {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("JSON serializes")
-        );
+        print_json(&report);
     } else if failed > 0 {
         eprintln!("{failed} file(s) with problems");
     }
@@ -471,10 +474,7 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                 })
                 .await?;
             if json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&runs).expect("JSON serializes")
-                );
+                print_json(&runs);
             } else {
                 outln!(
                     "{:<36}  {:<24}  {:<9}  {:<24}  DURATION",
@@ -484,9 +484,7 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                     "CREATED"
                 );
                 for r in runs {
-                    let created = chrono::DateTime::from_timestamp_millis(r.created_at)
-                        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
-                        .unwrap_or_default();
+                    let created = format_ms(r.created_at);
                     let duration = r
                         .finished_at
                         .zip(r.started_at)
@@ -512,13 +510,7 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
             let steps = store.steps(&id).await?;
             let attempts = store.attempts(&id).await?;
             if json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"run": run, "steps": steps, "attempts": attempts})
-                    )
-                    .expect("JSON serializes")
-                );
+                print_json(&json!({"run": run, "steps": steps, "attempts": attempts}));
             } else {
                 outln!(
                     "run {}  flow {}@{}  {}",
@@ -548,10 +540,8 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                     );
                 }
                 if let Some(o) = &run.output {
-                    outln!(
-                        "output: {}",
-                        serde_json::to_string_pretty(o).expect("JSON serializes")
-                    );
+                    outln!("output:");
+                    print_json(o);
                 }
                 if let Some(e) = &run.error {
                     outln!("error: {e}");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{CliError, DbArgs, EXIT_OK};
+use super::{CliError, DbArgs, EXIT_OK, format_ms, print_json};
 use crate::store::{MessageFilter, MessageStatus, Store};
 use crate::webhooks::delivery::{DeliveryConfig, DeliveryWorker};
 use crate::webhooks::endpoints::{self, EndpointError, NewEndpoint};
@@ -132,12 +132,6 @@ fn config() -> Result<DeliveryConfig, CliError> {
     DeliveryConfig::from_env().map_err(CliError::invalid)
 }
 
-fn time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_default()
-}
-
 pub(super) async fn dispatch(cmd: WebhookCommand) -> Result<i32, CliError> {
     match cmd {
         WebhookCommand::Endpoint { command } => endpoint(command).await,
@@ -161,10 +155,7 @@ pub(super) async fn dispatch(cmd: WebhookCommand) -> Result<i32, CliError> {
                 })
                 .await?;
             if json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).expect("JSON serializes")
-                );
+                print_json(&list);
             } else {
                 outln!(
                     "{:<36}  {:<30}  {:<24}  {:<10}  {:>8}  CREATED",
@@ -182,7 +173,7 @@ pub(super) async fn dispatch(cmd: WebhookCommand) -> Result<i32, CliError> {
                         m.event_type,
                         m.status.as_str(),
                         m.attempts,
-                        time(m.created_at)
+                        format_ms(m.created_at)
                     );
                 }
             }
@@ -197,10 +188,7 @@ pub(super) async fn dispatch(cmd: WebhookCommand) -> Result<i32, CliError> {
             }
             let attempts = store.message_attempts(&message).await?;
             if json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&attempts).expect("JSON serializes")
-                );
+                print_json(&attempts);
             } else {
                 for a in attempts {
                     let status = a
@@ -210,7 +198,7 @@ pub(super) async fn dispatch(cmd: WebhookCommand) -> Result<i32, CliError> {
                     outln!(
                         "#{} {} status={} {} ms {}",
                         a.attempt,
-                        time(a.started_at),
+                        format_ms(a.started_at),
                         status,
                         a.latency_ms,
                         a.error.unwrap_or_default()
@@ -277,7 +265,9 @@ async fn endpoint(cmd: EndpointCommand) -> Result<i32, CliError> {
             )
             .await?;
             if json {
-                outln!("{}", serde_json::to_string_pretty(&json!({"id": e.id, "url": e.url, "secret": e.secret.to_text(), "event_types": e.event_types})).expect("JSON serializes"));
+                print_json(
+                    &json!({"id": e.id, "url": e.url, "secret": e.secret.to_text(), "event_types": e.event_types}),
+                );
             } else {
                 outln!("endpoint {}\nsecret   {}", e.id, e.secret.to_text());
             }
@@ -287,10 +277,7 @@ async fn endpoint(cmd: EndpointCommand) -> Result<i32, CliError> {
             let store = Store::connect(&db.db).await?;
             let list = store.endpoints().await?;
             if json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).expect("JSON serializes")
-                );
+                print_json(&list);
             } else {
                 outln!(
                     "{:<36}  {:<8}  {:<24}  URL",

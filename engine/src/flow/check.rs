@@ -87,7 +87,21 @@ impl<'a> Checker<'a> {
 
     /// Compiles a value with `${{ }}` expressions and checks what they refer to.
     pub fn template(&mut self, rel: &[Seg], value: &Value) -> Option<Template> {
-        match Template::compile(value) {
+        self.checked(rel, Template::compile(value), "expression")
+    }
+
+    /// Compiles a condition (`if:`), with or without `${{ }}`.
+    pub fn condition(&mut self, rel: &[Seg], text: &str) -> Option<Template> {
+        self.checked(rel, Template::compile_condition(text), "condition")
+    }
+
+    fn checked(
+        &mut self,
+        rel: &[Seg],
+        compiled: Result<Template, crate::expr::ExprError>,
+        what: &str,
+    ) -> Option<Template> {
+        match compiled {
             Ok(t) => {
                 self.check_references(rel, &t);
                 Some(t)
@@ -96,31 +110,12 @@ impl<'a> Checker<'a> {
                 self.error(
                     rel,
                     "invalid-expression",
-                    format!("expression does not parse: {}", e.message),
+                    format!("{what} does not parse: {}", e.message),
                 )
                 .hint = Some(format!(
                     "in `{}`; expressions use minijinja syntax, e.g. `${{{{ inputs.limit * 2 }}}}`",
                     e.source_text
                 ));
-                None
-            }
-        }
-    }
-
-    /// Compiles a condition (`if:`), with or without `${{ }}`.
-    pub fn condition(&mut self, rel: &[Seg], text: &str) -> Option<Template> {
-        match Template::compile_condition(text) {
-            Ok(t) => {
-                self.check_references(rel, &t);
-                Some(t)
-            }
-            Err(e) => {
-                self.error(
-                    rel,
-                    "invalid-expression",
-                    format!("condition does not parse: {}", e.message),
-                )
-                .hint = Some(format!("in `{}`", e.source_text));
                 None
             }
         }

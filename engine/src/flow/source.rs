@@ -131,8 +131,8 @@ impl Node {
         }
     }
 
-    /// The node at `path`, or the deepest existing node on the way.
-    pub fn locate(&self, path: &[Seg]) -> Loc {
+    /// The deepest node along `path`, and whether the whole path exists.
+    fn walk(&self, path: &[Seg]) -> (&Node, bool) {
         let mut node = self;
         for seg in path {
             let next = match (seg, &node.value) {
@@ -145,10 +145,15 @@ impl Node {
             };
             match next {
                 Some(n) => node = n,
-                None => return node.loc,
+                None => return (node, false),
             }
         }
-        node.loc
+        (node, true)
+    }
+
+    /// The node at `path`, or the deepest existing node on the way.
+    pub fn locate(&self, path: &[Seg]) -> Loc {
+        self.walk(path).0.loc
     }
 
     /// The location of the key at the end of `path` (the value's if the last
@@ -157,28 +162,19 @@ impl Node {
         let Some((Seg::Key(last), parent)) = path.split_last() else {
             return self.locate(path);
         };
-        let mut node = self;
-        for seg in parent {
-            let next = match (seg, &node.value) {
-                (Seg::Key(k), NodeValue::Map(entries)) => entries
-                    .iter()
-                    .find(|(key, _)| &key.name == k)
-                    .map(|(_, v)| v),
-                (Seg::Index(i), NodeValue::Seq(items)) => items.get(*i),
-                _ => None,
-            };
-            match next {
-                Some(n) => node = n,
-                None => return node.loc,
-            }
-        }
-        match &node.value {
-            NodeValue::Map(entries) => entries
+        match self.walk(parent) {
+            (
+                Node {
+                    value: NodeValue::Map(entries),
+                    loc,
+                },
+                true,
+            ) => entries
                 .iter()
                 .find(|(k, _)| &k.name == last)
                 .map(|(k, _)| k.loc)
-                .unwrap_or(node.loc),
-            _ => node.loc,
+                .unwrap_or(*loc),
+            (node, _) => node.loc,
         }
     }
 }
