@@ -10,6 +10,7 @@ pub mod cli;
 pub mod connectors;
 pub mod expr;
 pub mod flow;
+pub mod plugins;
 pub mod run;
 pub mod steps;
 pub mod store;

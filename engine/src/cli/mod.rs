@@ -14,6 +14,7 @@ macro_rules! outln {
 }
 
 mod graph;
+mod plugin;
 mod progress;
 mod webhook;
 
@@ -102,6 +103,11 @@ enum Command {
     Webhook {
         #[command(subcommand)]
         command: webhook::WebhookCommand,
+    },
+    /// WASM plugins: upload, list, show, remove.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
     },
 }
 
@@ -273,12 +279,21 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         }
         Command::Runs { command } => runs(command).await,
         Command::Webhook { command } => webhook::dispatch(command).await,
+        Command::Plugin { command } => plugin::dispatch(command).await,
     }
 }
 
 async fn engine(db: &DbArgs) -> Result<Engine, CliError> {
     let store = Store::connect(&db.db).await?;
-    Ok(Engine::new(store, ConnectorRegistry::new(), Secrets::from_env()).with_lease(db.lease))
+    let plugins = Arc::new(crate::plugins::PluginRegistry::new(
+        store.clone(),
+        Some(plugin::cache_dir()),
+    ));
+    Ok(
+        Engine::new(store, ConnectorRegistry::new(), Secrets::from_env())
+            .with_lease(db.lease)
+            .with_plugins(plugins),
+    )
 }
 
 fn compile_or_report(file: &Path, catalog: &flow::Catalog) -> Result<CompiledFlow, CliError> {
@@ -325,7 +340,10 @@ async fn run(
     db: &DbArgs,
 ) -> Result<i32, CliError> {
     let engine = engine(db).await?;
-    let flow = Arc::new(compile_or_report(file, &engine.catalog())?);
+    let flow = Arc::new(compile_or_report(
+        file,
+        &engine.catalog_with_plugins().await?,
+    )?);
     let inputs = parse_inputs(&flow, raw_inputs)?;
     let (events, display) = if json_out {
         (None, None)

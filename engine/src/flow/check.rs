@@ -26,6 +26,8 @@ pub struct RefScope {
     pub item: bool,
     /// Known connection names.
     pub connections: Vec<String>,
+    /// Registered plugin names, when known.
+    pub plugins: Option<Vec<String>>,
 }
 
 /// Collects diagnostics for one step (or the flow) at paths relative to a base.
@@ -221,6 +223,25 @@ impl<'a> Checker<'a> {
             format!("unknown connection `{name}`"),
         )
         .hint = Some(hint);
+        false
+    }
+
+    /// Checks that a plugin is registered (when the registry is known).
+    pub fn plugin(&mut self, rel: &[Seg], name: &str) -> bool {
+        let Some(known) = self.scope.plugins.clone() else {
+            return true;
+        };
+        if known.iter().any(|p| p == name) {
+            return true;
+        }
+        let hint = match did_you_mean(name, known.iter().map(String::as_str)) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => {
+                "upload it with `sluice plugin push FILE --name NAME --version X.Y.Z`".to_string()
+            }
+        };
+        self.error(rel, "unknown-plugin", format!("unknown plugin `{name}`"))
+            .hint = Some(hint);
         false
     }
 

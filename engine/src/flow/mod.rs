@@ -147,12 +147,15 @@ impl CompiledFlow {
 pub struct Catalog {
     /// Known connection names.
     pub connections: Vec<String>,
+    /// Registered plugin names; `None` when unknown (not checked).
+    pub plugins: Option<Vec<String>>,
 }
 
 impl Default for Catalog {
     fn default() -> Self {
         Catalog {
             connections: vec![crate::connectors::sandbox::CONNECTION.to_string()],
+            plugins: None,
         }
     }
 }
@@ -432,6 +435,7 @@ fn check_meaning(
         inputs: flow.inputs.keys().cloned().collect(),
         all_steps: all_steps.clone(),
         connections: catalog.connections.clone(),
+        plugins: catalog.plugins.clone(),
         ..RefScope::default()
     };
     let mut steps = Vec::with_capacity(flow.steps.len());
@@ -501,6 +505,15 @@ fn compile_step(
         None => None,
     };
     c.scope.item = step.for_each.is_some();
+    if step.with.is_some() && step.plugin.is_none() {
+        c.error_at_key(
+            &path!["with"],
+            "misplaced-key",
+            "`with` is the input of `plugin` steps only",
+        )
+        .hint = Some("remove `with`, or make this a `plugin` step".into());
+        ok = false;
+    }
     if step.concurrency.is_some() && step.for_each.is_none() {
         c.error_at_key(
             &path!["concurrency"],
@@ -569,6 +582,9 @@ fn compile_step(
         Some(StepKind::Set(v)) => steps::set::compile(v, &mut c).map(CompiledKind::Set),
         Some(StepKind::Wait(s)) => steps::wait::compile(s, &mut c).map(CompiledKind::Wait),
         Some(StepKind::Webhook(s)) => steps::webhook::compile(s, &mut c).map(CompiledKind::Webhook),
+        Some(StepKind::Plugin(s)) => {
+            steps::plugin::compile(s, step.with.as_ref(), timeout, &mut c).map(CompiledKind::Plugin)
+        }
         None => None,
     };
     if !ok {

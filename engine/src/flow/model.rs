@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::steps::{ReadStep, SelectStep, WaitStep, WebhookStep, WriteStep};
+use crate::steps::{PluginStep, ReadStep, SelectStep, WaitStep, WebhookStep, WriteStep};
 
 /// A flow: a DAG of steps started by triggers.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -192,7 +192,7 @@ pub enum OnError {
     Continue,
 }
 
-/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`, `webhook`).
+/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`, `webhook`, `plugin`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -243,6 +243,12 @@ pub struct Step {
     /// Fire a custom event to webhook endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookStep>,
+    /// Run a WASM plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginStep>,
+    /// The plugin's input (for `plugin` steps).
+    #[serde(rename = "with", default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<Value>,
 }
 
 /// Which kind a step is, borrowed from its [`Step`].
@@ -260,6 +266,8 @@ pub enum StepKind<'a> {
     Wait(&'a WaitStep),
     /// `webhook`
     Webhook(&'a WebhookStep),
+    /// `plugin`
+    Plugin(&'a PluginStep),
 }
 
 impl StepKind<'_> {
@@ -272,13 +280,17 @@ impl StepKind<'_> {
             StepKind::Set(_) => "set",
             StepKind::Wait(_) => "wait",
             StepKind::Webhook(_) => "webhook",
+            StepKind::Plugin(_) => "plugin",
         }
     }
 
     /// Whether running the step twice is harmless (no external effect), so its
     /// start need not be recorded for at-least-once accounting.
     pub fn is_pure(&self) -> bool {
-        matches!(self, StepKind::Select(_) | StepKind::Set(_))
+        matches!(
+            self,
+            StepKind::Select(_) | StepKind::Set(_) | StepKind::Plugin(_)
+        )
     }
 }
 
@@ -304,6 +316,9 @@ impl Step {
         if let Some(k) = &self.webhook {
             kinds.push(StepKind::Webhook(k));
         }
+        if let Some(k) = &self.plugin {
+            kinds.push(StepKind::Plugin(k));
+        }
         kinds
     }
 
@@ -314,7 +329,9 @@ impl Step {
 }
 
 /// Names of the step kinds, for hints.
-pub const STEP_KINDS: &[&str] = &["read", "write", "select", "set", "wait", "webhook"];
+pub const STEP_KINDS: &[&str] = &[
+    "read", "write", "select", "set", "wait", "webhook", "plugin",
+];
 
 /// Retry policy of a step.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

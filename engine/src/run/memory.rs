@@ -62,6 +62,7 @@ pub async fn evaluate(
                             ctx: &ctx,
                             idempotency_key: &key,
                             store: None,
+                            plugins: None,
                         })
                         .await?,
                 );
@@ -74,6 +75,7 @@ pub async fn evaluate(
                     ctx: &ctx,
                     idempotency_key: &key,
                     store: None,
+                    plugins: None,
                 })
                 .await?
         };

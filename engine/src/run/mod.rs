@@ -155,6 +155,8 @@ struct Inner {
     active: std::sync::Mutex<HashMap<String, Arc<CancelSignal>>>,
     /// (flow id, source hash) → stored revision, so repeated runs skip a query.
     revisions: std::sync::Mutex<HashMap<(String, String), i64>>,
+    /// WASM plugins, when enabled.
+    plugins: Option<Arc<crate::plugins::PluginRegistry>>,
 }
 
 /// Runs flows durably. Cheap to clone.
@@ -184,6 +186,7 @@ impl Engine {
                 admission: Mutex::new(()),
                 active: std::sync::Mutex::new(HashMap::new()),
                 revisions: std::sync::Mutex::new(HashMap::new()),
+                plugins: None,
             }),
         }
     }
@@ -195,6 +198,41 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner { lease, ..inner }),
         }
+    }
+
+    /// Enables `plugin` steps through `registry` (before the engine is shared).
+    pub fn with_plugins(self, registry: Arc<crate::plugins::PluginRegistry>) -> Engine {
+        let inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("with_plugins is called before the engine is shared"));
+        Engine {
+            inner: Arc::new(Inner {
+                plugins: Some(registry),
+                ..inner
+            }),
+        }
+    }
+
+    /// The plugin registry, if enabled.
+    pub fn plugins(&self) -> Option<&Arc<crate::plugins::PluginRegistry>> {
+        self.inner.plugins.as_ref()
+    }
+
+    /// Like [`Engine::catalog`], with the registered plugin names.
+    pub async fn catalog_with_plugins(&self) -> Result<Catalog, RunError> {
+        let mut c = self.catalog();
+        if self.inner.plugins.is_some() {
+            let mut names: Vec<String> = self
+                .inner
+                .store
+                .plugins(None)
+                .await?
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
+            names.dedup();
+            c.plugins = Some(names);
+        }
+        Ok(c)
     }
 
     /// The store.
@@ -211,6 +249,7 @@ impl Engine {
     pub fn catalog(&self) -> Catalog {
         Catalog {
             connections: self.inner.connectors.names(),
+            plugins: None,
         }
     }
 
@@ -999,9 +1038,16 @@ impl StepTask {
                 ctx,
                 idempotency_key: key,
                 store: Some(&self.inner.store),
+                plugins: self.inner.plugins.as_deref(),
             };
             let fut = step.kind.execute(&rt);
-            let result = match step.timeout {
+            // A plugin enforces the step's timeout itself (and says so in its
+            // error); the outer timeout is then only a backstop.
+            let outer = match (&step.kind, step.timeout) {
+                (CompiledKind::Plugin(_), Some(t)) => Some(t + Duration::from_millis(500)),
+                (_, t) => t,
+            };
+            let result = match outer {
                 Some(limit) => match tokio::time::timeout(limit, fut).await {
                     Ok(r) => r,
                     Err(_) => Err(StepError {

@@ -2,6 +2,7 @@
 //! compile-time checks and its execution, side by side. Adding a kind means a
 //! new module here plus one field on [`crate::flow::Step`].
 
+pub mod plugin;
 pub mod read;
 pub mod select;
 pub mod set;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use plugin::PluginStep;
 pub use read::ReadStep;
 pub use select::SelectStep;
 pub use wait::WaitStep;
@@ -37,6 +39,8 @@ pub enum StepErrorKind {
     Timeout,
     /// The run was cancelled.
     Cancelled,
+    /// A plugin failed (its own error, or a limit it broke).
+    Plugin,
 }
 
 /// A failed step attempt.
@@ -101,6 +105,8 @@ pub struct StepRuntime<'a> {
     pub idempotency_key: &'a str,
     /// The store, when the step runs as part of a durable run.
     pub store: Option<&'a crate::store::Store>,
+    /// The plugin registry, when the engine has one.
+    pub plugins: Option<&'a crate::plugins::PluginRegistry>,
 }
 
 impl StepRuntime<'_> {
@@ -132,6 +138,8 @@ pub enum CompiledKind {
     Wait(wait::CompiledWait),
     /// `webhook`
     Webhook(webhook::CompiledWebhook),
+    /// `plugin`
+    Plugin(plugin::CompiledPlugin),
 }
 
 impl CompiledKind {
@@ -144,11 +152,15 @@ impl CompiledKind {
             CompiledKind::Set(s) => s.execute(rt),
             CompiledKind::Wait(s) => s.execute().await,
             CompiledKind::Webhook(s) => s.execute(rt).await,
+            CompiledKind::Plugin(s) => s.execute(rt).await,
         }
     }
 
     /// Whether the kind has no effect outside the run (safe to repeat unrecorded).
     pub fn is_pure(&self) -> bool {
-        matches!(self, CompiledKind::Select(_) | CompiledKind::Set(_))
+        matches!(
+            self,
+            CompiledKind::Select(_) | CompiledKind::Set(_) | CompiledKind::Plugin(_)
+        )
     }
 }

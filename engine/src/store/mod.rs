@@ -16,7 +16,9 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
+mod plugins;
 mod webhooks;
+pub use plugins::PluginRecord;
 pub use webhooks::{
     AttemptEnd, AttemptLog, ClaimedMessage, MessageFilter, MessageRecord, MessageStatus, NewMessage,
 };

@@ -1,0 +1,136 @@
+//! `plugin`: run custom logic from a sandboxed WASM plugin.
+//!
+//! ```yaml
+//! - id: score
+//!   for_each: "${{ steps.big.output }}"
+//!   plugin: { name: po-risk, version: "^1.0", config: { high_value: 20000 } }
+//!   with: "${{ item }}"
+//! ```
+//! `with` is the plugin's input (JSON); `config` is what the plugin reads
+//! with `config-get`. The output is the plugin's JSON output. Limits:
+//! `memory_mb` (default 128), `fuel` (instructions, default unlimited), and
+//! the step's `timeout` (default 10 s) as the wall-clock limit.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{StepError, StepErrorKind, StepRuntime};
+use crate::expr::Template;
+use crate::flow::check::Checker;
+use crate::path;
+use crate::plugins::{CallError, Limits};
+
+/// Config of a `plugin` step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginStep {
+    /// Plugin name.
+    pub name: String,
+    /// Version requirement, e.g. `^1.0` (default `*`: the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Config the plugin reads (templates allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+    /// Memory cap in MiB (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub memory_mb: Option<u32>,
+    /// Instruction budget per call (default unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+}
+
+/// A compiled `plugin` step.
+#[derive(Debug)]
+pub struct CompiledPlugin {
+    name: String,
+    version: String,
+    input: Template,
+    config: Template,
+    limits: Limits,
+}
+
+/// Checks the requirement, the plugin's existence when known, and compiles `with`/`config`.
+pub fn compile(
+    step: &PluginStep,
+    with: Option<&Value>,
+    timeout: Option<Duration>,
+    c: &mut Checker<'_>,
+) -> Option<CompiledPlugin> {
+    let version = step.version.clone().unwrap_or_else(|| "*".to_string());
+    let mut ok = true;
+    if let Err(e) = semver::VersionReq::parse(&version) {
+        c.error(
+            &path!["plugin", "version"],
+            "invalid-version",
+            format!("invalid version requirement `{version}`: {e}"),
+        )
+        .hint = Some("use semver requirements such as `^1.2`, `~1.2.3`, `=1.0.0` or `*`".into());
+        ok = false;
+    }
+    ok &= c.plugin(&path!["plugin", "name"], &step.name);
+    let input = c.template(&path!["with"], with.unwrap_or(&Value::Null));
+    let config = c.template(
+        &path!["plugin", "config"],
+        step.config
+            .as_ref()
+            .unwrap_or(&Value::Object(Default::default())),
+    );
+    let defaults = Limits::default();
+    let limits = Limits {
+        timeout: timeout.unwrap_or(defaults.timeout),
+        memory_bytes: step
+            .memory_mb
+            .map(|m| (m as usize) << 20)
+            .unwrap_or(defaults.memory_bytes),
+        fuel: step.fuel,
+        ..defaults
+    };
+    if !ok {
+        return None;
+    }
+    Some(CompiledPlugin {
+        name: step.name.clone(),
+        version,
+        input: input?,
+        config: config?,
+        limits,
+    })
+}
+
+impl CompiledPlugin {
+    /// Calls the plugin.
+    pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
+        let registry = rt.plugins.ok_or_else(|| {
+            StepError::new(
+                StepErrorKind::Plugin,
+                "plugins are not available in this engine",
+            )
+        })?;
+        let input = self.input.eval(rt.ctx)?;
+        let config = self.config.eval(rt.ctx)?;
+        let outcome = registry
+            .call(&self.name, &self.version, &input, &config, &self.limits)
+            .await
+            .map_err(|e| StepError::new(StepErrorKind::Plugin, e.to_string()))?;
+        match outcome {
+            Ok(out) => {
+                for (level, line) in &out.logs {
+                    tracing::info!(plugin = %self.name, level = %level, "{line}");
+                }
+                Ok(out.output)
+            }
+            Err(e) => {
+                let retryable = matches!(e, CallError::Timeout { .. });
+                Err(StepError {
+                    retryable,
+                    ..StepError::new(StepErrorKind::Plugin, e.to_string())
+                })
+            }
+        }
+    }
+}
