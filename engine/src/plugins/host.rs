@@ -27,13 +27,18 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-wasmtime::component::bindgen!({
-    path: "../plugins/wit",
-    world: "plugin",
-    exports: { default: async },
-});
+/// Host bindings of the `sluice:plugin` world (in a module: the WIT package
+/// is also called `sluice`, like this crate).
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../plugins/wit",
+        world: "plugin",
+        exports: { default: async },
+    });
+}
 
-use sluice::plugin::host::Level;
+use self::bindings::sluice::plugin::host::{Host, Level};
+use self::bindings::{Plugin, PluginPre};
 
 /// Interfaces a plugin may import. Anything else is refused at upload.
 /// Rust's standard library imports the CLI, I/O, clock, random and
@@ -226,7 +231,7 @@ impl WasiView for CallState {
     }
 }
 
-impl sluice::plugin::host::Host for CallState {
+impl Host for CallState {
     fn log(&mut self, level: Level, message: String) {
         if self.logs.len() >= self.max_log_lines {
             self.logs_dropped += 1;
@@ -263,7 +268,38 @@ impl sluice::plugin::host::Host for CallState {
 pub struct LoadedPlugin {
     /// `name@version`.
     pub label: String,
+    sha256: String,
+    bytes: Arc<[u8]>,
     pre: PluginPre<CallState>,
+}
+
+/// Checks bytes against `runtime`: a component of the plugin world that
+/// imports only granted interfaces.
+fn validate_with(runtime: &Runtime, bytes: &[u8]) -> Result<Component, InvalidPlugin> {
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(InvalidPlugin("this is a core WebAssembly module, not a component; build with `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)".into()));
+    }
+    if !wasmparser::Parser::is_component(bytes) {
+        return Err(InvalidPlugin(
+            "this is not WebAssembly (no component header)".into(),
+        ));
+    }
+    let component = Component::new(&runtime.engine, bytes)
+        .map_err(|e| InvalidPlugin(format!("the component does not compile: {e}")))?;
+    for (name, _) in component.component_type().imports(&runtime.engine) {
+        if !GRANTED_IMPORT_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            return Err(InvalidPlugin(format!(
+                "the plugin imports `{name}`, which is not granted to plugins (allowed: {})",
+                GRANTED_IMPORT_PREFIXES.join(", ")
+            )));
+        }
+    }
+    let pre = runtime
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|e| InvalidPlugin(format!("the plugin cannot be linked: {e}")))?;
+    PluginPre::new(pre).map_err(|e| InvalidPlugin(format!("the plugin does not export the sluice:plugin world (`run: func(input: string) -> result<string, step-error>`): {e}")))?;
+    Ok(component)
 }
 
 /// Why bytes cannot be a plugin.
@@ -271,12 +307,101 @@ pub struct LoadedPlugin {
 #[error("{0}")]
 pub struct InvalidPlugin(pub String);
 
-/// Runs plugins. One per process; cheap to share behind an `Arc`.
-pub struct PluginHost {
+/// One wasmtime engine with its linker and its compiled plugins.
+struct Runtime {
     engine: Engine,
     linker: Linker<CallState>,
+    loaded: Mutex<HashMap<String, PluginPre<CallState>>>,
     cache_dir: Option<PathBuf>,
-    loaded: Mutex<HashMap<String, LoadedPlugin>>,
+}
+
+impl Runtime {
+    fn new(metered: bool, cache_dir: Option<PathBuf>) -> Result<(Runtime, bool), String> {
+        let (engine, pooling) = match Engine::new(&config(true, metered)) {
+            Ok(e) => (e, true),
+            Err(err) => {
+                tracing::warn!(error = %err, "pooling allocator unavailable; using on-demand allocation");
+                (
+                    Engine::new(&config(false, metered))
+                        .map_err(|e| format!("cannot start wasmtime: {e}"))?,
+                    false,
+                )
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| e.to_string())?;
+        Ok((
+            Runtime {
+                engine,
+                linker,
+                loaded: Mutex::new(HashMap::new()),
+                cache_dir,
+            },
+            pooling,
+        ))
+    }
+
+    fn key(&self, sha256: &str) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{sha256}-{:016x}", h.finish())
+    }
+
+    /// Compiles (or reads the on-disk compilation of) a validated component.
+    fn pre(&self, sha256: &str, bytes: &[u8]) -> Result<PluginPre<CallState>, InvalidPlugin> {
+        let key = self.key(sha256);
+        if let Some(p) = self.loaded.lock().expect("plugin cache lock").get(&key) {
+            return Ok(p.clone());
+        }
+        let file = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{key}.cwasm")));
+        let component = match file.as_ref().filter(|p| p.exists()) {
+            // SAFETY: the file was written by `Component::serialize` of an engine
+            // with this compatibility hash (it is in the name), in a directory
+            // only this host writes.
+            Some(path) => unsafe { Component::deserialize_file(&self.engine, path) }
+                .map_err(|e| InvalidPlugin(format!("cached compilation unusable: {e}")))?,
+            None => {
+                let c = validate_with(self, bytes)?;
+                if let Some(path) = &file
+                    && let Ok(bin) = c.serialize()
+                {
+                    let _ =
+                        std::fs::create_dir_all(path.parent().expect("cache file has a parent"));
+                    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                    if std::fs::write(&tmp, bin).is_ok() {
+                        let _ = std::fs::rename(&tmp, path);
+                    }
+                }
+                c
+            }
+        };
+        let pre = PluginPre::new(
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| InvalidPlugin(e.to_string()))?,
+        )
+        .map_err(|e| InvalidPlugin(e.to_string()))?;
+        self.loaded
+            .lock()
+            .expect("plugin cache lock")
+            .insert(key, pre.clone());
+        Ok(pre)
+    }
+}
+
+/// Runs plugins. One per process; cheap to share behind an `Arc`.
+///
+/// Two engines: the everyday one, and one with fuel metering for calls that
+/// set a fuel budget (metering slows compute-heavy code, so only the calls
+/// that ask for a budget pay for it).
+pub struct PluginHost {
+    plain: Runtime,
+    metered: Runtime,
+    plugins: Mutex<HashMap<String, LoadedPlugin>>,
     stop_ticker: Arc<AtomicBool>,
     /// Whether the pooling allocator is in use (false: on-demand fallback).
     pub pooling: bool,
@@ -291,11 +416,11 @@ impl Drop for PluginHost {
 /// Milliseconds per epoch tick.
 const TICK: Duration = Duration::from_millis(1);
 
-fn config(pooling: bool) -> Config {
+fn config(pooling: bool, metered: bool) -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
     c.epoch_interruption(true);
-    c.consume_fuel(true);
+    c.consume_fuel(metered);
     c.max_wasm_stack(512 * 1024);
     if pooling {
         let mut p = wasmtime::PoolingAllocationConfig::default();
@@ -314,88 +439,47 @@ fn config(pooling: bool) -> Config {
 impl PluginHost {
     /// A host caching compiled plugins in `cache_dir` (none: memory only).
     pub fn new(cache_dir: Option<PathBuf>) -> Result<PluginHost, String> {
-        let (engine, pooling) = match Engine::new(&config(true)) {
-            Ok(e) => (e, true),
-            Err(err) => {
-                tracing::warn!(error = %err, "pooling allocator unavailable; using on-demand allocation");
-                (
-                    Engine::new(&config(false))
-                        .map_err(|e| format!("cannot start wasmtime: {e}"))?,
-                    false,
-                )
-            }
-        };
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
-        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| e.to_string())?;
+        let (plain, pooling) = Runtime::new(false, cache_dir.clone())?;
+        let (metered, _) = Runtime::new(true, cache_dir)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (e, s) = (engine.clone(), stop.clone());
+        let (a, b, s) = (plain.engine.clone(), metered.engine.clone(), stop.clone());
         std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
-                    e.increment_epoch();
+                    a.increment_epoch();
+                    b.increment_epoch();
                 }
             })
             .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
         Ok(PluginHost {
-            engine,
-            linker,
-            cache_dir,
-            loaded: Mutex::new(HashMap::new()),
+            plain,
+            metered,
+            plugins: Mutex::new(HashMap::new()),
             stop_ticker: stop,
             pooling,
         })
     }
 
-    fn compat_hash(&self) -> String {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        format!("{:016x}", h.finish())
-    }
-
     /// Checks that bytes are a component of the plugin world that imports
     /// only granted interfaces. Returns the compiled component.
     pub fn validate(&self, bytes: &[u8]) -> Result<Component, InvalidPlugin> {
-        if wasmparser::Parser::is_core_wasm(bytes) {
-            return Err(InvalidPlugin("this is a core WebAssembly module, not a component; build with `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)".into()));
-        }
-        if !wasmparser::Parser::is_component(bytes) {
-            return Err(InvalidPlugin(
-                "this is not WebAssembly (no component header)".into(),
-            ));
-        }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| InvalidPlugin(format!("the component does not compile: {e}")))?;
-        let ty = component.component_type();
-        for (name, _) in ty.imports(&self.engine) {
-            if !GRANTED_IMPORT_PREFIXES.iter().any(|p| name.starts_with(p)) {
-                return Err(InvalidPlugin(format!(
-                    "the plugin imports `{name}`, which is not granted to plugins (allowed: {})",
-                    GRANTED_IMPORT_PREFIXES.join(", ")
-                )));
-            }
-        }
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| InvalidPlugin(format!("the plugin cannot be linked: {e}")))?;
-        PluginPre::new(pre).map_err(|e| InvalidPlugin(format!("the plugin does not export the sluice:plugin world (`run: func(input: string) -> result<string, step-error>`): {e}")))?;
-        Ok(component)
+        validate_with(&self.plain, bytes)
     }
 
     /// A plugin already loaded in this process, if any.
     pub fn loaded(&self, label: &str, sha256: &str) -> Option<LoadedPlugin> {
-        let key = format!("{sha256}-{}", self.compat_hash());
-        self.loaded
+        let found = self
+            .plugins
             .lock()
-            .expect("plugin cache lock")
-            .get(&key)
-            .map(|p| LoadedPlugin {
-                label: label.to_string(),
-                pre: p.pre.clone(),
-            })
+            .expect("plugin map lock")
+            .get(sha256)
+            .cloned()?;
+        Some(LoadedPlugin {
+            label: label.to_string(),
+            ..found
+        })
     }
 
     /// Loads a plugin (by its sha256), compiling it once and caching the result.
@@ -405,52 +489,21 @@ impl PluginHost {
         sha256: &str,
         bytes: &[u8],
     ) -> Result<LoadedPlugin, InvalidPlugin> {
-        let key = format!("{sha256}-{}", self.compat_hash());
-        if let Some(p) = self.loaded.lock().expect("plugin cache lock").get(&key) {
-            return Ok(LoadedPlugin {
-                label: label.to_string(),
-                pre: p.pre.clone(),
-            });
+        if let Some(p) = self.loaded(label, sha256) {
+            return Ok(p);
         }
-        let cached = self
-            .cache_dir
-            .as_ref()
-            .map(|d| d.join(format!("{key}.cwasm")));
-        let component = match cached.as_ref().filter(|p| p.exists()) {
-            // SAFETY: the file was written by `precompile_component` of an engine
-            // with this compatibility hash, in a directory only this host writes.
-            Some(path) => unsafe { Component::deserialize_file(&self.engine, path) }
-                .map_err(|e| InvalidPlugin(format!("cached compilation unusable: {e}")))?,
-            None => {
-                let c = self.validate(bytes)?;
-                if let Some(path) = &cached
-                    && let Ok(bin) = c.serialize()
-                {
-                    let _ =
-                        std::fs::create_dir_all(path.parent().expect("cache file has a parent"));
-                    let tmp = path.with_extension("tmp");
-                    if std::fs::write(&tmp, bin).is_ok() {
-                        let _ = std::fs::rename(&tmp, path);
-                    }
-                }
-                c
-            }
-        };
-        let pre = PluginPre::new(
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| InvalidPlugin(e.to_string()))?,
-        )
-        .map_err(|e| InvalidPlugin(e.to_string()))?;
-        let loaded = LoadedPlugin {
+        let pre = self.plain.pre(sha256, bytes)?;
+        let p = LoadedPlugin {
             label: label.to_string(),
+            sha256: sha256.to_string(),
+            bytes: Arc::from(bytes),
             pre,
         };
-        self.loaded
+        self.plugins
             .lock()
-            .expect("plugin cache lock")
-            .insert(key, loaded.clone());
-        Ok(loaded)
+            .expect("plugin map lock")
+            .insert(sha256.to_string(), p.clone());
+        Ok(p)
     }
 
     /// Calls a plugin with JSON input and config under `limits`.
@@ -483,11 +536,26 @@ impl PluginHost {
             max_log_lines: limits.max_log_lines,
             max_log_line_bytes: limits.max_log_line_bytes,
         };
-        let mut store = Store::new(&self.engine, state);
+        let (runtime, pre) = match limits.fuel {
+            None => (&self.plain, plugin.pre.clone()),
+            Some(_) => {
+                let pre = self
+                    .metered
+                    .pre(&plugin.sha256, &plugin.bytes)
+                    .map_err(|e| CallError::Instantiate {
+                        plugin: label.clone(),
+                        reason: e.0,
+                    })?;
+                (&self.metered, pre)
+            }
+        };
+        let mut store = Store::new(&runtime.engine, state);
         store.limiter(|s| &mut s.memory);
-        store
-            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
-            .expect("fuel is enabled");
+        if let Some(fuel) = limits.fuel {
+            store
+                .set_fuel(fuel)
+                .expect("the metered engine consumes fuel");
+        }
         let deadline = Instant::now() + limits.timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -498,7 +566,7 @@ impl PluginHost {
             }
         });
         let run = async {
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            let instance = pre.instantiate_async(&mut store).await?;
             instance.call_run(&mut store, &input_text).await
         };
         let result = tokio::time::timeout(limits.timeout + Duration::from_millis(250), run).await;

@@ -1,0 +1,147 @@
+//! Plugin benchmarks: per-call overhead of a trivial plugin (instantiate +
+//! call + return, ~1 KB of JSON in and out) single-threaded and on two
+//! threads, and a compute-bound function run as a plugin vs natively (epoch
+//! interruption on).
+//!
+//! Run: `cargo bench -p sluice --bench plugins` (builds the plugins first if
+//! needed, which needs `rustup target add wasm32-wasip2`). Prints figures.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice::plugins::{Limits, LoadedPlugin, PluginHost};
+
+#[path = "../../plugins/score-lines/src/score.rs"]
+mod score;
+
+fn wasm(name: &str) -> Vec<u8> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(root.join("Cargo.toml"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the plugins failed");
+    std::fs::read(
+        root.join("target/wasm32-wasip2/release")
+            .join(format!("{name}.wasm")),
+    )
+    .expect("plugin built")
+}
+
+fn percentiles(mut v: Vec<Duration>) -> (f64, f64, f64) {
+    v.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    (
+        us(v[v.len() / 2]),
+        us(v[v.len() * 99 / 100]),
+        us(v[v.len() - 1]),
+    )
+}
+
+async fn calls(host: Arc<PluginHost>, p: LoadedPlugin, input: Value, n: usize) -> Vec<Duration> {
+    let limits = Limits::default();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = host
+            .call(&p, &input, &json!({}), &limits)
+            .await
+            .expect("call succeeds");
+        std::hint::black_box(r);
+        out.push(t.elapsed());
+    }
+    out
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let host = Arc::new(PluginHost::new(None).expect("host starts"));
+    println!("pooling allocator: {}", host.pooling);
+    let echo = host
+        .load("echo@1.0.0", "echo", &wasm("echo"))
+        .expect("echo loads");
+    let score_plugin = host
+        .load("score-lines@1.0.0", "score", &wasm("score_lines"))
+        .expect("score loads");
+    // ~1 KB of JSON.
+    let input = json!({"po": "4500000001", "lines": (0..26).map(|i| json!({"item": format!("ITM-{i}"), "qty": i, "price": 12.5})).collect::<Vec<_>>()});
+    println!("input size: {} bytes", input.to_string().len());
+
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    single.block_on(calls(host.clone(), echo.clone(), input.clone(), 2_000)); // warm up
+    let t = Instant::now();
+    let lat = single.block_on(calls(host.clone(), echo.clone(), input.clone(), 20_000));
+    let secs = t.elapsed().as_secs_f64();
+    let (p50, p99, max) = percentiles(lat);
+    println!(
+        "echo, 1 thread: p50 {p50:.1} µs, p99 {p99:.1} µs, max {max:.0} µs, {:.0} calls/s",
+        20_000.0 / secs
+    );
+
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let lat: Vec<Duration> = multi.block_on(async {
+        let a = tokio::spawn(calls(host.clone(), echo.clone(), input.clone(), 20_000));
+        let b = tokio::spawn(calls(host.clone(), echo.clone(), input.clone(), 20_000));
+        let mut v = a.await.unwrap();
+        v.extend(b.await.unwrap());
+        v
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let (p50, p99, max) = percentiles(lat);
+    println!(
+        "echo, 2 threads: p50 {p50:.1} µs, p99 {p99:.1} µs, max {max:.0} µs, {:.0} calls/s",
+        40_000.0 / secs
+    );
+
+    let lines = 10_000_000u64;
+    let t = Instant::now();
+    let native = std::hint::black_box(score::score(std::hint::black_box(lines), 42));
+    let native_t = t.elapsed();
+    let out = single.block_on(async {
+        let t = Instant::now();
+        let r = host
+            .call(
+                &score_plugin,
+                &json!({"lines": lines, "seed": 42}),
+                &json!({}),
+                &Limits {
+                    timeout: Duration::from_secs(60),
+                    ..Limits::default()
+                },
+            )
+            .await
+            .expect("score runs");
+        (r.output, t.elapsed())
+    });
+    let plugin_score = out.0["score"].as_f64().unwrap();
+    assert!(
+        (plugin_score - native).abs() < 1e-6 * native.abs(),
+        "same result natively and as a plugin"
+    );
+    println!(
+        "score {lines} lines: native {:.1} ms, plugin {:.1} ms, ratio {:.2}x",
+        native_t.as_secs_f64() * 1e3,
+        out.1.as_secs_f64() * 1e3,
+        out.1.as_secs_f64() / native_t.as_secs_f64()
+    );
+}

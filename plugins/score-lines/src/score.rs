@@ -1,0 +1,25 @@
+//! The scoring function, shared with the native side of the benchmark.
+
+/// Scores `n` synthetic order lines derived from `seed`: a compute-bound
+/// loop with floating point and integer work, no allocation.
+pub fn score(n: u64, seed: u64) -> f64 {
+    let mut state = seed | 1;
+    let mut total = 0.0f64;
+    for i in 0..n {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let qty = (state % 97 + 1) as f64;
+        let price = ((state >> 8) % 10_000) as f64 / 100.0;
+        let amount = qty * price;
+        let risk = if amount > 5_000.0 {
+            0.3
+        } else if amount > 1_000.0 {
+            0.1
+        } else {
+            0.01
+        };
+        total += risk * (1.0 + (i % 7) as f64 * 0.05) * amount.sqrt();
+    }
+    total
+}
