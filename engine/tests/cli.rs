@@ -596,3 +596,126 @@ async fn a_delivery_process_killed_mid_request_delivers_after_restart() {
     assert_eq!(m.status, sluice::store::MessageStatus::Delivered);
     assert!(count.load(Ordering::SeqCst) >= 1);
 }
+
+#[test]
+fn plugin_commands_push_list_show_and_remove() {
+    let (dir, db) = temp_db();
+    let root = repo("plugins");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(root.join("Cargo.toml"))
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "plugins build (needs `rustup target add wasm32-wasip2`)"
+    );
+    let wasm = root.join("target/wasm32-wasip2/release/po_risk.wasm");
+    let cache = dir.path().join("cache");
+    let cmd = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("SLUICE_DB", &db)
+            .env("SLUICE_PLUGIN_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    let o = cmd(&[
+        "plugin",
+        "push",
+        wasm.to_str().unwrap(),
+        "--name",
+        "po-risk",
+        "--version",
+        "1.0.0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("po-risk@1.0.0 sha256:"));
+    let o = cmd(&[
+        "plugin",
+        "push",
+        wasm.to_str().unwrap(),
+        "--name",
+        "po-risk",
+        "--version",
+        "1.0.0",
+    ]);
+    assert!(o.status.success(), "pushing the same bytes again is fine");
+    let other = root.join("target/wasm32-wasip2/release/echo.wasm");
+    let o = cmd(&[
+        "plugin",
+        "push",
+        other.to_str().unwrap(),
+        "--name",
+        "po-risk",
+        "--version",
+        "1.0.0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("already exists with other content"),
+        "{}",
+        stderr(&o)
+    );
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"not wasm at all").unwrap();
+    let o = cmd(&[
+        "plugin",
+        "push",
+        bogus.to_str().unwrap(),
+        "--name",
+        "bogus",
+        "--version",
+        "1.0.0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("this is not WebAssembly"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cmd(&["plugin", "list"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("po-risk"));
+    let o = cmd(&["plugin", "show", "po-risk@1.0.0"]);
+    assert_eq!(json_out(&o)[0]["version"], "1.0.0");
+
+    let flow = dir.path().join("risk.yaml");
+    std::fs::write(&flow, "apiVersion: sluice/v1\nid: risk\nsteps:\n  - id: po\n    read: { connection: sandbox, entity: purchase_order, filter: { remote_id: \"4500000018\" } }\n  - id: score\n    needs: [po]\n    plugin: { name: po-risk, version: \"^1\" }\n    with: \"${{ steps.po.output.records[0] }}\"\n").unwrap();
+    let o = cmd(&["run", flow.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = json_out(&o);
+    assert_eq!(out["output"]["po"], "4500000018");
+    assert!(
+        out["output"]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "vendor V-9999 is unknown")
+    );
+
+    std::fs::write(
+        &flow,
+        "apiVersion: sluice/v1\nid: typo\nsteps:\n  - { id: s, plugin: { name: po-rsik } }\n",
+    )
+    .unwrap();
+    let o = cmd(&["run", flow.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown plugin `po-rsik`")
+            && stderr(&o).contains("did you mean `po-risk`?"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = cmd(&["plugin", "remove", "po-risk@1.0.0"]);
+    assert!(o.status.success());
+    let o = cmd(&["plugin", "remove", "po-risk@1.0.0"]);
+    assert_eq!(o.status.code(), Some(2));
+}
