@@ -1,7 +1,10 @@
 //! The scoring function, shared with the native side of the benchmark.
 
 /// Scores `n` synthetic order lines derived from `seed`: a compute-bound
-/// loop with floating point and integer work, no allocation.
+/// loop with floating point and integer work, no allocation. (It uses masks,
+/// not `%`: wasm has no 64-bit multiply-high, so LLVM cannot turn a 64-bit
+/// remainder by a constant into multiplications there as it does natively;
+/// a `%`-heavy loop measured 3.5x slower as a plugin.)
 pub fn score(n: u64, seed: u64) -> f64 {
     let mut state = seed | 1;
     let mut total = 0.0f64;
@@ -9,8 +12,8 @@ pub fn score(n: u64, seed: u64) -> f64 {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let qty = (state % 97 + 1) as f64;
-        let price = ((state >> 8) % 10_000) as f64 / 100.0;
+        let qty = ((state & 127) + 1) as f64;
+        let price = ((state >> 8) & 0x3fff) as f64 / 100.0;
         let amount = qty * price;
         let risk = if amount > 5_000.0 {
             0.3
@@ -19,7 +22,7 @@ pub fn score(n: u64, seed: u64) -> f64 {
         } else {
             0.01
         };
-        total += risk * (1.0 + (i % 7) as f64 * 0.05) * amount.sqrt();
+        total += risk * (1.0 + (i & 7) as f64 * 0.05) * amount.sqrt();
     }
     total
 }
