@@ -6,7 +6,6 @@
 //! Run: `cargo bench -p sluice --bench plugins` (builds the plugins first if
 //! needed, which needs `rustup target add wasm32-wasip2`). Prints figures.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,27 +15,8 @@ use sluice::plugins::{Limits, LoadedPlugin, PluginHost};
 #[path = "../../plugins/score-lines/src/score.rs"]
 mod score;
 
-fn wasm(name: &str) -> Vec<u8> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(root.join("Cargo.toml"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the plugins failed");
-    std::fs::read(
-        root.join("target/wasm32-wasip2/release")
-            .join(format!("{name}.wasm")),
-    )
-    .expect("plugin built")
-}
+#[path = "../tests/common/wasm.rs"]
+mod wasm;
 
 fn percentiles(mut v: Vec<Duration>) -> (f64, f64, f64) {
     v.sort();
@@ -70,10 +50,14 @@ fn main() {
     let host = Arc::new(PluginHost::new(None).expect("host starts"));
     println!("pooling allocator: {}", host.pooling);
     let echo = host
-        .load("echo@1.0.0", "echo", &wasm("echo"))
+        .load("echo@1.0.0", "echo", &wasm::plugin_wasm("echo"))
         .expect("echo loads");
     let score_plugin = host
-        .load("score-lines@1.0.0", "score", &wasm("score_lines"))
+        .load(
+            "score-lines@1.0.0",
+            "score",
+            &wasm::plugin_wasm("score_lines"),
+        )
         .expect("score loads");
     // ~1 KB of JSON.
     let input = json!({"po": "4500000001", "lines": (0..26).map(|i| json!({"item": format!("ITM-{i}"), "qty": i, "price": 12.5})).collect::<Vec<_>>()});

@@ -1,6 +1,8 @@
 //! The `sluice` binary as a user runs it: example flows, exit codes,
 //! validate/schema/graph, runs list/show, and crash-resume after SIGKILL.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -648,7 +650,7 @@ fn plugin_commands_push_list_show_and_remove() {
         "1.0.0",
     ]);
     assert!(o.status.success(), "pushing the same bytes again is fine");
-    let other = root.join("target/wasm32-wasip2/release/echo.wasm");
+    let other = common::wasm::plugin_path("echo");
     let o = cmd(&[
         "plugin",
         "push",

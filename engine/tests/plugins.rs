@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -13,36 +12,8 @@ use sluice::store::RunStatus;
 
 use common::{engine, run, sqlite_store};
 
-static BUILD: Mutex<bool> = Mutex::new(false);
-
-/// The bytes of a plugin from `plugins/`, building the plugins workspace
-/// for wasm32-wasip2 first if needed.
 fn wasm(name: &str) -> Vec<u8> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    let file = root
-        .join("target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    let mut built = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !*built {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(root.join("Cargo.toml"))
-            .status()
-            .expect("cargo runs");
-        assert!(
-            status.success(),
-            "building the plugins failed; is the wasm32-wasip2 target installed (`rustup target add wasm32-wasip2`)?"
-        );
-        *built = true;
-    }
-    std::fs::read(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
+    common::wasm::plugin_wasm(name)
 }
 
 async fn registry() -> (Arc<PluginRegistry>, sluice::store::Store, tempfile::TempDir) {

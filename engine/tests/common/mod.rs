@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod wasm;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
