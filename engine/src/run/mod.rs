@@ -432,15 +432,19 @@ impl Engine {
         Ok(requested)
     }
 
-    /// Continues a run that was interrupted (its process died and its lease
-    /// expired) or that failed (from the failed step on).
-    pub async fn resume(&self, run_id: &str, events: Events) -> Result<RunOutcome, RunError> {
-        let run = self
-            .inner
+    /// A stored run, or `NotFound`.
+    async fn load_run(&self, run_id: &str) -> Result<RunRecord, RunError> {
+        self.inner
             .store
             .get_run(run_id)
             .await?
-            .ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
+            .ok_or_else(|| RunError::NotFound(run_id.to_string()))
+    }
+
+    /// Continues a run that was interrupted (its process died and its lease
+    /// expired) or that failed (from the failed step on).
+    pub async fn resume(&self, run_id: &str, events: Events) -> Result<RunOutcome, RunError> {
+        let run = self.load_run(run_id).await?;
         match run.status {
             RunStatus::Succeeded | RunStatus::Cancelled => {
                 return Err(RunError::AlreadyFinished(
@@ -448,8 +452,7 @@ impl Engine {
                     run.status.as_str(),
                 ));
             }
-            RunStatus::Failed => self.inner.store.reset_unfinished_steps(run_id).await?,
-            RunStatus::Queued | RunStatus::Running => {}
+            RunStatus::Failed | RunStatus::Queued | RunStatus::Running => {}
         }
         let revision = self
             .inner
@@ -489,12 +492,11 @@ impl Engine {
                 remaining_ms: run.lease_expires_at.map(|t| t - now_ms()).unwrap_or(0),
             });
         }
-        let record = self
-            .inner
-            .store
-            .get_run(run_id)
-            .await?
-            .ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
+        if run.status == RunStatus::Failed {
+            // Only once the run is ours: forget its failed and skipped steps.
+            self.inner.store.reset_unfinished_steps(run_id).await?;
+        }
+        let record = self.load_run(run_id).await?;
         self.execute(Arc::new(compiled), record, false, events)
             .await
     }
@@ -513,12 +515,7 @@ impl Engine {
     }
 
     async fn outcome(&self, run_id: &str) -> Result<RunOutcome, RunError> {
-        let r = self
-            .inner
-            .store
-            .get_run(run_id)
-            .await?
-            .ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
+        let r = self.load_run(run_id).await?;
         Ok(RunOutcome {
             run_id: r.id,
             flow_id: r.flow_id,
