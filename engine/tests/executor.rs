@@ -175,7 +175,7 @@ steps:
     assert_eq!(err["step"], "r");
     assert_eq!(
         err["message"],
-        "step `r`: flaky: HTTP 503 from upstream (gave up after 3 attempts)"
+        "step `r`: UPSTREAM_ERROR: flaky: HTTP 503 from upstream (gave up after 3 attempts)"
     );
     let s = steps_by_id(&e, &out.run_id).await;
     assert!(
@@ -205,7 +205,7 @@ steps:
     assert_eq!(err["kind"], "validation");
     assert_eq!(
         err["message"],
-        "step `create`: sandbox: invalid record: vendor `V-9999` does not exist (field `vendor_id`)"
+        "step `create`: VALIDATION_FAILED: sandbox: invalid record: vendor `V-9999` does not exist (field `vendor_id`)"
     );
     assert_eq!(steps_by_id(&e, &out.run_id).await["create"].attempts, 1);
 
@@ -303,7 +303,7 @@ steps:
     assert_eq!(out.status, RunStatus::Succeeded);
     assert_eq!(
         out.output,
-        Some(json!({"upstream": "failed", "why": "step `r`: flaky: HTTP 503 from upstream"}))
+        Some(json!({"upstream": "failed", "why": "step `r`: UPSTREAM_ERROR: flaky: HTTP 503 from upstream"}))
     );
 }
 
@@ -403,7 +403,7 @@ steps:
     assert_eq!(header.output, Some(json!({"auth": "Bearer [REDACTED]"})));
     assert_eq!(
         run.error.unwrap()["message"],
-        "step `leak`: sandbox: invalid record: vendor `[REDACTED]` does not exist (field `vendor_id`)"
+        "step `leak`: VALIDATION_FAILED: sandbox: invalid record: vendor `[REDACTED]` does not exist (field `vendor_id`)"
     );
 }
 

@@ -13,6 +13,7 @@ macro_rules! outln {
     }};
 }
 
+mod connection;
 mod graph;
 mod plugin;
 mod progress;
@@ -26,7 +27,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value, json};
 
-use crate::connectors::ConnectorRegistry;
 use crate::expr::secrets::Secrets;
 use crate::flow::{self, CompiledFlow, FlowErrors, InputType, diagnostic};
 use crate::run::{Engine, RunError, RunOutcome};
@@ -83,6 +83,9 @@ enum Command {
         /// Print diagnostics as JSON.
         #[arg(long)]
         json: bool,
+        /// Also accept the connections stored in this database (sqlite://PATH or postgres://...).
+        #[arg(long, env = "SLUICE_DB")]
+        db: Option<String>,
     },
     /// Print the JSON Schema of the flow format.
     Schema,
@@ -108,6 +111,16 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: plugin::PluginCommand,
+    },
+    /// Connections to systems: add, list, test, status, remove.
+    Connection {
+        #[command(subcommand)]
+        command: connection::ConnectionCommand,
+    },
+    /// Connector definitions: list, validate.
+    Connector {
+        #[command(subcommand)]
+        command: connection::ConnectorCommand,
     },
 }
 
@@ -259,7 +272,16 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
             json,
             db,
         } => run(&file, &inputs, json, &db).await,
-        Command::Validate { paths, json } => Ok(validate(&paths, json)),
+        Command::Validate { paths, json, db } => {
+            let mut catalog = flow::Catalog::default();
+            if let Some(url) = db {
+                let store = Store::connect(&url).await?;
+                catalog
+                    .connections
+                    .extend(store.connections().await?.into_iter().map(|c| c.id));
+            }
+            Ok(validate(&paths, json, &catalog))
+        }
         Command::Schema => {
             print_json(&flow::json_schema());
             Ok(EXIT_OK)
@@ -280,6 +302,8 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Runs { command } => runs(command).await,
         Command::Webhook { command } => webhook::dispatch(command).await,
         Command::Plugin { command } => plugin::dispatch(command).await,
+        Command::Connection { command } => connection::dispatch(command).await,
+        Command::Connector { command } => connection::dispatch_connector(command).await,
     }
 }
 
@@ -289,11 +313,12 @@ async fn engine(db: &DbArgs) -> Result<Engine, CliError> {
         store.clone(),
         Some(plugin::cache_dir()),
     ));
-    Ok(
-        Engine::new(store, ConnectorRegistry::new(), Secrets::from_env())
-            .with_lease(db.lease)
-            .with_plugins(plugins),
-    )
+    let secrets = Secrets::from_env();
+    let defs = connection::definitions()?;
+    let connectors = crate::connectors::connection::registry(&store, &defs, &secrets).await?;
+    Ok(Engine::new(store, connectors, secrets)
+        .with_lease(db.lease)
+        .with_plugins(plugins))
 }
 
 fn compile_or_report(file: &Path, catalog: &flow::Catalog) -> Result<CompiledFlow, CliError> {
@@ -434,12 +459,11 @@ fn collect_flow_files(paths: &[PathBuf]) -> Vec<PathBuf> {
     files
 }
 
-fn validate(paths: &[PathBuf], json_out: bool) -> i32 {
-    let catalog = flow::Catalog::default();
+fn validate(paths: &[PathBuf], json_out: bool, catalog: &flow::Catalog) -> i32 {
     let mut failed = 0;
     let mut report = Vec::new();
     for file in collect_flow_files(paths) {
-        match flow::compile_file(&file, &catalog) {
+        match flow::compile_file(&file, catalog) {
             Ok(f) => {
                 if !json_out {
                     eprintln!(

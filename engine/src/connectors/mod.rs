@@ -4,6 +4,11 @@
 //! unified model and reports its health. The [`ConnectorRegistry`] maps
 //! connection names to connectors; the `sandbox` connection is always there.
 
+pub mod connection;
+pub mod definition;
+pub mod http;
+pub mod mapping;
+pub mod resilience;
 pub mod sandbox;
 
 use std::collections::BTreeMap;
@@ -28,6 +33,8 @@ pub struct ListQuery {
     pub limit: Option<usize>,
     /// Where the previous page ended (`next_cursor` of that page).
     pub cursor: Option<String>,
+    /// Include the system's own record as `raw`.
+    pub raw: bool,
 }
 
 /// One page of records.
@@ -49,12 +56,72 @@ pub enum ConnectorErrorKind {
     Validation,
     /// The system asked us to slow down.
     RateLimited,
-    /// A temporary failure (5xx, network); a retry may help.
+    /// A temporary failure of the system (5xx); a retry may help.
     Transient,
+    /// The system cannot be reached (network, timeout, circuit open); a retry may help.
+    Unavailable,
     /// Credentials were refused.
     AuthRequired,
+    /// The credentials lack a permission.
+    PermissionDenied,
     /// Any other permanent failure.
     Permanent,
+}
+
+/// The error codes flows see, whatever system failed.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// Credentials missing, refused or expired.
+    AuthenticationFailed,
+    /// Authenticated, but not allowed.
+    PermissionDenied,
+    /// The record does not exist.
+    NotFound,
+    /// The request or the record is invalid.
+    ValidationFailed,
+    /// The system (or our own limit) refused more requests for now.
+    RateLimitExceeded,
+    /// The system cannot be reached.
+    ConnectionUnavailable,
+    /// The system failed or answered something we cannot use.
+    UpstreamError,
+}
+
+impl ErrorCode {
+    /// The code as flows see it, e.g. `NOT_FOUND`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::AuthenticationFailed => "AUTHENTICATION_FAILED",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::ValidationFailed => "VALIDATION_FAILED",
+            ErrorCode::RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
+            ErrorCode::ConnectionUnavailable => "CONNECTION_UNAVAILABLE",
+            ErrorCode::UpstreamError => "UPSTREAM_ERROR",
+        }
+    }
+
+    /// The kind of failure behind a code.
+    pub fn kind(self) -> ConnectorErrorKind {
+        match self {
+            ErrorCode::AuthenticationFailed => ConnectorErrorKind::AuthRequired,
+            ErrorCode::PermissionDenied => ConnectorErrorKind::PermissionDenied,
+            ErrorCode::NotFound => ConnectorErrorKind::NotFound,
+            ErrorCode::ValidationFailed => ConnectorErrorKind::Validation,
+            ErrorCode::RateLimitExceeded => ConnectorErrorKind::RateLimited,
+            ErrorCode::ConnectionUnavailable => ConnectorErrorKind::Unavailable,
+            ErrorCode::UpstreamError => ConnectorErrorKind::Permanent,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A connector failure.
@@ -69,6 +136,12 @@ pub struct ConnectorError {
     pub message: String,
     /// How long the system asked us to wait.
     pub retry_after: Option<Duration>,
+    /// The entity being read or written, when known.
+    pub entity: Option<Entity>,
+    /// `list`, `get`, `create`, `update`, `delete`, `test` or `auth`.
+    pub operation: Option<&'static str>,
+    /// The HTTP status the system answered, when it answered.
+    pub upstream_status: Option<u16>,
 }
 
 impl ConnectorError {
@@ -79,6 +152,9 @@ impl ConnectorError {
             kind,
             message: message.into(),
             retry_after: None,
+            entity: None,
+            operation: None,
+            upstream_status: None,
         }
     }
 
@@ -86,13 +162,41 @@ impl ConnectorError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
-            ConnectorErrorKind::RateLimited | ConnectorErrorKind::Transient
+            ConnectorErrorKind::RateLimited
+                | ConnectorErrorKind::Transient
+                | ConnectorErrorKind::Unavailable
         )
+    }
+
+    /// The unified code flows see.
+    pub fn code(&self) -> ErrorCode {
+        match self.kind {
+            ConnectorErrorKind::NotFound => ErrorCode::NotFound,
+            ConnectorErrorKind::Validation => ErrorCode::ValidationFailed,
+            ConnectorErrorKind::RateLimited => ErrorCode::RateLimitExceeded,
+            ConnectorErrorKind::Transient | ConnectorErrorKind::Permanent => {
+                ErrorCode::UpstreamError
+            }
+            ConnectorErrorKind::Unavailable => ErrorCode::ConnectionUnavailable,
+            ConnectorErrorKind::AuthRequired => ErrorCode::AuthenticationFailed,
+            ConnectorErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+        }
+    }
+
+    /// The error's details as flows see them.
+    pub fn details(&self) -> Value {
+        serde_json::json!({
+            "code": self.code().as_str(),
+            "connection_id": self.connection,
+            "entity": self.entity.map(Entity::name),
+            "operation": self.operation,
+            "upstream_status": self.upstream_status,
+        })
     }
 }
 
 /// The health of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionStatus {
     /// Working.

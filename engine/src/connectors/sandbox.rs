@@ -594,6 +594,13 @@ impl Connector for SandboxConnector {
         } else {
             None
         };
+        if query.raw {
+            // The sandbox's "system" shape is the unified record itself.
+            for r in &mut records {
+                let copy = r.clone();
+                r["raw"] = copy;
+            }
+        }
         Ok(Page {
             records,
             next_cursor,

@@ -42,6 +42,16 @@ impl Query {
         self.path.query(doc).all().into_iter().cloned().collect()
     }
 
+    /// The first matched value.
+    pub fn first<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        self.path.query(doc).first()
+    }
+
+    /// Every matched value, by reference.
+    pub fn all<'a>(&self, doc: &'a Value) -> Vec<&'a Value> {
+        self.path.query(doc).all()
+    }
+
     /// The query as written.
     pub fn as_str(&self) -> &str {
         &self.text

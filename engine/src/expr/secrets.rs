@@ -36,6 +36,11 @@ impl Secrets {
         }
     }
 
+    /// One secret's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
     /// The secrets as an expression value.
     pub fn to_value(&self) -> minijinja::Value {
         minijinja::Value::from((*self.values).clone())

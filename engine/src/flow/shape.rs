@@ -188,6 +188,9 @@ fn check_branches(node: &Node, branches: &[Value], root: &Value, out: &mut Vec<D
         check_enum(node, &values, out);
         return;
     }
+    if check_tagged(node, branches, root, out) {
+        return;
+    }
     let mut best: Option<Vec<Diagnostic>> = None;
     for b in branches {
         let b = resolve(b, root);
@@ -205,6 +208,49 @@ fn check_branches(node: &Node, branches: &[Value], root: &Value, out: &mut Vec<D
         }
     }
     out.extend(best.unwrap_or_default());
+}
+
+/// An internally tagged enum (`{type: a, ...} | {type: b, ...}`): the branch
+/// is chosen by its tag, and an unknown tag lists every known one. Returns
+/// false when the branches are not tagged that way.
+fn check_tagged(node: &Node, branches: &[Value], root: &Value, out: &mut Vec<Diagnostic>) -> bool {
+    let tag_of = |b: &Value| -> Option<(String, Value)> {
+        let props = resolve(b, root).get("properties")?.as_object()?;
+        props.iter().find_map(|(k, v)| {
+            let v = resolve(v, root);
+            v.get("const")
+                .or_else(|| {
+                    v.get("enum")
+                        .and_then(|e| e.as_array())
+                        .filter(|a| a.len() == 1)
+                        .and_then(|a| a.first())
+                })
+                .map(|c| (k.clone(), c.clone()))
+        })
+    };
+    let tags: Vec<(String, Value)> = branches.iter().filter_map(tag_of).collect();
+    if tags.len() != branches.len() || tags.is_empty() {
+        return false;
+    }
+    let key = tags[0].0.clone();
+    if tags.iter().any(|(k, _)| *k != key) {
+        return false;
+    }
+    let NodeValue::Map(_) = &node.value else {
+        return false;
+    };
+    let Some(tag_node) = node.get(&key) else {
+        return false;
+    };
+    let tag = tag_node.to_json();
+    match tags.iter().position(|(_, v)| *v == tag) {
+        Some(i) => check(node, resolve(&branches[i], root), root, out),
+        None => {
+            let values: Vec<Value> = tags.into_iter().map(|(_, v)| v).collect();
+            check_enum(tag_node, &values, out);
+        }
+    }
+    true
 }
 
 fn resolve<'a>(schema: &'a Value, root: &'a Value) -> &'a Value {

@@ -1052,6 +1052,7 @@ impl StepTask {
                         message: format!("timed out after {}", humantime::format_duration(limit)),
                         retryable: true,
                         retry_after: None,
+                        details: None,
                     }),
                 },
                 None => fut.await,
@@ -1092,9 +1093,14 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn error_json(step: &CompiledStep, e: &StepError, attempts: u32) -> Value {
-    json!({
+    let mut v = json!({
         "kind": e.kind,
         "message": format!("step `{}`: {}", step.id, e.message),
         "attempts": attempts,
-    })
+        "retryable": e.retryable,
+    });
+    if let Some(d) = &e.details {
+        v["details"] = d.clone();
+    }
+    v
 }

@@ -56,6 +56,10 @@ pub struct StepError {
     /// Wait at least this long before retrying (from a 429 `Retry-After`).
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// For connector failures: `{code, connection_id, entity, operation, upstream_status}`,
+    /// with `code` one of the unified codes (`NOT_FOUND`, `RATE_LIMIT_EXCEEDED`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
 }
 
 impl StepError {
@@ -66,6 +70,7 @@ impl StepError {
             message: message.into(),
             retryable: false,
             retry_after: None,
+            details: None,
         }
     }
 }
@@ -90,7 +95,8 @@ impl From<ConnectorError> for StepError {
             kind,
             retryable: e.is_retryable(),
             retry_after: e.retry_after,
-            message: e.to_string(),
+            message: format!("{}: {e}", e.code()),
+            details: Some(e.details()),
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct ReadStep {
     /// Continue from a previous read's `next_cursor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// Include each record's source payload as `raw`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw: bool,
 }
 
 /// A compiled `read` step.
@@ -60,6 +63,7 @@ pub struct CompiledRead {
     modified_after: Option<Template>,
     limit: Option<Template>,
     cursor: Option<Template>,
+    raw: bool,
 }
 
 /// Checks connection, entity, filter fields and expressions.
@@ -104,6 +108,7 @@ pub fn compile(step: &ReadStep, c: &mut Checker<'_>) -> Option<CompiledRead> {
         modified_after,
         limit,
         cursor,
+        raw: step.raw,
     })
 }
 
@@ -161,6 +166,7 @@ impl CompiledRead {
                 modified_after,
                 limit: Some((cap - records.len()).min(crate::connectors::sandbox::MAX_LIMIT)),
                 cursor: cursor.take(),
+                raw: self.raw,
             };
             let page = connector.list(self.entity, &query).await?;
             records.extend(page.records);

@@ -16,8 +16,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
+mod connections;
 mod plugins;
 mod webhooks;
+pub use connections::{ConnectionRow, StatusEvent};
 pub use plugins::PluginRecord;
 pub use webhooks::{
     AttemptEnd, AttemptLog, ClaimedMessage, MessageFilter, MessageRecord, MessageStatus, NewMessage,

@@ -1,0 +1,415 @@
+//! `sluice connection add|list|test|status|remove` and `sluice connector list|validate`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{CliError, DbArgs, EXIT_FAILED, EXIT_INVALID, EXIT_OK, format_ms, print_json};
+use crate::connectors::connection::{self, StoreSink, status_name};
+use crate::connectors::definition::{self, Definitions, RateLimit};
+use crate::connectors::http::ConnectionConfig;
+use crate::connectors::resilience::{Policy, StatusSink};
+use crate::expr::secrets::Secrets;
+use crate::store::Store;
+
+/// Where user definitions live: `SLUICE_CONNECTORS_DIR`, else `./connectors`.
+pub(super) fn definitions_dir() -> PathBuf {
+    std::env::var_os("SLUICE_CONNECTORS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("connectors"))
+}
+
+/// Built-in definitions plus the user's.
+pub(super) fn definitions() -> Result<Definitions, CliError> {
+    Definitions::load(Some(&definitions_dir())).map_err(|e| {
+        eprint!("{}", super::render_errors(&e));
+        CliError {
+            message: format!("{}: invalid connector definition", e.file),
+            code: EXIT_INVALID,
+        }
+    })
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ConnectionCommand {
+    /// Add a connection: a definition plus parameters and credentials from secrets.
+    Add {
+        /// Connection id, as flows name it.
+        id: String,
+        /// Definition id (see `sluice connector list`).
+        #[arg(long)]
+        definition: String,
+        /// A parameter, NAME=VALUE. Repeatable.
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// A credential taken from secret SLUICE_SECRET_<SECRET>, as NAME=SECRET. Repeatable.
+        #[arg(long = "credential", short = 'c', value_name = "NAME=SECRET")]
+        credentials: Vec<String>,
+        /// Rate limit, requests per second.
+        #[arg(long)]
+        rate_limit: Option<f64>,
+        /// Burst of the rate limit.
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Retry, breaker and timeout settings as JSON, e.g. '{"max_attempts": 3, "failure_threshold": 5}'.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Replace an existing connection of that id.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List connections with their status.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Make one cheap authenticated call and report what failed.
+    Test {
+        /// Connection id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show a connection's status and its history.
+    Status {
+        /// Connection id.
+        id: String,
+        /// History entries shown.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Remove a connection.
+    Remove {
+        /// Connection id.
+        id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ConnectorCommand {
+    /// List connector definitions (built-in and from SLUICE_CONNECTORS_DIR or ./connectors).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check definition files; exit 2 on any problem.
+    Validate {
+        /// Definition files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>, CliError> {
+    items
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| CliError {
+                    message: format!("{what} `{p}` is not NAME=VALUE"),
+                    code: EXIT_INVALID,
+                })
+        })
+        .collect()
+}
+
+pub(super) async fn dispatch_connector(cmd: ConnectorCommand) -> Result<i32, CliError> {
+    match cmd {
+        ConnectorCommand::List { json: as_json } => {
+            let defs = definitions()?;
+            let rows: Vec<_> = defs
+                .iter()
+                .map(|d| {
+                    let entities: Vec<_> = d
+                        .entities
+                        .iter()
+                        .map(|(e, c)| {
+                            let mut ops = Vec::new();
+                            for (name, has) in [
+                                ("list", c.spec.list.is_some()),
+                                ("get", c.spec.get.is_some()),
+                                ("create", c.spec.create.is_some()),
+                                ("update", c.spec.update.is_some()),
+                                ("delete", c.spec.delete.is_some()),
+                            ] {
+                                if has {
+                                    ops.push(name);
+                                }
+                            }
+                            json!({"entity": e.name(), "operations": ops})
+                        })
+                        .collect();
+                    json!({
+                        "id": d.def.id,
+                        "name": d.def.name,
+                        "file": d.file,
+                        "parameters": d.def.parameters.iter().map(|(k, p)| json!({"name": k, "required": p.default.is_none(), "default": p.default})).collect::<Vec<_>>(),
+                        "credentials": d.def.credentials,
+                        "entities": entities,
+                    })
+                })
+                .collect();
+            if as_json {
+                print_json(&rows);
+            } else {
+                for r in &rows {
+                    outln!(
+                        "{}  {}",
+                        r["id"].as_str().unwrap_or(""),
+                        r["name"].as_str().unwrap_or("")
+                    );
+                    for e in r["entities"].as_array().into_iter().flatten() {
+                        let ops: Vec<&str> = e["operations"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|o| o.as_str())
+                            .collect();
+                        outln!(
+                            "    {:<16} {}",
+                            e["entity"].as_str().unwrap_or(""),
+                            ops.join(", ")
+                        );
+                    }
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        ConnectorCommand::Validate { files } => {
+            let mut failed = false;
+            for f in files {
+                match definition::load_file(&f) {
+                    Ok(d) => eprintln!(
+                        "ok: {} ({}: {} entities)",
+                        f.display(),
+                        d.def.id,
+                        d.entities.len()
+                    ),
+                    Err(e) => {
+                        failed = true;
+                        eprint!("{}", super::render_errors(&e));
+                    }
+                }
+            }
+            Ok(if failed { EXIT_INVALID } else { EXIT_OK })
+        }
+    }
+}
+
+pub(super) async fn dispatch(cmd: ConnectionCommand) -> Result<i32, CliError> {
+    match cmd {
+        ConnectionCommand::Add {
+            id,
+            definition,
+            params,
+            credentials,
+            rate_limit,
+            burst,
+            policy,
+            replace,
+            db,
+        } => {
+            let defs = definitions()?;
+            let policy = match policy {
+                Some(p) => serde_json::from_str::<Policy>(&p).map_err(|e| CliError {
+                    message: format!("--policy: {e}"),
+                    code: EXIT_INVALID,
+                })?,
+                None => Policy::default(),
+            };
+            let config = ConnectionConfig {
+                definition,
+                params: pairs(&params, "--param")?.into_iter().collect(),
+                credentials: pairs(&credentials, "--credential")?.into_iter().collect(),
+                rate_limit: rate_limit.map(|r| RateLimit {
+                    requests_per_second: r,
+                    burst,
+                }),
+                policy,
+            };
+            let store = Store::connect(&db.db).await?;
+            connection::add(&store, &defs, &id, &config, replace)
+                .await
+                .map_err(|m| CliError {
+                    message: m,
+                    code: EXIT_INVALID,
+                })?;
+            let secrets = Secrets::from_env();
+            let missing: Vec<String> = config
+                .credentials
+                .values()
+                .filter(|s| secrets.get(s).is_none())
+                .map(|s| format!("SLUICE_SECRET_{s}"))
+                .collect();
+            eprintln!("added connection `{id}` ({})", config.definition);
+            if !missing.is_empty() {
+                eprintln!(
+                    "note: {} not set in this environment; set it where flows run",
+                    missing.join(", ")
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        ConnectionCommand::List { json: as_json, db } => {
+            let store = Store::connect(&db.db).await?;
+            let rows = store.connections().await?;
+            if as_json {
+                let out: Vec<_> = rows
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "id": r.id,
+                            "definition": r.definition,
+                            "status": r.status,
+                            "status_reason": r.status_reason,
+                            "status_at": format_ms(r.status_at),
+                        })
+                    })
+                    .collect();
+                print_json(&out);
+            } else {
+                outln!("{:<20} {:<18} {:<14} SINCE", "ID", "DEFINITION", "STATUS");
+                outln!("{:<20} {:<18} {:<14} -", "sandbox", "(built-in)", "online");
+                for r in rows {
+                    outln!(
+                        "{:<20} {:<18} {:<14} {}",
+                        r.id,
+                        r.definition,
+                        r.status,
+                        format_ms(r.status_at)
+                    );
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        ConnectionCommand::Test {
+            id,
+            json: as_json,
+            db,
+        } => {
+            let store = Store::connect(&db.db).await?;
+            let defs = definitions()?;
+            let row = store
+                .connection(&id)
+                .await?
+                .ok_or_else(|| CliError::failed(format!("no connection `{id}`")))?;
+            let sink = StoreSink::start(store.clone());
+            let c = connection::build(
+                &row,
+                &defs,
+                &Secrets::from_env(),
+                Some(sink.clone() as Arc<dyn StatusSink>),
+            )
+            .map_err(CliError::failed)?;
+            let result = c.test().await;
+            let status = c.health_state().status();
+            drop(c);
+            // Let the status writer finish.
+            drop(sink);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            match result {
+                Ok(latency) => {
+                    if as_json {
+                        print_json(
+                            &json!({"ok": true, "connection": id, "latency_ms": latency.as_millis() as u64, "status": status_name(status)}),
+                        );
+                    } else {
+                        outln!(
+                            "ok: {id} answered in {} ms (status {})",
+                            latency.as_millis(),
+                            status_name(status)
+                        );
+                    }
+                    Ok(EXIT_OK)
+                }
+                Err(e) => {
+                    if as_json {
+                        print_json(
+                            &json!({"ok": false, "connection": id, "error": e.details(), "message": e.message, "status": status_name(status)}),
+                        );
+                    } else {
+                        eprintln!(
+                            "failed: {}: {} (status {})",
+                            e.code(),
+                            e.message,
+                            status_name(status)
+                        );
+                    }
+                    Ok(EXIT_FAILED)
+                }
+            }
+        }
+        ConnectionCommand::Status {
+            id,
+            limit,
+            json: as_json,
+            db,
+        } => {
+            let store = Store::connect(&db.db).await?;
+            let row = store
+                .connection(&id)
+                .await?
+                .ok_or_else(|| CliError::failed(format!("no connection `{id}`")))?;
+            let history = store.status_history(&id, limit).await?;
+            if as_json {
+                print_json(&json!({
+                    "id": row.id,
+                    "definition": row.definition,
+                    "status": row.status,
+                    "reason": row.status_reason,
+                    "since": format_ms(row.status_at),
+                    "history": history.iter().map(|h| json!({"from": h.from, "to": h.to, "reason": h.reason, "at": format_ms(h.at)})).collect::<Vec<_>>(),
+                }));
+            } else {
+                outln!(
+                    "{}: {} since {}{}",
+                    row.id,
+                    row.status,
+                    format_ms(row.status_at),
+                    row.status_reason
+                        .as_ref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                );
+                for h in history {
+                    outln!(
+                        "  {}  {} -> {}  {}",
+                        format_ms(h.at),
+                        h.from,
+                        h.to,
+                        h.reason
+                    );
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        ConnectionCommand::Remove { id, db } => {
+            let store = Store::connect(&db.db).await?;
+            if store.remove_connection(&id).await? {
+                eprintln!("removed connection `{id}`");
+                Ok(EXIT_OK)
+            } else {
+                Err(CliError::failed(format!("no connection `{id}`")))
+            }
+        }
+    }
+}

@@ -1,0 +1,1640 @@
+//! The HTTP connector: runs a [`CompiledDefinition`] against a real system.
+//!
+//! One [`HttpConnector`] per connection. Every request goes through the same
+//! path: circuit breaker → token bucket → auth (cached OAuth2 token, CSRF
+//! token for writes) → send with a deadline → classify the answer (retry
+//! transient failures and `429` with backoff, map the rest through the
+//! definition's error rules) → update the connection status.
+//!
+//! Pagination state travels in `next_cursor` as an opaque token; a next link
+//! must stay on the connection's host, and a listing stops with an error after
+//! `max_pages` pages or when the system repeats a next link.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use url::Url;
+
+use super::definition::{
+    Auth, CompiledDefinition, CompiledEntity, KeyPlacement, Method, Paginator, RequestSpec,
+};
+use super::mapping::FastPath;
+use super::resilience::{Admit, Health, Policy, TokenBucket};
+use super::{
+    ConnectionStatus, Connector, ConnectorError, ConnectorErrorKind, ErrorCode, ListQuery, Page,
+    WriteRequest,
+};
+use crate::expr::{Template, from_json};
+use crate::unified::Entity;
+
+/// Largest response body read (bytes).
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// A JSON body template: templates plus `{"$for": list, "$do": body}` repetition.
+#[derive(Debug)]
+pub enum BodyTemplate {
+    /// Plain template.
+    T(Template),
+    /// Repeat `body` for each element of `items`, bound to `item`.
+    For {
+        /// The list.
+        items: Template,
+        /// Per element.
+        body: Box<BodyTemplate>,
+    },
+    /// An array with repetitions inside.
+    Array(Vec<BodyTemplate>),
+    /// An object with repetitions inside.
+    Object(Vec<(String, BodyTemplate)>),
+}
+
+fn has_for(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.contains_key("$for") || m.values().any(has_for),
+        Value::Array(a) => a.iter().any(has_for),
+        _ => false,
+    }
+}
+
+impl BodyTemplate {
+    /// Compiles a body.
+    pub fn compile(v: &Value) -> Result<BodyTemplate, String> {
+        if !has_for(v) {
+            return Template::compile(v)
+                .map(BodyTemplate::T)
+                .map_err(|e| e.to_string());
+        }
+        match v {
+            Value::Object(m) if m.contains_key("$for") => {
+                let items = m
+                    .get("$for")
+                    .and_then(Value::as_str)
+                    .ok_or("`$for` takes an expression such as `${{ record.lines }}`")?;
+                let body = m
+                    .get("$do")
+                    .ok_or("`$for` needs `$do`: the body per element")?;
+                if m.len() != 2 {
+                    return Err("an object with `$for` has only `$for` and `$do`".into());
+                }
+                Ok(BodyTemplate::For {
+                    items: Template::compile_str(items).map_err(|e| e.to_string())?,
+                    body: Box::new(BodyTemplate::compile(body)?),
+                })
+            }
+            Value::Object(m) => Ok(BodyTemplate::Object(
+                m.iter()
+                    .map(|(k, v)| Ok((k.clone(), BodyTemplate::compile(v)?)))
+                    .collect::<Result<_, String>>()?,
+            )),
+            Value::Array(a) => Ok(BodyTemplate::Array(
+                a.iter()
+                    .map(BodyTemplate::compile)
+                    .collect::<Result<_, _>>()?,
+            )),
+            _ => unreachable!("has_for is false for scalars"),
+        }
+    }
+
+    /// Renders the body; null values are left out of objects.
+    pub fn eval(&self, ctx: &Value) -> Result<Value, String> {
+        match self {
+            BodyTemplate::T(t) => t
+                .eval(&from_json(ctx))
+                .map(strip_nulls)
+                .map_err(|e| e.to_string()),
+            BodyTemplate::For { items, body } => {
+                let list = items.eval(&from_json(ctx)).map_err(|e| e.to_string())?;
+                match list {
+                    Value::Null => Ok(Value::Null),
+                    Value::Array(items) => {
+                        let mut out = Vec::with_capacity(items.len());
+                        for item in items {
+                            let mut c = ctx.clone();
+                            c["item"] = item;
+                            out.push(body.eval(&c)?);
+                        }
+                        Ok(Value::Array(out))
+                    }
+                    other => Err(format!("`$for` needs a list, got {other}")),
+                }
+            }
+            BodyTemplate::Array(a) => a
+                .iter()
+                .map(|b| b.eval(ctx))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            BodyTemplate::Object(entries) => {
+                let mut m = Map::new();
+                for (k, b) in entries {
+                    let v = b.eval(ctx)?;
+                    if !v.is_null() {
+                        m.insert(k.clone(), v);
+                    }
+                }
+                Ok(Value::Object(m))
+            }
+        }
+    }
+}
+
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
+        v => v,
+    }
+}
+
+/// A request template, compiled.
+#[derive(Debug)]
+struct CompiledRequest {
+    method: Method,
+    path: Template,
+    query: Vec<(String, Template)>,
+    headers: Vec<(String, Template)>,
+    body: Option<BodyTemplate>,
+}
+
+impl CompiledRequest {
+    fn compile(r: &RequestSpec) -> Result<CompiledRequest, String> {
+        let t = |s: &str| Template::compile_str(s).map_err(|e| e.to_string());
+        Ok(CompiledRequest {
+            method: r.method,
+            path: t(&r.path)?,
+            query: r
+                .query
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), t(v)?)))
+                .collect::<Result<_, String>>()?,
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), t(v)?)))
+                .collect::<Result<_, String>>()?,
+            body: r.body.as_ref().map(BodyTemplate::compile).transpose()?,
+        })
+    }
+}
+
+/// A request ready to send.
+#[derive(Debug, Clone)]
+struct Req {
+    method: Method,
+    url: Url,
+    headers: Vec<(String, String)>,
+    body: Option<Value>,
+    write: bool,
+}
+
+/// A response.
+struct Resp {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+/// Where a listing continues.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct PageToken {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    /// Pages fetched so far.
+    n: u64,
+}
+
+impl PageToken {
+    fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("tokens serialize"))
+    }
+
+    fn decode(s: &str) -> Option<PageToken> {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(s).ok()?).ok()
+    }
+}
+
+#[derive(Debug)]
+struct CompiledEntityRequests {
+    list: Option<CompiledRequest>,
+    incremental: Vec<(String, Template)>,
+    detail: Option<CompiledRequest>,
+    ops: BTreeMap<&'static str, CompiledRequest>,
+}
+
+/// A connection's settings, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionConfig {
+    /// Definition id.
+    pub definition: String,
+    /// Parameter values.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Credential name → secret name (the value comes from `SLUICE_SECRET_<NAME>`).
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
+    /// Overrides the definition's rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<super::definition::RateLimit>,
+    /// Retry, breaker and timeout settings.
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// A connection to a system described by a definition.
+pub struct HttpConnector {
+    id: String,
+    def: Arc<CompiledDefinition>,
+    base: Url,
+    ctx: Value,
+    secret_values: Vec<String>,
+    missing: Vec<String>,
+    client: reqwest::Client,
+    policy: Policy,
+    bucket: Option<TokenBucket>,
+    health: Arc<Health>,
+    token: tokio::sync::Mutex<Option<(String, Instant)>>,
+    csrf: tokio::sync::Mutex<Option<(String, String)>>,
+    test: CompiledRequest,
+    csrf_path: Option<Template>,
+    default_headers: Vec<(String, Template)>,
+    requests: BTreeMap<Entity, CompiledEntityRequests>,
+}
+
+impl std::fmt::Debug for HttpConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConnector")
+            .field("id", &self.id)
+            .field("definition", &self.def.def.id)
+            .field("base", &self.base.as_str())
+            .finish()
+    }
+}
+
+/// Why a connection cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("connection `{connection}`: {message}")]
+pub struct ConfigError {
+    /// The connection.
+    pub connection: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl HttpConnector {
+    /// Makes a connector. `secrets` resolves credential secret names to values;
+    /// a missing secret does not fail here: the connection reports
+    /// `auth_required` and its calls fail with `AUTHENTICATION_FAILED`.
+    pub fn new(
+        id: &str,
+        def: Arc<CompiledDefinition>,
+        config: &ConnectionConfig,
+        secret: &dyn Fn(&str) -> Option<String>,
+        health: Arc<Health>,
+    ) -> Result<HttpConnector, ConfigError> {
+        let err = |m: String| ConfigError {
+            connection: id.to_string(),
+            message: m,
+        };
+        let mut params = Map::new();
+        for (name, spec) in &def.def.parameters {
+            match config.params.get(name).or(spec.default.as_ref()) {
+                Some(v) => {
+                    params.insert(name.clone(), Value::String(v.clone()));
+                }
+                None => {
+                    return Err(err(format!(
+                        "parameter `{name}` is required by definition `{}`",
+                        def.def.id
+                    )));
+                }
+            }
+        }
+        for name in config.params.keys() {
+            if !def.def.parameters.contains_key(name) {
+                let known: Vec<&str> = def.def.parameters.keys().map(String::as_str).collect();
+                return Err(err(format!(
+                    "definition `{}` has no parameter `{name}` (it has {})",
+                    def.def.id,
+                    known.join(", ")
+                )));
+            }
+        }
+        let base_text = params["base_url"].as_str().unwrap_or_default().to_string();
+        let base = Url::parse(&base_text)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| err(format!("base_url `{base_text}` is not an http(s) URL")))?;
+        let mut credentials = Map::new();
+        let mut secret_values = Vec::new();
+        let mut missing = Vec::new();
+        for name in &def.def.credentials {
+            let Some(secret_name) = config.credentials.get(name) else {
+                return Err(err(format!(
+                    "credential `{name}` is required by definition `{}`; give it with --credential {name}=SECRET_NAME",
+                    def.def.id
+                )));
+            };
+            match secret(secret_name) {
+                Some(v) => {
+                    secret_values.push(v.clone());
+                    credentials.insert(name.clone(), Value::String(v));
+                }
+                None => {
+                    missing.push(format!("SLUICE_SECRET_{secret_name}"));
+                    credentials.insert(name.clone(), Value::String(String::new()));
+                }
+            }
+        }
+        for name in config.credentials.keys() {
+            if !def.def.credentials.contains(name) {
+                return Err(err(format!(
+                    "definition `{}` has no credential `{name}` (it has {})",
+                    def.def.id,
+                    def.def.credentials.join(", ")
+                )));
+            }
+        }
+        let compile = |r: &RequestSpec| CompiledRequest::compile(r).map_err(|m| err(m.clone()));
+        let mut requests = BTreeMap::new();
+        for (entity, ce) in &def.entities {
+            let s = &ce.spec;
+            let mut ops = BTreeMap::new();
+            for op in ["get", "create", "update", "delete"] {
+                if let Some(o) = ce.op(op) {
+                    ops.insert(op, compile(&o.request)?);
+                }
+            }
+            requests.insert(
+                *entity,
+                CompiledEntityRequests {
+                    list: s.list.as_ref().map(|l| compile(&l.request)).transpose()?,
+                    incremental: s
+                        .list
+                        .as_ref()
+                        .and_then(|l| l.incremental.as_ref())
+                        .map(|i| {
+                            i.query
+                                .iter()
+                                .map(|(k, v)| {
+                                    Ok((
+                                        k.clone(),
+                                        Template::compile_str(v).map_err(|e| err(e.to_string()))?,
+                                    ))
+                                })
+                                .collect::<Result<Vec<_>, ConfigError>>()
+                        })
+                        .transpose()?
+                        .unwrap_or_default(),
+                    detail: s
+                        .list
+                        .as_ref()
+                        .and_then(|l| l.detail.as_ref())
+                        .map(|d| compile(&d.request))
+                        .transpose()?,
+                    ops,
+                },
+            );
+        }
+        let policy = config.policy;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(policy.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| err(format!("cannot build an HTTP client: {e}")))?;
+        let rate = config.rate_limit.or(def.def.rate_limit);
+        let c = HttpConnector {
+            id: id.to_string(),
+            base,
+            ctx: json!({"params": params, "credentials": credentials}),
+            secret_values,
+            client,
+            policy,
+            bucket: rate.map(TokenBucket::new),
+            health,
+            token: tokio::sync::Mutex::new(None),
+            csrf: tokio::sync::Mutex::new(None),
+            test: compile(&def.def.test)?,
+            csrf_path: def
+                .def
+                .csrf
+                .as_ref()
+                .map(|c| Template::compile_str(&c.path).map_err(|e| err(e.to_string())))
+                .transpose()?,
+            default_headers: def
+                .def
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    Ok((
+                        k.clone(),
+                        Template::compile_str(v).map_err(|e| err(e.to_string()))?,
+                    ))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+            requests,
+            missing: missing.clone(),
+            def,
+        };
+        if !missing.is_empty() {
+            c.health.auth_failure(&format!(
+                "credentials missing: {} not set",
+                missing.join(", ")
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The connection id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The definition.
+    pub fn definition(&self) -> &Arc<CompiledDefinition> {
+        &self.def
+    }
+
+    /// The breaker and status.
+    pub fn health_state(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Makes the definition's cheap authenticated call; returns its latency.
+    pub async fn test(&self) -> Result<Duration, ConnectorError> {
+        let t = Instant::now();
+        let req = self.render(&self.test, &self.ctx, false, None, "test")?;
+        self.execute(req, None, "test").await?;
+        Ok(t.elapsed())
+    }
+
+    fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for v in &self.secret_values {
+            if v.len() >= 3 {
+                out = out.replace(v.as_str(), "[REDACTED]");
+            }
+        }
+        out
+    }
+
+    fn error(
+        &self,
+        kind: ConnectorErrorKind,
+        entity: Option<Entity>,
+        op: &'static str,
+        status: Option<u16>,
+        message: impl Into<String>,
+    ) -> ConnectorError {
+        ConnectorError {
+            entity,
+            operation: Some(op),
+            upstream_status: status,
+            ..ConnectorError::new(&self.id, kind, self.redact(&message.into()))
+        }
+    }
+
+    fn entity(&self, entity: Entity, op: &'static str) -> Result<&CompiledEntity, ConnectorError> {
+        self.def.entities.get(&entity).ok_or_else(|| {
+            self.error(
+                ConnectorErrorKind::Validation,
+                Some(entity),
+                op,
+                None,
+                format!(
+                    "definition `{}` does not serve {entity} (it serves {})",
+                    self.def.def.id,
+                    self.def
+                        .entities
+                        .keys()
+                        .map(|e| e.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+
+    fn render(
+        &self,
+        r: &CompiledRequest,
+        ctx: &Value,
+        write: bool,
+        entity: Option<Entity>,
+        op: &'static str,
+    ) -> Result<Req, ConnectorError> {
+        let bad = |m: String| {
+            self.error(
+                ConnectorErrorKind::Validation,
+                entity,
+                op,
+                None,
+                format!("request template of definition `{}`: {m}", self.def.def.id),
+            )
+        };
+        let mj = from_json(ctx);
+        let text = |t: &Template| -> Result<String, ConnectorError> {
+            match t.eval(&mj).map_err(|e| bad(e.to_string()))? {
+                Value::String(s) => Ok(s),
+                Value::Null => Ok(String::new()),
+                other => Ok(other.to_string()),
+            }
+        };
+        let path = text(&r.path)?;
+        let mut url = self.join(&path).map_err(bad)?;
+        {
+            let mut q = url.query_pairs_mut();
+            for (k, t) in &r.query {
+                let v = text(t)?;
+                if !v.is_empty() {
+                    q.append_pair(k, &v);
+                }
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let mut headers = Vec::new();
+        for (k, t) in self.default_headers.iter().chain(&r.headers) {
+            headers.push((k.clone(), text(t)?));
+        }
+        let body = match &r.body {
+            Some(b) => Some(b.eval(ctx).map_err(bad)?),
+            None => None,
+        };
+        Ok(Req {
+            method: r.method,
+            url,
+            headers,
+            body,
+            write,
+        })
+    }
+
+    fn join(&self, path: &str) -> Result<Url, String> {
+        let base = self.base.as_str().trim_end_matches('/');
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+        Url::parse(&format!("{base}{path}")).map_err(|e| format!("bad URL path `{path}`: {e}"))
+    }
+
+    fn same_origin(&self, u: &Url) -> bool {
+        u.scheme() == self.base.scheme()
+            && u.host_str() == self.base.host_str()
+            && u.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    async fn bearer(&self, force_refresh: bool) -> Result<Option<String>, ConnectorError> {
+        let Auth::Oauth2ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+            refresh_before,
+        } = &self.def.def.auth
+        else {
+            return Ok(None);
+        };
+        let mut cached = self.token.lock().await;
+        if !force_refresh
+            && let Some((t, refresh_at)) = cached.as_ref()
+            && Instant::now() < *refresh_at
+        {
+            return Ok(Some(t.clone()));
+        }
+        let mj = from_json(&self.ctx);
+        let eval = |s: &str| -> Result<String, ConnectorError> {
+            let t = Template::compile_str(s).map_err(|e| {
+                self.error(
+                    ConnectorErrorKind::Validation,
+                    None,
+                    "auth",
+                    None,
+                    e.to_string(),
+                )
+            })?;
+            Ok(match t.eval(&mj) {
+                Ok(Value::String(s)) => s,
+                Ok(v) => v.to_string(),
+                Err(e) => {
+                    return Err(self.error(
+                        ConnectorErrorKind::Validation,
+                        None,
+                        "auth",
+                        None,
+                        e.to_string(),
+                    ));
+                }
+            })
+        };
+        let form = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            form.append_pair("client_id", &eval(client_id)?);
+            form.append_pair("client_secret", &eval(client_secret)?);
+            if let Some(s) = scope {
+                form.append_pair("scope", &eval(s)?);
+            }
+            form.finish()
+        };
+        let url = eval(token_url)?;
+        let resp = self
+            .client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| {
+                self.error(
+                    ConnectorErrorKind::Unavailable,
+                    None,
+                    "auth",
+                    None,
+                    format!("token endpoint {url} unreachable: {e}"),
+                )
+            })?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        if !(200..300).contains(&status) {
+            let kind = if status >= 500 {
+                ConnectorErrorKind::Unavailable
+            } else {
+                ConnectorErrorKind::AuthRequired
+            };
+            let msg = format!(
+                "token endpoint refused the client credentials ({status}): {}",
+                snippet(&body)
+            );
+            if kind == ConnectorErrorKind::AuthRequired {
+                self.health.auth_failure(&self.redact(&msg));
+            }
+            return Err(self.error(kind, None, "auth", Some(status), msg));
+        }
+        let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let Some(token) = parsed.get("access_token").and_then(Value::as_str) else {
+            return Err(self.error(
+                ConnectorErrorKind::AuthRequired,
+                None,
+                "auth",
+                Some(status),
+                "token endpoint answered without `access_token`",
+            ));
+        };
+        let expires = parsed
+            .get("expires_in")
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+            .unwrap_or(3600);
+        let early = refresh_before
+            .as_deref()
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .unwrap_or(Duration::from_secs(60));
+        let refresh_at = Instant::now() + Duration::from_secs(expires).saturating_sub(early);
+        *cached = Some((token.to_string(), refresh_at));
+        Ok(Some(token.to_string()))
+    }
+
+    async fn csrf_token(&self, force: bool) -> Result<Option<(String, String)>, ConnectorError> {
+        let (Some(path), Some(spec)) = (&self.csrf_path, &self.def.def.csrf) else {
+            return Ok(None);
+        };
+        let mut cached = self.csrf.lock().await;
+        if !force && let Some(c) = cached.as_ref() {
+            return Ok(Some(c.clone()));
+        }
+        let p = match path.eval(&from_json(&self.ctx)) {
+            Ok(Value::String(s)) => s,
+            Ok(v) => v.to_string(),
+            Err(e) => {
+                return Err(self.error(
+                    ConnectorErrorKind::Validation,
+                    None,
+                    "auth",
+                    None,
+                    e.to_string(),
+                ));
+            }
+        };
+        let url = self
+            .join(&p)
+            .map_err(|m| self.error(ConnectorErrorKind::Validation, None, "auth", None, m))?;
+        let req = Req {
+            method: Method::Get,
+            url,
+            headers: vec![(spec.header.clone(), "Fetch".into())],
+            body: None,
+            write: false,
+        };
+        let resp = Box::pin(self.execute(req, None, "auth")).await?;
+        let token = resp
+            .headers
+            .get(spec.header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("fetch"))
+            .ok_or_else(|| {
+                self.error(
+                    ConnectorErrorKind::Permanent,
+                    None,
+                    "auth",
+                    Some(resp.status),
+                    format!("the CSRF fetch answered without a `{}` header", spec.header),
+                )
+            })?
+            .to_string();
+        let cookies: Vec<String> = resp
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|c| c.split(';').next().map(str::to_string))
+            .collect();
+        let c = (token, cookies.join("; "));
+        *cached = Some(c.clone());
+        Ok(Some(c))
+    }
+
+    async fn send_once(
+        &self,
+        req: &Req,
+        bearer: Option<String>,
+        csrf: Option<(String, String)>,
+    ) -> Result<Resp, reqwest::Error> {
+        let method = match req.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let mut url = req.url.clone();
+        let mut b = self.client.request(method, url.clone());
+        let mj = || from_json(&self.ctx);
+        match &self.def.def.auth {
+            Auth::None | Auth::Oauth2ClientCredentials { .. } => {}
+            Auth::Basic { username, password } => {
+                let u = eval_text(username, &mj());
+                let p = eval_text(password, &mj());
+                b = b.basic_auth(u, Some(p));
+            }
+            Auth::Bearer { token } => b = b.bearer_auth(eval_text(token, &mj())),
+            Auth::ApiKey {
+                name,
+                value,
+                placement,
+            } => {
+                let v = eval_text(value, &mj());
+                match placement {
+                    KeyPlacement::Header => b = b.header(name.as_str(), v),
+                    KeyPlacement::Query => {
+                        url.query_pairs_mut().append_pair(name, &v);
+                        b = self
+                            .client
+                            .request(b.build()?.method().clone(), url.clone());
+                    }
+                }
+            }
+        }
+        if let Some(t) = bearer {
+            b = b.bearer_auth(t);
+        }
+        b = b.header("accept", "application/json");
+        for (k, v) in &req.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        if let Some((token, cookies)) = csrf
+            && let Some(spec) = &self.def.def.csrf
+        {
+            b = b.header(spec.header.as_str(), token);
+            if !cookies.is_empty() {
+                b = b.header("cookie", cookies);
+            }
+        }
+        if let Some(body) = &req.body {
+            b = b.json(body);
+        }
+        let resp = b.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut body = Vec::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp.chunk().await? {
+            if body.len() + chunk.len() > MAX_BODY {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Resp {
+            status,
+            headers,
+            body: body.into(),
+        })
+    }
+
+    /// Sends a request with the connection's resilience rules.
+    async fn execute(
+        &self,
+        req: Req,
+        entity: Option<Entity>,
+        op: &'static str,
+    ) -> Result<Resp, ConnectorError> {
+        if !self.missing.is_empty() {
+            return Err(self.error(
+                ConnectorErrorKind::AuthRequired,
+                entity,
+                op,
+                None,
+                format!("credentials missing: {} not set", self.missing.join(", ")),
+            ));
+        }
+        let what = format!("{} {}", method_name(req.method), req.url.path());
+        let mut attempt = 0u32;
+        let mut troubled: Option<String> = None;
+        let mut refreshed = false;
+        let mut csrf_refreshed = false;
+        loop {
+            attempt += 1;
+            if let Admit::Open(left) = self.health.admit() {
+                return Err(ConnectorError {
+                    retry_after: Some(left),
+                    ..self.error(
+                        ConnectorErrorKind::Unavailable,
+                        entity,
+                        op,
+                        None,
+                        format!(
+                            "circuit open: the system failed repeatedly; next probe in {}",
+                            humantime::format_duration(Duration::from_millis(
+                                left.as_millis() as u64
+                            ))
+                        ),
+                    )
+                });
+            }
+            if let Some(b) = &self.bucket {
+                b.acquire().await;
+            }
+            let bearer = self.bearer(false).await.map_err(|e| ConnectorError {
+                entity,
+                operation: Some(op),
+                ..e
+            })?;
+            let csrf = if req.write {
+                self.csrf_token(false).await?
+            } else {
+                None
+            };
+            let result = self.send_once(&req, bearer, csrf).await;
+            let resp = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    let reason = format!(
+                        "{what}: {}",
+                        if e.is_timeout() {
+                            format!(
+                                "no answer within {}",
+                                humantime::format_duration(Duration::from_millis(
+                                    self.policy.timeout_ms
+                                ))
+                            )
+                        } else {
+                            format!("unreachable: {}", error_chain(&e))
+                        }
+                    );
+                    self.health.failure(&reason);
+                    if attempt < self.policy.max_attempts {
+                        troubled = Some(reason);
+                        tokio::time::sleep(self.policy.backoff(attempt)).await;
+                        continue;
+                    }
+                    return Err(self.error(
+                        ConnectorErrorKind::Unavailable,
+                        entity,
+                        op,
+                        None,
+                        format!("{reason} (after {attempt} attempts)"),
+                    ));
+                }
+            };
+            let status = resp.status;
+            if (200..300).contains(&status) {
+                self.health
+                    .success(troubled.is_some(), troubled.as_deref().unwrap_or(""));
+                return Ok(resp);
+            }
+            let text = String::from_utf8_lossy(&resp.body).to_string();
+            if status == 401 && !refreshed && self.token.lock().await.is_some() {
+                // An expired or revoked token: fetch a new one once.
+                refreshed = true;
+                *self.token.lock().await = None;
+                attempt -= 1;
+                continue;
+            }
+            if status == 403
+                && req.write
+                && !csrf_refreshed
+                && resp
+                    .headers
+                    .get("x-csrf-token")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"required"))
+            {
+                csrf_refreshed = true;
+                *self.csrf.lock().await = None;
+                attempt -= 1;
+                continue;
+            }
+            if status == 429 {
+                let wait = retry_after(&resp.headers);
+                let reason = format!("{what}: throttled (429)");
+                self.health.throttled(&reason);
+                let backoff = self.policy.backoff(attempt);
+                let wait_for = wait.unwrap_or(backoff).max(backoff);
+                if attempt < self.policy.max_attempts
+                    && wait_for <= Duration::from_millis(self.policy.max_retry_after_ms)
+                {
+                    troubled = Some(reason);
+                    tokio::time::sleep(wait_for).await;
+                    continue;
+                }
+                return Err(ConnectorError {
+                    retry_after: wait,
+                    ..self.error(
+                        ConnectorErrorKind::RateLimited,
+                        entity,
+                        op,
+                        Some(429),
+                        format!(
+                            "{what}: the system is rate limiting (429){}",
+                            wait.map(|w| format!(
+                                ", retry after {}",
+                                humantime::format_duration(w)
+                            ))
+                            .unwrap_or_default()
+                        ),
+                    )
+                });
+            }
+            let json: Option<Value> = serde_json::from_slice(&resp.body).ok();
+            let rule = self
+                .def
+                .errors
+                .iter()
+                .find(|r| r.matches(status, &text, json.as_ref()));
+            let upstream_message = rule
+                .and_then(|r| r.message.as_ref())
+                .and_then(|q| json.as_ref().and_then(|j| q.first(j)))
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_else(|| snippet(&resp.body));
+            let code = rule.map(|r| r.code).unwrap_or(match status {
+                401 => ErrorCode::AuthenticationFailed,
+                403 => ErrorCode::PermissionDenied,
+                404 | 410 => ErrorCode::NotFound,
+                400 | 409 | 412 | 422 => ErrorCode::ValidationFailed,
+                _ => ErrorCode::UpstreamError,
+            });
+            let transient = status >= 500 || matches!(status, 408);
+            let retryable = rule.and_then(|r| r.retryable).unwrap_or(transient);
+            let message = format!("{what}: {status} {upstream_message}");
+            if code == ErrorCode::AuthenticationFailed {
+                self.health.auth_failure(&self.redact(&message));
+            } else if transient {
+                self.health.failure(&self.redact(&message));
+            } else {
+                self.health.answered();
+            }
+            if retryable && attempt < self.policy.max_attempts {
+                troubled = Some(message);
+                tokio::time::sleep(self.policy.backoff(attempt)).await;
+                continue;
+            }
+            let kind = match (code, retryable) {
+                (ErrorCode::UpstreamError, true) => ConnectorErrorKind::Transient,
+                (c, _) => c.kind(),
+            };
+            let mut e = self.error(kind, entity, op, Some(status), message);
+            if retryable && !e.is_retryable() {
+                e.kind = ConnectorErrorKind::Transient;
+            }
+            return Err(e);
+        }
+    }
+
+    fn parse_json(
+        &self,
+        resp: &Resp,
+        entity: Entity,
+        op: &'static str,
+        what: &str,
+    ) -> Result<Value, ConnectorError> {
+        serde_json::from_slice(&resp.body).map_err(|e| {
+            self.error(
+                ConnectorErrorKind::Permanent,
+                Some(entity),
+                op,
+                Some(resp.status),
+                format!("{what} is not JSON ({e}): {}", snippet(&resp.body)),
+            )
+        })
+    }
+
+    fn to_record(
+        &self,
+        ce: &CompiledEntity,
+        entity: Entity,
+        op: &'static str,
+        src: &Value,
+        raw: bool,
+    ) -> Result<Value, ConnectorError> {
+        let mut m = ce.mapping.apply(src).map_err(|msg| {
+            let id = ce
+                .mapping
+                .remote_id_path()
+                .and_then(|p| p.first(src))
+                .map(|v| {
+                    format!(
+                        " {}",
+                        v.as_str().map(str::to_string).unwrap_or(v.to_string())
+                    )
+                })
+                .unwrap_or_default();
+            self.error(
+                ConnectorErrorKind::Permanent,
+                Some(entity),
+                op,
+                None,
+                format!("cannot map {entity}{id} from `{}`: {msg}", self.def.def.id),
+            )
+        })?;
+        let remote_id = match m.get("remote_id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => {
+                let s = n.to_string();
+                m.insert("remote_id".into(), Value::String(s.clone()));
+                s
+            }
+            _ => {
+                return Err(self.error(
+                    ConnectorErrorKind::Permanent,
+                    Some(entity),
+                    op,
+                    None,
+                    format!(
+                        "a {entity} record from `{}` has no remote_id",
+                        self.def.def.id
+                    ),
+                ));
+            }
+        };
+        m.insert(
+            "id".into(),
+            Value::String(format!("{}:{remote_id}", self.id)),
+        );
+        m.insert("connection_id".into(), Value::String(self.id.clone()));
+        m.entry("custom_fields").or_insert_with(|| json!({}));
+        m.entry("remote_was_deleted").or_insert(Value::Bool(false));
+        let rec = Value::Object(m);
+        let mut valid = entity.validate(&rec).map_err(|e| {
+            self.error(
+                ConnectorErrorKind::Permanent,
+                Some(entity),
+                op,
+                None,
+                format!(
+                    "{entity} {remote_id} from `{}` does not fit the unified model: {}",
+                    self.def.def.id, e.message
+                ),
+            )
+        })?;
+        if raw {
+            valid["raw"] = src.clone();
+        }
+        Ok(valid)
+    }
+
+    async fn list_page(
+        &self,
+        entity: Entity,
+        query: &ListQuery,
+    ) -> Result<(Vec<Value>, Option<String>), ConnectorError> {
+        let ce = self.entity(entity, "list")?;
+        let reqs = &self.requests[&entity];
+        let (Some(spec), Some(list_req)) = (&ce.spec.list, &reqs.list) else {
+            return Err(self.error(
+                ConnectorErrorKind::Validation,
+                Some(entity),
+                "list",
+                None,
+                format!("definition `{}` cannot list {entity}", self.def.def.id),
+            ));
+        };
+        let token = match &query.cursor {
+            Some(c) => PageToken::decode(c).ok_or_else(|| {
+                self.error(
+                    ConnectorErrorKind::Validation,
+                    Some(entity),
+                    "list",
+                    None,
+                    format!("cursor `{c}` was not made by this connection"),
+                )
+            })?,
+            None => PageToken::default(),
+        };
+        if token.n >= spec.max_pages {
+            return Err(self.error(
+                ConnectorErrorKind::Permanent,
+                Some(entity),
+                "list",
+                None,
+                format!(
+                    "listing {entity} went past {} pages, the definition's max_pages; the system keeps paging (refused)",
+                    spec.max_pages
+                ),
+            ));
+        }
+        let page_size = query
+            .limit
+            .map(|l| (l as u64).min(spec.page_size))
+            .unwrap_or(spec.page_size)
+            .max(1);
+        let mut ctx = self.ctx.clone();
+        ctx["page_size"] = json!(page_size);
+        if let Some(m) = query.modified_after {
+            ctx["modified_after"] = json!(m.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            ctx["modified_after_ms"] = json!(m.timestamp_millis());
+        }
+        let req = match &token.url {
+            Some(u) => {
+                let url = self.base.join(u).map_err(|e| {
+                    self.error(
+                        ConnectorErrorKind::Validation,
+                        Some(entity),
+                        "list",
+                        None,
+                        format!("bad next link `{u}`: {e}"),
+                    )
+                })?;
+                Req {
+                    method: Method::Get,
+                    url,
+                    headers: self
+                        .render(list_req, &ctx, false, Some(entity), "list")?
+                        .headers,
+                    body: None,
+                    write: false,
+                }
+            }
+            None => {
+                let mut req = self.render(list_req, &ctx, false, Some(entity), "list")?;
+                let mut extra: Vec<(String, String)> = Vec::new();
+                if query.modified_after.is_some() {
+                    let mj = from_json(&ctx);
+                    for (k, t) in &reqs.incremental {
+                        let v = t.eval(&mj).map_err(|e| {
+                            self.error(
+                                ConnectorErrorKind::Validation,
+                                Some(entity),
+                                "list",
+                                None,
+                                e.to_string(),
+                            )
+                        })?;
+                        extra.push((
+                            k.clone(),
+                            v.as_str().map(str::to_string).unwrap_or(v.to_string()),
+                        ));
+                    }
+                }
+                match &spec.paginator {
+                    Paginator::Offset {
+                        offset_param,
+                        limit_param,
+                        ..
+                    } => {
+                        extra.push((offset_param.clone(), token.offset.unwrap_or(0).to_string()));
+                        extra.push((limit_param.clone(), page_size.to_string()));
+                    }
+                    Paginator::PageNumber {
+                        param,
+                        size_param,
+                        start,
+                    } => {
+                        extra.push((param.clone(), token.page.unwrap_or(*start).to_string()));
+                        if let Some(s) = size_param {
+                            extra.push((s.clone(), page_size.to_string()));
+                        }
+                    }
+                    Paginator::Cursor { param, .. } => {
+                        if let Some(c) = &token.cursor {
+                            extra.push((param.clone(), c.clone()));
+                        }
+                    }
+                    _ => {}
+                }
+                set_query(&mut req.url, &extra);
+                req
+            }
+        };
+        let current_url = req.url.to_string();
+        let resp = self.execute(req, Some(entity), "list").await?;
+        let page_no = token.n + 1;
+        let body = self.parse_json(
+            &resp,
+            entity,
+            "list",
+            &format!("page {page_no} of {entity}"),
+        )?;
+        let selector = ce.records.as_ref().expect("list has a selector");
+        let items: Vec<&Value> = match FastPath::parse(selector.as_str()) {
+            Ok(fp @ FastPath::Simple { .. }) => {
+                let FastPath::Simple { segs, .. } = &fp else {
+                    unreachable!()
+                };
+                let container = FastPath::Simple {
+                    segs: segs.clone(),
+                    wildcard: false,
+                };
+                if container.first(&body).is_none() {
+                    return Err(self.error(
+                        ConnectorErrorKind::Permanent,
+                        Some(entity),
+                        "list",
+                        Some(resp.status),
+                        format!(
+                            "page {page_no} of {entity} lacks the records path `{}`: {}",
+                            selector.as_str(),
+                            snippet(&resp.body)
+                        ),
+                    ));
+                }
+                fp.all(&body)
+            }
+            _ => selector.all(&body),
+        };
+        let raw_count = items.len() as u64;
+        let mut records = Vec::with_capacity(items.len());
+        if let (Some(detail), Some(detail_req), Some(id_path)) =
+            (&spec.detail, &reqs.detail, &ce.detail_id)
+        {
+            let ids: Vec<String> = items
+                .iter()
+                .filter_map(|i| id_path.first(i))
+                .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()))
+                .collect();
+            let fetches = futures::stream::iter(ids.into_iter().map(|id| {
+                let mut c = self.ctx.clone();
+                c["id"] = json!(id);
+                async move {
+                    let req = self.render(detail_req, &c, false, Some(entity), "list")?;
+                    let resp = self.execute(req, Some(entity), "list").await?;
+                    self.parse_json(&resp, entity, "list", &format!("{entity} {id}"))
+                }
+            }))
+            .buffered(detail.concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await;
+            for f in fetches {
+                records.push(self.to_record(ce, entity, "list", &f?, query.raw)?);
+            }
+        } else {
+            for i in &items {
+                records.push(self.to_record(ce, entity, "list", i, query.raw)?);
+            }
+        }
+        records.retain(|r| matches_filters(r, &query.filters));
+        let next = match &spec.paginator {
+            Paginator::None => None,
+            Paginator::NextLink { .. } | Paginator::Odata => {
+                let link = match (&spec.paginator, &ce.next) {
+                    (Paginator::NextLink { .. }, Some(q)) => q.first(&body).cloned(),
+                    _ => body
+                        .pointer("/d/__next")
+                        .or_else(|| body.get("@odata.nextLink"))
+                        .cloned(),
+                };
+                match link {
+                    Some(Value::String(s)) if !s.is_empty() => {
+                        let url = self.base.join(&s).map_err(|e| {
+                            self.error(
+                                ConnectorErrorKind::Permanent,
+                                Some(entity),
+                                "list",
+                                None,
+                                format!("next link `{s}` is not a URL: {e}"),
+                            )
+                        })?;
+                        if !self.same_origin(&url) {
+                            return Err(self.error(
+                                ConnectorErrorKind::Permanent,
+                                Some(entity),
+                                "list",
+                                None,
+                                format!(
+                                    "next link `{s}` points at another host than {}; refused",
+                                    self.base.origin().ascii_serialization()
+                                ),
+                            ));
+                        }
+                        if url.as_str() == current_url {
+                            return Err(self.error(
+                                ConnectorErrorKind::Permanent,
+                                Some(entity),
+                                "list",
+                                None,
+                                format!("the system returned the page's own URL as its next link ({s}); refused to loop"),
+                            ));
+                        }
+                        Some(PageToken {
+                            url: Some(url.to_string()),
+                            n: page_no,
+                            ..PageToken::default()
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            Paginator::Cursor { .. } => match ce.next.as_ref().and_then(|q| q.first(&body)) {
+                Some(Value::String(s)) if !s.is_empty() && Some(s) != token.cursor.as_ref() => {
+                    Some(PageToken {
+                        cursor: Some(s.clone()),
+                        n: page_no,
+                        ..PageToken::default()
+                    })
+                }
+                _ => None,
+            },
+            Paginator::Offset { .. } => {
+                let more = match ce.has_more.as_ref().and_then(|q| q.first(&body)) {
+                    Some(v) => v.as_bool().unwrap_or(false),
+                    None => raw_count >= page_size,
+                };
+                (more && raw_count > 0).then(|| PageToken {
+                    offset: Some(token.offset.unwrap_or(0) + raw_count),
+                    n: page_no,
+                    ..PageToken::default()
+                })
+            }
+            Paginator::PageNumber { start, .. } => (raw_count >= page_size).then(|| PageToken {
+                page: Some(token.page.unwrap_or(*start) + 1),
+                n: page_no,
+                ..PageToken::default()
+            }),
+        };
+        Ok((records, next.map(|t| t.encode())))
+    }
+
+    async fn single(
+        &self,
+        entity: Entity,
+        op: &'static str,
+        remote_id: Option<&str>,
+        data: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<Value>, ConnectorError> {
+        let ce = self.entity(entity, op)?;
+        let Some(r) = self.requests[&entity].ops.get(op) else {
+            return Err(self.error(
+                ConnectorErrorKind::Validation,
+                Some(entity),
+                op,
+                None,
+                format!("definition `{}` cannot {op} {entity}", self.def.def.id),
+            ));
+        };
+        let mut ctx = self.ctx.clone();
+        if let Some(id) = remote_id {
+            ctx["remote_id"] = json!(id);
+        }
+        if let Some(d) = data {
+            let mut rec = Map::new();
+            for f in entity.fields() {
+                rec.insert(f, Value::Null);
+            }
+            if let Some(obj) = d.as_object() {
+                for (k, v) in obj {
+                    rec.insert(k.clone(), v.clone());
+                }
+            }
+            ctx["record"] = Value::Object(rec);
+        }
+        if let Some(k) = idempotency_key {
+            ctx["idempotency_key"] = json!(k);
+        }
+        let write = op != "get";
+        let req = self.render(r, &ctx, write, Some(entity), op)?;
+        let resp = self.execute(req, Some(entity), op).await?;
+        if resp.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let body = self.parse_json(&resp, entity, op, &format!("the {op} response"))?;
+        let src = ce
+            .record_paths
+            .get(op)
+            .and_then(|q| q.first(&body))
+            .ok_or_else(|| {
+                self.error(
+                    ConnectorErrorKind::Permanent,
+                    Some(entity),
+                    op,
+                    Some(resp.status),
+                    format!("the {op} response has no record: {}", snippet(&resp.body)),
+                )
+            })?;
+        Ok(Some(self.to_record(ce, entity, op, src, false)?))
+    }
+}
+
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Get => "GET",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Patch => "PATCH",
+        Method::Delete => "DELETE",
+    }
+}
+
+fn eval_text(s: &str, ctx: &minijinja::Value) -> String {
+    match Template::compile_str(s).and_then(|t| t.eval(ctx)) {
+        Ok(Value::String(s)) => s,
+        Ok(v) => v.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+fn set_query(url: &mut Url, extra: &[(String, String)]) {
+    if extra.is_empty() {
+        return;
+    }
+    let mut pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    pairs.extend(extra.iter().cloned());
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+}
+
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let t = text.trim();
+    if t.chars().count() > 200 {
+        format!("{}…", t.chars().take(200).collect::<String>())
+    } else if t.is_empty() {
+        "(empty body)".into()
+    } else {
+        t.to_string()
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let ms = (when.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0);
+    Some(Duration::from_millis(ms as u64))
+}
+
+fn matches_filters(rec: &Value, filters: &BTreeMap<String, Value>) -> bool {
+    filters.iter().all(|(k, want)| {
+        let mut v = rec;
+        for part in k.split('.') {
+            match v.get(part) {
+                Some(x) => v = x,
+                None => return want.is_null(),
+            }
+        }
+        match want {
+            Value::Array(options) => options.iter().any(|o| o == v),
+            w => w == v,
+        }
+    })
+}
+
+#[async_trait]
+impl Connector for HttpConnector {
+    async fn list(&self, entity: Entity, query: &ListQuery) -> Result<Page, ConnectorError> {
+        let (records, next_cursor) = self.list_page(entity, query).await?;
+        Ok(Page {
+            records,
+            next_cursor,
+        })
+    }
+
+    async fn get(&self, entity: Entity, remote_id: &str) -> Result<Value, ConnectorError> {
+        self.single(entity, "get", Some(remote_id), None, None)
+            .await?
+            .ok_or_else(|| {
+                self.error(
+                    ConnectorErrorKind::Permanent,
+                    Some(entity),
+                    "get",
+                    None,
+                    "the get response is empty",
+                )
+            })
+    }
+
+    async fn create(&self, req: WriteRequest<'_>) -> Result<Value, ConnectorError> {
+        self.single(
+            req.entity,
+            "create",
+            None,
+            Some(req.data),
+            Some(req.idempotency_key),
+        )
+        .await?
+        .ok_or_else(|| {
+            self.error(
+                ConnectorErrorKind::Permanent,
+                Some(req.entity),
+                "create",
+                None,
+                "the create response has no record",
+            )
+        })
+    }
+
+    async fn update(&self, req: WriteRequest<'_>) -> Result<Value, ConnectorError> {
+        let id = req.remote_id.unwrap_or_default();
+        match self
+            .single(
+                req.entity,
+                "update",
+                Some(id),
+                Some(req.data),
+                Some(req.idempotency_key),
+            )
+            .await?
+        {
+            Some(r) => Ok(r),
+            None => self.get(req.entity, id).await,
+        }
+    }
+
+    async fn delete(&self, req: WriteRequest<'_>) -> Result<Value, ConnectorError> {
+        let id = req.remote_id.unwrap_or_default();
+        let before = match self
+            .requests
+            .get(&req.entity)
+            .map(|r| r.ops.contains_key("get"))
+        {
+            Some(true) => Some(self.get(req.entity, id).await?),
+            _ => None,
+        };
+        self.single(
+            req.entity,
+            "delete",
+            Some(id),
+            None,
+            Some(req.idempotency_key),
+        )
+        .await?;
+        let mut rec = before.unwrap_or_else(|| json!({"remote_id": id, "connection_id": self.id}));
+        rec["remote_was_deleted"] = json!(true);
+        Ok(rec)
+    }
+
+    async fn health(&self) -> ConnectionStatus {
+        self.health.status()
+    }
+
+    fn entities(&self) -> Vec<Entity> {
+        self.def.entities.keys().copied().collect()
+    }
+}

@@ -1,0 +1,1156 @@
+//! Declarative connectors against the emulators in `tests/emulators`: each
+//! built-in definition read (and written) through the engine, field by field,
+//! with the requests it made; resilience (429, 5xx, circuit breaker, rate
+//! limit, timeouts, credentials); and bad input (definitions and pages).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice::connectors::connection::{self, StoreSink};
+use sluice::connectors::definition::{self, Definitions};
+use sluice::connectors::http::{ConnectionConfig, HttpConnector};
+use sluice::connectors::resilience::{Health, Policy, StatusChange, StatusSink};
+use sluice::connectors::{ConnectionStatus, Connector, ListQuery};
+use sluice::run::Engine;
+use sluice::store::RunStatus;
+use sluice::unified::Entity;
+use sluice_emulators::{Emulator, Fault, business_central as bc, maximo, netsuite, sap};
+
+/// Remembers status changes.
+#[derive(Default)]
+struct Changes(Mutex<Vec<StatusChange>>);
+
+impl StatusSink for Changes {
+    fn changed(&self, change: StatusChange) {
+        self.0.lock().unwrap().push(change);
+    }
+}
+
+impl Changes {
+    fn statuses(&self) -> Vec<ConnectionStatus> {
+        self.0.lock().unwrap().iter().map(|c| c.to).collect()
+    }
+}
+
+fn fast_policy() -> Policy {
+    Policy {
+        base_delay_ms: 5,
+        max_delay_ms: 20,
+        ..Policy::default()
+    }
+}
+
+struct Conn {
+    connector: Arc<HttpConnector>,
+    changes: Arc<Changes>,
+}
+
+fn connect_with(
+    id: &str,
+    defs: &Definitions,
+    def: &str,
+    params: &[(&str, &str)],
+    creds: &[(&str, &str)],
+    policy: Policy,
+) -> Conn {
+    let config = ConnectionConfig {
+        definition: def.into(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        credentials: creds
+            .iter()
+            .map(|(k, _)| {
+                (
+                    k.to_string(),
+                    format!("{}_{}", id.to_uppercase(), k.to_uppercase()),
+                )
+            })
+            .collect(),
+        rate_limit: None,
+        policy,
+    };
+    let values: Vec<(String, String)> = creds
+        .iter()
+        .map(|(k, v)| {
+            (
+                format!("{}_{}", id.to_uppercase(), k.to_uppercase()),
+                v.to_string(),
+            )
+        })
+        .collect();
+    let changes = Arc::new(Changes::default());
+    let health = Arc::new(Health::new(
+        id,
+        policy,
+        ConnectionStatus::Online,
+        Some(changes.clone() as Arc<dyn StatusSink>),
+    ));
+    let connector = HttpConnector::new(
+        id,
+        defs.get(def).expect("definition").clone(),
+        &config,
+        &|name| {
+            values
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        },
+        health,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    Conn {
+        connector: Arc::new(connector),
+        changes,
+    }
+}
+
+fn sap_conn(emu: &Emulator, password: &str, policy: Policy) -> Conn {
+    connect_with(
+        "sap",
+        &Definitions::built_in(),
+        "sap_s4hana",
+        &[("base_url", &emu.base_url)],
+        &[("username", sap::USER), ("password", password)],
+        policy,
+    )
+}
+
+async fn engine_with(conns: &[(&str, &Conn)]) -> (Engine, tempfile::TempDir) {
+    let (store, dir) = common::sqlite_store().await;
+    let extra = conns
+        .iter()
+        .map(|(n, c)| (*n, c.connector.clone() as Arc<dyn Connector>))
+        .collect();
+    (common::engine(store, extra, vec![]), dir)
+}
+
+fn read_flow(connection: &str, entity: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice/v1
+id: read-{entity}
+steps:
+  - id: read
+    read:
+      connection: {connection}
+      entity: {entity}
+{extra}
+output: "${{{{ steps.read.output }}}}"
+"#
+    )
+}
+
+async fn read_all(engine: &Engine, connection: &str, entity: &str, extra: &str) -> Value {
+    let out = common::run(engine, &read_flow(connection, entity, extra), json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    out.output.expect("output")
+}
+
+async fn read_error(engine: &Engine, connection: &str, entity: &str, extra: &str) -> Value {
+    let out = common::run(engine, &read_flow(connection, entity, extra), json!({})).await;
+    assert_eq!(out.status, RunStatus::Failed, "{:?}", out.output);
+    out.error.expect("error")
+}
+
+#[tokio::test]
+async fn sap_purchase_orders_map_field_by_field_across_server_driven_pages() {
+    let emu = sap::start(25, 2).await;
+    emu.set_page_cap(10);
+    let c = sap_conn(&emu, sap::PASSWORD, fast_policy());
+    let (engine, _dir) = engine_with(&[("sap", &c)]).await;
+
+    let out = read_all(&engine, "sap", "purchase_order", "").await;
+    assert_eq!(out["count"], 25);
+    let reqs = emu.requests_to("/A_PurchaseOrder");
+    assert_eq!(reqs.len(), 3, "25 records at 10 per page");
+    assert_eq!(reqs[0].param("$expand"), Some("to_PurchaseOrderItem"));
+    assert_eq!(reqs[0].param("$format"), Some("json"));
+    assert_eq!(reqs[0].param("$top"), Some("500"));
+    assert_eq!(reqs[0].param("$skiptoken"), None);
+    assert_eq!(reqs[1].param("$skiptoken"), Some("10"));
+    assert_eq!(reqs[2].param("$skiptoken"), Some("20"));
+    assert_eq!(reqs[0].header("sap-client"), Some("100"));
+    assert!(
+        reqs[0]
+            .header("authorization")
+            .unwrap()
+            .starts_with("Basic ")
+    );
+
+    let po = &out["records"][0];
+    assert_eq!(po["id"], "sap:4500000000");
+    assert_eq!(po["connection_id"], "sap");
+    assert_eq!(po["remote_id"], "4500000000");
+    assert_eq!(po["number"], "4500000000");
+    assert_eq!(po["vendor_id"], "100001");
+    assert_eq!(po["status"], "draft");
+    assert_eq!(po["remote_status"], "01");
+    assert_eq!(po["currency"], "USD");
+    assert_eq!(po["order_date"], "2024-01-01");
+    assert_eq!(po["buyer"], "JSMITH");
+    assert_eq!(po["remote_created_at"], "2024-01-01T00:00:00Z");
+    assert_eq!(po["remote_updated_at"], "2024-01-01T00:00:00Z");
+    assert_eq!(po["remote_was_deleted"], false);
+    assert_eq!(
+        po["lines"],
+        json!([
+            {"line_number": 10, "item_id": "MAT-1001", "description": "Ball bearing 6204-2RS",
+             "quantity": 5.0, "unit_of_measure": "EA", "unit_price": 4.85, "amount": 24.25, "received_quantity": 0.0},
+            {"line_number": 20, "item_id": "MAT-1002", "description": "Hydraulic hose 1/2in",
+             "quantity": 10.0, "unit_of_measure": "M", "unit_price": 12.4, "amount": 124.0, "received_quantity": 0.0},
+        ])
+    );
+    assert_eq!(po["total"], 148.25);
+    assert_eq!(
+        po["custom_fields"],
+        json!({"YY1_ProjectCode_PDH": "PRJ-000", "YY1_Urgent_PDH": true})
+    );
+    assert!(po.get("raw").is_none(), "raw only when asked for");
+    let statuses: Vec<&str> = out["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(6)
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "draft",
+            "pending_approval",
+            "pending_approval",
+            "approved",
+            "approved",
+            "cancelled"
+        ]
+    );
+
+    // Incremental: only records changed after the instant, with SAP's filter syntax.
+    emu.clear_log();
+    let out = read_all(
+        &engine,
+        "sap",
+        "purchase_order",
+        "      modified_after: \"2024-01-01T00:10:00Z\"\n      raw: true",
+    )
+    .await;
+    assert_eq!(out["count"], 14, "records 11..24 changed after minute 10");
+    let reqs = emu.requests_to("/A_PurchaseOrder");
+    assert_eq!(
+        reqs[0].param("$filter"),
+        Some("LastChangeDateTime gt datetimeoffset'2024-01-01T00:10:00Z'")
+    );
+    assert_eq!(
+        reqs[1].param("$filter"),
+        reqs[0].param("$filter"),
+        "the next link keeps the filter"
+    );
+    assert_eq!(out["records"][0]["raw"]["PurchaseOrder"], "4500000011");
+
+    // Filters on unified fields apply to what the system returns.
+    let out = read_all(
+        &engine,
+        "sap",
+        "purchase_order",
+        "      filter: { status: approved }",
+    )
+    .await;
+    assert_eq!(out["count"], 8);
+
+    // get by id
+    let one = c
+        .connector
+        .get(Entity::PurchaseOrder, "4500000003")
+        .await
+        .unwrap();
+    assert_eq!(one["status"], "approved");
+    assert_eq!(one["lines"].as_array().unwrap().len(), 2);
+    let missing = c
+        .connector
+        .get(Entity::PurchaseOrder, "4599999999")
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code().as_str(), "NOT_FOUND");
+    assert!(
+        missing
+            .message
+            .contains("Purchase order 4599999999 does not exist"),
+        "{}",
+        missing.message
+    );
+}
+
+#[tokio::test]
+async fn sap_create_fetches_a_csrf_token_and_sends_decimals_as_strings() {
+    let emu = sap::start(3, 1).await;
+    let c = sap_conn(&emu, sap::PASSWORD, fast_policy());
+    let (engine, _dir) = engine_with(&[("sap", &c)]).await;
+    let flow = r#"
+apiVersion: sluice/v1
+id: create-po
+steps:
+  - id: create
+    write:
+      connection: sap
+      entity: purchase_order
+      op: create
+      data:
+        vendor_id: "100002"
+        currency: EUR
+        lines:
+          - { line_number: 1, item_id: MAT-1005, description: Pump seal kit, quantity: 2, unit_of_measure: EA, unit_price: 142.5, amount: 285 }
+output: "${{ steps.create.output }}"
+"#;
+    let out = common::run(&engine, flow, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let rec = out.output.unwrap();
+    assert!(rec["remote_id"].as_str().unwrap().starts_with("46"));
+    assert_eq!(rec["status"], "draft");
+    assert_eq!(rec["vendor_id"], "100002");
+    assert_eq!(rec["lines"][0]["unit_price"], 142.5);
+    assert_eq!(rec["total"], 285.0);
+
+    let log = emu.requests();
+    let fetch = log
+        .iter()
+        .find(|r| r.header("x-csrf-token") == Some("Fetch"))
+        .expect("a CSRF fetch");
+    assert_eq!(fetch.method, "GET");
+    let post = log.iter().find(|r| r.method == "POST").expect("the create");
+    assert!(post.header("x-csrf-token").unwrap().starts_with("csrf-"));
+    assert!(
+        post.header("cookie")
+            .unwrap()
+            .contains("SAP_SESSIONID_S4H_100=")
+    );
+    let body: Value = serde_json::from_str(&post.body).unwrap();
+    let item = &body["to_PurchaseOrderItem"]["results"][0];
+    assert_eq!(
+        item["NetPriceAmount"], "142.5",
+        "Edm.Decimal sent as a string"
+    );
+    assert_eq!(item["OrderQuantity"], "2");
+    assert_eq!(item["PurchaseOrderItem"], "10");
+    assert_eq!(body["CompanyCode"], "1010");
+
+    // A supplier SAP does not know: VALIDATION_FAILED with SAP's own message.
+    let bad = flow
+        .replace("\"100002\"", "\"999999\"")
+        .replace("create-po", "bad-po");
+    let out = common::run(&engine, &bad, json!({})).await;
+    assert_eq!(out.status, RunStatus::Failed);
+    let err = out.error.unwrap();
+    assert_eq!(err["details"]["code"], "VALIDATION_FAILED", "{err}");
+    assert_eq!(err["details"]["upstream_status"], 400);
+    assert_eq!(err["details"]["operation"], "create");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("Supplier 999999 does not exist"),
+        "{err}"
+    );
+}
+
+fn netsuite_conn(emu: &Emulator, secret: &str) -> Conn {
+    connect_with(
+        "ns",
+        &Definitions::built_in(),
+        "netsuite",
+        &[("base_url", &emu.base_url)],
+        &[
+            ("client_id", netsuite::CLIENT_ID),
+            ("client_secret", secret),
+        ],
+        fast_policy(),
+    )
+}
+
+#[tokio::test]
+async fn netsuite_lists_ids_then_fetches_each_record_with_one_cached_token() {
+    let emu = netsuite::start(7, 2).await;
+    emu.set_page_cap(3);
+    let c = netsuite_conn(&emu, netsuite::CLIENT_SECRET);
+    let (engine, _dir) = engine_with(&[("ns", &c)]).await;
+    let out = read_all(&engine, "ns", "purchase_order", "").await;
+    assert_eq!(out["count"], 7);
+    let lists = emu.requests_to("/record/v1/purchaseOrder");
+    assert_eq!(lists.len(), 3, "offset paging: 3 + 3 + 1");
+    assert_eq!(
+        lists
+            .iter()
+            .map(|r| r.param("offset").unwrap())
+            .collect::<Vec<_>>(),
+        ["0", "3", "6"]
+    );
+    let details: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/purchaseOrder/"))
+        .collect();
+    assert_eq!(details.len(), 7, "one detail fetch per record");
+    assert_eq!(details[0].param("expandSubResources"), Some("true"));
+    assert_eq!(emu.token_requests(), 1);
+    assert!(
+        details[0]
+            .header("authorization")
+            .unwrap()
+            .starts_with("Bearer tok-")
+    );
+
+    let po = &out["records"][0];
+    assert_eq!(po["remote_id"], "9000");
+    assert_eq!(po["number"], "PO001000");
+    assert_eq!(po["vendor_id"], "100001");
+    assert_eq!(po["vendor_name"], "Acme Industrial Supply");
+    assert_eq!(po["status"], "pending_approval");
+    assert_eq!(po["remote_status"], "Pending Supervisor Approval");
+    assert_eq!(po["currency"], "USD");
+    assert_eq!(po["order_date"], "2024-01-01");
+    assert_eq!(po["expected_date"], "2024-01-15");
+    assert_eq!(po["buyer"], "Dana Buyer");
+    assert_eq!(po["remote_created_at"], "2023-12-31T23:00:00Z");
+    assert_eq!(po["total"], 59.3);
+    assert_eq!(po["lines"][1]["quantity"], 4.0);
+    assert_eq!(po["lines"][1]["unit_price"], 12.4);
+    assert_eq!(po["lines"][1]["amount"], 49.6);
+    assert_eq!(
+        po["custom_fields"],
+        json!({"custbody_approval_route": "standard", "custbody_plant": "PL00"})
+    );
+    assert_eq!(out["records"][2]["status"], "partially_received");
+    assert_eq!(out["records"][2]["lines"][0]["received_quantity"], 2.0);
+
+    // Vendors, with the same token; incremental query in NetSuite's syntax.
+    emu.clear_log();
+    let v = read_all(
+        &engine,
+        "ns",
+        "vendor",
+        "      modified_after: \"2024-01-01T00:00:30Z\"",
+    )
+    .await;
+    assert_eq!(v["count"], 5);
+    assert_eq!(
+        emu.requests_to("/record/v1/vendor")[0].param("q"),
+        Some("lastModifiedDate AFTER \"2024-01-01T00:00:30Z\"")
+    );
+    assert_eq!(v["records"][4]["status"], "inactive");
+    assert_eq!(v["records"][0]["payment_terms"], "Net 30");
+    assert_eq!(
+        v["records"][0]["custom_fields"],
+        json!({"custentity_supplier_tier": "B"})
+    );
+    assert_eq!(emu.token_requests(), 1, "the token is cached");
+}
+
+#[tokio::test]
+async fn an_oauth_token_is_refreshed_before_it_expires() {
+    let emu = netsuite::start(2, 1).await;
+    // 61 s tokens refreshed 60 s early: each is good for one second.
+    emu.set_token_ttl(61);
+    let c = netsuite_conn(&emu, netsuite::CLIENT_SECRET);
+    let q = ListQuery::default();
+    c.connector.list(Entity::Vendor, &q).await.unwrap();
+    c.connector.list(Entity::Vendor, &q).await.unwrap();
+    assert_eq!(emu.token_requests(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.connector.list(Entity::Vendor, &q).await.unwrap();
+    assert_eq!(
+        emu.token_requests(),
+        2,
+        "refreshed before expiry, no 401 seen"
+    );
+    assert!(
+        emu.requests()
+            .iter()
+            .all(|r| !r.path.contains("record") || r.header("authorization").is_some())
+    );
+}
+
+#[tokio::test]
+async fn rejected_client_credentials_fail_cleanly_and_mark_the_connection_auth_required() {
+    let emu = netsuite::start(2, 1).await;
+    let c = netsuite_conn(&emu, "wrong-secret");
+    let (engine, _dir) = engine_with(&[("ns", &c)]).await;
+    let err = read_error(&engine, "ns", "purchase_order", "").await;
+    assert_eq!(err["details"]["code"], "AUTHENTICATION_FAILED", "{err}");
+    assert_eq!(err["details"]["connection_id"], "ns");
+    assert_eq!(err["retryable"], false);
+    assert!(
+        !err.to_string().contains("wrong-secret"),
+        "credentials never appear in errors: {err}"
+    );
+    assert_eq!(c.connector.health().await, ConnectionStatus::AuthRequired);
+    assert_eq!(c.changes.statuses(), [ConnectionStatus::AuthRequired]);
+    assert!(emu.requests_to("/record/v1/purchaseOrder").is_empty());
+}
+
+fn bc_conn(emu: &Emulator) -> Conn {
+    connect_with(
+        "bc",
+        &Definitions::built_in(),
+        "business_central",
+        &[
+            ("base_url", &emu.base_url),
+            ("tenant", bc::TENANT),
+            ("company_id", bc::COMPANY),
+            ("login_url", &emu.base_url),
+        ],
+        &[
+            ("client_id", bc::CLIENT_ID),
+            ("client_secret", bc::CLIENT_SECRET),
+        ],
+        fast_policy(),
+    )
+}
+
+#[tokio::test]
+async fn business_central_reads_creates_and_updates_purchase_orders() {
+    let emu = bc::start(9, 2).await;
+    emu.set_page_cap(4);
+    let c = bc_conn(&emu);
+    let (engine, _dir) = engine_with(&[("bc", &c)]).await;
+
+    let out = read_all(&engine, "bc", "purchase_order", "").await;
+    assert_eq!(out["count"], 9);
+    let reqs = emu.requests_to("/purchaseOrders");
+    assert_eq!(reqs.len(), 3, "@odata.nextLink followed: 4 + 4 + 1");
+    assert_eq!(reqs[0].param("$expand"), Some("purchaseOrderLines"));
+    assert_eq!(reqs[1].param("$skiptoken"), Some("4"));
+    let po = &out["records"][1];
+    assert_eq!(po["remote_id"], "000000a0-0000-4000-8000-000000000001");
+    assert_eq!(po["number"], "106001");
+    assert_eq!(po["vendor_id"], bc::vendor_id(1));
+    assert_eq!(po["vendor_name"], "Nordic Bearings AB");
+    assert_eq!(po["status"], "pending_approval");
+    assert_eq!(po["remote_status"], "In Review");
+    assert_eq!(po["currency"], "USD");
+    assert_eq!(po["lines"][0]["line_number"], 10000);
+    assert_eq!(po["lines"][0]["item_id"], "MAT-1002");
+    assert_eq!(po["lines"][0]["quantity"], 3.0);
+    assert_eq!(po["remote_updated_at"], "2024-01-01T00:01:00Z");
+
+    let vendors = read_all(&engine, "bc", "vendor", "").await;
+    assert_eq!(vendors["count"], 6);
+    assert_eq!(vendors["records"][4]["status"], "blocked");
+    assert_eq!(vendors["records"][4]["remote_status"], "Payment");
+    assert_eq!(vendors["records"][0]["status"], "active");
+    assert_eq!(vendors["records"][0]["tax_id"], "DE100001");
+
+    // Create with lines (deep insert), then update one field.
+    let flow = format!(
+        r#"
+apiVersion: sluice/v1
+id: bc-write
+steps:
+  - id: create
+    write:
+      connection: bc
+      entity: purchase_order
+      op: create
+      data:
+        vendor_id: "{vendor}"
+        currency: EUR
+        order_date: "2024-06-03"
+        lines:
+          - {{ line_number: 1, item_id: MAT-1003, description: Gear oil, quantity: 20, unit_of_measure: L, unit_price: 7.9, amount: 158 }}
+  - id: update
+    needs: [create]
+    write:
+      connection: bc
+      entity: purchase_order
+      op: update
+      id: "${{{{ steps.create.output.remote_id }}}}"
+      data:
+        expected_date: "2024-06-20"
+output:
+  created: "${{{{ steps.create.output }}}}"
+  updated: "${{{{ steps.update.output }}}}"
+"#,
+        vendor = bc::vendor_id(2)
+    );
+    emu.clear_log();
+    let out = common::run(&engine, &flow, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let o = out.output.unwrap();
+    assert_eq!(o["created"]["status"], "draft");
+    assert_eq!(o["created"]["vendor_name"], "Rhein Hydraulik GmbH");
+    assert_eq!(o["created"]["lines"][0]["amount"], 158.0);
+    assert_eq!(o["updated"]["expected_date"], "2024-06-20");
+    assert_eq!(o["updated"]["remote_id"], o["created"]["remote_id"]);
+    let post = emu
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/purchaseOrders"))
+        .unwrap();
+    let body: Value = serde_json::from_str(&post.body).unwrap();
+    assert_eq!(body["purchaseOrderLines"][0]["directUnitCost"], 7.9);
+    assert_eq!(body["purchaseOrderLines"][0]["lineType"], "Item");
+    assert!(
+        body.get("purchaser").is_none(),
+        "unset fields are not sent: {body}"
+    );
+    let patch = emu
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PATCH")
+        .unwrap();
+    assert_eq!(patch.header("if-match"), Some("*"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&patch.body).unwrap(),
+        json!({"requestedReceiptDate": "2024-06-20"}),
+        "an update sends only the changed fields"
+    );
+}
+
+fn maximo_conn(emu: &Emulator, key: &str, policy: Policy) -> Conn {
+    connect_with(
+        "mx",
+        &Definitions::built_in(),
+        "maximo",
+        &[("base_url", &emu.base_url), ("site", "BEDFORD")],
+        &[("api_key", key)],
+        policy,
+    )
+}
+
+#[tokio::test]
+async fn maximo_reads_work_orders_and_assets_and_writes_work_orders() {
+    let emu = maximo::start(12).await;
+    emu.set_page_cap(5);
+    let c = maximo_conn(&emu, maximo::API_KEY, fast_policy());
+    let (engine, _dir) = engine_with(&[("mx", &c)]).await;
+    let out = read_all(&engine, "mx", "work_order", "").await;
+    assert_eq!(out["count"], 12);
+    let reqs = emu.requests_to("/mxapiwo");
+    assert_eq!(reqs.len(), 3, "responseInfo.nextPage followed: 5 + 5 + 2");
+    assert_eq!(reqs[0].header("apikey"), Some(maximo::API_KEY));
+    assert_eq!(reqs[0].param("lean"), Some("1"));
+    assert_eq!(reqs[2].param("pageno"), Some("3"));
+    let wo = &out["records"][5];
+    assert_eq!(wo["remote_id"], "1005");
+    assert_eq!(wo["number"], "WO01005");
+    assert_eq!(wo["status"], "completed");
+    assert_eq!(wo["remote_status"], "COMP");
+    assert_eq!(wo["priority"], "urgent");
+    assert_eq!(wo["work_type"], "preventive");
+    assert_eq!(wo["asset_id"], "P-005");
+    assert_eq!(wo["assigned_to"], "WILSON");
+    assert_eq!(wo["due_date"], "2024-01-06");
+    assert_eq!(wo["completed_at"], "2024-01-01T00:05:00Z");
+    assert_eq!(wo["estimated_hours"], 2.5);
+    assert_eq!(
+        wo["custom_fields"],
+        json!({"siteid": "BEDFORD", "orgid": "EAGLENA"})
+    );
+    assert!(
+        out["records"][0]["assigned_to"].is_null(),
+        "a null lead stays null"
+    );
+
+    let inc = read_all(
+        &engine,
+        "mx",
+        "work_order",
+        "      modified_after: \"2024-01-01T00:09:00Z\"",
+    )
+    .await;
+    assert_eq!(inc["count"], 2);
+    assert_eq!(
+        emu.requests_to("/mxapiwo")
+            .last()
+            .unwrap()
+            .param("oslc.where"),
+        Some("changedate>\"2024-01-01T00:09:00Z\"")
+    );
+
+    let assets = read_all(&engine, "mx", "asset", "      limit: 4").await;
+    assert_eq!(assets["count"], 4);
+    assert_eq!(assets["records"][2]["status"], "down");
+    assert_eq!(assets["records"][2]["category"], "pump");
+    assert_eq!(assets["records"][0]["criticality"], "urgent");
+
+    let flow = r#"
+apiVersion: sluice/v1
+id: mx-write
+steps:
+  - id: create
+    write:
+      connection: mx
+      entity: work_order
+      op: create
+      data:
+        description: Replace seal on P-007
+        priority: urgent
+        work_type: corrective
+        asset_id: P-007
+        due_date: "2024-02-01"
+  - id: update
+    needs: [create]
+    write:
+      connection: mx
+      entity: work_order
+      op: update
+      id: "${{ steps.create.output.remote_id }}"
+      data:
+        assigned_to: JONES
+output:
+  created: "${{ steps.create.output }}"
+  updated: "${{ steps.update.output }}"
+"#;
+    emu.clear_log();
+    let out = common::run(&engine, flow, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let o = out.output.unwrap();
+    assert_eq!(o["created"]["status"], "open");
+    assert_eq!(o["created"]["priority"], "urgent");
+    assert_eq!(o["created"]["due_date"], "2024-02-01");
+    assert_eq!(o["updated"]["assigned_to"], "JONES");
+    let log = emu.requests();
+    let create: Value = serde_json::from_str(&log[0].body).unwrap();
+    assert_eq!(
+        create,
+        json!({"siteid": "BEDFORD", "description": "Replace seal on P-007", "assetnum": "P-007",
+               "worktype": "CM", "wopriority": 1, "targcompdate": "2024-02-01T00:00:00+00:00"})
+    );
+    assert_eq!(log[1].header("x-method-override"), Some("PATCH"));
+    assert_eq!(log[1].method, "POST");
+}
+
+#[tokio::test]
+async fn a_429_is_waited_out_per_retry_after_and_marks_the_connection_degraded() {
+    let emu = maximo::start(3).await;
+    let c = maximo_conn(&emu, maximo::API_KEY, fast_policy());
+    emu.inject([Fault::Throttle("1".into())]);
+    let t = Instant::now();
+    let page = c
+        .connector
+        .list(Entity::WorkOrder, &ListQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 3);
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(emu.requests().len(), 2);
+    assert_eq!(c.connector.health().await, ConnectionStatus::Degraded);
+    c.connector
+        .list(Entity::WorkOrder, &ListQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(c.connector.health().await, ConnectionStatus::Online);
+
+    // A Retry-After longer than the connection will hold a step: the step fails
+    // retryably with RATE_LIMIT_EXCEEDED and the wait, so its retry policy decides.
+    let date = (chrono::Utc::now() + chrono::Duration::seconds(600)).to_rfc2822();
+    emu.inject([Fault::Throttle(date)]);
+    let e = c
+        .connector
+        .list(Entity::WorkOrder, &ListQuery::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "RATE_LIMIT_EXCEEDED");
+    assert!(e.is_retryable());
+    let wait = e.retry_after.expect("retry_after");
+    assert!(
+        wait > Duration::from_secs(590) && wait <= Duration::from_secs(600),
+        "{wait:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_5xx_burst_is_retried_and_an_outage_opens_the_circuit_until_a_probe_succeeds() {
+    let emu = maximo::start(3).await;
+    let policy = Policy {
+        max_attempts: 3,
+        failure_threshold: 4,
+        cooldown_ms: 300,
+        ..fast_policy()
+    };
+    let c = maximo_conn(&emu, maximo::API_KEY, policy);
+    let q = ListQuery::default();
+
+    emu.inject([Fault::Status(503), Fault::Status(502)]);
+    assert_eq!(
+        c.connector
+            .list(Entity::WorkOrder, &q)
+            .await
+            .unwrap()
+            .records
+            .len(),
+        3
+    );
+    assert_eq!(emu.requests().len(), 3, "two failures, then success");
+
+    // An outage: 3 attempts fail (UPSTREAM_ERROR), the 4th consecutive failure opens the circuit.
+    emu.clear_log();
+    emu.inject(std::iter::repeat_n(Fault::Status(503), 6));
+    let e = c.connector.list(Entity::WorkOrder, &q).await.unwrap_err();
+    assert_eq!(e.code().as_str(), "UPSTREAM_ERROR");
+    assert_eq!(e.upstream_status, Some(503));
+    assert!(e.is_retryable());
+    let e = c.connector.list(Entity::WorkOrder, &q).await.unwrap_err();
+    assert_eq!(e.code().as_str(), "CONNECTION_UNAVAILABLE", "{e}");
+    assert!(e.message.contains("circuit open"), "{}", e.message);
+    assert_eq!(c.connector.health().await, ConnectionStatus::Offline);
+    let sent = emu.requests().len();
+    assert_eq!(sent, 4, "the circuit opened at the threshold");
+    let e = c.connector.list(Entity::WorkOrder, &q).await.unwrap_err();
+    assert_eq!(e.code().as_str(), "CONNECTION_UNAVAILABLE");
+    assert_eq!(emu.requests().len(), sent, "an open circuit sends nothing");
+
+    // After the cooldown one probe goes out; the system is back, the circuit closes.
+    emu.shared.faults.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        c.connector
+            .list(Entity::WorkOrder, &q)
+            .await
+            .unwrap()
+            .records
+            .len(),
+        3
+    );
+    assert_eq!(c.connector.health().await, ConnectionStatus::Online);
+    assert_eq!(
+        c.changes.statuses(),
+        [
+            ConnectionStatus::Degraded,
+            ConnectionStatus::Offline,
+            ConnectionStatus::Online
+        ],
+        "a burst that recovered with retries leaves the connection degraded until a clean call"
+    );
+    let reason = c.changes.0.lock().unwrap()[1].reason.clone();
+    assert!(
+        reason.contains("circuit open after 4 consecutive failures"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn slow_answers_time_out_as_connection_unavailable() {
+    let emu = maximo::start(1).await;
+    let policy = Policy {
+        max_attempts: 2,
+        timeout_ms: 200,
+        ..fast_policy()
+    };
+    let c = maximo_conn(&emu, maximo::API_KEY, policy);
+    emu.set_delay(Duration::from_millis(600));
+    let t = Instant::now();
+    let e = c
+        .connector
+        .list(Entity::WorkOrder, &ListQuery::default())
+        .await
+        .unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(e.code().as_str(), "CONNECTION_UNAVAILABLE");
+    assert!(
+        e.message.contains("no answer within 200ms"),
+        "{}",
+        e.message
+    );
+    emu.set_delay(Duration::ZERO);
+    assert!(
+        c.connector
+            .list(Entity::WorkOrder, &ListQuery::default())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn the_rate_limit_spaces_requests() {
+    let emu = maximo::start(1).await;
+    let defs = Definitions::built_in();
+    let config = ConnectionConfig {
+        definition: "maximo".into(),
+        params: [
+            ("base_url".to_string(), emu.base_url.clone()),
+            ("site".into(), "X".into()),
+        ]
+        .into(),
+        credentials: [("api_key".to_string(), "K".to_string())].into(),
+        rate_limit: Some(definition::RateLimit {
+            requests_per_second: 10.0,
+            burst: Some(1),
+        }),
+        policy: fast_policy(),
+    };
+    let health = Arc::new(Health::new(
+        "mx",
+        fast_policy(),
+        ConnectionStatus::Online,
+        None,
+    ));
+    let c = HttpConnector::new(
+        "mx",
+        defs.get("maximo").unwrap().clone(),
+        &config,
+        &|_| Some(maximo::API_KEY.to_string()),
+        health,
+    )
+    .unwrap();
+    let t = Instant::now();
+    for _ in 0..6 {
+        c.test().await.unwrap();
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(490),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_not_retried_and_needs_new_credentials() {
+    let emu = sap::start(2, 1).await;
+    let c = sap_conn(&emu, "not-the-password", fast_policy());
+    let e = c
+        .connector
+        .list(Entity::PurchaseOrder, &ListQuery::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "AUTHENTICATION_FAILED");
+    assert_eq!(e.upstream_status, Some(401));
+    assert_eq!(e.entity, Some(Entity::PurchaseOrder));
+    assert_eq!(e.operation, Some("list"));
+    assert!(!e.is_retryable());
+    assert_eq!(emu.requests().len(), 1);
+    assert_eq!(c.connector.health().await, ConnectionStatus::AuthRequired);
+}
+
+#[tokio::test]
+async fn bad_pages_get_clear_errors() {
+    let emu = sap::start(5, 1).await;
+    let c = sap_conn(&emu, sap::PASSWORD, fast_policy());
+    let (engine, _dir) = engine_with(&[("sap", &c)]).await;
+
+    emu.inject([Fault::NotJson]);
+    let e = read_error(&engine, "sap", "purchase_order", "").await;
+    let m = e["message"].as_str().unwrap();
+    assert!(m.contains("page 1 of purchase_order is not JSON"), "{m}");
+    assert!(m.contains("Maintenance in progress"), "{m}");
+    assert_eq!(e["details"]["code"], "UPSTREAM_ERROR");
+
+    emu.set_no_records_key(true);
+    let e = read_error(&engine, "sap", "purchase_order", "").await;
+    let m = e["message"].as_str().unwrap();
+    assert!(m.contains("lacks the records path `$.d.results[*]`"), "{m}");
+    emu.set_no_records_key(false);
+
+    emu.set_page_cap(2);
+    emu.set_foreign_next_link(true);
+    let e = read_error(&engine, "sap", "purchase_order", "").await;
+    let m = e["message"].as_str().unwrap();
+    assert!(m.contains("points at another host"), "{m}");
+    assert!(m.contains("evil.example"), "{m}");
+    assert_eq!(
+        emu.requests_to("/A_PurchaseOrder").len(),
+        3,
+        "one request per read: the foreign next link was not followed"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_stops_paging_is_bounded() {
+    let text = definition::BUILT_IN
+        .iter()
+        .find(|(f, _)| *f == "sap_s4hana.yaml")
+        .unwrap()
+        .1
+        .replace(
+            "      page_size: 500\n",
+            "      page_size: 500\n      max_pages: 4\n",
+        );
+    let mut defs = Definitions::built_in();
+    defs.insert(definition::compile("sap-bounded.yaml", &text).unwrap());
+    let emu = sap::start(3, 1).await;
+    emu.set_page_cap(1);
+    emu.set_endless(true);
+    let c = connect_with(
+        "sap",
+        &defs,
+        "sap_s4hana",
+        &[("base_url", &emu.base_url)],
+        &[("username", sap::USER), ("password", sap::PASSWORD)],
+        fast_policy(),
+    );
+    let (engine, _dir) = engine_with(&[("sap", &c)]).await;
+    let e = read_error(&engine, "sap", "purchase_order", "").await;
+    let m = e["message"].as_str().unwrap();
+    assert!(m.contains("went past 4 pages"), "{m}");
+    assert_eq!(emu.requests_to("/A_PurchaseOrder").len(), 4);
+}
+
+fn definition_errors(text: &str) -> Vec<String> {
+    match definition::compile("bad.yaml", text) {
+        Ok(_) => panic!("accepted a bad definition"),
+        Err(e) => e.diagnostics.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+const MINIMAL: &str = r#"apiVersion: sluice/connector/v1
+id: tiny
+name: Tiny
+parameters:
+  base_url: {}
+auth: { type: none }
+test: { path: /ping }
+entities:
+  vendor:
+    list:
+      request: { path: /vendors }
+      records: $.items[*]
+      paginator: { type: next_link, path: $.next }
+    mapping:
+      remote_id: $.id
+      name: $.name
+      status: { path: $.state, map: { A: active } }
+      remote_created_at: { path: $.created, convert: datetime }
+      remote_updated_at: { path: $.changed, convert: datetime }
+"#;
+
+#[test]
+fn a_minimal_definition_compiles() {
+    let d = definition::compile("tiny.yaml", MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.entities.contains_key(&Entity::Vendor));
+}
+
+#[test]
+fn bad_definitions_are_refused_with_line_and_column() {
+    let e = definition_errors(
+        &MINIMAL.replace("type: next_link, path: $.next", "type: infinite_scroll"),
+    );
+    assert!(
+        e.iter().any(|m| m.starts_with("13:")
+            && m.contains("unknown value `infinite_scroll`")
+            && m.contains("next_link")),
+        "{e:?}"
+    );
+
+    let e = definition_errors(&MINIMAL.replace("records: $.items[*]", "records: $.items[?"));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("12:") && m.contains("invalid JSONPath `$.items[?`")),
+        "{e:?}"
+    );
+
+    let e = definition_errors(&MINIMAL.replace(
+        "      name: $.name\n",
+        "      name: $.name\n      colour: $.colour\n",
+    ));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("17:") && m.contains("vendor has no field `colour`")),
+        "{e:?}"
+    );
+
+    let e = definition_errors(&MINIMAL.replace("      name: $.name\n", ""));
+    assert!(e.iter().any(|m| m.contains("lacks `name`")), "{e:?}");
+
+    let e = definition_errors(&MINIMAL.replace("entities:\n  vendor:", "entities:\n  vendors:"));
+    assert!(
+        e.iter().any(|m| m.contains("unknown entity `vendors`")),
+        "{e:?}"
+    );
+
+    let e = definition_errors(&MINIMAL.replace("auth: { type: none }", "auth: { type: kerberos }"));
+    assert!(
+        e.iter().any(|m| m.starts_with("6:")
+            && m.contains("kerberos")
+            && m.contains("oauth2_client_credentials")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn connections_are_stored_without_secret_values_and_record_their_status_history() {
+    let emu = sap::start(2, 1).await;
+    let (store, _dir) = common::sqlite_store().await;
+    let defs = Definitions::built_in();
+    let config = ConnectionConfig {
+        definition: "sap_s4hana".into(),
+        params: [("base_url".to_string(), emu.base_url.clone())].into(),
+        credentials: [
+            ("username".to_string(), "SAP_USER".to_string()),
+            ("password".to_string(), "SAP_PASSWORD".to_string()),
+        ]
+        .into(),
+        rate_limit: None,
+        policy: fast_policy(),
+    };
+    connection::add(&store, &defs, "erp", &config, false)
+        .await
+        .unwrap();
+    let again = connection::add(&store, &defs, "erp", &config, false)
+        .await
+        .unwrap_err();
+    assert!(again.contains("already exists"), "{again}");
+    let mut bad = config.clone();
+    bad.params.insert("colour".into(), "red".into());
+    let e = connection::add(&store, &defs, "erp2", &bad, false)
+        .await
+        .unwrap_err();
+    assert!(e.contains("has no parameter `colour`"), "{e}");
+    let row = store.connection("erp").await.unwrap().unwrap();
+    assert!(row.config.contains("SAP_PASSWORD") && !row.config.contains(sap::PASSWORD));
+
+    // Wrong password → auth_required, recorded with a reason and emitted as an event.
+    let secrets = sluice::expr::secrets::Secrets::from_pairs([
+        ("SAP_USER".to_string(), sap::USER.to_string()),
+        ("SAP_PASSWORD".to_string(), "nope".to_string()),
+    ]);
+    let sink: Arc<dyn StatusSink> = StoreSink::start(store.clone());
+    let c = connection::build(&row, &defs, &secrets, Some(sink)).unwrap();
+    let e = c.test().await.unwrap_err();
+    assert_eq!(e.code().as_str(), "AUTHENTICATION_FAILED");
+    let mut history = Vec::new();
+    for _ in 0..50 {
+        history = store.status_history("erp", 10).await.unwrap();
+        if !history.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].to, "auth_required");
+    assert!(history[0].reason.contains("401"), "{}", history[0].reason);
+    assert!(!history[0].reason.contains("nope"));
+    let row = store.connection("erp").await.unwrap().unwrap();
+    assert_eq!(row.status, "auth_required");
+
+    // The registry made from the store serves the connection to flows.
+    let secrets = sluice::expr::secrets::Secrets::from_pairs([
+        ("SAP_USER".to_string(), sap::USER.to_string()),
+        ("SAP_PASSWORD".to_string(), sap::PASSWORD.to_string()),
+    ]);
+    let reg = connection::registry(&store, &defs, &secrets).await.unwrap();
+    assert!(reg.names().contains(&"erp".to_string()));
+    let page = reg
+        .get("erp")
+        .unwrap()
+        .list(Entity::PurchaseOrder, &ListQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), 2);
+    for _ in 0..50 {
+        if store.connection("erp").await.unwrap().unwrap().status == "online" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        store.connection("erp").await.unwrap().unwrap().status,
+        "online"
+    );
+}

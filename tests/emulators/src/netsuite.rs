@@ -1,0 +1,284 @@
+//! NetSuite REST record API (`/services/rest/record/v1`).
+//!
+//! A listing answers ids only: `{"links": [...], "count", "hasMore", "items":
+//! [{"links": [...], "id"}], "offset", "totalResults"}` with `limit`/`offset`
+//! and `q=lastModifiedDate AFTER "…"`; `GET .../purchaseOrder/{id}` answers
+//! the full record with `custbody_*` fields and `item.items` lines. OAuth 2.0
+//! client credentials at `/services/rest/auth/oauth2/v1/token`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::common::{
+    Emulator, MATERIALS, Rec, Shared, VENDORS, date, fixture_ms, json, link, link_base, pairs,
+    param, rfc3339, timestamp_in,
+};
+
+/// Token endpoint path.
+pub const TOKEN_PATH: &str = "/services/rest/auth/oauth2/v1/token";
+/// Record API root.
+pub const RECORDS: &str = "/services/rest/record/v1";
+/// The client id it accepts.
+pub const CLIENT_ID: &str = "sluice-netsuite-client";
+/// The client secret it accepts by default.
+pub const CLIENT_SECRET: &str = "ns-client-secret";
+
+/// Status names cycled through by fixtures.
+pub const STATUSES: &[(&str, &str)] = &[
+    ("A", "Pending Supervisor Approval"),
+    ("B", "Pending Receipt"),
+    ("D", "Partially Received"),
+    ("F", "Pending Bill"),
+    ("G", "Fully Billed"),
+    ("H", "Closed"),
+];
+
+/// Purchase order `i` as the record API returns it.
+pub fn purchase_order(i: usize, lines: usize) -> Value {
+    let ms = fixture_ms(i);
+    let (vendor, vendor_name) = VENDORS[i % VENDORS.len()];
+    let (sid, sname) = STATUSES[i % STATUSES.len()];
+    let mut total = 0.0;
+    let items: Vec<Value> = (0..lines)
+        .map(|l| {
+            let (mat, text, unit, price) = MATERIALS[(i + l) % MATERIALS.len()];
+            let qty = ((l + 1) * 2) as f64;
+            let rate: f64 = price.parse().unwrap();
+            let amount = (qty * rate * 100.0).round() / 100.0;
+            total += amount;
+            json!({
+                "line": l + 1,
+                "item": {"id": mat, "refName": text},
+                "description": text,
+                "quantity": qty,
+                "units": unit,
+                "rate": rate,
+                "amount": amount,
+                "quantityReceived": if sid == "D" && l == 0 { qty } else { 0.0 },
+            })
+        })
+        .collect();
+    json!({
+        "links": [{"rel": "self", "href": format!("{RECORDS}/purchaseOrder/{}", 9000 + i)}],
+        "id": format!("{}", 9000 + i),
+        "tranId": format!("PO{:06}", 1000 + i),
+        "entity": {"id": vendor, "refName": vendor_name},
+        "status": {"id": sid, "refName": sname},
+        "currency": {"id": "1", "refName": "USD"},
+        "total": (total * 100.0_f64).round() / 100.0,
+        "tranDate": date(ms),
+        "dueDate": date(ms + 14 * 86_400_000),
+        "employee": {"id": "77", "refName": "Dana Buyer"},
+        "createdDate": rfc3339(ms - 3_600_000),
+        "lastModifiedDate": rfc3339(ms),
+        "custbody_approval_route": if i.is_multiple_of(2) { "standard" } else { "capex" },
+        "custbody_plant": format!("PL{:02}", i % 4),
+        "item": {"links": [], "count": lines, "hasMore": false, "items": items, "offset": 0, "totalResults": lines},
+    })
+}
+
+/// Vendor `i`.
+pub fn vendor(i: usize) -> Value {
+    let (id, name) = VENDORS[i % VENDORS.len()];
+    let ms = fixture_ms(i);
+    json!({
+        "links": [],
+        "id": id,
+        "entityId": name,
+        "companyName": name,
+        "isInactive": i == 5,
+        "email": format!("ap@{}.example", id),
+        "phone": "+1 555 0100",
+        "currency": {"id": "1", "refName": "USD"},
+        "terms": {"id": "2", "refName": "Net 30"},
+        "taxIdNum": format!("TX-{id}"),
+        "dateCreated": rfc3339(ms),
+        "lastModifiedDate": rfc3339(ms),
+        "custentity_supplier_tier": if i.is_multiple_of(2) { "A" } else { "B" },
+    })
+}
+
+fn stamp(v: &mut Value, ms: i64) {
+    v["lastModifiedDate"] = json!(rfc3339(ms));
+}
+
+/// Starts an emulator with `n` purchase orders and the fixture vendors.
+pub async fn start(n: usize, lines: usize) -> Emulator {
+    let shared = Arc::new(Shared::default());
+    *shared.secret.lock().unwrap() = CLIENT_SECRET.into();
+    *shared.token_ttl.lock().unwrap() = 3600;
+    {
+        let mut d = shared.data.lock().unwrap();
+        d.insert(
+            "purchaseOrder".into(),
+            (0..n)
+                .map(|i| Rec {
+                    changed_ms: fixture_ms(i),
+                    value: purchase_order(i, lines),
+                })
+                .collect(),
+        );
+        d.insert(
+            "vendor".into(),
+            (0..VENDORS.len())
+                .map(|i| Rec {
+                    changed_ms: fixture_ms(i),
+                    value: vendor(i),
+                })
+                .collect(),
+        );
+    }
+    let router = Router::new()
+        .route(TOKEN_PATH, post(token))
+        .route(&format!("{RECORDS}/{{record}}"), get(list))
+        .route(&format!("{RECORDS}/{{record}}/{{id}}"), get(one));
+    Emulator::serve(router, shared, stamp, "id").await
+}
+
+fn error(status: StatusCode, code: &str, detail: &str) -> Response {
+    json(
+        status,
+        json!({
+            "type": "https://www.rfc-editor.org/rfc/rfc9110.html#section-15.5.1",
+            "title": "Bad Request",
+            "status": status.as_u16(),
+            "o:errorDetails": [{"detail": detail, "o:errorCode": code}],
+        }),
+    )
+}
+
+async fn token(State(shared): State<Arc<Shared>>, body: String) -> Response {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let ok = param(&form, "grant_type") == Some("client_credentials")
+        && param(&form, "client_id") == Some(CLIENT_ID)
+        && param(&form, "client_secret") == Some(shared.secret.lock().unwrap().as_str());
+    if !ok {
+        *shared.token_requests.lock().unwrap() += 1;
+        return json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_client", "error_description": "client authentication failed"}),
+        );
+    }
+    let (t, ttl) = shared.issue_token();
+    json(
+        StatusCode::OK,
+        json!({"access_token": t, "token_type": "Bearer", "expires_in": ttl}),
+    )
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "INVALID_LOGIN",
+        "Invalid login attempt. For more details, see the Login Audit Trail.",
+    )
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(record): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if !shared.bearer_ok(&headers) {
+        return unauthorized();
+    }
+    if record != "purchaseOrder" && record != "vendor" {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NONEXISTENT_ID",
+            &format!("Record type {record} is not supported"),
+        );
+    }
+    let q = pairs(raw.as_deref());
+    let after = match param(&q, "q") {
+        Some(f) if f.starts_with("lastModifiedDate AFTER ") => match timestamp_in(f) {
+            Some(t) => Some(t),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_PARAMETER",
+                    "Invalid date in query",
+                );
+            }
+        },
+        Some(f) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_PARAMETER",
+                &format!("Invalid query: {f}"),
+            );
+        }
+        None => None,
+    };
+    let limit: usize = param(&q, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .clamp(1, 1000);
+    let limit = shared.cap(limit);
+    let offset: usize = param(&q, "offset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let all = shared.select(&record, after);
+    let items: Vec<Value> = all
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|r| {
+            json!({
+                "links": [{"rel": "self", "href": format!("{RECORDS}/{record}/{}", r["id"].as_str().unwrap_or(""))}],
+                "id": r["id"],
+            })
+        })
+        .collect();
+    let more = offset + items.len() < all.len();
+    let base = link_base(&shared, &headers);
+    let path = format!("{RECORDS}/{record}");
+    let mut links = vec![json!({"rel": "self", "href": link(&base, &path, &q, &[])})];
+    if more {
+        links.push(json!({"rel": "next", "href": link(&base, &path, &q, &[("offset", (offset + limit).to_string())])}));
+    }
+    json(
+        StatusCode::OK,
+        json!({
+            "links": links,
+            "count": items.len(),
+            "hasMore": more,
+            "items": items,
+            "offset": offset,
+            "totalResults": all.len(),
+        }),
+    )
+}
+
+async fn one(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((record, id)): Path<(String, String)>,
+) -> Response {
+    if !shared.bearer_ok(&headers) {
+        return unauthorized();
+    }
+    match shared
+        .select(&record, None)
+        .into_iter()
+        .find(|r| r["id"] == id.as_str())
+    {
+        Some(r) => json(StatusCode::OK, r),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "NONEXISTENT_ID",
+            &format!(
+                "The record instance does not exist. Provide a valid record instance ID. ({record} {id})"
+            ),
+        ),
+    }
+}

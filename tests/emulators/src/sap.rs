@@ -1,0 +1,372 @@
+//! SAP S/4HANA `API_PURCHASEORDER_PROCESS_SRV` (OData v2).
+//!
+//! `GET {SERVICE}/A_PurchaseOrder?$format=json&$top=&$skiptoken=&$filter=&$expand=to_PurchaseOrderItem`
+//! answers `{"d": {"results": [...], "__next": "..."}}` with `Edm.Decimal`
+//! as strings and dates as `/Date(ms)/`; `GET {SERVICE}/A_PurchaseOrder('ID')`
+//! answers `{"d": {...}}`. Basic auth (`SAP_USER` / the emulator's secret).
+//! Writes need a CSRF token: `GET {SERVICE}/` with `x-csrf-token: Fetch`
+//! returns one plus a session cookie; a `POST` without both gets `403` with
+//! `x-csrf-token: Required`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::common::{
+    Emulator, MATERIALS, Rec, Shared, VENDORS, fixture_ms, json, link, link_base, now_ms, pairs,
+    param, timestamp_in,
+};
+
+/// The service root path.
+pub const SERVICE: &str = "/sap/opu/odata/sap/API_PURCHASEORDER_PROCESS_SRV";
+/// The user the emulator accepts.
+pub const USER: &str = "SLUICE_INTEGRATION";
+/// The password it accepts by default.
+pub const PASSWORD: &str = "sap-secret-pw";
+/// Collection name of purchase orders.
+pub const POS: &str = "purchase_orders";
+/// Server-side page size cap.
+pub const MAX_TOP: usize = 1000;
+
+fn sap_date(ms: i64) -> String {
+    format!("/Date({ms})/")
+}
+
+fn sap_offset(ms: i64) -> String {
+    format!("/Date({ms}+0000)/")
+}
+
+/// Status codes cycled through by fixtures.
+pub const STATUSES: &[&str] = &["01", "02", "03", "05", "05", "08"];
+
+/// Purchase order `i` with `lines` items, as SAP returns it.
+pub fn purchase_order(i: usize, lines: usize) -> Value {
+    let ms = fixture_ms(i);
+    let (vendor, _) = VENDORS[i % VENDORS.len()];
+    let items: Vec<Value> = (0..lines)
+        .map(|l| {
+            let (mat, text, unit, price) = MATERIALS[(i + l) % MATERIALS.len()];
+            json!({
+                "PurchaseOrder": format!("{}", 4_500_000_000u64 + i as u64),
+                "PurchaseOrderItem": format!("{}", (l + 1) * 10),
+                "Material": mat,
+                "PurchaseOrderItemText": text,
+                "Plant": "1010",
+                "OrderQuantity": format!("{}", (l + 1) * 5),
+                "PurchaseOrderQuantityUnit": unit,
+                "NetPriceAmount": price,
+                "NetPriceQuantity": "1",
+                "DocumentCurrency": if i.is_multiple_of(3) { "USD" } else { "EUR" },
+                "IsCompletelyDelivered": false,
+            })
+        })
+        .collect();
+    json!({
+        "__metadata": {"type": "API_PURCHASEORDER_PROCESS_SRV.A_PurchaseOrderType"},
+        "PurchaseOrder": format!("{}", 4_500_000_000u64 + i as u64),
+        "CompanyCode": "1010",
+        "PurchaseOrderType": "NB",
+        "PurchasingProcessingStatus": STATUSES[i % STATUSES.len()],
+        "CreatedByUser": if i.is_multiple_of(2) { "JSMITH" } else { "MKOVAC" },
+        "CreationDate": sap_date(ms - ms % 86_400_000),
+        "LastChangeDateTime": sap_offset(ms),
+        "Supplier": vendor,
+        "PurchasingOrganization": "1010",
+        "PurchasingGroup": "001",
+        "DocumentCurrency": if i.is_multiple_of(3) { "USD" } else { "EUR" },
+        "PurchaseOrderDate": sap_date(ms - ms % 86_400_000),
+        "YY1_ProjectCode_PDH": format!("PRJ-{:03}", i % 7),
+        "YY1_Urgent_PDH": i.is_multiple_of(5),
+        "to_PurchaseOrderItem": {"results": items},
+    })
+}
+
+fn stamp(v: &mut Value, ms: i64) {
+    v["LastChangeDateTime"] = json!(sap_offset(ms));
+}
+
+/// Starts an emulator with `n` purchase orders of `lines` items.
+pub async fn start(n: usize, lines: usize) -> Emulator {
+    start_on(n, lines, 0).await
+}
+
+/// Starts on a given port.
+pub async fn start_on(n: usize, lines: usize, port: u16) -> Emulator {
+    let shared = Arc::new(Shared::default());
+    *shared.secret.lock().unwrap() = PASSWORD.into();
+    shared.data.lock().unwrap().insert(
+        POS.into(),
+        (0..n)
+            .map(|i| Rec {
+                changed_ms: fixture_ms(i),
+                value: purchase_order(i, lines),
+            })
+            .collect(),
+    );
+    let router = Router::new()
+        .route(&format!("{SERVICE}/"), get(root))
+        .route(
+            &format!("{SERVICE}/A_PurchaseOrder"),
+            get(list).post(create),
+        )
+        .route(&format!("{SERVICE}/{{key}}"), get(one));
+    Emulator::serve_on(router, shared, stamp, "PurchaseOrder", port).await
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    json(
+        status,
+        json!({"error": {"code": code, "message": {"lang": "en", "value": message}}}),
+    )
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let expected = format!("{USER}:{}", shared.secret.lock().unwrap());
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .is_some_and(|d| d == expected.as_bytes())
+}
+
+fn unauthorized() -> Response {
+    let mut r = (StatusCode::UNAUTHORIZED, "Logon failed").into_response();
+    r.headers_mut().insert(
+        "www-authenticate",
+        "Basic realm=\"SAP NetWeaver\"".parse().unwrap(),
+    );
+    r
+}
+
+async fn root(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let mut r = json(
+        StatusCode::OK,
+        json!({"d": {"EntitySets": ["A_PurchaseOrder", "A_PurchaseOrderItem"]}}),
+    );
+    if headers
+        .get("x-csrf-token")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"fetch"))
+    {
+        let token = format!("csrf-{}", shared.next_seq());
+        shared
+            .tokens
+            .lock()
+            .unwrap()
+            .insert(token.clone(), i64::MAX);
+        r.headers_mut()
+            .insert("x-csrf-token", token.parse().unwrap());
+        r.headers_mut().insert(
+            "set-cookie",
+            format!("SAP_SESSIONID_S4H_100={token}-session; path=/; HttpOnly")
+                .parse()
+                .unwrap(),
+        );
+    }
+    r
+}
+
+fn expand(mut po: Value, q: &[(String, String)]) -> Value {
+    let expanded = param(q, "$expand").is_some_and(|e| e.contains("to_PurchaseOrderItem"));
+    if !expanded && let Some(o) = po.as_object_mut() {
+        o.insert(
+            "to_PurchaseOrderItem".into(),
+            json!({"__deferred": {"uri": "A_PurchaseOrderItem"}}),
+        );
+    }
+    po
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let q = pairs(raw.as_deref());
+    if param(&q, "$format").is_some_and(|f| f != "json") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "FORMAT",
+            "only $format=json is served",
+        );
+    }
+    let after = match param(&q, "$filter") {
+        Some(f) => {
+            if !f.starts_with("LastChangeDateTime gt datetimeoffset'") {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "/IWBEP/CM_MGW_RT/022",
+                    &format!("Invalid filter expression: '{f}'"),
+                );
+            }
+            match timestamp_in(f) {
+                Some(t) => Some(t),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "/IWBEP/CM_MGW_RT/022",
+                        "Invalid datetimeoffset literal",
+                    );
+                }
+            }
+        }
+        None => None,
+    };
+    let top: usize = param(&q, "$top")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(50)
+        .min(MAX_TOP);
+    let top = shared.cap(top);
+    let skip: usize = param(&q, "$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let all = shared.select(POS, after);
+    let page: Vec<Value> = all
+        .iter()
+        .skip(skip)
+        .take(top)
+        .cloned()
+        .map(|po| expand(po, &q))
+        .collect();
+    let more = skip + page.len() < all.len() || *shared.endless.lock().unwrap();
+    let mut d = json!({});
+    if !*shared.no_records_key.lock().unwrap() {
+        d["results"] = Value::Array(page);
+    }
+    if param(&q, "$inlinecount") == Some("allpages") {
+        d["__count"] = json!(all.len().to_string());
+    }
+    if more {
+        d["__next"] = json!(link(
+            &link_base(&shared, &headers),
+            &format!("{SERVICE}/A_PurchaseOrder"),
+            &q,
+            &[("$skiptoken", (skip + top).to_string())],
+        ));
+    }
+    json(StatusCode::OK, json!({ "d": d }))
+}
+
+async fn one(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let q = pairs(raw.as_deref());
+    let Some(id) = key
+        .strip_prefix("A_PurchaseOrder('")
+        .and_then(|k| k.strip_suffix("')"))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "/IWBEP/CM_MGW_RT/020",
+            "Resource not found for segment",
+        );
+    };
+    let found = shared
+        .select(POS, None)
+        .into_iter()
+        .find(|p| p["PurchaseOrder"] == id);
+    match found {
+        Some(po) => json(StatusCode::OK, json!({"d": expand(po, &q)})),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "ME/006",
+            &format!("Purchase order {id} does not exist"),
+        ),
+    }
+}
+
+async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: String) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let token_ok = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| shared.tokens.lock().unwrap().contains_key(t));
+    let cookie_ok = headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("SAP_SESSIONID_S4H_100="));
+    if !token_ok || !cookie_ok {
+        let mut r = (StatusCode::FORBIDDEN, "CSRF token validation failed").into_response();
+        r.headers_mut()
+            .insert("x-csrf-token", "Required".parse().unwrap());
+        return r;
+    }
+    let Ok(mut po) = serde_json::from_str::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "/IWBEP/CX_MGW_BUSI_EXCEPTION",
+            "Malformed JSON body",
+        );
+    };
+    let Some(supplier) = po["Supplier"].as_str() else {
+        return error(StatusCode::BAD_REQUEST, "ME/083", "Enter a supplier");
+    };
+    if !VENDORS.iter().any(|(v, _)| *v == supplier) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "06/321",
+            &format!("Supplier {supplier} does not exist"),
+        );
+    }
+    for item in po["to_PurchaseOrderItem"]["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for decimal in ["OrderQuantity", "NetPriceAmount"] {
+            if !item[decimal].is_string() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "/IWBEP/CM_MGW_RT/004",
+                    &format!(
+                        "Property '{decimal}' has invalid value: Edm.Decimal must be a string"
+                    ),
+                );
+            }
+        }
+    }
+    let now = now_ms();
+    let id = format!("{}", 4_600_000_000u64 + shared.next_seq());
+    po["PurchaseOrder"] = json!(id);
+    po["PurchasingProcessingStatus"] = json!("01");
+    po["CreationDate"] = json!(sap_date(now - now % 86_400_000));
+    po["PurchaseOrderDate"] = json!(sap_date(now - now % 86_400_000));
+    po["LastChangeDateTime"] = json!(sap_offset(now));
+    po["CreatedByUser"] = json!(USER);
+    if let Some(items) = po["to_PurchaseOrderItem"]["results"].as_array_mut() {
+        for it in items {
+            it["PurchaseOrder"] = json!(id);
+        }
+    }
+    shared
+        .data
+        .lock()
+        .unwrap()
+        .entry(POS.into())
+        .or_default()
+        .push(Rec {
+            changed_ms: now,
+            value: po.clone(),
+        });
+    json(StatusCode::CREATED, json!({"d": po}))
+}
