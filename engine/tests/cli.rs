@@ -721,3 +721,165 @@ fn plugin_commands_push_list_show_and_remove() {
     let o = cmd(&["plugin", "remove", "po-risk@1.0.0"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+fn sluice_env(args: &[&str], db: &str, env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SLUICE_DB", db)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .env_remove("SLUICE_LOG")
+        .output()
+        .expect("sluice runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_commands_add_test_and_read_through_a_stored_connection() {
+    let emu = sluice_emulators::maximo::start(8).await;
+    let (dir, db) = temp_db();
+    let base = emu.base_url.clone();
+    let flow_path = dir.path().join("urgent.yaml");
+    std::fs::write(
+        &flow_path,
+        r#"apiVersion: sluice/v1
+id: urgent-work
+steps:
+  - id: orders
+    read:
+      connection: plant-maximo
+      entity: work_order
+      filter: { priority: urgent }
+output:
+  numbers: "${{ steps.orders.output.records | map(attribute='number') | list }}"
+"#,
+    )
+    .unwrap();
+    let flow = flow_path.to_str().unwrap().to_string();
+    let run = move |args: Vec<String>, key: &'static str| {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            sluice_env(&a, &db, &[("SLUICE_SECRET_MAXIMO_KEY", key)])
+        })
+    };
+    let args = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    let o = run(
+        args(&[
+            "connection",
+            "add",
+            "plant-maximo",
+            "--definition",
+            "maximo",
+            "-p",
+            &format!("base_url={base}"),
+            "-p",
+            "site=BEDFORD",
+            "-c",
+            "api_key=MAXIMO_KEY",
+        ]),
+        sluice_emulators::maximo::API_KEY,
+    )
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        args(&[
+            "connection",
+            "add",
+            "bad",
+            "--definition",
+            "maximo",
+            "-p",
+            "site=X",
+            "-c",
+            "api_key=K",
+        ]),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("parameter `base_url` is required"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(
+        args(&["connection", "test", "plant-maximo"]),
+        sluice_emulators::maximo::API_KEY,
+    )
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ok: plant-maximo answered"));
+
+    let o = run(
+        args(&["run", &flow, "--json"]),
+        sluice_emulators::maximo::API_KEY,
+    )
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = json_out(&o);
+    assert_eq!(
+        out["output"]["numbers"],
+        serde_json::json!(["WO01000", "WO01005"]),
+        "{out}"
+    );
+
+    // A revoked key: `test` says what failed, the status is recorded with its history.
+    let o = run(
+        args(&["connection", "test", "plant-maximo", "--json"]),
+        "revoked",
+    )
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let t = json_out(&o);
+    assert_eq!(t["error"]["code"], "AUTHENTICATION_FAILED");
+    assert_eq!(t["status"], "auth_required");
+    assert!(t["message"].as_str().unwrap().contains("BMXAA0021E"), "{t}");
+    let o = run(
+        args(&["connection", "status", "plant-maximo", "--json"]),
+        "",
+    )
+    .await
+    .unwrap();
+    let s = json_out(&o);
+    assert_eq!(s["status"], "auth_required", "{s}");
+    assert_eq!(s["history"][0]["to"], "auth_required");
+    let o = run(args(&["connection", "list"]), "").await.unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        listing.contains("plant-maximo") && listing.contains("auth_required"),
+        "{listing}"
+    );
+    assert!(!listing.contains(sluice_emulators::maximo::API_KEY));
+
+    // Validate knows the stored connection; without the database it does not.
+    let o = run(args(&["validate", &flow]), "").await.unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = run(args(&["connector", "list"]), "").await.unwrap();
+    let defs = String::from_utf8_lossy(&o.stdout).to_string();
+    for id in ["sap_s4hana", "netsuite", "business_central", "maximo"] {
+        assert!(defs.contains(id), "{defs}");
+    }
+    let bad = dir.path().join("bad-connector.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: sluice/connector/v1\nid: x\nname: X\nparameters: { base_url: {} }\nauth: { type: none }\ntest: { path: / }\nentities:\n  vendor:\n    list:\n      request: { path: /v }\n      records: $.v[*]\n      paginator: { type: endless }\n    mapping: {}\n",
+    )
+    .unwrap();
+    let o = run(args(&["connector", "validate", bad.to_str().unwrap()]), "")
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown value `endless`"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -303,7 +303,9 @@ steps:
     assert_eq!(out.status, RunStatus::Succeeded);
     assert_eq!(
         out.output,
-        Some(json!({"upstream": "failed", "why": "step `r`: UPSTREAM_ERROR: flaky: HTTP 503 from upstream"}))
+        Some(
+            json!({"upstream": "failed", "why": "step `r`: UPSTREAM_ERROR: flaky: HTTP 503 from upstream"})
+        )
     );
 }
 

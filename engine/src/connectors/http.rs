@@ -1115,7 +1115,7 @@ impl HttpConnector {
         m.entry("custom_fields").or_insert_with(|| json!({}));
         m.entry("remote_was_deleted").or_insert(Value::Bool(false));
         let rec = Value::Object(m);
-        let mut valid = entity.validate(&rec).map_err(|e| {
+        let mut valid = entity.validate_owned(rec).map_err(|e| {
             self.error(
                 ConnectorErrorKind::Permanent,
                 Some(entity),
@@ -1265,33 +1265,15 @@ impl HttpConnector {
             "list",
             &format!("page {page_no} of {entity}"),
         )?;
-        let selector = ce.records.as_ref().expect("list has a selector");
-        let items: Vec<&Value> = match FastPath::parse(selector.as_str()) {
-            Ok(fp @ FastPath::Simple { .. }) => {
-                let FastPath::Simple { segs, .. } = &fp else {
-                    unreachable!()
-                };
-                let container = FastPath::Simple {
-                    segs: segs.clone(),
-                    wildcard: false,
-                };
-                if container.first(&body).is_none() {
-                    return Err(self.error(
-                        ConnectorErrorKind::Permanent,
-                        Some(entity),
-                        "list",
-                        Some(resp.status),
-                        format!(
-                            "page {page_no} of {entity} lacks the records path `{}`: {}",
-                            selector.as_str(),
-                            snippet(&resp.body)
-                        ),
-                    ));
-                }
-                fp.all(&body)
-            }
-            _ => selector.all(&body),
-        };
+        let items = self.select_records(ce, entity, &body).map_err(|m| {
+            self.error(
+                ConnectorErrorKind::Permanent,
+                Some(entity),
+                "list",
+                Some(resp.status),
+                format!("page {page_no} of {entity} {m}: {}", snippet(&resp.body)),
+            )
+        })?;
         let raw_count = items.len() as u64;
         let mut records = Vec::with_capacity(items.len());
         if let (Some(detail), Some(detail_req), Some(id_path)) =
@@ -1402,6 +1384,53 @@ impl HttpConnector {
             }),
         };
         Ok((records, next.map(|t| t.encode())))
+    }
+
+    /// The records of a list page, by the definition's selector. A plain
+    /// selector whose container is missing is an error (`lacks the records path`).
+    fn select_records<'a>(
+        &self,
+        ce: &CompiledEntity,
+        _entity: Entity,
+        body: &'a Value,
+    ) -> Result<Vec<&'a Value>, String> {
+        let selector = ce.records.as_ref().expect("list has a selector");
+        match FastPath::parse(selector.as_str()) {
+            Ok(FastPath::Simple { segs, wildcard }) => {
+                let container = FastPath::Simple {
+                    segs,
+                    wildcard: false,
+                };
+                if container.first(body).is_none() {
+                    return Err(format!("lacks the records path `{}`", selector.as_str()));
+                }
+                let fp = match container {
+                    FastPath::Simple { segs, .. } => FastPath::Simple { segs, wildcard },
+                    full => full,
+                };
+                Ok(fp.all(body))
+            }
+            _ => Ok(selector.all(body)),
+        }
+    }
+
+    /// Maps one list page (the system's JSON) into unified records, as `list`
+    /// does after fetching it: selector, field mapping, model validation.
+    pub fn map_page(&self, entity: Entity, body: &Value) -> Result<Vec<Value>, ConnectorError> {
+        let ce = self.entity(entity, "list")?;
+        let items = self.select_records(ce, entity, body).map_err(|m| {
+            self.error(
+                ConnectorErrorKind::Permanent,
+                Some(entity),
+                "list",
+                None,
+                format!("the page {m}"),
+            )
+        })?;
+        items
+            .into_iter()
+            .map(|i| self.to_record(ce, entity, "list", i, false))
+            .collect()
     }
 
     async fn single(

@@ -96,6 +96,28 @@ impl Entity {
     }
 }
 
+impl Entity {
+    /// Like [`Entity::validate`], taking the record by value (its strings are
+    /// moved, not copied: the connectors' hot path).
+    pub fn validate_owned(self, record: Value) -> Result<Value, RecordError> {
+        fn check<T: serde::de::DeserializeOwned + Serialize>(
+            v: Value,
+        ) -> Result<Value, RecordError> {
+            let typed: T = serde_json::from_value(v).map_err(|e| RecordError {
+                message: e.to_string(),
+            })?;
+            Ok(serde_json::to_value(typed).expect("model types always serialize"))
+        }
+        match self {
+            Entity::PurchaseOrder => check::<PurchaseOrder>(record),
+            Entity::WorkOrder => check::<WorkOrder>(record),
+            Entity::Vendor => check::<Vendor>(record),
+            Entity::InventoryItem => check::<InventoryItem>(record),
+            Entity::Asset => check::<Asset>(record),
+        }
+    }
+}
+
 fn serde_path_to_error<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, RecordError> {
     T::deserialize(v).map_err(|e| RecordError {
         message: e.to_string(),

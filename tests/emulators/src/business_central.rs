@@ -123,6 +123,11 @@ fn stamp(v: &mut Value, ms: i64) {
 
 /// Starts an emulator with `n` purchase orders.
 pub async fn start(n: usize, lines: usize) -> Emulator {
+    start_on(n, lines, 0).await
+}
+
+/// Starts on a given port (0: any).
+pub async fn start_on(n: usize, lines: usize, port: u16) -> Emulator {
     let shared = Arc::new(Shared::default());
     *shared.secret.lock().unwrap() = CLIENT_SECRET.into();
     *shared.token_ttl.lock().unwrap() = 3599;
@@ -154,7 +159,7 @@ pub async fn start(n: usize, lines: usize) -> Emulator {
             &format!("{root}/{{set}}"),
             get(list).post(create).patch(update),
         );
-    Emulator::serve(router, shared, stamp, "id").await
+    Emulator::serve_on(router, shared, stamp, "id", port).await
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -136,6 +136,29 @@ impl Shared {
             .is_some_and(|exp| *exp > now_ms())
     }
 
+    /// One page of a collection's records changed after `after`: `take` records
+    /// from `skip`, and how many match in all.
+    pub fn select_page(
+        &self,
+        collection: &str,
+        after: Option<i64>,
+        skip: usize,
+        take: usize,
+    ) -> (Vec<Value>, usize) {
+        let data = self.data.lock().unwrap();
+        let Some(rs) = data.get(collection) else {
+            return (Vec::new(), 0);
+        };
+        let matching = rs.iter().filter(|r| after.is_none_or(|a| r.changed_ms > a));
+        let total = matching.clone().count();
+        let page = matching
+            .skip(skip)
+            .take(take)
+            .map(|r| r.value.clone())
+            .collect();
+        (page, total)
+    }
+
     /// A collection's records changed after `after` (all when `None`), in stored order.
     pub fn select(&self, collection: &str, after: Option<i64>) -> Vec<Value> {
         self.data

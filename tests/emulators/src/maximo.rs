@@ -91,6 +91,11 @@ fn stamp(v: &mut Value, ms: i64) {
 
 /// Starts an emulator with `n` work orders and 40 assets.
 pub async fn start(n: usize) -> Emulator {
+    start_on(n, 0).await
+}
+
+/// Starts on a given port (0: any).
+pub async fn start_on(n: usize, port: u16) -> Emulator {
     let shared = Arc::new(Shared::default());
     *shared.secret.lock().unwrap() = API_KEY.into();
     {
@@ -117,7 +122,7 @@ pub async fn start(n: usize) -> Emulator {
     let router = Router::new()
         .route(&format!("{OS}/{{os}}"), get(list).post(create))
         .route(&format!("{OS}/{{os}}/{{id}}"), get(one).post(update));
-    Emulator::serve(router, shared, stamp, "workorderid").await
+    Emulator::serve_on(router, shared, stamp, "workorderid", port).await
 }
 
 fn error(status: StatusCode, reason: &str, message: &str) -> Response {

@@ -110,6 +110,11 @@ fn stamp(v: &mut Value, ms: i64) {
 
 /// Starts an emulator with `n` purchase orders and the fixture vendors.
 pub async fn start(n: usize, lines: usize) -> Emulator {
+    start_on(n, lines, 0).await
+}
+
+/// Starts on a given port (0: any).
+pub async fn start_on(n: usize, lines: usize, port: u16) -> Emulator {
     let shared = Arc::new(Shared::default());
     *shared.secret.lock().unwrap() = CLIENT_SECRET.into();
     *shared.token_ttl.lock().unwrap() = 3600;
@@ -138,7 +143,7 @@ pub async fn start(n: usize, lines: usize) -> Emulator {
         .route(TOKEN_PATH, post(token))
         .route(&format!("{RECORDS}/{{record}}"), get(list))
         .route(&format!("{RECORDS}/{{record}}/{{id}}"), get(one));
-    Emulator::serve(router, shared, stamp, "id").await
+    Emulator::serve_on(router, shared, stamp, "id", port).await
 }
 
 fn error(status: StatusCode, code: &str, detail: &str) -> Response {

@@ -232,21 +232,15 @@ async fn list(
     let skip: usize = param(&q, "$skiptoken")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    let all = shared.select(POS, after);
-    let page: Vec<Value> = all
-        .iter()
-        .skip(skip)
-        .take(top)
-        .cloned()
-        .map(|po| expand(po, &q))
-        .collect();
-    let more = skip + page.len() < all.len() || *shared.endless.lock().unwrap();
+    let (page, total) = shared.select_page(POS, after, skip, top);
+    let page: Vec<Value> = page.into_iter().map(|po| expand(po, &q)).collect();
+    let more = skip + page.len() < total || *shared.endless.lock().unwrap();
     let mut d = json!({});
     if !*shared.no_records_key.lock().unwrap() {
         d["results"] = Value::Array(page);
     }
     if param(&q, "$inlinecount") == Some("allpages") {
-        d["__count"] = json!(all.len().to_string());
+        d["__count"] = json!(total.to_string());
     }
     if more {
         d["__next"] = json!(link(

@@ -1,0 +1,180 @@
+//! Connector benchmark: SAP-shaped OData pages of purchase orders with 5
+//! items each mapped into unified records (the mapping alone, one thread),
+//! then end to end from the SAP emulator over loopback (10k and 100k
+//! orders), with the peak heap above the starting point.
+//!
+//! Run: `cargo bench -p sluice --bench connectors`. Prints figures; asserts
+//! nothing about speed.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use sluice::connectors::definition::Definitions;
+use sluice::connectors::http::{ConnectionConfig, HttpConnector};
+use sluice::connectors::resilience::{Health, Policy};
+use sluice::connectors::{ConnectionStatus, Connector, ListQuery};
+use sluice::unified::Entity;
+use sluice_emulators::sap;
+
+struct Counting;
+
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
+            let now = CURRENT.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        if COUNTING.load(Ordering::Relaxed) {
+            CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn connector(base_url: &str) -> HttpConnector {
+    let defs = Definitions::built_in();
+    let config = ConnectionConfig {
+        definition: "sap_s4hana".into(),
+        params: [("base_url".to_string(), base_url.to_string())].into(),
+        credentials: [
+            ("username".to_string(), "U".to_string()),
+            ("password".to_string(), "P".to_string()),
+        ]
+        .into(),
+        rate_limit: None,
+        policy: Policy::default(),
+    };
+    let health = Arc::new(Health::new(
+        "sap",
+        Policy::default(),
+        ConnectionStatus::Online,
+        None,
+    ));
+    HttpConnector::new(
+        "sap",
+        defs.get("sap_s4hana").unwrap().clone(),
+        &config,
+        &|name| {
+            Some(
+                if name == "U" {
+                    sap::USER
+                } else {
+                    sap::PASSWORD
+                }
+                .to_string(),
+            )
+        },
+        health,
+    )
+    .unwrap()
+}
+
+fn mapping_alone() {
+    let c = connector("http://127.0.0.1:9");
+    let page_size = 500;
+    let page: Value = json!({"d": {"results": (0..page_size).map(|i| sap::purchase_order(i, 5)).collect::<Vec<_>>()}});
+    // Warm up.
+    assert_eq!(
+        c.map_page(Entity::PurchaseOrder, &page).unwrap().len(),
+        page_size
+    );
+    let pages = 100;
+    let t = Instant::now();
+    let mut n = 0;
+    for _ in 0..pages {
+        n += c.map_page(Entity::PurchaseOrder, &page).unwrap().len();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let def = Definitions::built_in();
+    let mapping = &def.get("sap_s4hana").unwrap().entities[&Entity::PurchaseOrder].mapping;
+    let items = page["d"]["results"].as_array().unwrap();
+    let t2 = Instant::now();
+    for _ in 0..pages {
+        for i in items {
+            std::hint::black_box(mapping.apply(i).unwrap());
+        }
+    }
+    let apply = t2.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let mapped: Vec<Value> = items
+        .iter()
+        .map(|i| Value::Object(mapping.apply(i).unwrap()))
+        .collect();
+    let t3 = Instant::now();
+    for _ in 0..pages {
+        for m in &mapped {
+            let mut m = m.clone();
+            m["id"] = json!("x");
+            m["connection_id"] = json!("sap");
+            std::hint::black_box(Entity::PurchaseOrder.validate_owned(m).unwrap());
+        }
+    }
+    let validate = t3.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "  of which field mapping {apply:.2} us, model validation {validate:.2} us per record"
+    );
+    println!(
+        "mapping alone (one thread): {n} purchase orders x 5 lines in {:.3} s = {:.0} records/s ({:.2} us per record)",
+        secs,
+        n as f64 / secs,
+        secs * 1e6 / n as f64
+    );
+}
+
+async fn end_to_end(orders: usize) {
+    let emu = sap::start(orders, 5).await;
+    let c = connector(&emu.base_url);
+    COUNTING.store(true, Ordering::Relaxed);
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let t = Instant::now();
+    let mut q = ListQuery {
+        limit: Some(500),
+        ..ListQuery::default()
+    };
+    let mut n = 0;
+    let mut pages = 0;
+    loop {
+        let page = c.list(Entity::PurchaseOrder, &q).await.unwrap();
+        n += page.records.len();
+        pages += 1;
+        match page.next_cursor {
+            Some(cur) => q.cursor = Some(cur),
+            None => break,
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    COUNTING.store(false, Ordering::Relaxed);
+    assert_eq!(n, orders);
+    println!(
+        "end to end over loopback: {n} purchase orders in {pages} pages, {:.2} s = {:.0} records/s; peak heap above start {:.1} MiB (emulator's per-page JSON included)",
+        secs,
+        n as f64 / secs,
+        peak as f64 / (1024.0 * 1024.0)
+    );
+}
+
+fn main() {
+    mapping_alone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(end_to_end(10_000));
+    rt.block_on(end_to_end(100_000));
+}
