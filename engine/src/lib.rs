@@ -14,5 +14,6 @@ pub mod plugins;
 pub mod run;
 pub mod steps;
 pub mod store;
+pub mod sync;
 pub mod unified;
 pub mod webhooks;

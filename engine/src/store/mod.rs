@@ -18,9 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 
 mod connections;
 mod plugins;
+mod syncs;
 mod webhooks;
 pub use connections::{ConnectionRow, StatusEvent};
 pub use plugins::PluginRecord;
+pub use syncs::{CachedRecord, PageChanges, SyncStateRow};
 pub use webhooks::{
     AttemptEnd, AttemptLog, ClaimedMessage, MessageFilter, MessageRecord, MessageStatus, NewMessage,
 };

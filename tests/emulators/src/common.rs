@@ -23,6 +23,8 @@ pub enum Fault {
     Throttle(String),
     /// Answer `200` with an HTML body.
     NotJson,
+    /// Serve this request normally (to place faults after some requests).
+    Pass,
 }
 
 /// A logged request.
@@ -420,7 +422,7 @@ async fn faults(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
             )
                 .into_response();
         }
-        None => {}
+        Some(Fault::Pass) | None => {}
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await

@@ -1,0 +1,368 @@
+//! Syncs against the Maximo emulator: first sync, incremental after changes,
+//! full re-sync detecting a deletion, a 5xx burst resumed from its checkpoint,
+//! a 429 storm, refused credentials, one sync at a time, and the events.
+
+mod common;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use sluice::connectors::ConnectionStatus;
+use sluice::connectors::definition::Definitions;
+use sluice::connectors::http::{ConnectionConfig, HttpConnector};
+use sluice::connectors::resilience::{Health, Policy};
+use sluice::store::{MessageFilter, Store};
+use sluice::sync::{self, Mode, SyncError, SyncOptions};
+use sluice::unified::Entity;
+use sluice::webhooks::endpoints::{self, NewEndpoint};
+use sluice::webhooks::ssrf::GuardPolicy;
+use sluice_emulators::{Emulator, Fault, maximo};
+
+fn connector(emu: &Emulator, key: &str, policy: Policy) -> HttpConnector {
+    let defs = Definitions::built_in();
+    let config = ConnectionConfig {
+        definition: "maximo".into(),
+        params: [
+            ("base_url".to_string(), emu.base_url.clone()),
+            ("site".into(), "BEDFORD".into()),
+        ]
+        .into(),
+        credentials: [("api_key".to_string(), "MX".to_string())].into(),
+        rate_limit: None,
+        policy,
+    };
+    let health = Arc::new(Health::new("mx", policy, ConnectionStatus::Online, None));
+    let key = key.to_string();
+    HttpConnector::new(
+        "mx",
+        defs.get("maximo").unwrap().clone(),
+        &config,
+        &move |_| Some(key.clone()),
+        health,
+    )
+    .unwrap()
+}
+
+fn fast() -> Policy {
+    Policy {
+        base_delay_ms: 5,
+        max_delay_ms: 20,
+        ..Policy::default()
+    }
+}
+
+fn opts(mode: Mode) -> SyncOptions {
+    SyncOptions {
+        mode,
+        page_size: 10,
+        ..SyncOptions::default()
+    }
+}
+
+async fn store_with_endpoint() -> (Store, tempfile::TempDir) {
+    let (store, dir) = common::sqlite_store().await;
+    endpoints::add(
+        &store,
+        &GuardPolicy::parse("127.0.0.1").unwrap(),
+        NewEndpoint {
+            url: "http://127.0.0.1:9/hooks".into(),
+            secret: None,
+            event_types: vec!["sync.*".into(), "record.*".into()],
+            connection_id: None,
+            description: None,
+        },
+    )
+    .await
+    .unwrap();
+    (store, dir)
+}
+
+async fn events(store: &Store) -> Vec<(String, Value)> {
+    let mut m = store
+        .messages(&MessageFilter {
+            endpoint_id: None,
+            status: None,
+            limit: 10_000,
+        })
+        .await
+        .unwrap();
+    m.reverse();
+    m.into_iter()
+        .map(|m| {
+            let body: Value = serde_json::from_str(&m.body).unwrap();
+            (m.event_type, body["data"].clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn incremental_and_full_syncs_track_changes_and_deletions() {
+    let emu = maximo::start(30).await;
+    emu.set_page_cap(10);
+    let (store, _dir) = store_with_endpoint().await;
+    let c = connector(&emu, maximo::API_KEY, fast());
+
+    let r = sync::run(
+        &store,
+        &c,
+        "mx",
+        Entity::WorkOrder,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.added, r.updated, r.unchanged, r.deleted, r.pages),
+        (30, 0, 0, 0, 3)
+    );
+    assert_eq!(r.cursor.as_deref(), Some("2024-01-01T00:29:00.000Z"));
+    assert!(
+        emu.requests_to("/mxapiwo")[0].param("oslc.where").is_none(),
+        "a first sync reads everything"
+    );
+    let state = store.sync_state("mx", "work_order").await.unwrap().unwrap();
+    assert_eq!(state.state, "idle");
+    assert_eq!(
+        store
+            .cached_records("mx", "work_order")
+            .await
+            .unwrap()
+            .len(),
+        30
+    );
+
+    // Three changes and one deletion upstream.
+    for id in ["1003", "1010", "1020"] {
+        assert!(emu.update(
+            "mxapiwo",
+            id,
+            serde_json::json!({"description": format!("changed {id}")})
+        ));
+    }
+    assert!(emu.delete("mxapiwo", "1007"));
+    emu.clear_log();
+    let r = sync::run(
+        &store,
+        &c,
+        "mx",
+        Entity::WorkOrder,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.added, r.updated, r.deleted), (0, 3, 0), "{r:?}");
+    assert_eq!(
+        r.unchanged, 5,
+        "only records changed after the cursor minus the lookback are read: 00:25..00:29 again"
+    );
+    let w = emu.requests_to("/mxapiwo")[0]
+        .param("oslc.where")
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        w, "changedate>\"2024-01-01T00:24:00Z\"",
+        "cursor 00:29 minus the 5 min lookback"
+    );
+
+    let r = sync::run(&store, &c, "mx", Entity::WorkOrder, &opts(Mode::Full), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.added, r.updated, r.unchanged, r.deleted),
+        (0, 0, 29, 1),
+        "{r:?}"
+    );
+    let cached = store.cached_records("mx", "work_order").await.unwrap();
+    let deleted: Vec<&String> = cached.iter().filter(|(_, d)| *d).map(|(r, _)| r).collect();
+    assert_eq!(deleted.len(), 1);
+    assert!(deleted[0].contains("\"remote_id\":\"1007\""));
+
+    let ev = events(&store).await;
+    let kinds = |k: &str| ev.iter().filter(|(t, _)| t == k).count();
+    assert_eq!(kinds("record.created"), 30);
+    assert_eq!(kinds("record.updated"), 3);
+    assert_eq!(kinds("record.deleted"), 1);
+    assert_eq!(kinds("sync.completed"), 3);
+    let deleted_event = ev.iter().find(|(t, _)| t == "record.deleted").unwrap();
+    assert_eq!(deleted_event.1["remote_id"], "1007");
+    let updated = ev.iter().find(|(t, _)| t == "record.updated").unwrap();
+    assert_eq!(updated.1["record"]["description"], "changed 1003");
+    let completed = ev
+        .iter()
+        .rev()
+        .find(|(t, _)| t == "sync.completed")
+        .unwrap();
+    assert_eq!(completed.1["mode"], "full");
+    assert_eq!(completed.1["deleted"], 1);
+    assert_eq!(completed.1["connection_id"], "mx");
+    assert!(completed.1["duration_ms"].is_u64());
+}
+
+#[tokio::test]
+async fn a_sync_cut_by_a_5xx_burst_resumes_from_its_checkpoint() {
+    let emu = maximo::start(30).await;
+    emu.set_page_cap(10);
+    let (store, _dir) = store_with_endpoint().await;
+    let c = connector(
+        &emu,
+        maximo::API_KEY,
+        Policy {
+            max_attempts: 2,
+            failure_threshold: 100,
+            ..fast()
+        },
+    );
+    emu.inject([Fault::Pass, Fault::Status(503), Fault::Status(503)]);
+    let e = sync::run(&store, &c, "mx", Entity::WorkOrder, &opts(Mode::Full), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SyncError::Connector { pages: 1, .. }), "{e}");
+    let state = store.sync_state("mx", "work_order").await.unwrap().unwrap();
+    assert_eq!(state.state, "failed");
+    assert!(state.last_error.unwrap().contains("503"));
+    assert_eq!(state.cursor_ms, None, "the cursor advances only on success");
+    assert_eq!(
+        events(&store)
+            .await
+            .iter()
+            .filter(|(t, _)| t == "sync.failed")
+            .count(),
+        1
+    );
+
+    emu.clear_log();
+    let r = sync::run(&store, &c, "mx", Entity::WorkOrder, &opts(Mode::Full), None)
+        .await
+        .unwrap();
+    assert!(r.resumed);
+    assert_eq!(
+        (r.added, r.pages),
+        (30, 3),
+        "counts carry over from the interrupted part"
+    );
+    let first = &emu.requests_to("/mxapiwo")[0];
+    assert_eq!(
+        first.param("pageno"),
+        Some("2"),
+        "resumed at page 2, not from zero"
+    );
+    let created = events(&store)
+        .await
+        .iter()
+        .filter(|(t, _)| t == "record.created")
+        .count();
+    assert_eq!(created, 30, "no record announced twice");
+}
+
+#[tokio::test]
+async fn a_429_storm_slows_a_sync_but_it_completes() {
+    let emu = maximo::start(20).await;
+    emu.set_page_cap(10);
+    let (store, _dir) = store_with_endpoint().await;
+    let c = connector(&emu, maximo::API_KEY, fast());
+    emu.inject([
+        Fault::Throttle("0".into()),
+        Fault::Throttle("1".into()),
+        Fault::Pass,
+        Fault::Throttle("0".into()),
+    ]);
+    let t = std::time::Instant::now();
+    let r = sync::run(
+        &store,
+        &c,
+        "mx",
+        Entity::WorkOrder,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.added, 20);
+    assert!(t.elapsed() >= std::time::Duration::from_secs(1));
+    assert_eq!(emu.requests().len(), 5, "2 pages + 3 throttled attempts");
+}
+
+#[tokio::test]
+async fn refused_credentials_fail_the_sync_cleanly_and_emit_sync_failed() {
+    let emu = maximo::start(5).await;
+    let (store, _dir) = store_with_endpoint().await;
+    let c = connector(&emu, "revoked", fast());
+    let e = sync::run(
+        &store,
+        &c,
+        "mx",
+        Entity::WorkOrder,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap_err();
+    let SyncError::Connector { source, pages } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(*pages, 0);
+    assert_eq!(source.code().as_str(), "AUTHENTICATION_FAILED");
+    assert_eq!(c.health_state().status(), ConnectionStatus::AuthRequired);
+    let ev = events(&store).await;
+    let failed = ev
+        .iter()
+        .find(|(t, _)| t == "sync.failed")
+        .expect("sync.failed");
+    assert_eq!(failed.1["details"]["code"], "AUTHENTICATION_FAILED");
+    assert!(
+        store
+            .cached_records("mx", "work_order")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn one_sync_per_connection_and_entity_at_a_time() {
+    let emu = maximo::start(5).await;
+    emu.set_delay(std::time::Duration::from_millis(300));
+    let (store, _dir) = common::sqlite_store().await;
+    let c = Arc::new(connector(&emu, maximo::API_KEY, fast()));
+    let (s2, c2) = (store.clone(), c.clone());
+    let first = tokio::spawn(async move {
+        sync::run(
+            &s2,
+            c2.as_ref(),
+            "mx",
+            Entity::WorkOrder,
+            &opts(Mode::Incremental),
+            None,
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let e = sync::run(
+        &store,
+        c.as_ref(),
+        "mx",
+        Entity::WorkOrder,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, SyncError::AlreadyRunning { .. }));
+    assert!(e.to_string().contains("already running"), "{e}");
+    assert_eq!(first.await.unwrap().unwrap().added, 5);
+    // Another entity of the same connection is independent.
+    assert!(
+        sync::run(
+            &store,
+            c.as_ref(),
+            "mx",
+            Entity::Asset,
+            &opts(Mode::Incremental),
+            None
+        )
+        .await
+        .is_ok()
+    );
+}
