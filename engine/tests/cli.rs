@@ -829,6 +829,41 @@ output:
         "{out}"
     );
 
+    // Sync the work orders into the cache, then see the state.
+    let o = run(
+        args(&["sync", "start", "plant-maximo", "work_order", "--json"]),
+        sluice_emulators::maximo::API_KEY,
+    )
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json_out(&o);
+    assert_eq!(
+        (r["added"].as_u64(), r["mode"].as_str()),
+        (Some(8), Some("incremental")),
+        "{r}"
+    );
+    let o = run(
+        args(&["sync", "start", "plant-maximo", "work_order", "--full"]),
+        sluice_emulators::maximo::API_KEY,
+    )
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        text.contains(
+            "full sync of plant-maximo/work_order done: 0 added, 0 updated, 8 unchanged, 0 deleted"
+        ),
+        "{text}"
+    );
+    let o = run(args(&["sync", "status"]), "").await.unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        text.contains("plant-maximo") && text.contains("idle") && text.contains("full"),
+        "{text}"
+    );
+
     // A revoked key: `test` says what failed, the status is recorded with its history.
     let o = run(
         args(&["connection", "test", "plant-maximo", "--json"]),

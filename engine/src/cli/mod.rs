@@ -17,6 +17,7 @@ mod connection;
 mod graph;
 mod plugin;
 mod progress;
+mod sync;
 mod webhook;
 
 use std::io::IsTerminal;
@@ -121,6 +122,11 @@ enum Command {
     Connector {
         #[command(subcommand)]
         command: connection::ConnectorCommand,
+    },
+    /// Syncs of a connection's records into the local cache: start, status.
+    Sync {
+        #[command(subcommand)]
+        command: sync::SyncCommand,
     },
 }
 
@@ -304,6 +310,7 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Plugin { command } => plugin::dispatch(command).await,
         Command::Connection { command } => connection::dispatch(command).await,
         Command::Connector { command } => connection::dispatch_connector(command).await,
+        Command::Sync { command } => sync::dispatch(command).await,
     }
 }
 
