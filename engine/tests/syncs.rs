@@ -366,3 +366,82 @@ async fn one_sync_per_connection_and_entity_at_a_time() {
         .is_ok()
     );
 }
+
+#[tokio::test]
+async fn flows_read_synced_records_from_the_cache_while_the_system_is_offline() {
+    let emu = maximo::start(24).await;
+    let (store, _dir) = common::sqlite_store().await;
+    let c: Arc<HttpConnector> = Arc::new(connector(&emu, maximo::API_KEY, fast()));
+    sync::run(
+        &store,
+        c.as_ref(),
+        "mx",
+        Entity::WorkOrder,
+        &opts(Mode::Full),
+        None,
+    )
+    .await
+    .unwrap();
+    emu.delete("mxapiwo", "1005");
+    sync::run(
+        &store,
+        c.as_ref(),
+        "mx",
+        Entity::WorkOrder,
+        &opts(Mode::Full),
+        None,
+    )
+    .await
+    .unwrap();
+    drop(emu); // the system goes away
+    let engine = common::engine(
+        store,
+        vec![("mx", c as Arc<dyn sluice::connectors::Connector>)],
+        vec![],
+    );
+    let flow = r#"
+apiVersion: sluice/v1
+id: done-work
+steps:
+  - id: done
+    read:
+      connection: mx
+      entity: work_order
+      from: cache
+      filter: { status: completed }
+  - id: page
+    read:
+      connection: mx
+      entity: work_order
+      from: cache
+      limit: 10
+      modified_after: "2024-01-01T00:03:00Z"
+  - id: live
+    needs: [done, page]
+    on_error: continue
+    read:
+      connection: mx
+      entity: work_order
+output:
+  completed: "${{ steps.done.output.records | map(attribute='remote_id') | list }}"
+  page_count: "${{ steps.page.output.count }}"
+  page_next: "${{ steps.page.output.next_cursor }}"
+  first: "${{ steps.page.output.records[0].remote_id }}"
+"#;
+    let out = common::run(&engine, flow, serde_json::json!({})).await;
+    assert_eq!(
+        out.status,
+        sluice::store::RunStatus::Succeeded,
+        "{:?}",
+        out.error
+    );
+    let o = out.output.unwrap();
+    // COMP at i % 8 == 5, CLOSE at 6: 1005 was deleted upstream.
+    assert_eq!(
+        o["completed"],
+        serde_json::json!(["1006", "1013", "1014", "1021", "1022"])
+    );
+    assert_eq!(o["page_count"], 10);
+    assert_eq!(o["page_next"], "10");
+    assert_eq!(o["first"], "1004");
+}

@@ -1304,7 +1304,7 @@ impl HttpConnector {
                 records.push(self.to_record(ce, entity, "list", i, query.raw)?);
             }
         }
-        records.retain(|r| matches_filters(r, &query.filters));
+        records.retain(|r| super::record_matches(r, &query.filters));
         let next = match &spec.paginator {
             Paginator::None => None,
             Paginator::NextLink { .. } | Paginator::Odata => {
@@ -1557,22 +1557,6 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let ms = (when.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0);
     Some(Duration::from_millis(ms as u64))
-}
-
-fn matches_filters(rec: &Value, filters: &BTreeMap<String, Value>) -> bool {
-    filters.iter().all(|(k, want)| {
-        let mut v = rec;
-        for part in k.split('.') {
-            match v.get(part) {
-                Some(x) => v = x,
-                None => return want.is_null(),
-            }
-        }
-        match want {
-            Value::Array(options) => options.iter().any(|o| o == v),
-            w => w == v,
-        }
-    })
 }
 
 #[async_trait]

@@ -37,6 +37,27 @@ pub struct ListQuery {
     pub raw: bool,
 }
 
+/// Whether a record matches equality filters: keys are field paths
+/// (`status`, `custom_fields.plant`), a list matches any of its values, a
+/// string matches a non-string value by its text, numbers compare as numbers.
+pub fn record_matches(record: &Value, filters: &BTreeMap<String, Value>) -> bool {
+    filters.iter().all(|(path, wanted)| {
+        let actual = path.split('.').try_fold(record, |v, seg| v.get(seg));
+        value_matches(actual, wanted)
+    })
+}
+
+fn value_matches(actual: Option<&Value>, wanted: &Value) -> bool {
+    let Some(actual) = actual else {
+        return wanted.is_null();
+    };
+    match wanted {
+        Value::Array(options) => options.iter().any(|o| value_matches(Some(actual), o)),
+        Value::String(s) if !actual.is_string() => *actual.to_string() == **s,
+        w => w == actual || (w.is_number() && actual.is_number() && w.as_f64() == actual.as_f64()),
+    }
+}
+
 /// One page of records.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Page {

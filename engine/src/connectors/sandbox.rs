@@ -419,21 +419,6 @@ fn sort_key(v: &Value) -> (String, String) {
     )
 }
 
-fn field<'a>(record: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(record, |v, seg| v.get(seg))
-}
-
-fn matches_filter(actual: Option<&Value>, wanted: &Value) -> bool {
-    let Some(actual) = actual else {
-        return wanted.is_null();
-    };
-    match wanted {
-        Value::Array(options) => options.iter().any(|o| matches_filter(Some(actual), o)),
-        Value::String(s) if !actual.is_string() => *actual.to_string() == **s,
-        w => w == actual || (w.is_number() && actual.is_number() && w.as_f64() == actual.as_f64()),
-    }
-}
-
 fn encode_cursor(v: &Value) -> String {
     let (t, id) = sort_key(v);
     hex::encode(format!("{t}|{id}"))
@@ -576,11 +561,7 @@ impl Connector for SandboxConnector {
             {
                 continue;
             }
-            if !query
-                .filters
-                .iter()
-                .all(|(k, w)| matches_filter(field(r, k), w))
-            {
+            if !super::record_matches(r, &query.filters) {
                 continue;
             }
             if records.len() == limit {

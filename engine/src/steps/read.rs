@@ -29,6 +29,17 @@ use crate::unified::Entity;
 /// Largest number of records one read returns without a `limit`.
 pub const MAX_RECORDS: usize = 100_000;
 
+/// Where a `read` gets its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// From the connected system (default).
+    #[default]
+    Live,
+    /// From the local record cache that syncs keep (works while the system is offline).
+    Cache,
+}
+
 /// Config of a `read` step.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -49,9 +60,12 @@ pub struct ReadStep {
     /// Continue from a previous read's `next_cursor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
-    /// Include each record's source payload as `raw`.
+    /// Include each record's source payload as `raw` (live reads).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub raw: bool,
+    /// `live` (default) or `cache`: the records the last syncs stored, same filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ReadFrom>,
 }
 
 /// A compiled `read` step.
@@ -64,6 +78,7 @@ pub struct CompiledRead {
     limit: Option<Template>,
     cursor: Option<Template>,
     raw: bool,
+    from: ReadFrom,
 }
 
 /// Checks connection, entity, filter fields and expressions.
@@ -109,6 +124,7 @@ pub fn compile(step: &ReadStep, c: &mut Checker<'_>) -> Option<CompiledRead> {
         limit,
         cursor,
         raw: step.raw,
+        from: step.from.unwrap_or_default(),
     })
 }
 
@@ -159,6 +175,11 @@ impl CompiledRead {
             None => None,
         };
         let cap = limit.unwrap_or(MAX_RECORDS);
+        if self.from == ReadFrom::Cache {
+            return self
+                .from_cache(rt, &filters, modified_after, limit, cursor)
+                .await;
+        }
         let mut records: Vec<Value> = Vec::new();
         loop {
             let query = ListQuery {
@@ -185,5 +206,84 @@ impl CompiledRead {
             ));
         }
         Ok(json!({"count": records.len(), "records": records, "next_cursor": cursor}))
+    }
+}
+
+impl CompiledRead {
+    /// Reads synced records from the cache: not deleted, filtered like a live
+    /// read, oldest change first; `next_cursor` is an offset.
+    async fn from_cache(
+        &self,
+        rt: &StepRuntime<'_>,
+        filters: &BTreeMap<String, Value>,
+        modified_after: Option<DateTime<Utc>>,
+        limit: Option<usize>,
+        cursor: Option<String>,
+    ) -> Result<Value, StepError> {
+        let store = rt.store.ok_or_else(|| {
+            StepError::new(
+                StepErrorKind::Validation,
+                "`from: cache` reads the record cache of a durable run; there is no store here",
+            )
+        })?;
+        let skip: usize = match &cursor {
+            Some(c) => c.parse().map_err(|_| {
+                StepError::new(
+                    StepErrorKind::Validation,
+                    format!("cursor `{c}` was not made by a cache read"),
+                )
+            })?,
+            None => 0,
+        };
+        let rows = store
+            .cached_records(&self.connection, self.entity.name())
+            .await
+            .map_err(|e| StepError::new(StepErrorKind::Connector, format!("record cache: {e}")))?;
+        let after = modified_after.map(|m| m.timestamp_millis());
+        let cap = limit.unwrap_or(MAX_RECORDS);
+        let mut matched = 0usize;
+        let mut records = Vec::new();
+        let mut more = false;
+        for (data, deleted) in rows {
+            if deleted {
+                continue;
+            }
+            let Ok(rec) = serde_json::from_str::<Value>(&data) else {
+                continue;
+            };
+            if let Some(a) = after {
+                let t = rec["remote_updated_at"]
+                    .as_str()
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    .map(|d| d.timestamp_millis())
+                    .unwrap_or(0);
+                if t <= a {
+                    continue;
+                }
+            }
+            if !crate::connectors::record_matches(&rec, filters) {
+                continue;
+            }
+            matched += 1;
+            if matched <= skip {
+                continue;
+            }
+            if records.len() == cap {
+                more = true;
+                break;
+            }
+            records.push(rec);
+        }
+        if limit.is_none() && more {
+            return Err(StepError::new(
+                StepErrorKind::Validation,
+                format!(
+                    "read of {} from the cache matched more than {MAX_RECORDS} records; add a filter or a limit",
+                    self.entity
+                ),
+            ));
+        }
+        let next = more.then(|| (skip + records.len()).to_string());
+        Ok(json!({"count": records.len(), "records": records, "next_cursor": next}))
     }
 }
