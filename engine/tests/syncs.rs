@@ -445,3 +445,40 @@ output:
     assert_eq!(o["page_next"], "10");
     assert_eq!(o["first"], "1004");
 }
+
+#[tokio::test]
+async fn a_flow_syncs_then_reads_the_cache() {
+    let emu = maximo::start(12).await;
+    let (store, _dir) = common::sqlite_store().await;
+    let c: Arc<dyn sluice::connectors::Connector> =
+        Arc::new(connector(&emu, maximo::API_KEY, fast()));
+    let engine = common::engine(store.clone(), vec![("mx", c)], vec![]);
+    let flow = r#"
+apiVersion: sluice/v1
+id: refresh-then-report
+steps:
+  - id: refresh
+    sync: { connection: mx, entity: work_order, full: true }
+  - id: urgent
+    needs: [refresh]
+    read: { connection: mx, entity: work_order, from: cache, filter: { priority: urgent } }
+output:
+  added: "${{ steps.refresh.output.added }}"
+  mode: "${{ steps.refresh.output.mode }}"
+  urgent: "${{ steps.urgent.output.count }}"
+"#;
+    let out = common::run(&engine, flow, serde_json::json!({})).await;
+    assert_eq!(
+        out.status,
+        sluice::store::RunStatus::Succeeded,
+        "{:?}",
+        out.error
+    );
+    assert_eq!(
+        out.output.unwrap(),
+        serde_json::json!({"added": 12, "mode": "full", "urgent": 3})
+    );
+    let state = store.sync_state("mx", "work_order").await.unwrap().unwrap();
+    assert_eq!(state.state, "idle");
+    assert_eq!(state.mode.as_deref(), Some("full"));
+}

@@ -581,6 +581,7 @@ fn compile_step(
         Some(StepKind::Select(s)) => steps::select::compile(s, &mut c).map(CompiledKind::Select),
         Some(StepKind::Set(v)) => steps::set::compile(v, &mut c).map(CompiledKind::Set),
         Some(StepKind::Wait(s)) => steps::wait::compile(s, &mut c).map(CompiledKind::Wait),
+        Some(StepKind::Sync(s)) => steps::sync::compile(s, &mut c).map(CompiledKind::Sync),
         Some(StepKind::Webhook(s)) => steps::webhook::compile(s, &mut c).map(CompiledKind::Webhook),
         Some(StepKind::Plugin(s)) => {
             steps::plugin::compile(s, step.with.as_ref(), timeout, &mut c).map(CompiledKind::Plugin)

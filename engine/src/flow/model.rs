@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::steps::{PluginStep, ReadStep, SelectStep, WaitStep, WebhookStep, WriteStep};
+use crate::steps::{PluginStep, ReadStep, SelectStep, SyncStep, WaitStep, WebhookStep, WriteStep};
 
 /// A flow: a DAG of steps started by triggers.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -192,7 +192,7 @@ pub enum OnError {
     Continue,
 }
 
-/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`, `webhook`, `plugin`).
+/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`, `webhook`, `plugin`, `sync`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -246,6 +246,9 @@ pub struct Step {
     /// Run a WASM plugin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<PluginStep>,
+    /// Sync an entity of a connection into the record cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStep>,
     /// The plugin's input (for `plugin` steps).
     #[serde(rename = "with", default, skip_serializing_if = "Option::is_none")]
     pub with: Option<Value>,
@@ -268,6 +271,8 @@ pub enum StepKind<'a> {
     Webhook(&'a WebhookStep),
     /// `plugin`
     Plugin(&'a PluginStep),
+    /// `sync`
+    Sync(&'a SyncStep),
 }
 
 impl StepKind<'_> {
@@ -281,6 +286,7 @@ impl StepKind<'_> {
             StepKind::Wait(_) => "wait",
             StepKind::Webhook(_) => "webhook",
             StepKind::Plugin(_) => "plugin",
+            StepKind::Sync(_) => "sync",
         }
     }
 
@@ -319,6 +325,9 @@ impl Step {
         if let Some(k) = &self.plugin {
             kinds.push(StepKind::Plugin(k));
         }
+        if let Some(k) = &self.sync {
+            kinds.push(StepKind::Sync(k));
+        }
         kinds
     }
 
@@ -330,7 +339,7 @@ impl Step {
 
 /// Names of the step kinds, for hints.
 pub const STEP_KINDS: &[&str] = &[
-    "read", "write", "select", "set", "wait", "webhook", "plugin",
+    "read", "write", "select", "set", "wait", "webhook", "plugin", "sync",
 ];
 
 /// Retry policy of a step.

@@ -6,6 +6,7 @@ pub mod plugin;
 pub mod read;
 pub mod select;
 pub mod set;
+pub mod sync;
 pub mod wait;
 pub mod webhook;
 pub mod write;
@@ -18,6 +19,7 @@ use serde_json::Value;
 pub use plugin::PluginStep;
 pub use read::ReadStep;
 pub use select::SelectStep;
+pub use sync::SyncStep;
 pub use wait::WaitStep;
 pub use webhook::WebhookStep;
 pub use write::WriteStep;
@@ -146,6 +148,8 @@ pub enum CompiledKind {
     Webhook(webhook::CompiledWebhook),
     /// `plugin`
     Plugin(plugin::CompiledPlugin),
+    /// `sync`
+    Sync(sync::CompiledSync),
 }
 
 impl CompiledKind {
@@ -159,6 +163,7 @@ impl CompiledKind {
             CompiledKind::Wait(s) => s.execute().await,
             CompiledKind::Webhook(s) => s.execute(rt).await,
             CompiledKind::Plugin(s) => s.execute(rt).await,
+            CompiledKind::Sync(s) => s.execute(rt).await,
         }
     }
 

@@ -1,0 +1,157 @@
+//! Sync benchmark: a full sync of purchase orders (5 lines each) from the SAP
+//! emulator over loopback into SQLite, then an incremental sync after 1 % of
+//! them changed; records/s and peak heap above the starting point (the
+//! emulator's stored data excluded, its per-page JSON included).
+//!
+//! Run: `cargo bench -p sluice --bench syncs` (`SLUICE_BENCH_ORDERS` sets the
+//! count, default 100000). Prints figures; asserts nothing about speed.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use sluice::connectors::ConnectionStatus;
+use sluice::connectors::definition::Definitions;
+use sluice::connectors::http::{ConnectionConfig, HttpConnector};
+use sluice::connectors::resilience::{Health, Policy};
+use sluice::store::Store;
+use sluice::sync::{self, Mode, SyncOptions};
+use sluice::unified::Entity;
+use sluice_emulators::sap;
+
+struct Counting;
+static ON: AtomicBool = AtomicBool::new(false);
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() && ON.load(Ordering::Relaxed) {
+            let now = CURRENT.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        if ON.load(Ordering::Relaxed) {
+            CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn mib(b: usize) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let orders: usize = std::env::var("SLUICE_BENCH_ORDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let emu = sap::start(orders, 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("sync.db").display()
+    ))
+    .await
+    .unwrap();
+    let config = ConnectionConfig {
+        definition: "sap_s4hana".into(),
+        params: [("base_url".to_string(), emu.base_url.clone())].into(),
+        credentials: [
+            ("username".to_string(), "U".to_string()),
+            ("password".to_string(), "P".to_string()),
+        ]
+        .into(),
+        rate_limit: None,
+        policy: Policy::default(),
+    };
+    let c = HttpConnector::new(
+        "sap",
+        Definitions::built_in().get("sap_s4hana").unwrap().clone(),
+        &config,
+        &|n| Some(if n == "U" { sap::USER } else { sap::PASSWORD }.to_string()),
+        Arc::new(Health::new(
+            "sap",
+            Policy::default(),
+            ConnectionStatus::Online,
+            None,
+        )),
+    )
+    .unwrap();
+    let opts = |mode| SyncOptions {
+        mode,
+        page_size: 500,
+        ..SyncOptions::default()
+    };
+
+    ON.store(true, Ordering::Relaxed);
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let t = Instant::now();
+    let full = sync::run(
+        &store,
+        &c,
+        "sap",
+        Entity::PurchaseOrder,
+        &opts(Mode::Full),
+        None,
+    )
+    .await
+    .unwrap();
+    let full_secs = t.elapsed().as_secs_f64();
+    let full_peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    ON.store(false, Ordering::Relaxed);
+    println!(
+        "full sync: {} purchase orders in {} pages, {:.2} s = {:.0} records/s; peak heap above start {:.1} MiB",
+        full.added,
+        full.pages,
+        full_secs,
+        full.added as f64 / full_secs,
+        mib(full_peak)
+    );
+
+    let changed = (orders / 100).max(1);
+    for i in 0..changed {
+        let id = format!("{}", 4_500_000_000u64 + (i * 100) as u64);
+        emu.update(
+            "purchase_orders",
+            &id,
+            serde_json::json!({"YY1_ProjectCode_PDH": "CHANGED"}),
+        );
+    }
+    ON.store(true, Ordering::Relaxed);
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let t = Instant::now();
+    let inc = sync::run(
+        &store,
+        &c,
+        "sap",
+        Entity::PurchaseOrder,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap();
+    let inc_secs = t.elapsed().as_secs_f64();
+    let inc_peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    ON.store(false, Ordering::Relaxed);
+    println!(
+        "incremental sync after {changed} changes: {} updated, {} unchanged (lookback), {} pages, {:.3} s = {:.1} % of the full sync; peak heap above start {:.1} MiB",
+        inc.updated,
+        inc.unchanged,
+        inc.pages,
+        inc_secs,
+        100.0 * inc_secs / full_secs,
+        mib(inc_peak)
+    );
+}

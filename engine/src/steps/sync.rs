@@ -1,0 +1,96 @@
+//! `sync`: sync one entity of a connection into the record cache, then carry on.
+//!
+//! ```yaml
+//! - id: refresh
+//!   sync: { connection: erp, entity: purchase_order, full: false }
+//! ```
+//! The output is the sync report (`added`, `updated`, `unchanged`, `deleted`,
+//! `pages`, `cursor`...). A sync already running for that connection and
+//! entity fails the step with a retryable error; a `retry:` policy waits it out.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{StepError, StepErrorKind, StepRuntime};
+use crate::flow::check::Checker;
+use crate::path;
+use crate::sync::{Mode, SyncError, SyncOptions};
+use crate::unified::Entity;
+
+/// Config of a `sync` step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncStep {
+    /// Connection id.
+    pub connection: String,
+    /// Entity to sync.
+    pub entity: String,
+    /// Full re-sync (ignore the cursor, detect deletions).
+    #[serde(default)]
+    pub full: bool,
+}
+
+/// A compiled `sync` step.
+#[derive(Debug)]
+pub struct CompiledSync {
+    connection: String,
+    entity: Entity,
+    full: bool,
+}
+
+/// Checks the connection and entity.
+pub fn compile(step: &SyncStep, c: &mut Checker<'_>) -> Option<CompiledSync> {
+    let ok = c.connection(&path!["sync", "connection"], &step.connection);
+    let entity = c.entity(&path!["sync", "entity"], &step.entity);
+    if !ok {
+        return None;
+    }
+    Some(CompiledSync {
+        connection: step.connection.clone(),
+        entity: entity?,
+        full: step.full,
+    })
+}
+
+impl CompiledSync {
+    /// Runs the sync.
+    pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
+        let store = rt.store.ok_or_else(|| {
+            StepError::new(
+                StepErrorKind::Validation,
+                "`sync` writes the record cache of a durable run; there is no store here",
+            )
+        })?;
+        let connector = rt.connector(&self.connection)?;
+        let opts = SyncOptions {
+            mode: if self.full {
+                Mode::Full
+            } else {
+                Mode::Incremental
+            },
+            ..SyncOptions::default()
+        };
+        match crate::sync::run(
+            store,
+            connector.as_ref(),
+            &self.connection,
+            self.entity,
+            &opts,
+            None,
+        )
+        .await
+        {
+            Ok(r) => Ok(serde_json::to_value(r).expect("reports serialize")),
+            Err(SyncError::Connector { source, .. }) => Err(source.into()),
+            Err(e @ SyncError::AlreadyRunning { .. }) => Err(StepError {
+                retryable: true,
+                ..StepError::new(StepErrorKind::Connector, e.to_string())
+            }),
+            Err(SyncError::Store(e)) => Err(StepError::new(
+                StepErrorKind::Connector,
+                format!("record cache: {e}"),
+            )),
+        }
+    }
+}
