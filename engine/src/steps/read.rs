@@ -177,7 +177,7 @@ impl CompiledRead {
         let cap = limit.unwrap_or(MAX_RECORDS);
         if self.from == ReadFrom::Cache {
             return self
-                .from_cache(rt, &filters, modified_after, limit, cursor)
+                .read_cache(rt, &filters, modified_after, limit, cursor)
                 .await;
         }
         let mut records: Vec<Value> = Vec::new();
@@ -212,7 +212,7 @@ impl CompiledRead {
 impl CompiledRead {
     /// Reads synced records from the cache: not deleted, filtered like a live
     /// read, oldest change first; `next_cursor` is an offset.
-    async fn from_cache(
+    async fn read_cache(
         &self,
         rt: &StepRuntime<'_>,
         filters: &BTreeMap<String, Value>,
