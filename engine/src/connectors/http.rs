@@ -1114,19 +1114,20 @@ impl HttpConnector {
         m.insert("connection_id".into(), Value::String(self.id.clone()));
         m.entry("custom_fields").or_insert_with(|| json!({}));
         m.entry("remote_was_deleted").or_insert(Value::Bool(false));
-        let rec = Value::Object(m);
-        let mut valid = entity.validate_owned(rec).map_err(|e| {
-            self.error(
-                ConnectorErrorKind::Permanent,
-                Some(entity),
-                op,
-                None,
-                format!(
-                    "{entity} {remote_id} from `{}` does not fit the unified model: {}",
-                    self.def.def.id, e.message
-                ),
-            )
-        })?;
+        let mut valid = crate::unified::shape::Shape::of(entity)
+            .check(m)
+            .map_err(|e| {
+                self.error(
+                    ConnectorErrorKind::Permanent,
+                    Some(entity),
+                    op,
+                    None,
+                    format!(
+                        "{entity} {remote_id} from `{}` does not fit the unified model: {}",
+                        self.def.def.id, e.message
+                    ),
+                )
+            })?;
         if raw {
             valid["raw"] = src.clone();
         }

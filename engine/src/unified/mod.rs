@@ -8,6 +8,8 @@
 //! Records travel through the engine as JSON; the types here define, validate
 //! and document that JSON (their JSON Schemas come from `schemars`).
 
+pub mod shape;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;

@@ -1,0 +1,343 @@
+//! A fast record checker compiled from an entity's JSON Schema.
+//!
+//! [`Entity::validate`] checks a record by deserializing it into the typed
+//! model and serializing it back. The connectors' hot path maps thousands of
+//! records per page, so [`Shape`] does the same checks (types, enum values,
+//! dates and timestamps, required and unknown fields, defaults) in place and
+//! produces the same JSON, without the round trip. The shapes are derived from
+//! the schemars schemas of the typed model, so they cannot drift from it (a
+//! test compares both on every sandbox record).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{Map, Number, Value};
+
+use super::{Entity, RecordError};
+
+#[derive(Debug)]
+enum Kind {
+    Str,
+    Num,
+    Int,
+    Bool,
+    DateTime,
+    Date,
+    Enum(BTreeSet<String>),
+    Object,
+    Any,
+    List(Arc<Shape>),
+}
+
+#[derive(Debug)]
+struct Field {
+    name: String,
+    kind: Kind,
+    nullable: bool,
+    /// Value used when the field is missing; `None` = required.
+    default: Option<Value>,
+    /// Left out of the output when null (`raw`).
+    omit_null: bool,
+}
+
+/// The compiled shape of a record (or of a purchase-order line).
+#[derive(Debug)]
+pub struct Shape {
+    fields: Vec<Field>,
+}
+
+fn resolve<'a>(s: &'a Value, root: &'a Value) -> &'a Value {
+    match s.get("$ref").and_then(Value::as_str) {
+        Some(r) => r
+            .strip_prefix("#/$defs/")
+            .and_then(|n| root.get("$defs")?.get(n))
+            .unwrap_or(s),
+        None => s,
+    }
+}
+
+fn kind_of(s: &Value, root: &Value) -> (Kind, bool) {
+    let s = resolve(s, root);
+    if let Some(Value::Array(branches)) = s.get("anyOf").or_else(|| s.get("oneOf")) {
+        let consts: Option<BTreeSet<String>> = branches
+            .iter()
+            .map(|b| {
+                resolve(b, root)
+                    .get("const")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .collect();
+        if let Some(values) = consts {
+            return (Kind::Enum(values), false);
+        }
+        let mut nullable = false;
+        let mut kind = Kind::Any;
+        for b in branches {
+            let b = resolve(b, root);
+            if b.get("type").and_then(Value::as_str) == Some("null") {
+                nullable = true;
+            } else {
+                kind = kind_of(b, root).0;
+            }
+        }
+        return (kind, nullable);
+    }
+    if let Some(Value::Array(values)) = s.get("enum") {
+        return (
+            Kind::Enum(
+                values
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            false,
+        );
+    }
+    let (ty, nullable) = match s.get("type") {
+        Some(Value::String(t)) => (t.as_str(), false),
+        Some(Value::Array(ts)) => (
+            ts.iter()
+                .filter_map(Value::as_str)
+                .find(|t| *t != "null")
+                .unwrap_or("null"),
+            ts.iter().any(|t| t == "null"),
+        ),
+        _ => return (Kind::Any, true),
+    };
+    let format = s.get("format").and_then(Value::as_str);
+    let kind = match (ty, format) {
+        ("string", Some("date-time")) => Kind::DateTime,
+        ("string", Some("date")) => Kind::Date,
+        ("string", _) => Kind::Str,
+        ("number", _) => Kind::Num,
+        ("integer", _) => Kind::Int,
+        ("boolean", _) => Kind::Bool,
+        ("object", _) => Kind::Object,
+        ("array", _) => match s.get("items") {
+            Some(items) => Kind::List(Arc::new(Shape::from_schema(resolve(items, root), root))),
+            None => Kind::Any,
+        },
+        _ => Kind::Any,
+    };
+    (kind, nullable)
+}
+
+impl Shape {
+    fn from_schema(schema: &Value, root: &Value) -> Shape {
+        let required: BTreeSet<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut fields = Vec::new();
+        for (name, prop) in schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let (kind, nullable) = kind_of(prop, root);
+            let explicit_default = resolve(prop, root)
+                .get("default")
+                .or_else(|| prop.get("default"))
+                .cloned();
+            let default = if required.contains(name.as_str()) {
+                None
+            } else {
+                Some(explicit_default.unwrap_or(Value::Null))
+            };
+            fields.push(Field {
+                omit_null: name == "raw",
+                name: name.clone(),
+                kind,
+                nullable: nullable || matches!(default, Some(Value::Null)),
+                default,
+            });
+        }
+        Shape { fields }
+    }
+
+    /// The shape of an entity's records.
+    pub fn of(entity: Entity) -> &'static Shape {
+        static SHAPES: OnceLock<Vec<(Entity, Shape)>> = OnceLock::new();
+        let all = SHAPES.get_or_init(|| {
+            Entity::ALL
+                .iter()
+                .map(|e| {
+                    let schema = e.json_schema();
+                    (*e, Shape::from_schema(&schema, &schema))
+                })
+                .collect()
+        });
+        &all.iter()
+            .find(|(e, _)| *e == entity)
+            .expect("every entity")
+            .1
+    }
+
+    /// Checks a record and returns it as the typed model would serialize it.
+    pub fn check(&self, mut record: Map<String, Value>) -> Result<Value, RecordError> {
+        let err = |m: String| RecordError { message: m };
+        let mut out = Map::with_capacity(self.fields.len());
+        for f in &self.fields {
+            // Reuse the record's own key string when it has the field.
+            let (key, v) = match record.remove_entry(&f.name) {
+                Some(kv) => kv,
+                None => match &f.default {
+                    Some(d) => (f.name.clone(), d.clone()),
+                    None => return Err(err(format!("missing field `{}`", f.name))),
+                },
+            };
+            if v.is_null() {
+                if !f.nullable {
+                    return Err(err(format!(
+                        "invalid type: null, expected a value for `{}`",
+                        f.name
+                    )));
+                }
+                if !f.omit_null {
+                    out.insert(key, Value::Null);
+                }
+                continue;
+            }
+            let bad = |what: &str, v: &Value| {
+                err(format!(
+                    "invalid value {v} for `{}`: expected {what}",
+                    f.name
+                ))
+            };
+            let v = match &f.kind {
+                Kind::Str => match v {
+                    Value::String(_) => v,
+                    other => return Err(bad("a string", &other)),
+                },
+                Kind::Num => match v.as_f64() {
+                    Some(n) => Number::from_f64(n)
+                        .map(Value::Number)
+                        .ok_or_else(|| bad("a finite number", &v))?,
+                    None => return Err(bad("a number", &v)),
+                },
+                Kind::Int => match v.as_u64() {
+                    Some(n) if n <= u64::from(u32::MAX) => v,
+                    _ => return Err(bad("a non-negative integer", &v)),
+                },
+                Kind::Bool => match v {
+                    Value::Bool(_) => v,
+                    other => return Err(bad("a boolean", &other)),
+                },
+                Kind::DateTime => match v.as_str().and_then(|s| s.parse::<DateTime<Utc>>().ok()) {
+                    Some(d) => serde_json::to_value(d).expect("timestamps serialize"),
+                    None => return Err(bad("an RFC 3339 timestamp", &v)),
+                },
+                Kind::Date => match v.as_str().and_then(|s| s.parse::<NaiveDate>().ok()) {
+                    Some(d) => serde_json::to_value(d).expect("dates serialize"),
+                    None => return Err(bad("a YYYY-MM-DD date", &v)),
+                },
+                Kind::Enum(values) => match v.as_str() {
+                    Some(s) if values.contains(s) => v,
+                    _ => {
+                        return Err(err(format!(
+                            "unknown variant {v} for `{}`, expected one of {}",
+                            f.name,
+                            values.iter().cloned().collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                },
+                Kind::Object => match v {
+                    Value::Object(_) => v,
+                    other => return Err(bad("an object", &other)),
+                },
+                Kind::Any => v,
+                Kind::List(shape) => match v {
+                    Value::Array(items) => Value::Array(
+                        items
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, item)| match item {
+                                Value::Object(m) => shape
+                                    .check(m)
+                                    .map_err(|e| err(format!("{}[{i}]: {}", f.name, e.message))),
+                                other => Err(bad("a list of objects", &other)),
+                            })
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    other => return Err(bad("a list", &other)),
+                },
+            };
+            out.insert(key, v);
+        }
+        if let Some(extra) = record.keys().next() {
+            return Err(err(format!("unknown field `{extra}`")));
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connectors::sandbox::DATA;
+
+    #[test]
+    fn the_fast_check_agrees_with_the_typed_model_on_every_sandbox_record() {
+        for e in Entity::ALL {
+            for r in DATA.records(e) {
+                let typed = e.validate(r).unwrap();
+                let fast = Shape::of(e).check(r.as_object().unwrap().clone()).unwrap();
+                assert_eq!(fast, typed, "{e}");
+                assert_eq!(
+                    serde_json::to_string(&fast).unwrap(),
+                    serde_json::to_string(&typed).unwrap(),
+                    "{e}: same key order"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_check_refuses_what_the_typed_model_refuses() {
+        let good = DATA.records(Entity::PurchaseOrder)[0]
+            .as_object()
+            .unwrap()
+            .clone();
+        let cases: Vec<(&str, Value)> = vec![
+            ("status", Value::from("lost")),
+            ("total", Value::from("12")),
+            ("order_date", Value::from("2024-13-01")),
+            ("remote_updated_at", Value::from("yesterday")),
+            ("number", Value::Null),
+        ];
+        for (field, bad) in cases {
+            let mut r = good.clone();
+            r.insert(field.into(), bad.clone());
+            assert!(
+                Entity::PurchaseOrder
+                    .validate(&Value::Object(r.clone()))
+                    .is_err()
+            );
+            let e = Shape::of(Entity::PurchaseOrder).check(r).unwrap_err();
+            assert!(e.message.contains(field), "{field}: {}", e.message);
+        }
+        let mut r = good.clone();
+        r.insert("colour".into(), Value::from("red"));
+        assert!(
+            Shape::of(Entity::PurchaseOrder)
+                .check(r)
+                .unwrap_err()
+                .message
+                .contains("unknown field `colour`")
+        );
+        let mut r = good;
+        r.remove("vendor_id");
+        assert!(
+            Shape::of(Entity::PurchaseOrder)
+                .check(r)
+                .unwrap_err()
+                .message
+                .contains("missing field `vendor_id`")
+        );
+    }
+}
