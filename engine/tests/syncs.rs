@@ -482,3 +482,84 @@ output:
     assert_eq!(state.state, "idle");
     assert_eq!(state.mode.as_deref(), Some("full"));
 }
+
+#[tokio::test]
+async fn syncs_and_connection_history_work_on_postgresql() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("skipped: SLUICE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let store = Store::connect(&url).await.unwrap();
+    // The database is shared with other tests: a connection id of our own.
+    let conn = format!("mx-{}", uuid::Uuid::now_v7().simple());
+    let emu = maximo::start(25).await;
+    emu.set_page_cap(10);
+    let c = connector(&emu, maximo::API_KEY, fast());
+    let r = sync::run(
+        &store,
+        &c,
+        &conn,
+        Entity::WorkOrder,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.added, r.pages), (25, 3));
+    emu.update("mxapiwo", "1001", serde_json::json!({"description": "pg"}));
+    emu.delete("mxapiwo", "1002");
+    let r = sync::run(
+        &store,
+        &c,
+        &conn,
+        Entity::WorkOrder,
+        &opts(Mode::Full),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.added, r.updated, r.unchanged, r.deleted),
+        (0, 1, 23, 1),
+        "{r:?}"
+    );
+    let cached = store.cached_records(&conn, "work_order").await.unwrap();
+    assert_eq!(cached.iter().filter(|(_, d)| *d).count(), 1);
+    let state = store
+        .sync_state(&conn, "work_order")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.state, "idle");
+
+    // Connections and their status history.
+    assert!(
+        store
+            .put_connection(&conn, "maximo", "{}", false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_connection(&conn, "maximo", "{}", false)
+            .await
+            .unwrap()
+    );
+    store
+        .record_status_change(&sluice::store::StatusEvent {
+            connection_id: conn.clone(),
+            from: "online".into(),
+            to: "offline".into(),
+            reason: "circuit open".into(),
+            at: 1,
+        })
+        .await
+        .unwrap();
+    let h = store.status_history(&conn, 5).await.unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        store.connection(&conn).await.unwrap().unwrap().status,
+        "offline"
+    );
+    assert!(store.remove_connection(&conn).await.unwrap());
+}
