@@ -1154,3 +1154,40 @@ async fn connections_are_stored_without_secret_values_and_record_their_status_hi
         "online"
     );
 }
+
+#[test]
+fn an_auth_template_that_cannot_be_evaluated_is_refused_when_the_connection_is_made() {
+    let text = MINIMAL.replace(
+        "auth: { type: none }",
+        "auth: { type: bearer, token: \"${{ credentials.tokn }}\" }\ncredentials: [token]",
+    );
+    let mut defs = Definitions::built_in();
+    defs.insert(definition::compile("tiny.yaml", &text).unwrap_or_else(|e| panic!("{e}")));
+    let config = ConnectionConfig {
+        definition: "tiny".into(),
+        params: [("base_url".to_string(), "http://127.0.0.1:9".to_string())].into(),
+        credentials: [("token".to_string(), "T".to_string())].into(),
+        rate_limit: None,
+        policy: Policy::default(),
+    };
+    let health = Arc::new(Health::new(
+        "t",
+        Policy::default(),
+        ConnectionStatus::Online,
+        None,
+    ));
+    let e = HttpConnector::new(
+        "t",
+        defs.get("tiny").unwrap().clone(),
+        &config,
+        &|_| Some("x".into()),
+        health,
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains("auth token of definition `tiny`"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("tokn"), "{}", e.message);
+}

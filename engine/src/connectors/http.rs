@@ -257,6 +257,16 @@ pub struct ConnectionConfig {
     pub policy: Policy,
 }
 
+/// Static credentials, resolved once from the auth templates.
+#[derive(Clone)]
+enum StaticAuth {
+    None,
+    Basic(String, String),
+    Bearer(String),
+    Header(String, String),
+    Query(String, String),
+}
+
 /// A connection to a system described by a definition.
 pub struct HttpConnector {
     id: String,
@@ -275,6 +285,7 @@ pub struct HttpConnector {
     csrf_path: Option<Template>,
     default_headers: Vec<(String, Template)>,
     requests: BTreeMap<Entity, CompiledEntityRequests>,
+    auth: StaticAuth,
 }
 
 impl std::fmt::Debug for HttpConnector {
@@ -419,10 +430,46 @@ impl HttpConnector {
             .build()
             .map_err(|e| err(format!("cannot build an HTTP client: {e}")))?;
         let rate = config.rate_limit.or(def.def.rate_limit);
+        let ctx = json!({"params": params, "credentials": credentials});
+        let resolve = |what: &str, text: &str| -> Result<String, ConfigError> {
+            let t = Template::compile_str(text)
+                .map_err(|e| err(format!("auth {what} of definition `{}`: {e}", def.def.id)))?;
+            match t.eval(&from_json(&ctx)) {
+                Ok(Value::String(s)) => Ok(s),
+                Ok(Value::Null) => Err(err(format!(
+                    "auth {what} of definition `{}`: `{text}` evaluates to nothing; check the credential and parameter names",
+                    def.def.id
+                ))),
+                Ok(v) => Ok(v.to_string()),
+                Err(e) => Err(err(format!(
+                    "auth {what} of definition `{}`: {e}",
+                    def.def.id
+                ))),
+            }
+        };
+        let auth = match &def.def.auth {
+            Auth::None | Auth::Oauth2ClientCredentials { .. } => StaticAuth::None,
+            Auth::Basic { username, password } => StaticAuth::Basic(
+                resolve("username", username)?,
+                resolve("password", password)?,
+            ),
+            Auth::Bearer { token } => StaticAuth::Bearer(resolve("token", token)?),
+            Auth::ApiKey {
+                name,
+                value,
+                placement: KeyPlacement::Header,
+            } => StaticAuth::Header(name.clone(), resolve("value", value)?),
+            Auth::ApiKey {
+                name,
+                value,
+                placement: KeyPlacement::Query,
+            } => StaticAuth::Query(name.clone(), resolve("value", value)?),
+        };
         let c = HttpConnector {
             id: id.to_string(),
             base,
-            ctx: json!({"params": params, "credentials": credentials}),
+            ctx,
+            auth,
             secret_values,
             client,
             policy,
@@ -787,32 +834,15 @@ impl HttpConnector {
             Method::Delete => reqwest::Method::DELETE,
         };
         let mut url = req.url.clone();
-        let mut b = self.client.request(method, url.clone());
-        let mj = || from_json(&self.ctx);
-        match &self.def.def.auth {
-            Auth::None | Auth::Oauth2ClientCredentials { .. } => {}
-            Auth::Basic { username, password } => {
-                let u = eval_text(username, &mj());
-                let p = eval_text(password, &mj());
-                b = b.basic_auth(u, Some(p));
-            }
-            Auth::Bearer { token } => b = b.bearer_auth(eval_text(token, &mj())),
-            Auth::ApiKey {
-                name,
-                value,
-                placement,
-            } => {
-                let v = eval_text(value, &mj());
-                match placement {
-                    KeyPlacement::Header => b = b.header(name.as_str(), v),
-                    KeyPlacement::Query => {
-                        url.query_pairs_mut().append_pair(name, &v);
-                        b = self
-                            .client
-                            .request(b.build()?.method().clone(), url.clone());
-                    }
-                }
-            }
+        if let StaticAuth::Query(name, value) = &self.auth {
+            url.query_pairs_mut().append_pair(name, value);
+        }
+        let mut b = self.client.request(method, url);
+        match &self.auth {
+            StaticAuth::None | StaticAuth::Query(..) => {}
+            StaticAuth::Basic(u, p) => b = b.basic_auth(u, Some(p)),
+            StaticAuth::Bearer(t) => b = b.bearer_auth(t),
+            StaticAuth::Header(name, value) => b = b.header(name.as_str(), value.as_str()),
         }
         if let Some(t) = bearer {
             b = b.bearer_auth(t);
@@ -1502,14 +1532,6 @@ fn method_name(m: Method) -> &'static str {
         Method::Put => "PUT",
         Method::Patch => "PATCH",
         Method::Delete => "DELETE",
-    }
-}
-
-fn eval_text(s: &str, ctx: &minijinja::Value) -> String {
-    match Template::compile_str(s).and_then(|t| t.eval(ctx)) {
-        Ok(Value::String(s)) => s,
-        Ok(v) => v.to_string(),
-        Err(_) => String::new(),
     }
 }
 
