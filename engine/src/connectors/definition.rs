@@ -416,6 +416,8 @@ pub struct CompiledEntity {
     pub spec: EntitySpec,
     /// Record selector of `list`.
     pub records: Option<Query>,
+    /// The same selector, for direct lookups when it is a plain path.
+    pub records_path: Option<mapping::FastPath>,
     /// Paginator path, compiled.
     pub next: Option<Query>,
     /// `has_more` of an offset paginator.
@@ -784,6 +786,9 @@ impl DefChecker<'_> {
         }
         Some(CompiledEntity {
             spec: spec.clone(),
+            records_path: records
+                .as_ref()
+                .and_then(|q| mapping::FastPath::parse(q.as_str()).ok()),
             records,
             next,
             has_more,

@@ -947,7 +947,10 @@ impl HttpConnector {
                                 ))
                             )
                         } else {
-                            format!("unreachable: {}", error_chain(&e))
+                            format!(
+                                "unreachable: {}",
+                                crate::webhooks::delivery::error_chain(&e)
+                            )
                         }
                     );
                     self.health.failure(&reason);
@@ -1426,20 +1429,24 @@ impl HttpConnector {
         body: &'a Value,
     ) -> Result<Vec<&'a Value>, String> {
         let selector = ce.records.as_ref().expect("list has a selector");
-        match FastPath::parse(selector.as_str()) {
-            Ok(FastPath::Simple { segs, wildcard }) => {
+        match &ce.records_path {
+            Some(FastPath::Simple { segs, wildcard }) => {
                 let container = FastPath::Simple {
-                    segs,
+                    segs: segs.clone(),
                     wildcard: false,
                 };
                 if container.first(body).is_none() {
                     return Err(format!("lacks the records path `{}`", selector.as_str()));
                 }
-                let fp = match container {
-                    FastPath::Simple { segs, .. } => FastPath::Simple { segs, wildcard },
-                    full => full,
-                };
-                Ok(fp.all(body))
+                if *wildcard {
+                    Ok(container
+                        .first(body)
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().collect())
+                        .unwrap_or_default())
+                } else {
+                    Ok(container.all(body))
+                }
             }
             _ => Ok(selector.all(body)),
         }
@@ -1560,26 +1567,9 @@ fn snippet(body: &[u8]) -> String {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 /// `Retry-After` as seconds or an HTTP date.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get("retry-after")?.to_str().ok()?.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(Duration::from_secs(s));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let ms = (when.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0);
-    Some(Duration::from_millis(ms as u64))
+    crate::webhooks::delivery::parse_retry_after(headers.get("retry-after")?.to_str().ok()?)
 }
 
 #[async_trait]

@@ -415,7 +415,8 @@ fn guard_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Gua
     None
 }
 
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its sources, joined by `: ` (repeated parts once).
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![err.to_string()];
     let mut cur = err.source();
     while let Some(e) = cur {
