@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::common::{
-    Emulator, MATERIALS, Rec, Shared, VENDORS, date, fixture_ms, json, link, link_base, now_ms,
+    Emulator, MATERIALS, Shared, VENDORS, date, fixture_ms, json, link, link_base, lock, now_ms,
     pairs, param, rfc3339, timestamp_in,
 };
 
@@ -59,7 +59,7 @@ pub fn purchase_order(i: usize, lines: usize) -> Value {
         .map(|l| {
             let (mat, text, unit, price) = MATERIALS[(i + l) % MATERIALS.len()];
             let qty = (l + 3) as f64;
-            let cost: f64 = price.parse().unwrap();
+            let cost: f64 = price.parse().expect("fixture prices are decimals");
             let amount = (qty * cost * 100.0).round() / 100.0;
             total += amount;
             json!({
@@ -129,29 +129,10 @@ pub async fn start(n: usize, lines: usize) -> Emulator {
 /// Starts on a given port (0: any).
 pub async fn start_on(n: usize, lines: usize, port: u16) -> Emulator {
     let shared = Arc::new(Shared::default());
-    *shared.secret.lock().unwrap() = CLIENT_SECRET.into();
-    *shared.token_ttl.lock().unwrap() = 3599;
-    {
-        let mut d = shared.data.lock().unwrap();
-        d.insert(
-            "purchaseOrders".into(),
-            (0..n)
-                .map(|i| Rec {
-                    changed_ms: fixture_ms(i),
-                    value: purchase_order(i, lines),
-                })
-                .collect(),
-        );
-        d.insert(
-            "vendors".into(),
-            (0..VENDORS.len())
-                .map(|i| Rec {
-                    changed_ms: fixture_ms(i),
-                    value: vendor(i),
-                })
-                .collect(),
-        );
-    }
+    *lock(&shared.secret) = CLIENT_SECRET.into();
+    *lock(&shared.token_ttl) = 3599;
+    shared.seed("purchaseOrders", n, |i| purchase_order(i, lines));
+    shared.seed("vendors", VENDORS.len(), vendor);
     let root = api_root();
     let router = Router::new()
         .route(&format!("/{TENANT}/oauth2/v2.0/token"), post(token))
@@ -167,15 +148,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 async fn token(State(shared): State<Arc<Shared>>, body: String) -> Response {
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
-        .into_owned()
-        .collect();
-    let ok = param(&form, "grant_type") == Some("client_credentials")
-        && param(&form, "client_id") == Some(CLIENT_ID)
-        && param(&form, "client_secret") == Some(shared.secret.lock().unwrap().as_str())
-        && param(&form, "scope").is_some_and(|s| s.ends_with("/.default"));
-    if !ok {
-        *shared.token_requests.lock().unwrap() += 1;
+    if !shared.client_credentials_ok(&body, CLIENT_ID, Some("/.default")) {
         return json(
             StatusCode::UNAUTHORIZED,
             json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}),
@@ -284,10 +257,10 @@ async fn list(
     let mut body = json!({
         "@odata.context": format!("https://api.businesscentral.dynamics.com{}/$metadata#{name}", api_root()),
     });
-    if !*shared.no_records_key.lock().unwrap() {
+    if !*lock(&shared.no_records_key) {
         body["value"] = Value::Array(page.clone());
     }
-    if skip + page.len() < all.len() || *shared.endless.lock().unwrap() {
+    if skip + page.len() < all.len() || *lock(&shared.endless) {
         body["@odata.nextLink"] = json!(link(
             &link_base(&shared, &headers),
             &format!("{}/{name}", api_root()),
@@ -376,16 +349,7 @@ async fn create(
         "lastModifiedDateTime": rfc3339(now),
         "purchaseOrderLines": lines,
     });
-    shared
-        .data
-        .lock()
-        .unwrap()
-        .entry("purchaseOrders".into())
-        .or_default()
-        .push(Rec {
-            changed_ms: now,
-            value: po.clone(),
-        });
+    shared.push("purchaseOrders", now, po.clone());
     json(StatusCode::CREATED, expand(po, &q))
 }
 
@@ -423,7 +387,7 @@ async fn update(
         }
     }
     let now = now_ms();
-    let mut data = shared.data.lock().unwrap();
+    let mut data = lock(&shared.data);
     let Some(rec) = data
         .get_mut(name)
         .and_then(|rs| rs.iter_mut().find(|r| r.value["id"] == id))

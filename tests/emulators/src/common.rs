@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -100,25 +100,71 @@ pub struct Shared {
 impl Shared {
     /// `n` capped by the page cap.
     pub fn cap(&self, n: usize) -> usize {
-        self.page_cap.lock().unwrap().map_or(n, |c| n.min(c))
+        lock(&self.page_cap).map_or(n, |c| n.min(c))
     }
 
     /// The next number of a sequence.
     pub fn next_seq(&self) -> u64 {
-        let mut s = self.seq.lock().unwrap();
+        let mut s = lock(&self.seq);
         *s += 1;
         *s
     }
 
+    /// Fills `collection` with `n` fixture records made by `make`; record `i`
+    /// changed at [`fixture_ms`]`(i)`.
+    pub fn seed(&self, collection: &str, n: usize, make: impl Fn(usize) -> Value) {
+        lock(&self.data).insert(
+            collection.to_string(),
+            (0..n)
+                .map(|i| Rec {
+                    changed_ms: fixture_ms(i),
+                    value: make(i),
+                })
+                .collect(),
+        );
+    }
+
+    /// Stores a record written through the API, changed at `ms`.
+    pub fn push(&self, collection: &str, ms: i64, value: Value) {
+        lock(&self.data)
+            .entry(collection.to_string())
+            .or_default()
+            .push(Rec {
+                changed_ms: ms,
+                value,
+            });
+    }
+
+    /// Checks an OAuth 2.0 client-credentials token request (form body):
+    /// grant type, client id, the accepted secret and, when `scope_suffix` is
+    /// given, a scope ending with it. A refused request is counted here; an
+    /// accepted one when its token is issued.
+    pub fn client_credentials_ok(
+        &self,
+        body: &str,
+        client_id: &str,
+        scope_suffix: Option<&str>,
+    ) -> bool {
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
+        let ok = param(&form, "grant_type") == Some("client_credentials")
+            && param(&form, "client_id") == Some(client_id)
+            && param(&form, "client_secret") == Some(lock(&self.secret).as_str())
+            && scope_suffix
+                .is_none_or(|sfx| param(&form, "scope").is_some_and(|s| s.ends_with(sfx)));
+        if !ok {
+            *lock(&self.token_requests) += 1;
+        }
+        ok
+    }
+
     /// Issues an OAuth token.
     pub fn issue_token(&self) -> (String, u64) {
-        *self.token_requests.lock().unwrap() += 1;
-        let ttl = *self.token_ttl.lock().unwrap();
+        *lock(&self.token_requests) += 1;
+        let ttl = *lock(&self.token_ttl);
         let t = format!("tok-{}", self.next_seq());
-        self.tokens
-            .lock()
-            .unwrap()
-            .insert(t.clone(), now_ms() + ttl as i64 * 1000);
+        lock(&self.tokens).insert(t.clone(), now_ms() + ttl as i64 * 1000);
         (t, ttl)
     }
 
@@ -131,11 +177,7 @@ impl Shared {
         else {
             return false;
         };
-        self.tokens
-            .lock()
-            .unwrap()
-            .get(t)
-            .is_some_and(|exp| *exp > now_ms())
+        lock(&self.tokens).get(t).is_some_and(|exp| *exp > now_ms())
     }
 
     /// One page of a collection's records changed after `after`: `take` records
@@ -147,7 +189,7 @@ impl Shared {
         skip: usize,
         take: usize,
     ) -> (Vec<Value>, usize) {
-        let data = self.data.lock().unwrap();
+        let data = lock(&self.data);
         let Some(rs) = data.get(collection) else {
             return (Vec::new(), 0);
         };
@@ -163,9 +205,7 @@ impl Shared {
 
     /// A collection's records changed after `after` (all when `None`), in stored order.
     pub fn select(&self, collection: &str, after: Option<i64>) -> Vec<Value> {
-        self.data
-            .lock()
-            .unwrap()
+        lock(&self.data)
             .get(collection)
             .map(|rs| {
                 rs.iter()
@@ -175,6 +215,12 @@ impl Shared {
             })
             .unwrap_or_default()
     }
+}
+
+/// Locks emulator state; a handler that panicked does not poison it for the
+/// rest of the test.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Milliseconds since the epoch.
@@ -244,52 +290,52 @@ impl Emulator {
 
     /// Queues faults for the next requests.
     pub fn inject(&self, faults: impl IntoIterator<Item = Fault>) {
-        self.shared.faults.lock().unwrap().extend(faults);
+        lock(&self.shared.faults).extend(faults);
     }
 
     /// Delays every response.
     pub fn set_delay(&self, d: Duration) {
-        *self.shared.delay.lock().unwrap() = d;
+        *lock(&self.shared.delay) = d;
     }
 
     /// Next links point at another host.
     pub fn set_foreign_next_link(&self, on: bool) {
-        *self.shared.foreign_next_link.lock().unwrap() = on;
+        *lock(&self.shared.foreign_next_link) = on;
     }
 
     /// Every page has a next link.
     pub fn set_endless(&self, on: bool) {
-        *self.shared.endless.lock().unwrap() = on;
+        *lock(&self.shared.endless) = on;
     }
 
     /// Pages lack their records key.
     pub fn set_no_records_key(&self, on: bool) {
-        *self.shared.no_records_key.lock().unwrap() = on;
+        *lock(&self.shared.no_records_key) = on;
     }
 
     /// Caps every page at `n` records, whatever the client asks for.
     pub fn set_page_cap(&self, n: usize) {
-        *self.shared.page_cap.lock().unwrap() = Some(n);
+        *lock(&self.shared.page_cap) = Some(n);
     }
 
     /// Changes the accepted credential.
     pub fn set_secret(&self, s: &str) {
-        *self.shared.secret.lock().unwrap() = s.to_string();
+        *lock(&self.shared.secret) = s.to_string();
     }
 
     /// Sets the lifetime of tokens issued from now on.
     pub fn set_token_ttl(&self, secs: u64) {
-        *self.shared.token_ttl.lock().unwrap() = secs;
+        *lock(&self.shared.token_ttl) = secs;
     }
 
     /// Token requests seen so far.
     pub fn token_requests(&self) -> u32 {
-        *self.shared.token_requests.lock().unwrap()
+        *lock(&self.shared.token_requests)
     }
 
     /// Requests seen so far (token requests included).
     pub fn requests(&self) -> Vec<Logged> {
-        self.shared.log.lock().unwrap().clone()
+        lock(&self.shared.log).clone()
     }
 
     /// Requests whose path ends with `suffix`.
@@ -302,22 +348,17 @@ impl Emulator {
 
     /// Forgets the request log.
     pub fn clear_log(&self) {
-        self.shared.log.lock().unwrap().clear();
+        lock(&self.shared.log).clear();
     }
 
     /// Number of records in a collection.
     pub fn count(&self, collection: &str) -> usize {
-        self.shared
-            .data
-            .lock()
-            .unwrap()
-            .get(collection)
-            .map_or(0, Vec::len)
+        lock(&self.shared.data).get(collection).map_or(0, Vec::len)
     }
 
     /// Merges `patch` into a record and stamps it changed now.
     pub fn update(&self, collection: &str, remote_id: &str, patch: Value) -> bool {
-        let mut data = self.shared.data.lock().unwrap();
+        let mut data = lock(&self.shared.data);
         let Some(r) = data.get_mut(collection).and_then(|rs| {
             rs.iter_mut()
                 .find(|r| id_text(&r.value[self.id_key]) == remote_id)
@@ -335,7 +376,7 @@ impl Emulator {
 
     /// Deletes a record.
     pub fn delete(&self, collection: &str, remote_id: &str) -> bool {
-        let mut data = self.shared.data.lock().unwrap();
+        let mut data = lock(&self.shared.data);
         let Some(rs) = data.get_mut(collection) else {
             return false;
         };
@@ -346,10 +387,7 @@ impl Emulator {
 
     /// A record by remote id.
     pub fn record(&self, collection: &str, remote_id: &str) -> Option<Value> {
-        self.shared
-            .data
-            .lock()
-            .unwrap()
+        lock(&self.shared.data)
             .get(collection)?
             .iter()
             .find(|r| id_text(&r.value[self.id_key]) == remote_id)
@@ -377,7 +415,7 @@ async fn faults(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
                 .collect()
         })
         .unwrap_or_default();
-    shared.log.lock().unwrap().push(Logged {
+    lock(&shared.log).push(Logged {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
         query,
@@ -388,12 +426,12 @@ async fn faults(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
             .collect(),
         body: String::from_utf8_lossy(&bytes).to_string(),
     });
-    let delay = *shared.delay.lock().unwrap();
+    let delay = *lock(&shared.delay);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let fault = {
-        let mut f = shared.faults.lock().unwrap();
+        let mut f = lock(&shared.faults);
         (!f.is_empty()).then(|| f.remove(0))
     };
     match fault {
@@ -444,7 +482,7 @@ pub fn link_base(shared: &Shared, headers: &HeaderMap) -> String {
         .get("host")
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
-    if *shared.foreign_next_link.lock().unwrap() {
+    if *lock(&shared.foreign_next_link) {
         let port = host.rsplit(':').next().unwrap_or("80");
         format!("http://evil.example:{port}")
     } else {

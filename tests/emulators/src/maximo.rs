@@ -15,7 +15,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::common::{
-    Emulator, Rec, Shared, date, fixture_ms, json, link, link_base, now_ms, pairs, param,
+    Emulator, Shared, date, fixture_ms, json, link, link_base, lock, now_ms, pairs, param,
     timestamp_in,
 };
 
@@ -97,28 +97,9 @@ pub async fn start(n: usize) -> Emulator {
 /// Starts on a given port (0: any).
 pub async fn start_on(n: usize, port: u16) -> Emulator {
     let shared = Arc::new(Shared::default());
-    *shared.secret.lock().unwrap() = API_KEY.into();
-    {
-        let mut d = shared.data.lock().unwrap();
-        d.insert(
-            "mxapiwo".into(),
-            (0..n)
-                .map(|i| Rec {
-                    changed_ms: fixture_ms(i),
-                    value: work_order(i),
-                })
-                .collect(),
-        );
-        d.insert(
-            "mxapiasset".into(),
-            (0..40)
-                .map(|i| Rec {
-                    changed_ms: fixture_ms(i),
-                    value: asset(i),
-                })
-                .collect(),
-        );
-    }
+    *lock(&shared.secret) = API_KEY.into();
+    shared.seed("mxapiwo", n, work_order);
+    shared.seed("mxapiasset", 40, asset);
     let router = Router::new()
         .route(&format!("{OS}/{{os}}"), get(list).post(create))
         .route(&format!("{OS}/{{os}}/{{id}}"), get(one).post(update));
@@ -136,7 +117,7 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     headers
         .get("apikey")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|k| k == shared.secret.lock().unwrap().as_str())
+        .is_some_and(|k| k == lock(&shared.secret).as_str())
 }
 
 fn unauthorized() -> Response {
@@ -213,12 +194,12 @@ async fn list(
     let base = link_base(&shared, &headers);
     let path = format!("{OS}/{os}");
     info["href"] = json!(link(&base, &path, &q, &[]));
-    if page * size < all.len() || *shared.endless.lock().unwrap() {
+    if page * size < all.len() || *lock(&shared.endless) {
         info["nextPage"] =
             json!({"href": link(&base, &path, &q, &[("pageno", (page + 1).to_string())])});
     }
     let mut body = json!({"responseInfo": info});
-    if !*shared.no_records_key.lock().unwrap() {
+    if !*lock(&shared.no_records_key) {
         body["member"] = Value::Array(members);
     }
     json(StatusCode::OK, body)
@@ -289,16 +270,7 @@ async fn create(
         "http://localhost/maximo/api/os/mxapiwo/{}",
         5000 + seq
     ));
-    shared
-        .data
-        .lock()
-        .unwrap()
-        .entry(os)
-        .or_default()
-        .push(Rec {
-            changed_ms: now,
-            value: w.clone(),
-        });
+    shared.push(&os, now, w.clone());
     if headers.get("properties").is_some() {
         json(StatusCode::CREATED, w)
     } else {
@@ -335,7 +307,7 @@ async fn update(
     };
     let key = key_of(&os);
     let now = now_ms();
-    let mut data = shared.data.lock().unwrap();
+    let mut data = lock(&shared.data);
     let Some(rec) = data.get_mut(&os).and_then(|rs| {
         rs.iter_mut()
             .find(|r| crate::common::id_text(&r.value[key]) == id)

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::common::{
-    Emulator, MATERIALS, Rec, Shared, VENDORS, date, fixture_ms, json, link, link_base, pairs,
+    Emulator, MATERIALS, Shared, VENDORS, date, fixture_ms, json, link, link_base, lock, pairs,
     param, rfc3339, timestamp_in,
 };
 
@@ -49,7 +49,7 @@ pub fn purchase_order(i: usize, lines: usize) -> Value {
         .map(|l| {
             let (mat, text, unit, price) = MATERIALS[(i + l) % MATERIALS.len()];
             let qty = ((l + 1) * 2) as f64;
-            let rate: f64 = price.parse().unwrap();
+            let rate: f64 = price.parse().expect("fixture prices are decimals");
             let amount = (qty * rate * 100.0).round() / 100.0;
             total += amount;
             json!({
@@ -116,29 +116,10 @@ pub async fn start(n: usize, lines: usize) -> Emulator {
 /// Starts on a given port (0: any).
 pub async fn start_on(n: usize, lines: usize, port: u16) -> Emulator {
     let shared = Arc::new(Shared::default());
-    *shared.secret.lock().unwrap() = CLIENT_SECRET.into();
-    *shared.token_ttl.lock().unwrap() = 3600;
-    {
-        let mut d = shared.data.lock().unwrap();
-        d.insert(
-            "purchaseOrder".into(),
-            (0..n)
-                .map(|i| Rec {
-                    changed_ms: fixture_ms(i),
-                    value: purchase_order(i, lines),
-                })
-                .collect(),
-        );
-        d.insert(
-            "vendor".into(),
-            (0..VENDORS.len())
-                .map(|i| Rec {
-                    changed_ms: fixture_ms(i),
-                    value: vendor(i),
-                })
-                .collect(),
-        );
-    }
+    *lock(&shared.secret) = CLIENT_SECRET.into();
+    *lock(&shared.token_ttl) = 3600;
+    shared.seed("purchaseOrder", n, |i| purchase_order(i, lines));
+    shared.seed("vendor", VENDORS.len(), vendor);
     let router = Router::new()
         .route(TOKEN_PATH, post(token))
         .route(&format!("{RECORDS}/{{record}}"), get(list))
@@ -159,14 +140,7 @@ fn error(status: StatusCode, code: &str, detail: &str) -> Response {
 }
 
 async fn token(State(shared): State<Arc<Shared>>, body: String) -> Response {
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
-        .into_owned()
-        .collect();
-    let ok = param(&form, "grant_type") == Some("client_credentials")
-        && param(&form, "client_id") == Some(CLIENT_ID)
-        && param(&form, "client_secret") == Some(shared.secret.lock().unwrap().as_str());
-    if !ok {
-        *shared.token_requests.lock().unwrap() += 1;
+    if !shared.client_credentials_ok(&body, CLIENT_ID, None) {
         return json(
             StatusCode::BAD_REQUEST,
             json!({"error": "invalid_client", "error_description": "client authentication failed"}),

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::common::{
-    Emulator, MATERIALS, Rec, Shared, VENDORS, fixture_ms, json, link, link_base, now_ms, pairs,
+    Emulator, MATERIALS, Shared, VENDORS, fixture_ms, json, link, link_base, lock, now_ms, pairs,
     param, timestamp_in,
 };
 
@@ -99,16 +99,8 @@ pub async fn start(n: usize, lines: usize) -> Emulator {
 /// Starts on a given port.
 pub async fn start_on(n: usize, lines: usize, port: u16) -> Emulator {
     let shared = Arc::new(Shared::default());
-    *shared.secret.lock().unwrap() = PASSWORD.into();
-    shared.data.lock().unwrap().insert(
-        POS.into(),
-        (0..n)
-            .map(|i| Rec {
-                changed_ms: fixture_ms(i),
-                value: purchase_order(i, lines),
-            })
-            .collect(),
-    );
+    *lock(&shared.secret) = PASSWORD.into();
+    shared.seed(POS, n, |i| purchase_order(i, lines));
     let router = Router::new()
         .route(&format!("{SERVICE}/"), get(root))
         .route(
@@ -127,7 +119,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let expected = format!("{USER}:{}", shared.secret.lock().unwrap());
+    let expected = format!("{USER}:{}", lock(&shared.secret));
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -140,7 +132,9 @@ fn unauthorized() -> Response {
     let mut r = (StatusCode::UNAUTHORIZED, "Logon failed").into_response();
     r.headers_mut().insert(
         "www-authenticate",
-        "Basic realm=\"SAP NetWeaver\"".parse().unwrap(),
+        "Basic realm=\"SAP NetWeaver\""
+            .parse()
+            .expect("a valid header value"),
     );
     r
 }
@@ -158,18 +152,14 @@ async fn root(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"fetch"))
     {
         let token = format!("csrf-{}", shared.next_seq());
-        shared
-            .tokens
-            .lock()
-            .unwrap()
-            .insert(token.clone(), i64::MAX);
+        lock(&shared.tokens).insert(token.clone(), i64::MAX);
         r.headers_mut()
-            .insert("x-csrf-token", token.parse().unwrap());
+            .insert("x-csrf-token", token.parse().expect("a valid header value"));
         r.headers_mut().insert(
             "set-cookie",
             format!("SAP_SESSIONID_S4H_100={token}-session; path=/; HttpOnly")
                 .parse()
-                .unwrap(),
+                .expect("a valid header value"),
         );
     }
     r
@@ -234,9 +224,9 @@ async fn list(
         .unwrap_or(0);
     let (page, total) = shared.select_page(POS, after, skip, top);
     let page: Vec<Value> = page.into_iter().map(|po| expand(po, &q)).collect();
-    let more = skip + page.len() < total || *shared.endless.lock().unwrap();
+    let more = skip + page.len() < total || *lock(&shared.endless);
     let mut d = json!({});
-    if !*shared.no_records_key.lock().unwrap() {
+    if !*lock(&shared.no_records_key) {
         d["results"] = Value::Array(page);
     }
     if param(&q, "$inlinecount") == Some("allpages") {
@@ -294,15 +284,17 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
     let token_ok = headers
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| shared.tokens.lock().unwrap().contains_key(t));
+        .is_some_and(|t| lock(&shared.tokens).contains_key(t));
     let cookie_ok = headers
         .get("cookie")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.contains("SAP_SESSIONID_S4H_100="));
     if !token_ok || !cookie_ok {
         let mut r = (StatusCode::FORBIDDEN, "CSRF token validation failed").into_response();
-        r.headers_mut()
-            .insert("x-csrf-token", "Required".parse().unwrap());
+        r.headers_mut().insert(
+            "x-csrf-token",
+            "Required".parse().expect("a valid header value"),
+        );
         return r;
     }
     let Ok(mut po) = serde_json::from_str::<Value>(&body) else {
@@ -352,15 +344,6 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
             it["PurchaseOrder"] = json!(id);
         }
     }
-    shared
-        .data
-        .lock()
-        .unwrap()
-        .entry(POS.into())
-        .or_default()
-        .push(Rec {
-            changed_ms: now,
-            value: po.clone(),
-        });
+    shared.push(POS, now, po.clone());
     json(StatusCode::CREATED, json!({"d": po}))
 }
