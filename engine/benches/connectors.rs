@@ -6,9 +6,7 @@
 //! Run: `cargo bench -p sluice --bench connectors`. Prints figures; asserts
 //! nothing about speed.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -19,31 +17,8 @@ use sluice::connectors::{ConnectionStatus, Connector, ListQuery};
 use sluice::unified::Entity;
 use sluice_emulators::sap;
 
-struct Counting;
-
-static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
-            let now = CURRENT.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        if COUNTING.load(Ordering::Relaxed) {
-            CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
-        }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
+#[path = "support/heap.rs"]
+mod heap;
 
 fn connector(base_url: &str) -> HttpConnector {
     let defs = Definitions::built_in();
@@ -142,9 +117,7 @@ fn mapping_alone() {
 async fn end_to_end(orders: usize) {
     let emu = sap::start(orders, 5).await;
     let c = connector(&emu.base_url);
-    COUNTING.store(true, Ordering::Relaxed);
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    heap::start();
     let t = Instant::now();
     let mut q = ListQuery {
         limit: Some(500),
@@ -162,14 +135,13 @@ async fn end_to_end(orders: usize) {
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-    COUNTING.store(false, Ordering::Relaxed);
+    let peak = heap::stop();
     assert_eq!(n, orders);
     println!(
         "end to end over loopback: {n} purchase orders in {pages} pages, {:.2} s = {:.0} records/s; peak heap above start {:.1} MiB (emulator's per-page JSON included)",
         secs,
         n as f64 / secs,
-        peak as f64 / (1024.0 * 1024.0)
+        heap::mib(peak)
     );
 }
 

@@ -6,9 +6,7 @@
 //! Run: `cargo bench -p sluice --bench syncs` (`SLUICE_BENCH_ORDERS` sets the
 //! count, default 100000). Prints figures; asserts nothing about speed.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use sluice::connectors::ConnectionStatus;
@@ -20,34 +18,8 @@ use sluice::sync::{self, Mode, SyncOptions};
 use sluice::unified::Entity;
 use sluice_emulators::sap;
 
-struct Counting;
-static ON: AtomicBool = AtomicBool::new(false);
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() && ON.load(Ordering::Relaxed) {
-            let now = CURRENT.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        if ON.load(Ordering::Relaxed) {
-            CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
-        }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
-
-fn mib(b: usize) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
-}
+#[path = "support/heap.rs"]
+mod heap;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -93,9 +65,7 @@ async fn main() {
         ..SyncOptions::default()
     };
 
-    ON.store(true, Ordering::Relaxed);
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    heap::start();
     let t = Instant::now();
     let full = sync::run(
         &store,
@@ -108,15 +78,14 @@ async fn main() {
     .await
     .unwrap();
     let full_secs = t.elapsed().as_secs_f64();
-    let full_peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-    ON.store(false, Ordering::Relaxed);
+    let full_peak = heap::stop();
     println!(
         "full sync: {} purchase orders in {} pages, {:.2} s = {:.0} records/s; peak heap above start {:.1} MiB",
         full.added,
         full.pages,
         full_secs,
         full.added as f64 / full_secs,
-        mib(full_peak)
+        heap::mib(full_peak)
     );
 
     let changed = (orders / 100).max(1);
@@ -128,9 +97,7 @@ async fn main() {
             serde_json::json!({"YY1_ProjectCode_PDH": "CHANGED"}),
         );
     }
-    ON.store(true, Ordering::Relaxed);
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    heap::start();
     let t = Instant::now();
     let inc = sync::run(
         &store,
@@ -143,8 +110,7 @@ async fn main() {
     .await
     .unwrap();
     let inc_secs = t.elapsed().as_secs_f64();
-    let inc_peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-    ON.store(false, Ordering::Relaxed);
+    let inc_peak = heap::stop();
     println!(
         "incremental sync after {changed} changes: {} updated, {} unchanged (lookback), {} pages, {:.3} s = {:.1} % of the full sync; peak heap above start {:.1} MiB",
         inc.updated,
@@ -152,6 +118,6 @@ async fn main() {
         inc.pages,
         inc_secs,
         100.0 * inc_secs / full_secs,
-        mib(inc_peak)
+        heap::mib(inc_peak)
     );
 }

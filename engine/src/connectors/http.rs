@@ -650,6 +650,22 @@ impl HttpConnector {
             && u.port_or_known_default() == self.base.port_or_known_default()
     }
 
+    /// Evaluates an auth-related template (token URL, client id, CSRF path)
+    /// against the connection's parameters and credentials.
+    fn auth_text(&self, t: &Template) -> Result<String, ConnectorError> {
+        match t.eval(&from_json(&self.ctx)) {
+            Ok(Value::String(s)) => Ok(s),
+            Ok(v) => Ok(v.to_string()),
+            Err(e) => Err(self.error(
+                ConnectorErrorKind::Validation,
+                None,
+                "auth",
+                None,
+                e.to_string(),
+            )),
+        }
+    }
+
     async fn bearer(&self, force_refresh: bool) -> Result<Option<String>, ConnectorError> {
         let Auth::Oauth2ClientCredentials {
             token_url,
@@ -668,7 +684,6 @@ impl HttpConnector {
         {
             return Ok(Some(t.clone()));
         }
-        let mj = from_json(&self.ctx);
         let eval = |s: &str| -> Result<String, ConnectorError> {
             let t = Template::compile_str(s).map_err(|e| {
                 self.error(
@@ -679,19 +694,7 @@ impl HttpConnector {
                     e.to_string(),
                 )
             })?;
-            Ok(match t.eval(&mj) {
-                Ok(Value::String(s)) => s,
-                Ok(v) => v.to_string(),
-                Err(e) => {
-                    return Err(self.error(
-                        ConnectorErrorKind::Validation,
-                        None,
-                        "auth",
-                        None,
-                        e.to_string(),
-                    ));
-                }
-            })
+            self.auth_text(&t)
         };
         let form = {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
@@ -769,19 +772,7 @@ impl HttpConnector {
         if !force && let Some(c) = cached.as_ref() {
             return Ok(Some(c.clone()));
         }
-        let p = match path.eval(&from_json(&self.ctx)) {
-            Ok(Value::String(s)) => s,
-            Ok(v) => v.to_string(),
-            Err(e) => {
-                return Err(self.error(
-                    ConnectorErrorKind::Validation,
-                    None,
-                    "auth",
-                    None,
-                    e.to_string(),
-                ));
-            }
-        };
+        let p = self.auth_text(path)?;
         let url = self
             .join(&p)
             .map_err(|m| self.error(ConnectorErrorKind::Validation, None, "auth", None, m))?;

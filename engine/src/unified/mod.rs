@@ -82,19 +82,7 @@ impl Entity {
     /// Checks that `record` is a valid record of this entity and returns it
     /// normalized (as the typed model serializes it).
     pub fn validate(self, record: &Value) -> Result<Value, RecordError> {
-        fn check<T: serde::de::DeserializeOwned + Serialize>(
-            v: &Value,
-        ) -> Result<Value, RecordError> {
-            let typed: T = serde_path_to_error(v)?;
-            Ok(serde_json::to_value(typed).expect("model types always serialize"))
-        }
-        match self {
-            Entity::PurchaseOrder => check::<PurchaseOrder>(record),
-            Entity::WorkOrder => check::<WorkOrder>(record),
-            Entity::Vendor => check::<Vendor>(record),
-            Entity::InventoryItem => check::<InventoryItem>(record),
-            Entity::Asset => check::<Asset>(record),
-        }
+        self.validate_owned(record.clone())
     }
 }
 
@@ -118,12 +106,6 @@ impl Entity {
             Entity::Asset => check::<Asset>(record),
         }
     }
-}
-
-fn serde_path_to_error<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, RecordError> {
-    T::deserialize(v).map_err(|e| RecordError {
-        message: e.to_string(),
-    })
 }
 
 /// A record that does not fit the unified model.

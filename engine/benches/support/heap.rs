@@ -1,0 +1,55 @@
+//! A counting global allocator for the benchmarks' peak-heap figures.
+//! Counting is off until [`start`]; [`stop`] returns the peak heap above
+//! the level at `start`, in bytes.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+struct Counting;
+
+static ON: AtomicBool = AtomicBool::new(false);
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static BASE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() && ON.load(Ordering::Relaxed) {
+            let now = CURRENT.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        if ON.load(Ordering::Relaxed) {
+            CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+/// Starts counting from the current level.
+pub fn start() {
+    ON.store(true, Ordering::Relaxed);
+    let base = CURRENT.load(Ordering::Relaxed);
+    BASE.store(base, Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+}
+
+/// Stops counting; the peak above the level at [`start`], in bytes.
+pub fn stop() -> usize {
+    let peak = PEAK
+        .load(Ordering::Relaxed)
+        .saturating_sub(BASE.load(Ordering::Relaxed));
+    ON.store(false, Ordering::Relaxed);
+    peak
+}
+
+/// Bytes as MiB.
+pub fn mib(b: usize) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
