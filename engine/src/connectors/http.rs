@@ -586,23 +586,9 @@ impl HttpConnector {
         entity: Option<Entity>,
         op: &'static str,
     ) -> Result<Req, ConnectorError> {
-        let bad = |m: String| {
-            self.error(
-                ConnectorErrorKind::Validation,
-                entity,
-                op,
-                None,
-                format!("request template of definition `{}`: {m}", self.def.def.id),
-            )
-        };
+        let bad = |m: String| self.template_error(entity, op, m);
         let mj = from_json(ctx);
-        let text = |t: &Template| -> Result<String, ConnectorError> {
-            match t.eval(&mj).map_err(|e| bad(e.to_string()))? {
-                Value::String(s) => Ok(s),
-                Value::Null => Ok(String::new()),
-                other => Ok(other.to_string()),
-            }
-        };
+        let text = |t: &Template| self.template_text(t, &mj, entity, op);
         let path = text(&r.path)?;
         let mut url = self.join(&path).map_err(bad)?;
         {
@@ -617,10 +603,7 @@ impl HttpConnector {
         if url.query() == Some("") {
             url.set_query(None);
         }
-        let mut headers = Vec::new();
-        for (k, t) in self.default_headers.iter().chain(&r.headers) {
-            headers.push((k.clone(), text(t)?));
-        }
+        let headers = self.headers(r, &mj, entity, op)?;
         let body = match &r.body {
             Some(b) => Some(b.eval(ctx).map_err(bad)?),
             None => None,
@@ -632,6 +615,52 @@ impl HttpConnector {
             body,
             write,
         })
+    }
+
+    fn template_error(
+        &self,
+        entity: Option<Entity>,
+        op: &'static str,
+        m: String,
+    ) -> ConnectorError {
+        self.error(
+            ConnectorErrorKind::Validation,
+            entity,
+            op,
+            None,
+            format!("request template of definition `{}`: {m}", self.def.def.id),
+        )
+    }
+
+    /// A request template's value as text (null is empty).
+    fn template_text(
+        &self,
+        t: &Template,
+        mj: &minijinja::Value,
+        entity: Option<Entity>,
+        op: &'static str,
+    ) -> Result<String, ConnectorError> {
+        match t.eval(mj) {
+            Ok(Value::String(s)) => Ok(s),
+            Ok(Value::Null) => Ok(String::new()),
+            Ok(other) => Ok(other.to_string()),
+            Err(e) => Err(self.template_error(entity, op, e.to_string())),
+        }
+    }
+
+    /// The definition's default headers and the request's own, rendered.
+    fn headers(
+        &self,
+        r: &CompiledRequest,
+        mj: &minijinja::Value,
+        entity: Option<Entity>,
+        op: &'static str,
+    ) -> Result<Vec<(String, String)>, ConnectorError> {
+        self.default_headers
+            .iter()
+            .chain(&r.headers)
+            .map(|(k, t)| Ok((k.clone(), self.template_text(t, mj, entity, op)?)))
+            .collect()
     }
 
     fn join(&self, path: &str) -> Result<Url, String> {
@@ -1223,9 +1252,7 @@ impl HttpConnector {
                 Req {
                     method: Method::Get,
                     url,
-                    headers: self
-                        .render(list_req, &ctx, false, Some(entity), "list")?
-                        .headers,
+                    headers: self.headers(list_req, &from_json(&ctx), Some(entity), "list")?,
                     body: None,
                     write: false,
                 }
@@ -1486,8 +1513,8 @@ impl HttpConnector {
         }
         if let Some(d) = data {
             let mut rec = Map::new();
-            for f in entity.fields() {
-                rec.insert(f, Value::Null);
+            for f in crate::unified::shape::Shape::of(entity).field_names() {
+                rec.insert(f.to_string(), Value::Null);
             }
             if let Some(obj) = d.as_object() {
                 for (k, v) in obj {

@@ -178,6 +178,11 @@ impl Shape {
             .1
     }
 
+    /// The top-level field names, in the model's order.
+    pub fn field_names(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(|f| f.name.as_str())
+    }
+
     /// Checks a record and returns it as the typed model would serialize it.
     pub fn check(&self, mut record: Map<String, Value>) -> Result<Value, RecordError> {
         let err = |m: String| RecordError { message: m };
