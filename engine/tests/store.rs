@@ -193,6 +193,7 @@ async fn runs_list_by_flow_and_status_newest_first(store: &Store) {
             flow_id: Some(flow.clone()),
             status: None,
             limit: 10,
+            before: None,
         })
         .await
         .unwrap();
@@ -205,6 +206,7 @@ async fn runs_list_by_flow_and_status_newest_first(store: &Store) {
             flow_id: Some(flow.clone()),
             status: Some(RunStatus::Succeeded),
             limit: 10,
+            before: None,
         })
         .await
         .unwrap();
@@ -212,13 +214,29 @@ async fn runs_list_by_flow_and_status_newest_first(store: &Store) {
     assert_eq!(done[0].output, Some(json!(1)));
     let two = store
         .list_runs(&RunFilter {
-            flow_id: Some(flow),
+            flow_id: Some(flow.clone()),
             status: None,
             limit: 2,
+            before: None,
         })
         .await
         .unwrap();
     assert_eq!(two.len(), 2);
+    // The next page starts after the last run of this one.
+    let last = &two[1];
+    let rest = store
+        .list_runs(&RunFilter {
+            flow_id: Some(flow),
+            status: None,
+            limit: 2,
+            before: Some((last.created_at, last.id.clone())),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        vec![ids[0].clone()]
+    );
 }
 
 async fn a_flow_runs_and_an_interrupted_run_resumes(store: Store) {

@@ -17,6 +17,7 @@ mod connection;
 mod graph;
 mod plugin;
 mod progress;
+mod serve;
 mod sync;
 mod webhook;
 
@@ -73,8 +74,21 @@ enum Command {
         /// Print only the run's result as JSON.
         #[arg(long)]
         json: bool,
+        /// Run it on a `sluice serve` at this URL instead of in this process.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// API token for --server.
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         #[command(flatten)]
         db: DbArgs,
+    },
+    /// Serve the HTTP API, triggers and workers.
+    Serve(serve::ServeArgs),
+    /// API tokens: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: serve::TokenCommand,
     },
     /// Validate flow files (or directories of them); exit 2 on any problem.
     Validate {
@@ -276,8 +290,26 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
             file,
             inputs,
             json,
+            server: Some(url),
+            token,
+            ..
+        } => {
+            let flow = compile_or_report(&file, &flow::Catalog::default()).ok();
+            let parsed = match &flow {
+                Some(f) => parse_inputs(f, &inputs)?,
+                None => Map::new(),
+            };
+            serve::run_on_server(&file, parsed, &url, token.as_deref(), json).await
+        }
+        Command::Run {
+            file,
+            inputs,
+            json,
             db,
+            ..
         } => run(&file, &inputs, json, &db).await,
+        Command::Serve(args) => serve::serve_command(args).await,
+        Command::Token { command } => serve::token_command(command).await,
         Command::Validate { paths, json, db } => {
             let mut catalog = flow::Catalog::default();
             if let Some(url) = db {
@@ -520,6 +552,7 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                     flow_id: flow,
                     status,
                     limit,
+                    before: None,
                 })
                 .await?;
             if json {

@@ -35,7 +35,8 @@ use crate::expr::Template;
 use crate::path;
 use crate::steps::{self, CompiledKind};
 
-/// Engine events a flow can be triggered by.
+/// Engine events a flow can be triggered by (besides custom events that
+/// flows fire with the `webhook` step, such as `po.high_value`).
 pub const EVENT_TYPES: &[&str] = &[
     "sync.completed",
     "sync.failed",
@@ -669,6 +670,7 @@ fn check_triggers(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<D
         }
         if let Some(ev) = &t.event
             && !EVENT_TYPES.contains(&ev.as_str())
+            && crate::webhooks::check_custom_event_type(ev).is_err()
         {
             let hint = match did_you_mean(ev, EVENT_TYPES.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),

@@ -74,6 +74,8 @@ pub struct PluginRegistry {
     cache_dir: Option<PathBuf>,
     host: OnceLock<Result<Arc<PluginHost>, String>>,
     resolved: Mutex<HashMap<(String, String), (PluginRecord, Instant)>>,
+    calls: std::sync::atomic::AtomicU64,
+    failed_calls: std::sync::atomic::AtomicU64,
 }
 
 fn check_name(name: &str) -> Result<(), RegistryError> {
@@ -100,6 +102,8 @@ impl PluginRegistry {
             cache_dir,
             host: OnceLock::new(),
             resolved: Mutex::new(HashMap::new()),
+            calls: Default::default(),
+            failed_calls: Default::default(),
         }
     }
 
@@ -242,9 +246,24 @@ impl PluginRegistry {
         config: &Value,
         limits: &Limits,
     ) -> Result<Result<CallOutput, CallError>, RegistryError> {
-        let rec = self.resolve(name, requirement).await?;
-        let loaded = self.load(&rec).await?;
-        Ok(self.host()?.call(&loaded, input, config, limits).await)
+        use std::sync::atomic::Ordering::Relaxed;
+        self.calls.fetch_add(1, Relaxed);
+        let result = async {
+            let rec = self.resolve(name, requirement).await?;
+            let loaded = self.load(&rec).await?;
+            Ok(self.host()?.call(&loaded, input, config, limits).await)
+        }
+        .await;
+        if !matches!(result, Ok(Ok(_))) {
+            self.failed_calls.fetch_add(1, Relaxed);
+        }
+        result
+    }
+
+    /// Plugin calls made through this registry, and how many of them failed.
+    pub fn call_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.calls.load(Relaxed), self.failed_calls.load(Relaxed))
     }
 
     /// Registered plugins (all versions).

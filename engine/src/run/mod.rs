@@ -147,7 +147,7 @@ impl CancelSignal {
 
 struct Inner {
     store: Store,
-    connectors: ConnectorRegistry,
+    connectors: std::sync::RwLock<Arc<ConnectorRegistry>>,
     secrets: Secrets,
     owner: String,
     lease: Duration,
@@ -179,7 +179,7 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner {
                 store,
-                connectors,
+                connectors: std::sync::RwLock::new(Arc::new(connectors)),
                 secrets,
                 owner: uuid::Uuid::now_v7().to_string(),
                 lease: DEFAULT_LEASE,
@@ -235,6 +235,27 @@ impl Engine {
         Ok(c)
     }
 
+    /// The connections runs use now.
+    pub fn connectors(&self) -> Arc<ConnectorRegistry> {
+        self.inner
+            .connectors
+            .read()
+            .expect("connector registry lock")
+            .clone()
+    }
+
+    /// Adds or replaces a connection for the runs that start from now on.
+    pub fn set_connection(&self, name: &str, connector: Arc<dyn crate::connectors::Connector>) {
+        let mut guard = self
+            .inner
+            .connectors
+            .write()
+            .expect("connector registry lock");
+        let mut next = ConnectorRegistry::clone(&guard);
+        next.insert(name, connector);
+        *guard = Arc::new(next);
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
@@ -248,7 +269,7 @@ impl Engine {
     /// What validation needs to know (connection names).
     pub fn catalog(&self) -> Catalog {
         Catalog {
-            connections: self.inner.connectors.names(),
+            connections: self.connectors().names(),
             plugins: None,
         }
     }
@@ -322,6 +343,89 @@ impl Engine {
                 lease: (!limited).then_some((self.inner.owner.as_str(), self.inner.lease)),
             })
             .await?;
+        if limited && !self.admit(&flow, &run_id).await? {
+            return self.outcome(&run_id).await;
+        }
+        let now = now_ms();
+        let record = RunRecord {
+            id: run_id,
+            flow_id: flow.id().to_string(),
+            flow_revision: revision,
+            status: RunStatus::Running,
+            inputs,
+            trigger,
+            output: None,
+            error: None,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            lease_owner: Some(self.inner.owner.clone()),
+            lease_expires_at: None,
+            resumes: 0,
+        };
+        self.execute(flow, record, true, events).await
+    }
+
+    /// Starts a run in the background and returns its id once the run is
+    /// stored (durable): the server's way to start runs. With `key` (a
+    /// request key and how long it holds), a second start with the same key
+    /// starts nothing and returns the first run's id with `false`.
+    /// `done` is called with the outcome when the run ends.
+    pub async fn start(
+        &self,
+        flow: Arc<CompiledFlow>,
+        inputs: &Map<String, Value>,
+        trigger: Value,
+        key: Option<(&str, Duration)>,
+        events: Events,
+        done: impl FnOnce(&Result<RunOutcome, RunError>) + Send + 'static,
+    ) -> Result<(String, bool), RunError> {
+        let inputs = Self::resolve_inputs(&flow, inputs)?;
+        let revision = self.revision_of(&flow).await?;
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let limited = flow.flow.concurrency.is_some();
+        let new = NewRun {
+            id: &run_id,
+            flow_id: flow.id(),
+            flow_revision: revision,
+            inputs: &inputs,
+            trigger: &trigger,
+            lease: (!limited).then_some((self.inner.owner.as_str(), self.inner.lease)),
+        };
+        match key {
+            Some((key, window)) => {
+                if let Some(first) = self.inner.store.create_run_once(new, key, window).await? {
+                    return Ok((first, false));
+                }
+            }
+            None => self.inner.store.create_run(new).await?,
+        }
+        let engine = self.clone();
+        let id = run_id.clone();
+        tokio::spawn(async move {
+            let result = engine
+                .execute_started(flow, id, revision, inputs, trigger, limited, events)
+                .await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "a started run could not be executed");
+            }
+            done(&result);
+        });
+        Ok((run_id, true))
+    }
+
+    /// The background half of [`Engine::start`].
+    #[allow(clippy::too_many_arguments)]
+    async fn execute_started(
+        &self,
+        flow: Arc<CompiledFlow>,
+        run_id: String,
+        revision: i64,
+        inputs: Value,
+        trigger: Value,
+        limited: bool,
+        events: Events,
+    ) -> Result<RunOutcome, RunError> {
         if limited && !self.admit(&flow, &run_id).await? {
             return self.outcome(&run_id).await;
         }
@@ -751,7 +855,8 @@ impl Engine {
                 (CompiledKind::Webhook(_), Some(out)) if rec.status == StepStatus::Succeeded => {
                     // The outbox messages commit with the step result, or neither does.
                     let endpoints = inner.store.endpoints().await?;
-                    let messages: Vec<_> = crate::steps::webhook::envelopes(out)
+                    let fired = crate::steps::webhook::envelopes(out);
+                    let messages: Vec<_> = fired
                         .iter()
                         .flat_map(|(env, only)| {
                             crate::webhooks::route(&endpoints, env, only.as_deref())
@@ -761,6 +866,9 @@ impl Engine {
                         .store
                         .save_step_with_messages(&run.id, &stored, &messages)
                         .await?;
+                    for (env, _) in &fired {
+                        inner.store.publish(env);
+                    }
                 }
                 _ => inner.store.save_step(&run.id, &stored).await?,
             }
@@ -1030,8 +1138,14 @@ impl StepTask {
                     attempt,
                 );
             }
+            let connectors = self
+                .inner
+                .connectors
+                .read()
+                .expect("connector registry lock")
+                .clone();
             let rt = StepRuntime {
-                connectors: &self.inner.connectors,
+                connectors: &connectors,
                 ctx,
                 idempotency_key: key,
                 store: Some(&self.inner.store),

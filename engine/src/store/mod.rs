@@ -18,10 +18,12 @@ use tokio::sync::{mpsc, oneshot};
 
 mod connections;
 mod plugins;
+mod server;
 mod syncs;
 mod webhooks;
 pub use connections::{ConnectionRow, StatusEvent};
 pub use plugins::PluginRecord;
+pub use server::{FlowSettings, TokenRow};
 pub use syncs::{CachedRecord, PageChanges, SyncStateRow};
 pub use webhooks::{
     AttemptEnd, AttemptLog, ClaimedMessage, MessageFilter, MessageRecord, MessageStatus, NewMessage,
@@ -273,6 +275,8 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
     /// At most this many (newest first).
     pub limit: i64,
+    /// Only runs older than this `(created_at, id)`: the cursor of the next page.
+    pub before: Option<(i64, String)>,
 }
 
 /// The durable store.
@@ -284,6 +288,8 @@ pub struct Store {
     writer: Option<mpsc::Sender<WriteJob>>,
     /// Woken when messages enter the outbox, so in-process delivery workers start at once.
     outbox_signal: std::sync::Arc<tokio::sync::Notify>,
+    /// Events fired in this process, for event triggers (see [`Store::publish`]).
+    events: tokio::sync::broadcast::Sender<crate::webhooks::Envelope>,
 }
 
 /// A bind parameter of a queued write.
@@ -315,6 +321,9 @@ fn bind_all<'q>(
     }
     q
 }
+
+/// Events a slow event-trigger listener may fall behind by before it misses some.
+const EVENT_BUFFER: usize = 4096;
 
 /// Most writes one SQLite transaction takes.
 const MAX_BATCH: usize = 256;
@@ -478,6 +487,7 @@ impl Store {
             backend,
             writer,
             outbox_signal: std::sync::Arc::new(tokio::sync::Notify::new()),
+            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
         })
     }
 
@@ -595,33 +605,56 @@ impl Store {
 
     /// Inserts a run: `running` and leased when `lease` is given, else `queued`.
     pub async fn create_run(&self, run: NewRun<'_>) -> Result<(), StoreError> {
-        let now = now_ms();
-        let (status, owner, expires, started) = match run.lease {
-            Some((owner, lease)) => (
-                "running",
-                Some(owner.to_string()),
-                Some(now + ms(lease)),
-                Some(now),
-            ),
-            None => ("queued", None, None, None),
-        };
-        self.write(
-            "INSERT INTO runs (id, flow_id, flow_revision, status, inputs, trigger_data, created_at, started_at, lease_owner, lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            vec![
-                Arg::Text(Some(run.id.to_string())),
-                Arg::Text(Some(run.flow_id.to_string())),
-                Arg::Int(Some(run.flow_revision)),
-                Arg::Text(Some(status.to_string())),
-                Arg::Text(Some(json_text(run.inputs))),
-                Arg::Text(Some(json_text(run.trigger))),
-                Arg::Int(Some(now)),
-                Arg::Int(started),
-                Arg::Text(owner),
-                Arg::Int(expires),
-            ],
-        )
-        .await?;
+        self.write(INSERT_RUN, new_run_args(&run)).await?;
         Ok(())
+    }
+
+    /// Inserts a run unless `key` (a request key: an `Idempotency-Key` or an
+    /// inbound `webhook-id`) already started one in the last `window`; in
+    /// that case nothing is inserted and the first run's id is returned.
+    /// Key and run are written in one transaction.
+    pub async fn create_run_once(
+        &self,
+        run: NewRun<'_>,
+        key: &str,
+        window: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let now = now_ms();
+        let mut insert_args = new_run_args(&run);
+        insert_args.push(Arg::Text(Some(key.to_string())));
+        let counts = self
+            .write_all(vec![
+                (
+                    "DELETE FROM request_keys WHERE request_key = $1 AND created_at < $2",
+                    vec![
+                        Arg::Text(Some(key.to_string())),
+                        Arg::Int(Some(now - ms(window))),
+                    ],
+                ),
+                (
+                    "INSERT INTO request_keys (request_key, run_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (request_key) DO NOTHING",
+                    vec![
+                        Arg::Text(Some(key.to_string())),
+                        Arg::Text(Some(run.id.to_string())),
+                        Arg::Int(Some(now)),
+                    ],
+                ),
+                (INSERT_RUN_FOR_KEY, insert_args),
+            ])
+            .await?;
+        if counts.get(2).copied().unwrap_or(0) == 1 {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT run_id FROM request_keys WHERE request_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok(Some(r.try_get(0)?)),
+            None => Err(StoreError::Write(format!(
+                "request key `{key}` was neither inserted nor found"
+            ))),
+        }
     }
 
     /// Takes the lease of a run that is queued, running under an expired
@@ -730,11 +763,21 @@ impl Store {
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
         let limit = if filter.limit > 0 { filter.limit } else { 50 };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{RUN_COLUMNS} WHERE ($1 = '' OR flow_id = $1) AND ($2 = '' OR status = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
+            "{RUN_COLUMNS} WHERE ($1 = '' OR flow_id = $1) AND ($2 = '' OR status = $2) \
+             AND ($4 = 0 OR created_at < $4 OR (created_at = $4 AND id < $5)) \
+             ORDER BY created_at DESC, id DESC LIMIT $3"
         )))
         .bind(filter.flow_id.clone().unwrap_or_default())
         .bind(filter.status.map(|s| s.as_str()).unwrap_or_default())
         .bind(limit)
+        .bind(filter.before.as_ref().map(|b| b.0).unwrap_or(0))
+        .bind(
+            filter
+                .before
+                .as_ref()
+                .map(|b| b.1.clone())
+                .unwrap_or_default(),
+        )
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(run_from_row).collect()
@@ -844,10 +887,53 @@ impl Store {
             .collect()
     }
 
+    /// Announces an event that was fired (and committed) in this process to
+    /// the event triggers listening through [`Store::subscribe`].
+    pub fn publish(&self, event: &crate::webhooks::Envelope) {
+        let _ = self.events.send(event.clone());
+    }
+
+    /// Listens to the events published in this process.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::webhooks::Envelope> {
+        self.events.subscribe()
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+const INSERT_RUN: &str = "INSERT INTO runs (id, flow_id, flow_revision, status, inputs, trigger_data, created_at, started_at, lease_owner, lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// Inserts the run only when the request key `$11` is this run's.
+const INSERT_RUN_FOR_KEY: &str = "INSERT INTO runs (id, flow_id, flow_revision, status, inputs, trigger_data, created_at, started_at, lease_owner, lease_expires_at) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE EXISTS (SELECT 1 FROM request_keys WHERE request_key = $11 AND run_id = $1)";
+
+/// The bind parameters of [`INSERT_RUN`].
+fn new_run_args(run: &NewRun<'_>) -> Vec<Arg> {
+    let now = now_ms();
+    let (status, owner, expires, started) = match run.lease {
+        Some((owner, lease)) => (
+            "running",
+            Some(owner.to_string()),
+            Some(now + ms(lease)),
+            Some(now),
+        ),
+        None => ("queued", None, None, None),
+    };
+    vec![
+        Arg::Text(Some(run.id.to_string())),
+        Arg::Text(Some(run.flow_id.to_string())),
+        Arg::Int(Some(run.flow_revision)),
+        Arg::Text(Some(status.to_string())),
+        Arg::Text(Some(json_text(run.inputs))),
+        Arg::Text(Some(json_text(run.trigger))),
+        Arg::Int(Some(now)),
+        Arg::Int(started),
+        Arg::Text(owner),
+        Arg::Int(expires),
+    ]
 }
 
 /// The upsert of a step result.

@@ -153,6 +153,7 @@ pub async fn emit(
     store
         .enqueue_messages(&route(&endpoints, &env, None))
         .await?;
+    store.publish(&env);
     Ok(env)
 }
 

@@ -1,0 +1,394 @@
+//! The flows a server runs: loaded from the flows directory at start and
+//! from the store (uploads), kept compiled in memory with their trigger
+//! indexes, and reloaded from the store periodically so processes sharing a
+//! PostgreSQL database see each other's uploads.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, ApiResult};
+use super::{AppState, check_id};
+use crate::expr::{Scope as ExprScope, Template};
+use crate::flow::{self, CompiledFlow};
+use crate::store::StoreError;
+use crate::webhooks::signing::Secret;
+
+/// A flow the server knows.
+#[derive(Clone)]
+pub struct LoadedFlow {
+    /// Compiled latest revision.
+    pub compiled: Arc<CompiledFlow>,
+    /// Its revision number.
+    pub revision: i64,
+    /// Whether its triggers start runs.
+    pub enabled: bool,
+    /// `api` or `file`.
+    pub origin: String,
+    /// The webhook trigger's secret, resolved (or why it could not be).
+    pub hook_secret: Option<Result<Secret, String>>,
+}
+
+/// Loaded flows by id, and webhook paths to flow ids.
+#[derive(Default)]
+pub struct FlowSet {
+    flows: RwLock<HashMap<String, LoadedFlow>>,
+}
+
+impl FlowSet {
+    /// A flow by id.
+    pub fn get(&self, id: &str) -> Option<LoadedFlow> {
+        self.flows.read().expect("flow set lock").get(id).cloned()
+    }
+
+    /// All flows, by id.
+    pub fn all(&self) -> Vec<LoadedFlow> {
+        let mut v: Vec<LoadedFlow> = self
+            .flows
+            .read()
+            .expect("flow set lock")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.compiled.id().cmp(b.compiled.id()));
+        v
+    }
+
+    /// The enabled flow whose webhook trigger has `path`.
+    pub fn by_hook(&self, path: &str) -> Option<LoadedFlow> {
+        self.flows
+            .read()
+            .expect("flow set lock")
+            .values()
+            .find(|f| hook_path(&f.compiled) == Some(path))
+            .cloned()
+    }
+
+    fn put(&self, f: LoadedFlow) {
+        self.flows
+            .write()
+            .expect("flow set lock")
+            .insert(f.compiled.id().to_string(), f);
+    }
+
+    fn remove(&self, id: &str) -> bool {
+        self.flows
+            .write()
+            .expect("flow set lock")
+            .remove(id)
+            .is_some()
+    }
+
+    fn set_enabled(&self, id: &str, enabled: bool) {
+        if let Some(f) = self.flows.write().expect("flow set lock").get_mut(id) {
+            f.enabled = enabled;
+        }
+    }
+}
+
+/// The path of a flow's webhook trigger, without leading `/`.
+pub fn hook_path(f: &CompiledFlow) -> Option<&str> {
+    f.flow
+        .triggers
+        .iter()
+        .find_map(|t| t.webhook.as_ref())
+        .map(|w| w.path.trim_start_matches('/'))
+}
+
+fn resolve_hook_secret(state: &AppState, f: &CompiledFlow) -> Option<Result<Secret, String>> {
+    let text = f
+        .flow
+        .triggers
+        .iter()
+        .find_map(|t| t.webhook.as_ref())?
+        .secret
+        .as_ref()?;
+    let scope = ExprScope {
+        secrets: state.secrets.to_value(),
+        ..Default::default()
+    };
+    Some(
+        Template::compile_str(text)
+            .and_then(|t| t.eval(&scope.context(None)))
+            .map_err(|e| e.to_string())
+            .and_then(|v| match v {
+                Value::String(s) => Secret::parse(&s).map_err(|e| e.to_string()),
+                other => Err(format!("the secret evaluates to {other}, not a string")),
+            })
+            .map_err(|e| {
+                format!(
+                    "flow `{}`: the webhook trigger's secret cannot be used: {e}",
+                    f.id()
+                )
+            }),
+    )
+}
+
+async fn compile_text(state: &AppState, file: &str, text: &str) -> ApiResult<CompiledFlow> {
+    let catalog = state.engine.catalog_with_plugins().await?;
+    flow::compile(file, text, &catalog).map_err(|e| {
+        ApiError::validation(format!(
+            "the flow has {} problem(s); see details.diagnostics",
+            e.diagnostics.len()
+        ))
+        .with_details(json!({"file": e.file, "diagnostics": e.diagnostics}))
+    })
+}
+
+/// Refuses a webhook path that another flow already serves.
+fn check_hook_conflict(state: &AppState, f: &CompiledFlow) -> ApiResult<()> {
+    if let Some(path) = hook_path(f)
+        && let Some(other) = state.flows.by_hook(path)
+        && other.compiled.id() != f.id()
+    {
+        return Err(ApiError::conflict(format!(
+            "webhook path `{path}` is already served by flow `{}`",
+            other.compiled.id()
+        )));
+    }
+    Ok(())
+}
+
+async fn install(
+    state: &AppState,
+    compiled: CompiledFlow,
+    enabled: bool,
+    origin: &str,
+) -> Result<LoadedFlow, StoreError> {
+    let revision = state
+        .store
+        .save_flow(compiled.id(), &compiled.source, &compiled.hash)
+        .await?;
+    state
+        .store
+        .put_flow_settings(compiled.id(), enabled, origin)
+        .await?;
+    let loaded = LoadedFlow {
+        hook_secret: resolve_hook_secret(state, &compiled),
+        compiled: Arc::new(compiled),
+        revision,
+        enabled,
+        origin: origin.to_string(),
+    };
+    state.flows.put(loaded.clone());
+    Ok(loaded)
+}
+
+/// Loads every `*.yaml` flow of `dir` (a missing directory is no error).
+/// Files that do not validate are logged with their diagnostics and skipped.
+pub async fn load_dir(state: &AppState, dir: &Path) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::info!(dir = %dir.display(), "no flows directory");
+        return Ok(());
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let catalog = state
+        .engine
+        .catalog_with_plugins()
+        .await
+        .map_err(|e| e.to_string())?;
+    let settings = state
+        .store
+        .flow_settings()
+        .await
+        .map_err(|e| e.to_string())?;
+    for file in files {
+        match flow::compile_file(&file, &catalog) {
+            Ok(compiled) => {
+                let prior = settings.iter().find(|s| s.id == compiled.id());
+                // A flow deleted through the API stays deleted; one disabled stays disabled.
+                if prior.is_some_and(|s| s.deleted_at.is_some()) {
+                    continue;
+                }
+                let enabled = prior.is_none_or(|s| s.enabled);
+                install(state, compiled, enabled, "file")
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Err(e) => tracing::error!("{e}\nflow file skipped: {}", file.display()),
+        }
+    }
+    Ok(())
+}
+
+/// Brings the set in line with the store: flows uploaded, changed, enabled,
+/// disabled or deleted by other processes.
+pub async fn reload(state: &AppState) -> Result<(), StoreError> {
+    let catalog = match state.engine.catalog_with_plugins().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "flows not reloaded");
+            return Ok(());
+        }
+    };
+    for s in state.store.flow_settings().await? {
+        if s.deleted_at.is_some() {
+            state.flows.remove(&s.id);
+            continue;
+        }
+        let current = state.flows.get(&s.id);
+        let Some(latest) = state.store.flow_revisions(&s.id).await?.pop() else {
+            continue;
+        };
+        match current {
+            Some(c) if c.revision == latest.revision => {
+                if c.enabled != s.enabled {
+                    state.flows.set_enabled(&s.id, s.enabled);
+                }
+            }
+            _ => match flow::compile(
+                &format!("{}@{}", s.id, latest.revision),
+                &latest.source,
+                &catalog,
+            ) {
+                Ok(compiled) => state.flows.put(LoadedFlow {
+                    hook_secret: resolve_hook_secret(state, &compiled),
+                    compiled: Arc::new(compiled),
+                    revision: latest.revision,
+                    enabled: s.enabled,
+                    origin: s.origin.clone(),
+                }),
+                Err(e) => tracing::warn!("stored flow `{}` does not compile now: {e}", s.id),
+            },
+        }
+    }
+    Ok(())
+}
+
+fn summary(f: &LoadedFlow) -> Value {
+    let triggers: Vec<Value> = f
+        .compiled
+        .flow
+        .triggers
+        .iter()
+        .map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
+        .collect();
+    json!({
+        "id": f.compiled.id(),
+        "revision": f.revision,
+        "enabled": f.enabled,
+        "origin": f.origin,
+        "description": f.compiled.flow.description,
+        "steps": f.compiled.steps.len(),
+        "triggers": triggers,
+        "hash": f.compiled.hash,
+    })
+}
+
+/// `POST /v1/flows`: the body is the YAML.
+pub async fn upload(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let yaml = [
+        "application/yaml",
+        "application/x-yaml",
+        "text/yaml",
+        "text/x-yaml",
+    ];
+    if !yaml.iter().any(|t| ctype.starts_with(t)) {
+        return Err(ApiError::media_type(format!(
+            "upload a flow as `Content-Type: application/yaml`, not `{}`",
+            if ctype.is_empty() { "(none)" } else { ctype }
+        )));
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|e| ApiError::invalid(format!("the flow is not UTF-8 text: {e}")))?;
+    let compiled = compile_text(&state, "flow.yaml", text).await?;
+    check_id("flow", compiled.id())?;
+    check_hook_conflict(&state, &compiled)?;
+    let before = state.flows.get(compiled.id()).map(|f| f.revision);
+    let enabled = state.flows.get(compiled.id()).is_none_or(|f| f.enabled);
+    let loaded = install(&state, compiled, enabled, "api").await?;
+    let status = if before == Some(loaded.revision) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, axum::Json(summary(&loaded))))
+}
+
+/// `GET /v1/flows`.
+pub async fn list(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let items: Vec<Value> = state.flows.all().iter().map(summary).collect();
+    axum::Json(json!({ "items": items }))
+}
+
+fn loaded(state: &AppState, id: &str) -> ApiResult<LoadedFlow> {
+    check_id("flow", id)?;
+    state
+        .flows
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(format!("no flow `{id}`")))
+}
+
+/// `GET /v1/flows/{id}`: the flow, its source and its revisions.
+pub async fn get_one(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    let f = loaded(&state, &id)?;
+    let revisions: Vec<Value> = state
+        .store
+        .flow_revisions(&id)
+        .await?
+        .into_iter()
+        .map(|r| json!({"revision": r.revision, "hash": r.hash, "created_at": r.created_at}))
+        .collect();
+    let mut out = summary(&f);
+    out["source"] = Value::String(f.compiled.source.clone());
+    out["revisions"] = Value::Array(revisions);
+    Ok(axum::Json(out))
+}
+
+/// `DELETE /v1/flows/{id}`.
+pub async fn remove(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    loaded(&state, &id)?;
+    state.store.delete_flow(&id).await?;
+    state.flows.remove(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_enabled(state: &AppState, id: &str, enabled: bool) -> ApiResult<axum::Json<Value>> {
+    loaded(state, id)?;
+    if !state.store.set_flow_enabled(id, enabled).await? {
+        return Err(ApiError::not_found(format!("no flow `{id}`")));
+    }
+    state.flows.set_enabled(id, enabled);
+    Ok(axum::Json(summary(&loaded(state, id)?)))
+}
+
+/// `POST /v1/flows/{id}/enable`.
+pub async fn enable(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    set_enabled(&state, &id, true).await
+}
+
+/// `POST /v1/flows/{id}/disable`.
+pub async fn disable(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    set_enabled(&state, &id, false).await
+}

@@ -1,0 +1,749 @@
+//! `sluice serve`: the HTTP API, the triggers and the workers in one process.
+//!
+//! One long-running service owns flows, plugins, connections, runs and
+//! webhooks. Every route is declared once in [`routes`] through the
+//! [`api::Api`] builder, which also records it for the OpenAPI document at
+//! `/v1/openapi.json`, with its scope and body limit. Requests carry an
+//! `x-request-id` (taken from the client when sane, else made here) that is
+//! in the response, in every error body and in the server's log lines for
+//! that request.
+//!
+//! Runs started here are stored before the API answers; their steps execute
+//! in the background. On shutdown (SIGINT/SIGTERM) the listener stops
+//! accepting, in-flight runs get a grace period to finish, and whatever is
+//! still running keeps its lease until it expires so the next process
+//! resumes it (`Engine::resume_orphaned` runs at start and periodically).
+
+// Handlers return `ApiError` by value: errors are the rare path and end in
+// a response at once, so boxing them would only add noise.
+#![allow(clippy::result_large_err)]
+
+pub mod api;
+pub mod auth;
+pub mod error;
+mod flows;
+mod metrics;
+mod resources;
+mod runs;
+mod triggers;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::connectors::connection::{self as conn, StoreSink};
+use crate::connectors::definition::Definitions;
+use crate::connectors::http::HttpConnector;
+use crate::connectors::resilience::StatusSink;
+use crate::expr::secrets::Secrets;
+use crate::plugins::PluginRegistry;
+use crate::run::Engine;
+use crate::store::Store;
+use crate::webhooks::delivery::{DeliveryConfig, DeliveryWorker};
+use api::Api;
+use auth::{Authenticator, Scope};
+use error::{ApiError, ApiResult};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// How `sluice serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0: any free port; the chosen one is printed).
+    pub listen: SocketAddr,
+    /// Database URL.
+    pub db: String,
+    /// Flow files loaded at start.
+    pub flows_dir: PathBuf,
+    /// Requests per second per token, for tokens without their own limit.
+    pub token_rate: i64,
+    /// Runs executing at once; starts beyond it wait for a slot, and get
+    /// `503` + `Retry-After` when none frees within a second.
+    pub max_runs: usize,
+    /// Run lease (how long a dead process keeps others from resuming its runs).
+    pub lease: Duration,
+    /// How long shutdown waits for in-flight runs.
+    pub grace: Duration,
+    /// Where compiled plugins are cached.
+    pub plugin_cache: Option<PathBuf>,
+    /// Connector definitions directory.
+    pub connectors_dir: Option<PathBuf>,
+}
+
+/// What every handler can reach.
+pub struct AppState {
+    engine: Engine,
+    store: Store,
+    flows: flows::FlowSet,
+    auth: Authenticator,
+    metrics: metrics::Metrics,
+    defs: Definitions,
+    secrets: Secrets,
+    plugins: Arc<PluginRegistry>,
+    /// HTTP connections by id (for `test` and record reads).
+    connections: std::sync::RwLock<HashMap<String, Arc<HttpConnector>>>,
+    status_sink: Arc<dyn StatusSink>,
+    /// Slots for executing runs.
+    run_slots: Arc<Semaphore>,
+    max_runs: usize,
+    /// False once shutdown begins: new starts get 503.
+    accepting: AtomicBool,
+}
+
+impl AppState {
+    /// A connection's connector: the sandbox or an HTTP connection.
+    fn connector(&self, id: &str) -> ApiResult<Arc<dyn crate::connectors::Connector>> {
+        check_id("connection", id)?;
+        self.engine
+            .connectors()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no connection `{id}`")))
+    }
+}
+
+/// Ids in paths: letters, digits, `-`, `_` and `.`, not `..`; anything else
+/// (a path traversal such as `../etc`) is refused before it reaches the store.
+pub fn check_id(what: &str, id: &str) -> ApiResult<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && !id.contains("..")
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "invalid {what} id `{}`: use up to 128 letters, digits, `-`, `_` and `.`",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// Parses a JSON request body, with the content type checked and the
+/// parse error's line and column in the message.
+pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> ApiResult<T> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype.starts_with("application/json") {
+        return Err(ApiError::media_type(format!(
+            "this route takes `Content-Type: application/json`, not `{}`",
+            if ctype.is_empty() { "(none)" } else { ctype }
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        let at = format!("line {} column {}", e.line(), e.column());
+        match e.classify() {
+            Category::Data => ApiError::validation(format!("invalid request body at {at}: {e}")),
+            _ => ApiError::invalid(format!("malformed JSON at {at}: {e}")),
+        }
+    })
+}
+
+/// Builds the state: store, engine with every stored connection, plugin
+/// registry, flows from the directory and the store.
+pub async fn state(config: &ServeConfig) -> Result<Arc<AppState>, String> {
+    let store = Store::connect(&config.db)
+        .await
+        .map_err(|e| e.to_string())?;
+    let secrets = Secrets::from_env();
+    let defs = Definitions::load(config.connectors_dir.as_deref()).map_err(|e| e.to_string())?;
+    let plugins = Arc::new(PluginRegistry::new(
+        store.clone(),
+        config.plugin_cache.clone(),
+    ));
+    let engine = Engine::new(store.clone(), Default::default(), secrets.clone())
+        .with_lease(config.lease)
+        .with_plugins(plugins.clone());
+    let status_sink: Arc<dyn StatusSink> = StoreSink::start(store.clone());
+    let mut connections = HashMap::new();
+    for row in store.connections().await.map_err(|e| e.to_string())? {
+        match conn::build(&row, &defs, &secrets, Some(status_sink.clone())) {
+            Ok(c) => {
+                let c = Arc::new(c);
+                engine.set_connection(&row.id, c.clone());
+                connections.insert(row.id.clone(), c);
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    let state = Arc::new(AppState {
+        auth: Authenticator::new(store.clone(), config.token_rate),
+        flows: flows::FlowSet::default(),
+        metrics: metrics::Metrics::default(),
+        engine,
+        store,
+        defs,
+        secrets,
+        plugins,
+        connections: std::sync::RwLock::new(connections),
+        status_sink,
+        run_slots: Arc::new(Semaphore::new(config.max_runs)),
+        max_runs: config.max_runs,
+        accepting: AtomicBool::new(true),
+    });
+    flows::load_dir(&state, &config.flows_dir).await?;
+    flows::reload(&state).await.map_err(|e| e.to_string())?;
+    Ok(state)
+}
+
+/// Runs the server until `shutdown` completes. `on_listening` gets the bound address.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    let state = state(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if state
+        .store
+        .tokens()
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .all(|t| t.revoked_at.is_some())
+    {
+        tracing::warn!(
+            "no API token exists: every /v1 route except inbound hooks will answer 401; create one with `sluice token create --name NAME --scope admin`"
+        );
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    let delivery = DeliveryWorker::new(state.store.clone(), DeliveryConfig::from_env()?)?;
+    {
+        let mut stop = stop_rx.clone();
+        workers.spawn(async move {
+            delivery
+                .run_until(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+    }
+    workers.spawn(triggers::schedule_loop(state.clone(), stop_rx.clone()));
+    workers.spawn(triggers::event_loop(state.clone(), stop_rx.clone()));
+    workers.spawn(triggers::maintenance_loop(
+        state.clone(),
+        stop_rx.clone(),
+        config.lease,
+    ));
+
+    let app = routes(state.clone()).into_router();
+    on_listening(addr);
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // Shutdown: stop starting runs, let in-flight ones finish (within the
+    // grace period), stop the workers.
+    state.accepting.store(false, Ordering::SeqCst);
+    let all = u32::try_from(state.max_runs).unwrap_or(u32::MAX);
+    match tokio::time::timeout(config.grace, state.run_slots.acquire_many(all)).await {
+        Ok(_) => tracing::info!("all in-flight runs finished"),
+        Err(_) => tracing::warn!(
+            in_flight = state.max_runs - state.run_slots.available_permits(),
+            "runs still in flight after the grace period; they stay leased and resume in the next process once the lease expires"
+        ),
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// Every route of the API.
+pub fn routes(state: Arc<AppState>) -> Api {
+    use axum::routing::{delete, get, patch, post};
+    const JSON_LIMIT: usize = 1 << 20;
+    const FLOW_LIMIT: usize = 1 << 20;
+    const HOOK_LIMIT: usize = 1 << 20;
+    let plugin_limit = crate::plugins::MAX_PLUGIN_BYTES + 4096;
+    let api = Api::new(state);
+    let read = Some(Scope::Read);
+    let write = Some(Scope::Write);
+    let admin = Some(Scope::Admin);
+    api.public(
+        "GET",
+        "/healthz",
+        "system",
+        "Liveness: the process answers",
+        get(health),
+    )
+    .public(
+        "GET",
+        "/readyz",
+        "system",
+        "Readiness: the database answers and runs are accepted",
+        get(ready),
+    )
+    .public(
+        "GET",
+        "/metrics",
+        "system",
+        "Prometheus metrics",
+        get(metrics::render),
+    )
+    .public(
+        "GET",
+        "/v1/openapi.json",
+        "system",
+        "This OpenAPI 3.1 document",
+        get(openapi),
+    )
+    // Flows.
+    .route(
+        "POST",
+        "/v1/flows",
+        write,
+        "flows",
+        "Upload a flow (YAML); it is validated and stored as a new revision",
+        Some(("application/yaml", FLOW_LIMIT)),
+        post(flows::upload),
+    )
+    .route(
+        "GET",
+        "/v1/flows",
+        read,
+        "flows",
+        "List flows",
+        None,
+        get(flows::list),
+    )
+    .route(
+        "GET",
+        "/v1/flows/{id}",
+        read,
+        "flows",
+        "Get a flow with its revisions",
+        None,
+        get(flows::get_one),
+    )
+    .route(
+        "DELETE",
+        "/v1/flows/{id}",
+        write,
+        "flows",
+        "Delete a flow (its revisions stay for its runs)",
+        None,
+        delete(flows::remove),
+    )
+    .route(
+        "POST",
+        "/v1/flows/{id}/enable",
+        write,
+        "flows",
+        "Enable a flow's triggers",
+        None,
+        post(flows::enable),
+    )
+    .route(
+        "POST",
+        "/v1/flows/{id}/disable",
+        write,
+        "flows",
+        "Disable a flow's triggers",
+        None,
+        post(flows::disable),
+    )
+    // Runs.
+    .route(
+        "POST",
+        "/v1/runs",
+        write,
+        "runs",
+        "Start a run: {flow, inputs, wait}; `Idempotency-Key` starts at most one run per key",
+        Some(("application/json", JSON_LIMIT)),
+        post(runs::start),
+    )
+    .route(
+        "GET",
+        "/v1/runs",
+        read,
+        "runs",
+        "List runs, newest first (filters flow, status; cursor, limit)",
+        None,
+        get(runs::list),
+    )
+    .route(
+        "GET",
+        "/v1/runs/{id}",
+        read,
+        "runs",
+        "Get a run with its steps",
+        None,
+        get(runs::get_one),
+    )
+    .route(
+        "POST",
+        "/v1/runs/{id}/cancel",
+        write,
+        "runs",
+        "Cancel a queued or running run",
+        None,
+        post(runs::cancel),
+    )
+    .route(
+        "POST",
+        "/v1/runs/{id}/rerun",
+        write,
+        "runs",
+        "Re-run a failed run from its failed step",
+        None,
+        post(runs::rerun),
+    )
+    // Plugins.
+    .route(
+        "POST",
+        "/v1/plugins",
+        write,
+        "plugins",
+        "Upload a WASM component (?name=&version=)",
+        Some(("application/wasm", plugin_limit)),
+        post(resources::plugin_upload),
+    )
+    .route(
+        "GET",
+        "/v1/plugins",
+        read,
+        "plugins",
+        "List plugins (all versions)",
+        None,
+        get(resources::plugin_list),
+    )
+    .route(
+        "GET",
+        "/v1/plugins/{name}",
+        read,
+        "plugins",
+        "Get a plugin's versions",
+        None,
+        get(resources::plugin_get),
+    )
+    // Connections, syncs, unified records.
+    .route(
+        "POST",
+        "/v1/connections",
+        write,
+        "connections",
+        "Create a connection: {id, definition, params, credentials}",
+        Some(("application/json", JSON_LIMIT)),
+        post(resources::connection_create),
+    )
+    .route(
+        "GET",
+        "/v1/connections",
+        read,
+        "connections",
+        "List connections with their status",
+        None,
+        get(resources::connection_list),
+    )
+    .route(
+        "GET",
+        "/v1/connections/{id}",
+        read,
+        "connections",
+        "Get a connection's status and status history",
+        None,
+        get(resources::connection_get),
+    )
+    .route(
+        "POST",
+        "/v1/connections/{id}/test",
+        write,
+        "connections",
+        "Make one cheap authenticated call",
+        None,
+        post(resources::connection_test),
+    )
+    .route(
+        "POST",
+        "/v1/connections/{id}/syncs",
+        write,
+        "syncs",
+        "Start a sync: {entity, full}; waits for it to end",
+        Some(("application/json", JSON_LIMIT)),
+        post(resources::sync_start),
+    )
+    .route(
+        "GET",
+        "/v1/connections/{id}/syncs",
+        read,
+        "syncs",
+        "Sync state per entity",
+        None,
+        get(resources::sync_status),
+    )
+    .route(
+        "GET",
+        "/v1/connections/{id}/{entity}",
+        read,
+        "records",
+        "List unified records (modified_after, filters, cursor, limit; from=cache)",
+        None,
+        get(resources::records_list),
+    )
+    .route(
+        "GET",
+        "/v1/connections/{id}/{entity}/{remote_id}",
+        read,
+        "records",
+        "Get one unified record",
+        None,
+        get(resources::record_get),
+    )
+    // Outbound webhooks.
+    .route(
+        "POST",
+        "/v1/webhooks/endpoints",
+        write,
+        "webhooks",
+        "Create an endpoint: {url, event_types, connection_id, description}",
+        Some(("application/json", JSON_LIMIT)),
+        post(resources::endpoint_create),
+    )
+    .route(
+        "GET",
+        "/v1/webhooks/endpoints",
+        read,
+        "webhooks",
+        "List endpoints",
+        None,
+        get(resources::endpoint_list),
+    )
+    .route(
+        "GET",
+        "/v1/webhooks/endpoints/{id}",
+        read,
+        "webhooks",
+        "Get an endpoint",
+        None,
+        get(resources::endpoint_get),
+    )
+    .route(
+        "PATCH",
+        "/v1/webhooks/endpoints/{id}",
+        write,
+        "webhooks",
+        "Enable or disable an endpoint: {enabled}",
+        Some(("application/json", JSON_LIMIT)),
+        patch(resources::endpoint_update),
+    )
+    .route(
+        "DELETE",
+        "/v1/webhooks/endpoints/{id}",
+        write,
+        "webhooks",
+        "Disable an endpoint for good (its messages stay)",
+        None,
+        delete(resources::endpoint_delete),
+    )
+    .route(
+        "POST",
+        "/v1/webhooks/endpoints/{id}/rotate-secret",
+        write,
+        "webhooks",
+        "Rotate the signing secret (the old one signs too for 24 h)",
+        None,
+        post(resources::endpoint_rotate),
+    )
+    .route(
+        "GET",
+        "/v1/webhooks/messages",
+        read,
+        "webhooks",
+        "List outbox messages (endpoint, status, limit)",
+        None,
+        get(resources::message_list),
+    )
+    .route(
+        "GET",
+        "/v1/webhooks/messages/{id}",
+        read,
+        "webhooks",
+        "Get a message with its delivery attempts",
+        None,
+        get(resources::message_get),
+    )
+    .route(
+        "POST",
+        "/v1/webhooks/messages/{id}/resend",
+        write,
+        "webhooks",
+        "Deliver a message again",
+        None,
+        post(resources::message_resend),
+    )
+    // Tokens.
+    .route(
+        "POST",
+        "/v1/tokens",
+        admin,
+        "tokens",
+        "Create an API token: {name, scope, rate_per_sec}",
+        Some(("application/json", JSON_LIMIT)),
+        post(resources::token_create),
+    )
+    .route(
+        "GET",
+        "/v1/tokens",
+        admin,
+        "tokens",
+        "List API tokens (never their secrets)",
+        None,
+        get(resources::token_list),
+    )
+    .route(
+        "DELETE",
+        "/v1/tokens/{id}",
+        admin,
+        "tokens",
+        "Revoke an API token",
+        None,
+        delete(resources::token_revoke),
+    )
+    // Inbound webhooks (authenticated by their signature, if the trigger has a secret).
+    .public_with_body(
+        "POST",
+        "/v1/hooks/{*path}",
+        "triggers",
+        "Inbound webhook: starts the flow whose webhook trigger has this path; 202 + run id",
+        HOOK_LIMIT,
+        post(triggers::inbound_hook),
+    )
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> ApiResult<impl IntoResponse> {
+    if !state.accepting.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("shutting down", 5));
+    }
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the database does not answer: {e}"), 5))?;
+    Ok(axum::Json(serde_json::json!({"status": "ready"})))
+}
+
+async fn openapi(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(routes(state).openapi())
+}
+
+/// The request id of a request: the client's `x-request-id` when it is
+/// short and plain, else a new UUID v7.
+fn request_id_of(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// Middleware: request id (header, log span, error bodies), access log,
+/// uniform error bodies, request metrics.
+pub async fn request_id(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let id = request_id_of(req.headers());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("request", request_id = %id, %method, %path);
+    let started = std::time::Instant::now();
+    let mut res = next.run(req).instrument(span.clone()).await;
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        let err = res.extensions().get::<ApiError>().cloned().unwrap_or_else(|| {
+            let mut e = ApiError::for_status(status);
+            if status == axum::http::StatusCode::METHOD_NOT_ALLOWED {
+                // axum adds the `Allow` header after this middleware runs.
+                e.message = format!(
+                    "{method} is not allowed on {path}; the `Allow` header lists the methods it takes"
+                );
+            }
+            e
+        });
+        let headers = res.headers().clone();
+        res = (status, axum::Json(err.body(&id))).into_response();
+        for name in [header::RETRY_AFTER, header::ALLOW] {
+            for v in headers.get_all(&name) {
+                res.headers_mut().append(name.clone(), v.clone());
+            }
+        }
+        span.in_scope(|| {
+            if status.is_server_error() {
+                tracing::error!(status = status.as_u16(), code = err.code, "request failed")
+            } else {
+                tracing::info!(status = status.as_u16(), code = err.code, message = %err.message, "request refused")
+            }
+        });
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    let elapsed = started.elapsed();
+    state.metrics.request(status.as_u16(), elapsed);
+    span.in_scope(|| {
+        tracing::debug!(
+            status = status.as_u16(),
+            ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        )
+    });
+    res
+}
+
+/// Middleware: the route's scope, checked against the bearer token.
+pub async fn require_scope(
+    State((state, scope)): State<(Arc<AppState>, Scope)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.auth.check(header, scope).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Methods the API uses, by name.
+pub(crate) fn method(name: &str) -> Method {
+    Method::from_bytes(name.as_bytes()).expect("route methods are valid")
+}

@@ -1,0 +1,317 @@
+//! `/v1/runs`: start (with `Idempotency-Key`), get, list with cursor
+//! pagination, cancel, re-run from the failed step; and [`start_run`], the
+//! one way the server starts a run (API, hooks, schedules, events).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::flows::LoadedFlow;
+use super::{AppState, check_id, json_body};
+use crate::run::{RunError, RunOutcome};
+use crate::store::{RunFilter, RunStatus};
+
+/// How long a request key (Idempotency-Key, webhook-id) holds.
+pub const KEY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// How long an API start waits for a free run slot before answering 503.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
+
+/// Takes a run slot, waiting up to `wait` (forever when `None`).
+pub async fn slot(state: &AppState, wait: Option<Duration>) -> ApiResult<OwnedSemaphorePermit> {
+    if !state.accepting.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable(
+            "the server is shutting down; retry against another instance",
+            5,
+        ));
+    }
+    let acquire = state.run_slots.clone().acquire_owned();
+    let permit = match wait {
+        Some(w) => tokio::time::timeout(w, acquire).await.map_err(|_| {
+            ApiError::unavailable(
+                format!("all {} run slots are busy; retry shortly", state.max_runs),
+                1,
+            )
+        })?,
+        None => acquire.await,
+    };
+    permit.map_err(|_| ApiError::unavailable("the server is shutting down", 5))
+}
+
+/// Starts a run of `flow` in the background once it is stored. Returns the
+/// run id and whether it is new (false: `key` already started it).
+pub async fn start_run(
+    state: &Arc<AppState>,
+    flow: &LoadedFlow,
+    inputs: &Map<String, Value>,
+    trigger: Value,
+    key: Option<&str>,
+    permit: OwnedSemaphorePermit,
+    finished: Option<tokio::sync::oneshot::Sender<Result<RunOutcome, String>>>,
+) -> ApiResult<(String, bool)> {
+    let metrics_state = state.clone();
+    let kind = trigger
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("manual")
+        .to_string();
+    let (id, new) = state
+        .engine
+        .start(
+            flow.compiled.clone(),
+            inputs,
+            trigger,
+            key.map(|k| (k, KEY_WINDOW)),
+            Some(state.metrics.step_events()),
+            move |result: &Result<RunOutcome, RunError>| {
+                drop(permit);
+                metrics_state.metrics.run_finished(result);
+                if let Some(tx) = finished {
+                    let _ = tx.send(match result {
+                        Ok(o) => Ok(o.clone()),
+                        Err(e) => Err(e.to_string()),
+                    });
+                }
+            },
+        )
+        .await?;
+    if new {
+        state.metrics.run_started(&kind);
+    }
+    Ok((id, new))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    flow: String,
+    #[serde(default)]
+    inputs: Map<String, Value>,
+    /// Wait for the run to end (up to `timeout_s`, default 30).
+    #[serde(default)]
+    wait: bool,
+    #[serde(default)]
+    timeout_s: Option<u64>,
+}
+
+/// `POST /v1/runs`.
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: StartBody = json_body(&headers, &body)?;
+    check_id("flow", &req.flow)?;
+    let flow = state
+        .flows
+        .get(&req.flow)
+        .ok_or_else(|| ApiError::not_found(format!("no flow `{}`", req.flow)))?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let k = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 200)
+                .ok_or_else(|| {
+                    ApiError::invalid("`Idempotency-Key` must be 1 to 200 visible ASCII characters")
+                })?;
+            Some(format!("idem:{}:{k}", caller.token_id))
+        }
+        None => None,
+    };
+    // A repeated key answers at once, even when every run slot is busy.
+    if let Some(k) = &key
+        && let Some(first) = state
+            .store
+            .request_key_run(k, KEY_WINDOW.as_millis() as i64)
+            .await?
+    {
+        let mut out = run_json(&state, &first).await?;
+        out["created"] = Value::Bool(false);
+        return Ok((StatusCode::OK, Json(out)).into_response());
+    }
+    let permit = slot(&state, Some(SLOT_WAIT)).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (run_id, new) = start_run(
+        &state,
+        &flow,
+        &req.inputs,
+        json!({"type": "manual", "source": "api", "token": caller.token_id}),
+        key.as_deref(),
+        permit,
+        req.wait.then_some(tx),
+    )
+    .await?;
+    if req.wait && new {
+        let limit = Duration::from_secs(req.timeout_s.unwrap_or(30).clamp(1, 600));
+        let _ = tokio::time::timeout(limit, rx).await;
+    }
+    let mut out = run_json(&state, &run_id).await?;
+    out["created"] = Value::Bool(new);
+    let mut res = (
+        if new {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(out),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/runs/{run_id}")) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+async fn run_json(state: &AppState, id: &str) -> ApiResult<Value> {
+    check_id("run", id)?;
+    let run = state
+        .store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{id}`")))?;
+    let steps = state.store.steps(id).await?;
+    let mut out = serde_json::to_value(&run).map_err(ApiError::internal)?;
+    out["steps"] = serde_json::to_value(&steps).map_err(ApiError::internal)?;
+    Ok(out)
+}
+
+/// `GET /v1/runs/{id}`: the run with its steps.
+pub async fn get_one(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(run_json(&state, &id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    flow: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/runs?flow=&status=&limit=&cursor=`.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    if let Some(f) = &q.flow {
+        check_id("flow", f)?;
+    }
+    let status = q
+        .status
+        .map(|s| s.parse::<RunStatus>())
+        .transpose()
+        .map_err(ApiError::invalid)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit must be 1 to 500, not {limit}"
+        )));
+    }
+    let before = match q.cursor {
+        Some(c) => {
+            let (at, id) = c
+                .split_once('_')
+                .and_then(|(a, id)| Some((a.parse::<i64>().ok()?, id.to_string())))
+                .ok_or_else(|| {
+                    ApiError::invalid("invalid cursor: pass `next_cursor` from the previous page")
+                })?;
+            Some((at, id))
+        }
+        None => None,
+    };
+    let runs = state
+        .store
+        .list_runs(&RunFilter {
+            flow_id: q.flow,
+            status,
+            limit: limit + 1,
+            before,
+        })
+        .await?;
+    let more = runs.len() as i64 > limit;
+    let items: Vec<_> = runs.into_iter().take(limit as usize).collect();
+    let next = if more {
+        items.last().map(|r| format!("{}_{}", r.created_at, r.id))
+    } else {
+        None
+    };
+    Ok(Json(json!({"items": items, "next_cursor": next})))
+}
+
+/// `POST /v1/runs/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    check_id("run", &id)?;
+    let run = state
+        .store
+        .get_run(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{id}`")))?;
+    if !state.engine.cancel(&id).await? {
+        return Err(ApiError::conflict(format!(
+            "run `{id}` already {}; only queued or running runs can be cancelled",
+            run.status.as_str()
+        )));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run_id": id, "cancel_requested": true})),
+    ))
+}
+
+/// `POST /v1/runs/{id}/rerun`: resumes a failed run from its failed step.
+pub async fn rerun(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    check_id("run", &id)?;
+    let run = state
+        .store
+        .get_run(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{id}`")))?;
+    if run.status != RunStatus::Failed {
+        return Err(ApiError::conflict(format!(
+            "run `{id}` is {}; only failed runs can be re-run",
+            run.status.as_str()
+        )));
+    }
+    let permit = slot(&state, Some(SLOT_WAIT)).await?;
+    let s = state.clone();
+    let run_id = id.clone();
+    tokio::spawn(async move {
+        let result = s
+            .engine
+            .resume(&run_id, Some(s.metrics.step_events()))
+            .await;
+        drop(permit);
+        if let Err(e) = &result {
+            tracing::warn!(run_id = %run_id, error = %e, "re-run failed to start");
+        }
+        s.metrics.run_finished(&result);
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run_id": id, "status": "running"})),
+    ))
+}

@@ -1,0 +1,410 @@
+//! Triggers that start runs without an API call:
+//!
+//! - `webhook`: `POST /v1/hooks/{path}`; the run (with body, headers and
+//!   query as `trigger`) is stored before `202` + run id is returned; an
+//!   optional Standard Webhooks signature is checked with the trigger's
+//!   secret; a repeated `webhook-id` within 24 h starts nothing new and
+//!   returns the first run's id.
+//! - `schedule`: cron with an optional time zone. Each tick's run is created
+//!   together with the key `tick:<flow>:<trigger>:<time>`, so one tick fires
+//!   once however many processes share the database; after downtime only
+//!   the latest missed tick fires.
+//! - `event`: engine and custom events published in this process start the
+//!   flows whose trigger matches (type, connection, entity).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::flows::{self, LoadedFlow};
+use super::runs::{slot, start_run};
+use crate::store::now_ms;
+
+/// Headers not copied into a run's trigger data.
+const HIDDEN_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+
+/// `POST /v1/hooks/{*path}`.
+pub async fn inbound_hook(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+    RawQuery(raw_query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let path = path.trim_start_matches('/').to_string();
+    let flow = state
+        .flows
+        .by_hook(&path)
+        .ok_or_else(|| ApiError::not_found(format!("no flow has a webhook trigger at `{path}`")))?;
+    if !flow.enabled {
+        return Err(ApiError::conflict(format!(
+            "flow `{}` is disabled; enable it to accept this hook",
+            flow.compiled.id()
+        )));
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match &flow.hook_secret {
+        None => {}
+        Some(Err(why)) => {
+            tracing::error!("{why}");
+            return Err(ApiError::unavailable(
+                "this hook's signing secret is not configured on the server",
+                60,
+            ));
+        }
+        Some(Ok(secret)) => {
+            let missing = |h: &'static str| {
+                ApiError::unauthenticated(format!(
+                    "this hook needs a Standard Webhooks signature: missing header `{h}`"
+                ))
+            };
+            let id = header("webhook-id").ok_or_else(|| missing("webhook-id"))?;
+            let ts = header("webhook-timestamp").ok_or_else(|| missing("webhook-timestamp"))?;
+            let sig = header("webhook-signature").ok_or_else(|| missing("webhook-signature"))?;
+            secret
+                .verify(id, ts, sig, &body, now_ms() / 1000)
+                .map_err(|e| ApiError::unauthenticated(format!("signature refused: {e}")))?;
+        }
+    }
+    let ctype = header(header::CONTENT_TYPE.as_str()).unwrap_or("");
+    let body_value = if body.is_empty() {
+        Value::Null
+    } else if ctype.starts_with("application/json") || ctype.ends_with("+json") {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(format!(
+                "malformed JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ))
+        })?
+    } else {
+        Value::String(
+            String::from_utf8(body.to_vec())
+                .map_err(|_| ApiError::invalid("the body is neither JSON nor UTF-8 text"))?,
+        )
+    };
+    let mut header_map = Map::new();
+    for (name, value) in &headers {
+        if HIDDEN_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            header_map.insert(name.as_str().to_string(), Value::String(v.to_string()));
+        }
+    }
+    let query: Map<String, Value> = raw_query
+        .as_deref()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Body fields named like declared inputs become inputs.
+    let inputs: Map<String, Value> = match &body_value {
+        Value::Object(o) => o
+            .iter()
+            .filter(|(k, _)| flow.compiled.flow.inputs.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        _ => Map::new(),
+    };
+    let webhook_id = header("webhook-id").map(str::to_string);
+    let key = webhook_id.as_ref().map(|id| format!("hook:{path}:{id}"));
+    let trigger = json!({
+        "type": "webhook",
+        "path": path,
+        "webhook_id": webhook_id,
+        "body": body_value,
+        "headers": header_map,
+        "query": query,
+        "received_at": Utc::now().to_rfc3339(),
+    });
+    let permit = slot(&state, Some(Duration::from_secs(1))).await?;
+    let (run_id, new) = start_run(
+        &state,
+        &flow,
+        &inputs,
+        trigger,
+        key.as_deref(),
+        permit,
+        None,
+    )
+    .await?;
+    Ok((
+        if new {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        },
+        Json(json!({"run_id": run_id, "duplicate": !new})),
+    ))
+}
+
+/// One schedule trigger of a flow.
+struct Schedule {
+    flow_id: String,
+    key: String,
+    cron: croner::Cron,
+    tz: chrono_tz::Tz,
+    expr: String,
+    /// The next tick to fire.
+    next: DateTime<Utc>,
+}
+
+fn schedules_of(f: &LoadedFlow) -> Vec<(String, croner::Cron, chrono_tz::Tz, String)> {
+    let parser = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build();
+    f.compiled
+        .flow
+        .triggers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let expr = t.schedule.as_ref()?;
+            let cron = parser.parse(expr).ok()?;
+            let tz = t
+                .timezone
+                .as_deref()
+                .and_then(|z| chrono_tz::Tz::from_str(z).ok())
+                .unwrap_or(chrono_tz::UTC);
+            Some((format!("{i}:{expr}"), cron, tz, expr.clone()))
+        })
+        .collect()
+}
+
+fn next_after(
+    cron: &croner::Cron,
+    tz: chrono_tz::Tz,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    cron.find_next_occurrence(&after.with_timezone(&tz), false)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+async fn fire(state: &Arc<AppState>, s: &Schedule, tick: DateTime<Utc>, missed: bool) {
+    let Some(flow) = state.flows.get(&s.flow_id) else {
+        return;
+    };
+    let permit = match slot(state, None).await {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let tick_ms = tick.timestamp_millis();
+    let key = format!("tick:{}:{}:{tick_ms}", s.flow_id, s.key);
+    let trigger = json!({
+        "type": "schedule",
+        "cron": s.expr,
+        "timezone": s.tz.name(),
+        "scheduled_for": tick.to_rfc3339(),
+        "missed": missed,
+    });
+    match start_run(state, &flow, &Map::new(), trigger, Some(&key), permit, None).await {
+        Ok((run_id, new)) => {
+            if new {
+                tracing::info!(flow_id = %s.flow_id, %run_id, tick = %tick, "schedule fired");
+            }
+            if let Err(e) = state
+                .store
+                .claim_tick(&s.flow_id, &s.key, tick_ms, &run_id)
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a schedule tick");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(flow_id = %s.flow_id, error = %e, "schedule could not start a run")
+        }
+    }
+}
+
+/// Fires schedule triggers until `stop`.
+pub async fn schedule_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut known: HashMap<(String, String), Schedule> = HashMap::new();
+    loop {
+        let now = Utc::now();
+        // Pick up flows added, changed, disabled or deleted.
+        let mut live = std::collections::HashSet::new();
+        for f in state.flows.all().into_iter().filter(|f| f.enabled) {
+            for (key, cron, tz, expr) in schedules_of(&f) {
+                let id = (f.compiled.id().to_string(), key.clone());
+                live.insert(id.clone());
+                if known.contains_key(&id) {
+                    continue;
+                }
+                let Some(next) = next_after(&cron, tz, now) else {
+                    continue;
+                };
+                let s = Schedule {
+                    flow_id: id.0.clone(),
+                    key: key.clone(),
+                    cron,
+                    tz,
+                    expr,
+                    next,
+                };
+                // A tick missed while no process ran fires once, not once per missed tick.
+                if let Ok(Some(last)) = state.store.last_tick(&s.flow_id, &s.key).await
+                    && let Some(last) = DateTime::from_timestamp_millis(last)
+                    && let Some(missed) = s
+                        .cron
+                        .find_previous_occurrence(&now.with_timezone(&s.tz), true)
+                        .ok()
+                        .map(|t| t.with_timezone(&Utc))
+                    && missed > last
+                {
+                    fire(&state, &s, missed, true).await;
+                }
+                known.insert(id, s);
+            }
+        }
+        known.retain(|id, _| live.contains(id));
+        for s in known.values_mut() {
+            while s.next <= now {
+                let tick = s.next;
+                fire(&state, s, tick, false).await;
+                match next_after(&s.cron, s.tz, tick) {
+                    Some(n) => s.next = n,
+                    None => break,
+                }
+            }
+        }
+        let wait = known
+            .values()
+            .map(|s| s.next)
+            .min()
+            .map(|n| (n - Utc::now()).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_millis(500));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn event_matches(t: &crate::flow::model::Trigger, env: &crate::webhooks::Envelope) -> bool {
+    t.event.as_deref() == Some(env.event_type.as_str())
+        && t.connection
+            .as_ref()
+            .is_none_or(|c| env.connection_id.as_deref() == Some(c.as_str()))
+        && t.entity
+            .as_ref()
+            .is_none_or(|e| env.data.get("entity").and_then(Value::as_str) == Some(e.as_str()))
+}
+
+/// Starts the flows whose event triggers match the events published in this process.
+pub async fn event_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut events = state.store.subscribe();
+    loop {
+        let env = tokio::select! {
+            r = events.recv() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let env = match env {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "event triggers fell behind; {n} event(s) started no flow"
+                );
+                continue;
+            }
+            Err(_) => return,
+        };
+        for f in state.flows.all().into_iter().filter(|f| f.enabled) {
+            if !f
+                .compiled
+                .flow
+                .triggers
+                .iter()
+                .any(|t| event_matches(t, &env))
+            {
+                continue;
+            }
+            let Ok(permit) = slot(&state, None).await else {
+                return;
+            };
+            let key = format!("event:{}:{}", f.compiled.id(), env.id);
+            let trigger = json!({"type": "event", "event": env});
+            if let Err(e) =
+                start_run(&state, &f, &Map::new(), trigger, Some(&key), permit, None).await
+            {
+                tracing::warn!(flow_id = %f.compiled.id(), error = %e, "event trigger could not start a run");
+            }
+        }
+    }
+}
+
+/// Periodically: reload flows from the store (other processes' uploads),
+/// resume runs whose process died, forget request keys older than 24 h.
+pub async fn maintenance_loop(
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+    lease: Duration,
+) {
+    let every = (lease / 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    loop {
+        if let Err(e) = flows::reload(&state).await {
+            tracing::warn!(error = %e, "flows not reloaded");
+        }
+        if let Err(e) = resume_orphans(&state, lease).await {
+            tracing::warn!(error = %e, "orphaned runs not resumed");
+        }
+        if let Err(e) = state
+            .store
+            .prune_request_keys(now_ms() - super::runs::KEY_WINDOW.as_millis() as i64)
+            .await
+        {
+            tracing::warn!(error = %e, "request keys not pruned");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn resume_orphans(
+    state: &Arc<AppState>,
+    lease: Duration,
+) -> Result<(), crate::store::StoreError> {
+    let cutoff = now_ms() - lease.as_millis() as i64;
+    for id in state.store.orphaned_runs().await? {
+        // Queued runs younger than a lease may still be waiting for admission here.
+        match state.store.get_run(&id).await? {
+            Some(r) if r.created_at < cutoff => {}
+            _ => continue,
+        }
+        let Ok(permit) = slot(state, None).await else {
+            return Ok(());
+        };
+        let s = state.clone();
+        tokio::spawn(async move {
+            let result = s.engine.resume(&id, Some(s.metrics.step_events())).await;
+            drop(permit);
+            match &result {
+                Ok(o) => {
+                    tracing::info!(run_id = %id, status = o.status.as_str(), "resumed an interrupted run")
+                }
+                Err(e) => tracing::debug!(run_id = %id, error = %e, "not resumed"),
+            }
+            s.metrics.run_finished(&result);
+        });
+    }
+    Ok(())
+}
