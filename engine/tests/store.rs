@@ -274,7 +274,88 @@ async fn a_flow_runs_and_an_interrupted_run_resumes(store: Store) {
     let _: &Engine = &e;
 }
 
+async fn a_request_key_starts_one_run_and_a_tick_is_claimed_once(store: &Store) {
+    let flow = unique("keyed");
+    let key = unique("hook:orders:msg");
+    let new = |id: &'static str| NewRun {
+        id,
+        flow_id: "",
+        flow_revision: 1,
+        inputs: &serde_json::Value::Null,
+        trigger: &serde_json::Value::Null,
+        lease: None,
+    };
+    let first = uuid::Uuid::now_v7().to_string();
+    let second = uuid::Uuid::now_v7().to_string();
+    let day = Duration::from_secs(86_400);
+    let a = NewRun {
+        id: &first,
+        flow_id: &flow,
+        ..new("")
+    };
+    assert_eq!(store.create_run_once(a, &key, day).await.unwrap(), None);
+    let b = NewRun {
+        id: &second,
+        flow_id: &flow,
+        ..new("")
+    };
+    assert_eq!(
+        store.create_run_once(b, &key, day).await.unwrap(),
+        Some(first.clone()),
+        "the same key returns the first run"
+    );
+    assert!(
+        store.get_run(&second).await.unwrap().is_none(),
+        "no second run"
+    );
+    assert_eq!(
+        store.request_key_run(&key, 86_400_000).await.unwrap(),
+        Some(first.clone())
+    );
+    // After the window the key starts a new run.
+    let third = uuid::Uuid::now_v7().to_string();
+    let c = NewRun {
+        id: &third,
+        flow_id: &flow,
+        ..new("")
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        store
+            .create_run_once(c, &key, Duration::from_millis(1))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.get_run(&third).await.unwrap().is_some());
+    // Schedule ticks: claimed once; the last one is remembered.
+    assert!(
+        store
+            .claim_tick(&flow, "0:* * * * *", 60_000, &first)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_tick(&flow, "0:* * * * *", 60_000, &second)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_tick(&flow, "0:* * * * *", 120_000, &second)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.last_tick(&flow, "0:* * * * *").await.unwrap(),
+        Some(120_000)
+    );
+    assert_eq!(store.last_tick(&flow, "other").await.unwrap(), None);
+}
+
 async fn suite(store: Store) {
+    a_request_key_starts_one_run_and_a_tick_is_claimed_once(&store).await;
     flows_get_revisions_only_when_they_change(&store).await;
     leases_keep_other_processes_out_until_they_expire(&store).await;
     step_results_upsert_and_reset(&store).await;

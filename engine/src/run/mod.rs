@@ -126,6 +126,16 @@ pub enum RunError {
     },
 }
 
+/// A run [`Engine::create`] stored (or the first run of its request key).
+struct Created {
+    run_id: String,
+    revision: i64,
+    inputs: Value,
+    limited: bool,
+    /// The run the request key already started; nothing was created.
+    first: Option<String>,
+}
+
 struct CancelSignal {
     flag: AtomicBool,
     notify: Notify,
@@ -328,42 +338,45 @@ impl Engine {
         trigger: Value,
         events: Events,
     ) -> Result<RunOutcome, RunError> {
-        let inputs = Self::resolve_inputs(&flow, inputs)?;
-        let revision = self.revision_of(&flow).await?;
+        let created = self.create(&flow, inputs, &trigger, None).await?;
+        self.execute_started(flow, created, trigger, events).await
+    }
+
+    /// Stores a new run (its flow revision too); with `key`, only when the
+    /// key has not started one yet (`Err(first run id)` then).
+    async fn create(
+        &self,
+        flow: &CompiledFlow,
+        inputs: &Map<String, Value>,
+        trigger: &Value,
+        key: Option<(&str, Duration)>,
+    ) -> Result<Created, RunError> {
+        let inputs = Self::resolve_inputs(flow, inputs)?;
+        let revision = self.revision_of(flow).await?;
         let run_id = uuid::Uuid::now_v7().to_string();
         let limited = flow.flow.concurrency.is_some();
-        self.inner
-            .store
-            .create_run(NewRun {
-                id: &run_id,
-                flow_id: flow.id(),
-                flow_revision: revision,
-                inputs: &inputs,
-                trigger: &trigger,
-                lease: (!limited).then_some((self.inner.owner.as_str(), self.inner.lease)),
-            })
-            .await?;
-        if limited && !self.admit(&flow, &run_id).await? {
-            return self.outcome(&run_id).await;
-        }
-        let now = now_ms();
-        let record = RunRecord {
-            id: run_id,
-            flow_id: flow.id().to_string(),
+        let new = NewRun {
+            id: &run_id,
+            flow_id: flow.id(),
             flow_revision: revision,
-            status: RunStatus::Running,
-            inputs,
+            inputs: &inputs,
             trigger,
-            output: None,
-            error: None,
-            created_at: now,
-            started_at: Some(now),
-            finished_at: None,
-            lease_owner: Some(self.inner.owner.clone()),
-            lease_expires_at: None,
-            resumes: 0,
+            lease: (!limited).then_some((self.inner.owner.as_str(), self.inner.lease)),
         };
-        self.execute(flow, record, true, events).await
+        let first = match key {
+            Some((key, window)) => self.inner.store.create_run_once(new, key, window).await?,
+            None => {
+                self.inner.store.create_run(new).await?;
+                None
+            }
+        };
+        Ok(Created {
+            run_id,
+            revision,
+            inputs,
+            limited,
+            first,
+        })
     }
 
     /// Starts a run in the background and returns its id once the run is
@@ -380,32 +393,14 @@ impl Engine {
         events: Events,
         done: impl FnOnce(&Result<RunOutcome, RunError>) + Send + 'static,
     ) -> Result<(String, bool), RunError> {
-        let inputs = Self::resolve_inputs(&flow, inputs)?;
-        let revision = self.revision_of(&flow).await?;
-        let run_id = uuid::Uuid::now_v7().to_string();
-        let limited = flow.flow.concurrency.is_some();
-        let new = NewRun {
-            id: &run_id,
-            flow_id: flow.id(),
-            flow_revision: revision,
-            inputs: &inputs,
-            trigger: &trigger,
-            lease: (!limited).then_some((self.inner.owner.as_str(), self.inner.lease)),
-        };
-        match key {
-            Some((key, window)) => {
-                if let Some(first) = self.inner.store.create_run_once(new, key, window).await? {
-                    return Ok((first, false));
-                }
-            }
-            None => self.inner.store.create_run(new).await?,
+        let created = self.create(&flow, inputs, &trigger, key).await?;
+        if let Some(first) = created.first {
+            return Ok((first, false));
         }
+        let run_id = created.run_id.clone();
         let engine = self.clone();
-        let id = run_id.clone();
         tokio::spawn(async move {
-            let result = engine
-                .execute_started(flow, id, revision, inputs, trigger, limited, events)
-                .await;
+            let result = engine.execute_started(flow, created, trigger, events).await;
             if let Err(e) = &result {
                 tracing::error!(error = %e, "a started run could not be executed");
             }
@@ -414,18 +409,21 @@ impl Engine {
         Ok((run_id, true))
     }
 
-    /// The background half of [`Engine::start`].
-    #[allow(clippy::too_many_arguments)]
+    /// Admits (under the flow's concurrency limit) and executes a run just created.
     async fn execute_started(
         &self,
         flow: Arc<CompiledFlow>,
-        run_id: String,
-        revision: i64,
-        inputs: Value,
+        created: Created,
         trigger: Value,
-        limited: bool,
         events: Events,
     ) -> Result<RunOutcome, RunError> {
+        let Created {
+            run_id,
+            revision,
+            inputs,
+            limited,
+            ..
+        } = created;
         if limited && !self.admit(&flow, &run_id).await? {
             return self.outcome(&run_id).await;
         }

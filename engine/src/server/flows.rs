@@ -9,12 +9,12 @@ use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
-use super::{AppState, check_id};
+use super::{AppState, check_id, require_content_type};
 use crate::expr::{Scope as ExprScope, Template};
 use crate::flow::{self, CompiledFlow};
 use crate::store::StoreError;
@@ -292,22 +292,15 @@ pub async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let yaml = [
-        "application/yaml",
-        "application/x-yaml",
-        "text/yaml",
-        "text/x-yaml",
-    ];
-    if !yaml.iter().any(|t| ctype.starts_with(t)) {
-        return Err(ApiError::media_type(format!(
-            "upload a flow as `Content-Type: application/yaml`, not `{}`",
-            if ctype.is_empty() { "(none)" } else { ctype }
-        )));
-    }
+    require_content_type(
+        &headers,
+        &[
+            "application/yaml",
+            "application/x-yaml",
+            "text/yaml",
+            "text/x-yaml",
+        ],
+    )?;
     let text = std::str::from_utf8(&body)
         .map_err(|e| ApiError::invalid(format!("the flow is not UTF-8 text: {e}")))?;
     let compiled = compile_text(&state, "flow.yaml", text).await?;

@@ -134,19 +134,27 @@ pub fn check_id(what: &str, id: &str) -> ApiResult<()> {
     }
 }
 
-/// Parses a JSON request body, with the content type checked and the
-/// parse error's line and column in the message.
-pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> ApiResult<T> {
+/// Refuses a request whose `Content-Type` is none of `accepted` (415),
+/// naming the first as the one to use.
+pub fn require_content_type(headers: &HeaderMap, accepted: &[&str]) -> ApiResult<()> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !ctype.starts_with("application/json") {
-        return Err(ApiError::media_type(format!(
-            "this route takes `Content-Type: application/json`, not `{}`",
-            if ctype.is_empty() { "(none)" } else { ctype }
-        )));
+    if accepted.iter().any(|t| ctype.starts_with(t)) {
+        return Ok(());
     }
+    Err(ApiError::media_type(format!(
+        "this route takes `Content-Type: {}`, not `{}`",
+        accepted.first().copied().unwrap_or("?"),
+        if ctype.is_empty() { "(none)" } else { ctype }
+    )))
+}
+
+/// Parses a JSON request body, with the content type checked and the
+/// parse error's line and column in the message.
+pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> ApiResult<T> {
+    require_content_type(headers, &["application/json"])?;
     serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         let at = format!("line {} column {}", e.line(), e.column());

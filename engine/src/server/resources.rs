@@ -10,14 +10,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::{self, Scope};
 use super::error::{ApiError, ApiResult};
-use super::{AppState, check_id, json_body};
+use super::{AppState, check_id, json_body, require_content_type};
 use crate::connectors::connection as conn;
 use crate::connectors::http::ConnectionConfig;
 use crate::connectors::{ConnectorError, ErrorCode, ListQuery};
@@ -46,16 +46,7 @@ pub async fn plugin_upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !(ctype.starts_with("application/wasm") || ctype.starts_with("application/octet-stream")) {
-        return Err(ApiError::media_type(format!(
-            "upload a plugin as `Content-Type: application/wasm`, not `{}`",
-            if ctype.is_empty() { "(none)" } else { ctype }
-        )));
-    }
+    require_content_type(&headers, &["application/wasm", "application/octet-stream"])?;
     let name = q
         .get("name")
         .ok_or_else(|| ApiError::invalid("missing query parameter `name`"))?;

@@ -175,13 +175,18 @@ pub async fn start(
     Ok(res)
 }
 
-async fn run_json(state: &AppState, id: &str) -> ApiResult<Value> {
+/// A stored run, or 404.
+async fn stored_run(state: &AppState, id: &str) -> ApiResult<crate::store::RunRecord> {
     check_id("run", id)?;
-    let run = state
+    state
         .store
         .get_run(id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run `{id}`")))?;
+        .ok_or_else(|| ApiError::not_found(format!("no run `{id}`")))
+}
+
+async fn run_json(state: &AppState, id: &str) -> ApiResult<Value> {
+    let run = stored_run(state, id).await?;
     let steps = state.store.steps(id).await?;
     let mut out = serde_json::to_value(&run).map_err(ApiError::internal)?;
     out["steps"] = serde_json::to_value(&steps).map_err(ApiError::internal)?;
@@ -261,12 +266,7 @@ pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    check_id("run", &id)?;
-    let run = state
-        .store
-        .get_run(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run `{id}`")))?;
+    let run = stored_run(&state, &id).await?;
     if !state.engine.cancel(&id).await? {
         return Err(ApiError::conflict(format!(
             "run `{id}` already {}; only queued or running runs can be cancelled",
@@ -284,12 +284,7 @@ pub async fn rerun(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    check_id("run", &id)?;
-    let run = state
-        .store
-        .get_run(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run `{id}`")))?;
+    let run = stored_run(&state, &id).await?;
     if run.status != RunStatus::Failed {
         return Err(ApiError::conflict(format!(
             "run `{id}` is {}; only failed runs can be re-run",
