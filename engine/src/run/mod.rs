@@ -852,7 +852,7 @@ impl Engine {
             match (&step.kind, &stored.output) {
                 (CompiledKind::Webhook(_), Some(out)) if rec.status == StepStatus::Succeeded => {
                     // The outbox messages commit with the step result, or neither does.
-                    let endpoints = inner.store.endpoints().await?;
+                    let endpoints = inner.store.endpoints_recent().await?;
                     let fired = crate::steps::webhook::envelopes(out);
                     let messages: Vec<_> = fired
                         .iter()

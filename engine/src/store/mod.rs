@@ -290,7 +290,19 @@ pub struct Store {
     outbox_signal: std::sync::Arc<tokio::sync::Notify>,
     /// Events fired in this process, for event triggers (see [`Store::publish`]).
     events: tokio::sync::broadcast::Sender<crate::webhooks::Envelope>,
+    /// Webhook endpoints as last read, for the hot path of `webhook` steps
+    /// (see [`Store::endpoints_recent`]).
+    endpoint_cache: EndpointCache,
 }
+
+type EndpointCache = std::sync::Arc<
+    std::sync::Mutex<
+        Option<(
+            std::time::Instant,
+            std::sync::Arc<Vec<crate::webhooks::endpoints::Endpoint>>,
+        )>,
+    >,
+>;
 
 /// A bind parameter of a queued write.
 #[derive(Debug, Clone)]
@@ -488,6 +500,7 @@ impl Store {
             writer,
             outbox_signal: std::sync::Arc::new(tokio::sync::Notify::new()),
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
+            endpoint_cache: Default::default(),
         })
     }
 

@@ -139,6 +139,9 @@ pub struct MessageFilter {
     pub limit: i64,
 }
 
+/// How long [`Store::endpoints_recent`] trusts its copy.
+pub const ENDPOINT_CACHE_TTL: Duration = Duration::from_secs(1);
+
 const ENDPOINT_COLUMNS: &str = "SELECT id, url, description, secret, previous_secret, previous_secret_expires_at, event_types, connection_id, enabled, disabled_reason, created_at, updated_at FROM webhook_endpoints";
 const MESSAGE_COLUMNS: &str = "SELECT id, event_id, endpoint_id, event_type, status, attempts, next_attempt_at, last_error, created_at, delivered_at, body FROM webhook_messages";
 
@@ -227,6 +230,7 @@ impl Store {
             .bind(e.updated_at)
             .execute(&self.pool)
             .await?;
+        self.forget_endpoints();
         Ok(())
     }
 
@@ -238,6 +242,24 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(endpoint_from_row).collect()
+    }
+
+    /// All endpoints, read at most [`ENDPOINT_CACHE_TTL`] ago (changes made
+    /// through this store are seen at once; other processes' within the TTL).
+    pub async fn endpoints_recent(&self) -> Result<std::sync::Arc<Vec<Endpoint>>, StoreError> {
+        if let Some((at, list)) = &*self.endpoint_cache.lock().expect("endpoint cache lock")
+            && at.elapsed() < ENDPOINT_CACHE_TTL
+        {
+            return Ok(list.clone());
+        }
+        let list = std::sync::Arc::new(self.endpoints().await?);
+        *self.endpoint_cache.lock().expect("endpoint cache lock") =
+            Some((std::time::Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    fn forget_endpoints(&self) {
+        *self.endpoint_cache.lock().expect("endpoint cache lock") = None;
     }
 
     /// One endpoint.
@@ -266,6 +288,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.forget_endpoints();
         Ok(done.rows_affected() == 1)
     }
 
@@ -287,6 +310,7 @@ impl Store {
                 ],
             )
             .await?;
+        self.forget_endpoints();
         Ok(n == 1)
     }
 
