@@ -1068,3 +1068,57 @@ async fn shutdown_lets_an_in_flight_run_finish() {
         s.log()
     );
 }
+
+#[tokio::test]
+async fn a_store_failure_is_a_500_without_internals_and_logged_under_the_request_id() {
+    let (s, admin) = Server::start(&[], &[]);
+    let http = client();
+    assert_eq!(
+        http.get(s.url("/v1/flows"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // Break the database under the running server: the token table goes away.
+    let path = s.db.trim_start_matches("sqlite://").to_string();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE api_tokens")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // past the token cache
+    let (st, code, v) = error_of(
+        http.get(s.url("/v1/flows"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((st, code.as_str()), (500, "INTERNAL_ERROR"));
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains("api_tokens") && !message.contains("sql"),
+        "internals leaked: {message}"
+    );
+    let rid = v["error"]["request_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s
+        .log()
+        .lines()
+        .any(|l| l.contains(&rid) && l.contains("api_tokens"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the cause is not logged under {rid}:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
