@@ -1,8 +1,11 @@
 //! A counting global allocator for the benchmarks' peak-heap figures.
 //! Counting is off until [`start`]; [`stop`] returns the peak heap above
-//! the level at `start`, in bytes.
+//! the level at `start`, in bytes. It counts on top of mimalloc, the
+//! allocator of the `sluice` binary, so the figures are the binary's.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc as System;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 struct Counting;

@@ -6,8 +6,14 @@
 //! Simple paths (`$.a.b[0]['c']`) are evaluated by direct lookups; anything
 //! else by the RFC 9535 engine. When `status` is mapped through a value map
 //! and `remote_status` is not mapped, the raw value is kept as `remote_status`.
+//!
+//! A mapped record goes straight into one slot per unified field (in the
+//! model's order) and is checked against the model's [`Shape`] in the same
+//! pass: no intermediate map, and values a converter already produced in the
+//! model's form (timestamps, dates, checked lines) are not parsed again.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use schemars::JsonSchema;
@@ -17,6 +23,7 @@ use serde_json::{Map, Value};
 use crate::expr::jsonpath::Query;
 use crate::flow::source::Seg;
 use crate::unified::Entity;
+use crate::unified::shape::{Shape, Slot};
 
 /// Where a unified field's value comes from.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -118,10 +125,41 @@ pub enum FastPath {
 /// One step of a simple path.
 #[derive(Debug, Clone)]
 pub enum PathSeg {
-    /// A member name.
-    Name(String),
+    /// A member name, with where it was found last time.
+    Name(String, Hint),
     /// An array index.
     Index(usize),
+}
+
+/// The position at which a member name was last found. A system's records
+/// of one kind share their key order, so looking there first finds the key
+/// without hashing it (serde_json's ordered maps hash every lookup).
+#[derive(Debug, Default)]
+pub struct Hint(AtomicUsize);
+
+impl Clone for Hint {
+    fn clone(&self) -> Self {
+        Hint(AtomicUsize::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Objects up to this size are searched key by key, larger ones by hash.
+const SCAN_LIMIT: usize = 32;
+
+/// `obj[name]`, trying the hinted position first.
+fn member<'a>(obj: &'a Map<String, Value>, name: &str, hint: &Hint) -> Option<&'a Value> {
+    let at = hint.0.load(Ordering::Relaxed);
+    if let Some((k, v)) = obj.iter().nth(at)
+        && k == name
+    {
+        return Some(v);
+    }
+    if obj.len() > SCAN_LIMIT {
+        return obj.get(name);
+    }
+    let (i, (_, v)) = obj.iter().enumerate().find(|(_, (k, _))| *k == name)?;
+    hint.0.store(i, Ordering::Relaxed);
+    Some(v)
 }
 
 impl FastPath {
@@ -164,7 +202,7 @@ fn walk<'a>(doc: &'a Value, segs: &[PathSeg]) -> Option<&'a Value> {
     let mut v = doc;
     for s in segs {
         v = match s {
-            PathSeg::Name(n) => v.as_object()?.get(n)?,
+            PathSeg::Name(n, hint) => member(v.as_object()?, n, hint)?,
             PathSeg::Index(i) => v.as_array()?.get(*i)?,
         };
     }
@@ -188,7 +226,7 @@ fn simple(text: &str) -> Option<FastPath> {
             if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
                 return None;
             }
-            segs.push(PathSeg::Name(name.to_string()));
+            segs.push(PathSeg::Name(name.to_string(), Hint::default()));
             rest = &r[end..];
         } else if let Some(r) = rest.strip_prefix("['") {
             let end = r.find("']")?;
@@ -196,7 +234,7 @@ fn simple(text: &str) -> Option<FastPath> {
             if name.contains(['\\', '\'']) {
                 return None;
             }
-            segs.push(PathSeg::Name(name.to_string()));
+            segs.push(PathSeg::Name(name.to_string(), Hint::default()));
             rest = &r[end + 2..];
         } else if let Some(r) = rest.strip_prefix("[*]") {
             wildcard = true;
@@ -223,14 +261,17 @@ enum Src {
     Join(Vec<FastPath>, String),
     Product(Vec<FastPath>),
     Sum(FastPath),
-    FromLines(String),
-    Each(FastPath, Vec<Field>),
+    /// The field summed, and the slot of `lines`.
+    FromLines(String, usize),
+    Each(FastPath, Vec<Field>, &'static Shape),
     Pattern(Vec<String>),
 }
 
 #[derive(Debug)]
 struct Field {
     name: String,
+    /// Index of the field in its shape's slots.
+    slot: usize,
     src: Src,
     convert: Option<Converter>,
     map: Option<BTreeMap<String, Value>>,
@@ -240,36 +281,38 @@ struct Field {
 /// A compiled mapping for one entity.
 #[derive(Debug)]
 pub struct Mapping {
+    shape: &'static Shape,
     fields: Vec<Field>,
-    /// `remote_status` is filled from the raw value of a mapped `status`.
-    keep_remote_status: bool,
+    /// Slot of `remote_status`, filled from the raw value of a mapped `status`.
+    keep_remote_status: Option<usize>,
     /// JSONPath of `remote_id`, for error messages and detail ids.
     remote_id: Option<FastPath>,
+    /// Slots the engine fills.
+    slots: EngineSlots,
+}
+
+#[derive(Debug)]
+struct EngineSlots {
+    id: usize,
+    remote_id: usize,
+    connection_id: usize,
+    custom_fields: usize,
+    remote_was_deleted: usize,
+}
+
+/// Why a system's record cannot become a unified record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapError {
+    /// A mapping failed (a value missing from a value map, a bad number...).
+    Mapping(String),
+    /// The mapped record does not fit the unified model.
+    Model(String),
+    /// The mapped record has no `remote_id`.
+    NoRemoteId,
 }
 
 /// A problem found compiling a mapping: (path below `mapping`, code, message).
 pub type Problem = (Vec<Seg>, &'static str, String);
-
-fn required_fields(schema: &Value) -> Vec<String> {
-    schema
-        .get("required")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn properties(schema: &Value) -> Vec<String> {
-    schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default()
-}
 
 /// Fields the engine fills itself.
 const ENGINE_FIELDS: &[&str] = &["id", "connection_id", "raw"];
@@ -281,35 +324,37 @@ impl Mapping {
         spec: &BTreeMap<String, FieldSource>,
         problems: &mut Vec<Problem>,
     ) -> Option<Mapping> {
-        let schema = entity.json_schema();
-        let line_schema = schema
-            .pointer("/$defs/PurchaseOrderLine")
-            .cloned()
-            .unwrap_or(Value::Null);
+        let shape = Shape::of(entity);
         let before = problems.len();
-        let fields = compile_fields(
-            entity.name(),
-            &properties(&schema),
-            &required_fields(&schema),
-            spec,
-            &[],
-            problems,
-            Some(&line_schema),
-        );
+        let fields = compile_fields(entity.name(), spec, &[], problems, shape);
         if problems.len() > before {
             return None;
         }
-        let keep_remote_status = !spec.contains_key("remote_status")
-            && fields.iter().any(|f| f.name == "status" && f.map.is_some())
-            && properties(&schema).iter().any(|p| p == "remote_status");
+        let keep_remote_status = (!spec.contains_key("remote_status")
+            && fields.iter().any(|f| f.name == "status" && f.map.is_some()))
+        .then(|| shape.index_of("remote_status"))
+        .flatten();
         let remote_id = fields.iter().find_map(|f| match (&f.name[..], &f.src) {
             ("remote_id", Src::Path(p)) => Some(p.clone()),
             _ => None,
         });
+        let slot = |name: &str| {
+            shape
+                .index_of(name)
+                .expect("every entity has the common fields")
+        };
         Some(Mapping {
+            shape,
             fields,
             keep_remote_status,
             remote_id,
+            slots: EngineSlots {
+                id: slot("id"),
+                remote_id: slot("remote_id"),
+                connection_id: slot("connection_id"),
+                custom_fields: slot("custom_fields"),
+                remote_was_deleted: slot("remote_was_deleted"),
+            },
         })
     }
 
@@ -318,29 +363,50 @@ impl Mapping {
         self.remote_id.as_ref()
     }
 
-    /// Maps one of the system's records. Errors name the field.
-    pub fn apply(&self, src: &Value) -> Result<Map<String, Value>, String> {
-        let mut out = Map::with_capacity(self.fields.len() + 4);
+    /// Maps one of the system's records into a unified record of
+    /// `connection_id`, checked against the unified model. Errors name the field.
+    pub fn to_unified(
+        &self,
+        src: &Value,
+        connection_id: &str,
+    ) -> Result<Map<String, Value>, MapError> {
+        let mut slots = self.shape.slots();
         let mut raw_status = None;
-        map_fields(&self.fields, src, &mut out, &mut raw_status)?;
-        if self.keep_remote_status
-            && let Some(raw) = raw_status
-        {
-            out.insert("remote_status".into(), raw);
+        map_fields(&self.fields, src, &mut slots, &mut raw_status)?;
+        if let (Some(i), Some(raw)) = (self.keep_remote_status, raw_status) {
+            slots[i] = Slot::Value(raw);
         }
-        Ok(out)
+        let e = &self.slots;
+        let remote_id = match &slots[e.remote_id] {
+            Slot::Value(Value::String(s)) | Slot::Checked(Value::String(s)) => s.clone(),
+            Slot::Value(Value::Number(n)) | Slot::Checked(Value::Number(n)) => n.to_string(),
+            _ => return Err(MapError::NoRemoteId),
+        };
+        slots[e.id] = Slot::Checked(Value::String(format!("{connection_id}:{remote_id}")));
+        slots[e.remote_id] = Slot::Checked(Value::String(remote_id));
+        slots[e.connection_id] = Slot::Checked(Value::String(connection_id.to_string()));
+        if slots[e.custom_fields] == Slot::Missing {
+            slots[e.custom_fields] = Slot::Checked(Value::Object(Map::new()));
+        }
+        if slots[e.remote_was_deleted] == Slot::Missing {
+            slots[e.remote_was_deleted] = Slot::Checked(Value::Bool(false));
+        }
+        self.shape
+            .check_slots(slots)
+            .map_err(|err| MapError::Model(err.message))
     }
 }
 
+/// Compiles the fields of `spec` against `shape` (the model's fields of the
+/// entity, or of a purchase-order line).
 fn compile_fields(
     owner: &str,
-    known: &[String],
-    required: &[String],
     spec: &BTreeMap<String, FieldSource>,
     at: &[Seg],
     problems: &mut Vec<Problem>,
-    line_schema: Option<&Value>,
+    shape: &'static Shape,
 ) -> Vec<Field> {
+    let known: Vec<&str> = shape.field_names().collect();
     let here = |name: &str| {
         let mut p = at.to_vec();
         p.push(Seg::Key(name.to_string()));
@@ -348,11 +414,10 @@ fn compile_fields(
     };
     let mut fields = Vec::new();
     for (name, source) in spec {
-        if !known.iter().any(|k| k == name) {
-            let hint =
-                crate::flow::diagnostic::did_you_mean(name, known.iter().map(String::as_str))
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
+        if !known.contains(&name.as_str()) {
+            let hint = crate::flow::diagnostic::did_you_mean(name, known.iter().copied())
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
             problems.push((
                 here(name),
                 "unknown-field",
@@ -423,10 +488,18 @@ fn compile_fields(
         } else if let Some(p) = &spec.sum {
             path(p, "sum").map(Src::Sum)
         } else if let Some(f) = &spec.from_lines {
-            Some(Src::FromLines(f.clone()))
+            let Some(lines) = shape.index_of("lines") else {
+                problems.push((
+                    here(name),
+                    "invalid-mapping",
+                    format!("`from_lines` sums `lines`, which {owner} does not have"),
+                ));
+                continue;
+            };
+            Some(Src::FromLines(f.clone(), lines))
         } else if let Some(p) = &spec.each {
             let items = path(p, "each");
-            let Some(line_schema) = line_schema.filter(|_| name == "lines") else {
+            let Some(line_shape) = shape.list_shape(name) else {
                 problems.push((
                     here(name),
                     "invalid-mapping",
@@ -437,20 +510,10 @@ fn compile_fields(
                 continue;
             };
             let sub = spec.fields.clone().unwrap_or_default();
-            let inner = compile_fields(
-                "a purchase_order line",
-                &properties(line_schema),
-                &required_fields(line_schema),
-                &sub,
-                &{
-                    let mut a = here(name);
-                    a.push(Seg::Key("fields".into()));
-                    a
-                },
-                problems,
-                None,
-            );
-            items.map(|i| Src::Each(i, inner))
+            let mut at = here(name);
+            at.push(Seg::Key("fields".into()));
+            let inner = compile_fields("a purchase_order line", &sub, &at, problems, line_shape);
+            items.map(|i| Src::Each(i, inner, line_shape))
         } else if let Some(p) = &spec.pattern {
             if name != "custom_fields" {
                 problems.push((
@@ -467,6 +530,9 @@ fn compile_fields(
         if let Some(src) = src {
             fields.push(Field {
                 name: name.clone(),
+                slot: shape
+                    .index_of(name)
+                    .expect("the shape has every field of the schema"),
                 src,
                 convert: spec.convert,
                 map: spec.map.clone(),
@@ -474,8 +540,8 @@ fn compile_fields(
             });
         }
     }
-    for r in required {
-        if !ENGINE_FIELDS.contains(&r.as_str()) && !spec.contains_key(r) {
+    for r in shape.required_names() {
+        if !ENGINE_FIELDS.contains(&r) && !spec.contains_key(r) {
             problems.push((
                 at.to_vec(),
                 "missing-field",
@@ -484,17 +550,19 @@ fn compile_fields(
         }
     }
     // `from_lines` after `lines`.
-    fields.sort_by_key(|f| matches!(f.src, Src::FromLines(_)));
+    fields.sort_by_key(|f| matches!(f.src, Src::FromLines(..)));
     fields
 }
 
 fn map_fields(
     fields: &[Field],
     src: &Value,
-    out: &mut Map<String, Value>,
+    slots: &mut [Slot],
     raw_status: &mut Option<Value>,
-) -> Result<(), String> {
+) -> Result<(), MapError> {
+    let fail = |f: &Field, m: String| MapError::Mapping(format!("field `{}`: {m}", f.name));
     for f in fields {
+        let mut checked = false;
         let v = match &f.src {
             Src::Path(p) => p.first(src).cloned().unwrap_or(Value::Null),
             Src::Const(c) => c.clone(),
@@ -507,12 +575,7 @@ fn map_fields(
                     match p.first(src) {
                         Some(Value::String(t)) => s.push_str(t),
                         Some(Value::Number(n)) => s.push_str(&n.to_string()),
-                        _ => {
-                            return Err(format!(
-                                "field `{}`: a part of the key is missing",
-                                f.name
-                            ));
-                        }
+                        _ => return Err(fail(f, "a part of the key is missing".into())),
                     }
                 }
                 Value::String(s)
@@ -521,7 +584,7 @@ fn map_fields(
                 let mut acc = 1.0;
                 for p in parts {
                     acc *= number(p.first(src).unwrap_or(&Value::Null))
-                        .map_err(|m| format!("field `{}`: {m}", f.name))?
+                        .map_err(|m| fail(f, m))?
                         .unwrap_or(0.0);
                 }
                 json_number(acc)
@@ -529,34 +592,37 @@ fn map_fields(
             Src::Sum(p) => {
                 let mut acc = 0.0;
                 for v in p.all(src) {
-                    acc += number(v)
-                        .map_err(|m| format!("field `{}`: {m}", f.name))?
-                        .unwrap_or(0.0);
+                    acc += number(v).map_err(|m| fail(f, m))?.unwrap_or(0.0);
                 }
                 json_number(acc)
             }
-            Src::FromLines(field) => {
+            Src::FromLines(field, lines) => {
                 let mut acc = 0.0;
-                for l in out
-                    .get("lines")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
+                if let Slot::Checked(Value::Array(ls)) | Slot::Value(Value::Array(ls)) =
+                    &slots[*lines]
                 {
-                    acc += l.get(field).and_then(Value::as_f64).unwrap_or(0.0);
+                    for l in ls {
+                        acc += l.get(field).and_then(Value::as_f64).unwrap_or(0.0);
+                    }
                 }
                 json_number(acc)
             }
-            Src::Each(items, sub) => {
+            Src::Each(items, sub, shape) => {
                 let elems = items.all(src);
                 let mut list = Vec::with_capacity(elems.len());
                 for (i, e) in elems.into_iter().enumerate() {
-                    let mut m = Map::with_capacity(sub.len());
+                    let mut line = shape.slots();
                     let mut ignored = None;
-                    map_fields(sub, e, &mut m, &mut ignored)
-                        .map_err(|msg| format!("{}[{i}]: {msg}", f.name))?;
+                    map_fields(sub, e, &mut line, &mut ignored).map_err(|err| match err {
+                        MapError::Mapping(m) => MapError::Mapping(format!("{}[{i}]: {m}", f.name)),
+                        other => other,
+                    })?;
+                    let m = shape.check_slots(line).map_err(|err| {
+                        MapError::Model(format!("{}[{i}]: {}", f.name, err.message))
+                    })?;
                     list.push(Value::Object(m));
                 }
+                checked = true;
                 Value::Array(list)
             }
             Src::Pattern(patterns) => {
@@ -573,38 +639,54 @@ fn map_fields(
         };
         let v = match f.convert {
             Some(c) if !v.is_null() => {
-                convert(c, &v).map_err(|m| format!("field `{}`: {m}", f.name))?
+                // Timestamps and dates come out of their converters in the model's form.
+                checked = matches!(
+                    c,
+                    Converter::SapDate | Converter::Datetime | Converter::Date
+                );
+                convert(c, &v).map_err(|m| fail(f, m))?
             }
             _ => v,
         };
         let v = match &f.map {
             Some(map) if !v.is_null() => {
+                checked = false;
                 let key = scalar_text(&v);
-                if f.name == "status" {
-                    *raw_status = Some(Value::String(key.clone()));
-                }
-                match map.get(&key) {
+                let found = match map.get(key.as_ref()) {
                     Some(m) => m.clone(),
                     None => match &f.default {
                         Some(d) => d.clone(),
                         None => {
-                            return Err(format!(
-                                "field `{}`: value `{key}` is not in the value map (known: {})",
-                                f.name,
-                                map.keys().cloned().collect::<Vec<_>>().join(", ")
+                            return Err(fail(
+                                f,
+                                format!(
+                                    "value `{key}` is not in the value map (known: {})",
+                                    map.keys().cloned().collect::<Vec<_>>().join(", ")
+                                ),
                             ));
                         }
                     },
+                };
+                if f.name == "status" {
+                    *raw_status = Some(Value::String(key.into_owned()));
                 }
+                found
             }
             _ => v,
         };
         let v = match (&v, &f.default) {
-            (Value::Null, Some(d)) => d.clone(),
+            (Value::Null, Some(d)) => {
+                checked = false;
+                d.clone()
+            }
             _ => v,
         };
         if !v.is_null() {
-            out.insert(f.name.clone(), v);
+            slots[f.slot] = if checked {
+                Slot::Checked(v)
+            } else {
+                Slot::Value(v)
+            };
         }
     }
     Ok(())
@@ -618,10 +700,10 @@ fn json_number(f: f64) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn scalar_text(v: &Value) -> String {
+fn scalar_text(v: &Value) -> std::borrow::Cow<'_, str> {
     match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => std::borrow::Cow::Borrowed(s),
+        other => std::borrow::Cow::Owned(other.to_string()),
     }
 }
 
@@ -701,7 +783,13 @@ pub fn convert(c: Converter, v: &Value) -> Result<Value, String> {
         }
         Converter::Date => {
             let s = text()?;
-            if NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() {
+            // Already `YYYY-MM-DD` (zero-padded, so in the model's form)?
+            let b = s.as_bytes();
+            if b.len() == 10
+                && b[4] == b'-'
+                && b[7] == b'-'
+                && NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+            {
                 Value::String(s.to_string())
             } else {
                 let d = parse_datetime(s).ok_or_else(|| format!("`{s}` is not a date"))?;
@@ -716,7 +804,7 @@ pub fn convert(c: Converter, v: &Value) -> Result<Value, String> {
             }
             Value::from(f as i64)
         }
-        Converter::String => Value::String(scalar_text(v)),
+        Converter::String => Value::String(scalar_text(v).into_owned()),
         Converter::Boolean => match v {
             Value::Bool(b) => Value::Bool(*b),
             other => match scalar_text(other).trim().to_ascii_lowercase().as_str() {
@@ -784,6 +872,32 @@ mod tests {
         );
         assert!(convert(Converter::SapDate, &json!("yesterday")).is_err());
         assert!(convert(Converter::Number, &json!("12,5")).is_err());
+    }
+
+    #[test]
+    fn converted_timestamps_and_dates_are_already_in_the_models_form() {
+        // `to_unified` takes these converters' output without re-checking it,
+        // so it must be exactly what the typed model serializes.
+        for text in [
+            "/Date(1700000000000)/",
+            "/Date(1700000000123+0000)/",
+            "2024-03-01T10:00:00",
+            "2024-03-01T10:00:00.5+02:00",
+            "2024-03-01T10:00:00.123456789Z",
+            "2024-03-01",
+        ] {
+            let v = convert(Converter::Datetime, &json!(text)).unwrap();
+            let typed: DateTime<Utc> = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(serde_json::to_value(typed).unwrap(), v, "{text}");
+            let d = convert(Converter::Date, &json!(text)).unwrap();
+            let typed: NaiveDate = serde_json::from_value(d.clone()).unwrap();
+            assert_eq!(serde_json::to_value(typed).unwrap(), d, "{text}");
+        }
+        assert_eq!(
+            convert(Converter::Date, &json!("2024-3-1")).unwrap(),
+            json!("2024-03-01"),
+            "a date without zero padding is written in the model's form"
+        );
     }
 
     #[test]

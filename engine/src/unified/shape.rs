@@ -185,14 +185,65 @@ impl Shape {
 
     /// Checks a record and returns it as the typed model would serialize it.
     pub fn check(&self, mut record: Map<String, Value>) -> Result<Value, RecordError> {
+        let mut slots = self.slots();
+        for (i, f) in self.fields.iter().enumerate() {
+            if let Some(v) = record.remove(&f.name) {
+                slots[i] = Slot::Value(v);
+            }
+        }
+        if let Some(extra) = record.keys().next() {
+            return Err(RecordError {
+                message: format!("unknown field `{extra}`"),
+            });
+        }
+        self.check_slots(slots).map(Value::Object)
+    }
+
+    /// One empty slot per field, in the model's order.
+    pub fn slots(&self) -> Vec<Slot> {
+        std::iter::repeat_with(|| Slot::Missing)
+            .take(self.fields.len())
+            .collect()
+    }
+
+    /// The fields a record must have (no default).
+    pub fn required_names(&self) -> impl Iterator<Item = &str> {
+        self.fields
+            .iter()
+            .filter(|f| f.default.is_none())
+            .map(|f| f.name.as_str())
+    }
+
+    /// The slot index of a field.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+
+    /// The shape of the elements of a list field (a purchase order's `lines`).
+    pub fn list_shape(&self, name: &str) -> Option<&Shape> {
+        self.fields.iter().find_map(|f| match &f.kind {
+            Kind::List(s) if f.name == name => Some(&**s),
+            _ => None,
+        })
+    }
+
+    /// Checks a record given as one slot per field (see [`Shape::slots`])
+    /// and returns it as the typed model would serialize it. Slots marked
+    /// [`Slot::Checked`] hold values already in the model's form (a
+    /// converter's canonical timestamp, a list of checked lines) and are
+    /// taken as they are.
+    pub fn check_slots(&self, slots: Vec<Slot>) -> Result<Map<String, Value>, RecordError> {
         let err = |m: String| RecordError { message: m };
         let mut out = Map::with_capacity(self.fields.len());
-        for f in &self.fields {
-            // Reuse the record's own key string when it has the field.
-            let (key, v) = match record.remove_entry(&f.name) {
-                Some(kv) => kv,
-                None => match &f.default {
-                    Some(d) => (f.name.clone(), d.clone()),
+        for (f, slot) in self.fields.iter().zip(slots) {
+            let v = match slot {
+                Slot::Checked(v) => {
+                    out.insert(f.name.clone(), v);
+                    continue;
+                }
+                Slot::Value(v) => v,
+                Slot::Missing => match &f.default {
+                    Some(d) => d.clone(),
                     None => return Err(err(format!("missing field `{}`", f.name))),
                 },
             };
@@ -204,7 +255,7 @@ impl Shape {
                     )));
                 }
                 if !f.omit_null {
-                    out.insert(key, Value::Null);
+                    out.insert(f.name.clone(), Value::Null);
                 }
                 continue;
             }
@@ -272,13 +323,22 @@ impl Shape {
                     other => return Err(bad("a list", &other)),
                 },
             };
-            out.insert(key, v);
+            out.insert(f.name.clone(), v);
         }
-        if let Some(extra) = record.keys().next() {
-            return Err(err(format!("unknown field `{extra}`")));
-        }
-        Ok(Value::Object(out))
+        Ok(out)
     }
+}
+
+/// A field's value on its way into [`Shape::check_slots`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Slot {
+    /// Not given: the field's default, or an error when it is required.
+    #[default]
+    Missing,
+    /// A value to check.
+    Value(Value),
+    /// A value already in the model's form, taken as it is.
+    Checked(Value),
 }
 
 #[cfg(test)]
