@@ -1,4 +1,4 @@
-//! Syncs against the Maximo emulator: first sync, incremental after changes,
+//! Syncs against the Maximo and SAP emulators: first sync, incremental after changes,
 //! full re-sync detecting a deletion, a 5xx burst resumed from its checkpoint,
 //! a 429 storm, refused credentials, one sync at a time, and the events.
 
@@ -16,7 +16,7 @@ use sluice::sync::{self, Mode, SyncError, SyncOptions};
 use sluice::unified::Entity;
 use sluice::webhooks::endpoints::{self, NewEndpoint};
 use sluice::webhooks::ssrf::GuardPolicy;
-use sluice_emulators::{Emulator, Fault, maximo};
+use sluice_emulators::{Emulator, Fault, maximo, sap};
 
 fn connector(emu: &Emulator, key: &str, policy: Policy) -> HttpConnector {
     let defs = Definitions::built_in();
@@ -30,6 +30,7 @@ fn connector(emu: &Emulator, key: &str, policy: Policy) -> HttpConnector {
         credentials: [("api_key".to_string(), "MX".to_string())].into(),
         rate_limit: None,
         policy,
+        ..ConnectionConfig::default()
     };
     let health = Arc::new(Health::new("mx", policy, ConnectionStatus::Online, None));
     let key = key.to_string();
@@ -562,4 +563,118 @@ async fn syncs_and_connection_history_work_on_postgresql() {
         "offline"
     );
     assert!(store.remove_connection(&conn).await.unwrap());
+}
+
+fn sap_connector(emu: &Emulator) -> HttpConnector {
+    let config = ConnectionConfig {
+        definition: "sap_s4hana".into(),
+        params: [("base_url".to_string(), emu.base_url.clone())].into(),
+        credentials: [
+            ("username".to_string(), "U".to_string()),
+            ("password".to_string(), "P".to_string()),
+        ]
+        .into(),
+        policy: fast(),
+        ..ConnectionConfig::default()
+    };
+    HttpConnector::new(
+        "s4",
+        Definitions::built_in().get("sap_s4hana").unwrap().clone(),
+        &config,
+        &|n| Some(if n == "U" { sap::USER } else { sap::PASSWORD }.to_string()),
+        Arc::new(Health::new("s4", fast(), ConnectionStatus::Online, None)),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sap_purchase_orders_sync_page_by_page_and_a_full_sync_finds_the_deleted_one() {
+    let emu = sap::start(25, 3).await;
+    let (store, _dir) = store_with_endpoint().await;
+    let c = sap_connector(&emu);
+
+    let r = sync::run(
+        &store,
+        &c,
+        "s4",
+        Entity::PurchaseOrder,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.added, r.updated, r.unchanged, r.deleted, r.pages),
+        (25, 0, 0, 0, 3),
+        "{r:?}"
+    );
+    let first_pages = emu.requests_to("/A_PurchaseOrder");
+    assert_eq!(first_pages.len(), 3, "three pages of ten, by $skiptoken");
+    assert!(first_pages[0].param("$filter").is_none());
+    let cached = store.cached_records("s4", "purchase_order").await.unwrap();
+    assert_eq!(cached.len(), 25);
+    let one: Value = cached
+        .iter()
+        .map(|(r, _)| serde_json::from_str::<Value>(r).unwrap())
+        .find(|r| r["remote_id"] == "4500000004")
+        .unwrap();
+    assert_eq!(one["id"], "s4:4500000004");
+    assert_eq!(one["lines"].as_array().unwrap().len(), 3);
+    assert_eq!(one["custom_fields"]["YY1_ProjectCode_PDH"], "PRJ-004");
+
+    // Two orders change and one is deleted upstream.
+    for id in ["4500000003", "4500000017"] {
+        assert!(emu.update(
+            sap::POS,
+            id,
+            serde_json::json!({"YY1_ProjectCode_PDH": "CHANGED"})
+        ));
+    }
+    assert!(emu.delete(sap::POS, "4500000009"));
+    emu.clear_log();
+    let r = sync::run(
+        &store,
+        &c,
+        "s4",
+        Entity::PurchaseOrder,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.added, r.updated, r.deleted), (0, 2, 0), "{r:?}");
+    let filter = emu.requests_to("/A_PurchaseOrder")[0]
+        .param("$filter")
+        .unwrap()
+        .to_string();
+    assert!(
+        filter.starts_with("LastChangeDateTime gt datetimeoffset'"),
+        "{filter}"
+    );
+
+    let r = sync::run(
+        &store,
+        &c,
+        "s4",
+        Entity::PurchaseOrder,
+        &opts(Mode::Full),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.added, r.updated, r.unchanged, r.deleted),
+        (0, 0, 24, 1),
+        "{r:?}"
+    );
+    let cached = store.cached_records("s4", "purchase_order").await.unwrap();
+    let deleted: Vec<&String> = cached.iter().filter(|(_, d)| *d).map(|(r, _)| r).collect();
+    assert_eq!(deleted.len(), 1);
+    assert!(deleted[0].contains("\"remote_id\":\"4500000009\""));
+    let changed = cached
+        .iter()
+        .map(|(r, _)| serde_json::from_str::<Value>(r).unwrap())
+        .find(|r| r["remote_id"] == "4500000017")
+        .unwrap();
+    assert_eq!(changed["custom_fields"]["YY1_ProjectCode_PDH"], "CHANGED");
 }

@@ -1,6 +1,8 @@
 //! Sync rows: `sync_state` (one per connection and entity) and
 //! `synced_records` (the record cache, with a content hash per record).
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::Row;
 
@@ -84,6 +86,10 @@ pub struct PageChanges {
     pub unchanged: u64,
 }
 
+/// Rows per multi-row statement of [`Store::save_sync_page`] (4 parameters a
+/// row, well under SQLite's and PostgreSQL's parameter limits).
+const ROWS_PER_STATEMENT: usize = 250;
+
 impl Store {
     /// The sync state of a connection and entity.
     pub async fn sync_state(
@@ -156,7 +162,7 @@ impl Store {
         lease_until: i64,
     ) -> Result<PageChanges, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut known = std::collections::HashMap::new();
+        let mut known = HashMap::new();
         for chunk in records.chunks(500) {
             let placeholders: Vec<String> =
                 (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
@@ -178,29 +184,25 @@ impl Store {
             }
         }
         let mut changes = PageChanges::default();
-        for r in records {
+        let mut seen: Vec<&str> = Vec::new();
+        let mut upserts: Vec<&CachedRecord> = Vec::new();
+        // A record listed twice in one page counts once, with its last content
+        // (one multi-row upsert cannot touch a row twice on PostgreSQL).
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            last.insert(&r.remote_id, i);
+        }
+        for (i, r) in records.iter().enumerate() {
+            if last.get(r.remote_id.as_str()) != Some(&i) {
+                continue;
+            }
             match known.get(&r.remote_id) {
                 Some((hash, false)) if *hash == r.hash => {
-                    sqlx::query("UPDATE synced_records SET seen_sync = $1 WHERE connection_id = $2 AND entity = $3 AND remote_id = $4")
-                        .bind(sync_id)
-                        .bind(connection)
-                        .bind(entity)
-                        .bind(&r.remote_id)
-                        .execute(&mut *tx)
-                        .await?;
+                    seen.push(&r.remote_id);
                     changes.unchanged += 1;
                 }
                 existing => {
-                    sqlx::query("INSERT INTO synced_records (connection_id, entity, remote_id, hash, data, remote_updated_at, deleted, seen_sync) VALUES ($1, $2, $3, $4, $5, $6, 0, $7) ON CONFLICT (connection_id, entity, remote_id) DO UPDATE SET hash = excluded.hash, data = excluded.data, remote_updated_at = excluded.remote_updated_at, deleted = 0, seen_sync = excluded.seen_sync")
-                        .bind(connection)
-                        .bind(entity)
-                        .bind(&r.remote_id)
-                        .bind(&r.hash)
-                        .bind(&r.data)
-                        .bind(r.remote_updated_at)
-                        .bind(sync_id)
-                        .execute(&mut *tx)
-                        .await?;
+                    upserts.push(r);
                     if existing.is_some() {
                         changes.updated.push(r.remote_id.clone());
                     } else {
@@ -208,6 +210,56 @@ impl Store {
                     }
                 }
             }
+        }
+        // Unchanged records: only their `seen_sync` moves (deletion detection).
+        for chunk in seen.chunks(ROWS_PER_STATEMENT) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
+            let sql = format!(
+                "UPDATE synced_records SET seen_sync = $1 WHERE connection_id = $2 AND entity = $3 AND remote_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(sync_id)
+                .bind(connection)
+                .bind(entity);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        // New and changed records: one multi-row upsert per chunk.
+        for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 4 + i * 4;
+                    format!(
+                        "($1, $2, ${}, ${}, ${}, ${}, 0, $3)",
+                        p,
+                        p + 1,
+                        p + 2,
+                        p + 3
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO synced_records (connection_id, entity, remote_id, hash, data, remote_updated_at, deleted, seen_sync) VALUES {} \
+                 ON CONFLICT (connection_id, entity, remote_id) DO UPDATE SET hash = excluded.hash, data = excluded.data, \
+                 remote_updated_at = excluded.remote_updated_at, deleted = 0, seen_sync = excluded.seen_sync",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(connection)
+                .bind(entity)
+                .bind(sync_id);
+            for r in chunk {
+                q = q
+                    .bind(&r.remote_id)
+                    .bind(&r.hash)
+                    .bind(&r.data)
+                    .bind(r.remote_updated_at);
+            }
+            q.execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE sync_state SET checkpoint = $1, lease_until = $2 WHERE connection_id = $3 AND entity = $4 AND sync_id = $5")
             .bind(checkpoint(&changes))
