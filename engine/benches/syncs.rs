@@ -45,6 +45,7 @@ async fn main() {
         .into(),
         rate_limit: None,
         policy: Policy::default(),
+        ..ConnectionConfig::default()
     };
     let c = HttpConnector::new(
         "sap",

@@ -12,6 +12,7 @@ pub mod expr;
 pub mod flow;
 pub mod plugins;
 pub mod run;
+pub mod schedule;
 pub mod server;
 pub mod steps;
 pub mod store;

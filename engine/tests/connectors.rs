@@ -73,6 +73,7 @@ fn connect_with(
             .collect(),
         rate_limit: None,
         policy,
+        ..ConnectionConfig::default()
     };
     let values: Vec<(String, String)> = creds
         .iter()
@@ -885,6 +886,7 @@ async fn the_rate_limit_spaces_requests() {
             burst: Some(1),
         }),
         policy: fast_policy(),
+        ..ConnectionConfig::default()
     };
     let health = Arc::new(Health::new(
         "mx",
@@ -1088,6 +1090,7 @@ async fn connections_are_stored_without_secret_values_and_record_their_status_hi
         .into(),
         rate_limit: None,
         policy: fast_policy(),
+        ..ConnectionConfig::default()
     };
     connection::add(&store, &defs, "erp", &config, false)
         .await
@@ -1169,6 +1172,7 @@ fn an_auth_template_that_cannot_be_evaluated_is_refused_when_the_connection_is_m
         credentials: [("token".to_string(), "T".to_string())].into(),
         rate_limit: None,
         policy: Policy::default(),
+        ..ConnectionConfig::default()
     };
     let health = Arc::new(Health::new(
         "t",

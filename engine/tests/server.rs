@@ -68,6 +68,7 @@ impl Server {
                 "SLUICE_SECRET_HOOK_KEY",
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             )
+            .env("SLUICE_SECRET_MX_KEY", sluice_emulators::maximo::API_KEY)
             .env(
                 "SLUICE_PLUGIN_CACHE",
                 format!("{flows_dir}/../plugin-cache"),
@@ -1120,5 +1121,116 @@ async fn a_store_failure_is_a_500_without_internals_and_logged_under_the_request
             s.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sync state of `connection`'s `entity`, as the API shows it.
+async fn sync_state_of(s: &Server, admin: &str, connection: &str, entity: &str) -> Value {
+    let (st, body, _) = json_of(
+        client()
+            .get(s.url(&format!("/v1/connections/{connection}/syncs")))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["entity"] == entity)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_connections_sync_schedule_syncs_on_its_ticks_and_bad_schedules_are_refused() {
+    let emu = sluice_emulators::maximo::start(6).await;
+    let (s, admin) = Server::start(&[], &[]);
+    let http = client();
+    let connection = |syncs: Value| {
+        json!({
+            "id": "plant", "definition": "maximo",
+            "params": {"base_url": emu.base_url, "site": "BEDFORD"},
+            "credentials": {"api_key": "MX_KEY"},
+            "syncs": syncs,
+        })
+    };
+    // Schedules are checked when the connection is made.
+    for (syncs, says) in [
+        (
+            json!([{"entity": "vendor", "cron": "*/5 * * * *"}]),
+            "cannot list vendor",
+        ),
+        (
+            json!([{"entity": "work_order", "cron": "every minute"}]),
+            "invalid cron expression `every minute`",
+        ),
+        (
+            json!([{"entity": "work_order", "cron": "* * * * *", "timezone": "Mars/Olympus"}]),
+            "unknown time zone `Mars/Olympus`",
+        ),
+    ] {
+        let (st, body, _) = json_of(
+            http.post(s.url("/v1/connections"))
+                .bearer_auth(&admin)
+                .json(&connection(syncs))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(says),
+            "{body}"
+        );
+    }
+    // An incremental sync of work orders every second.
+    let (st, body, _) = json_of(
+        http.post(s.url("/v1/connections"))
+            .bearer_auth(&admin)
+            .json(&connection(
+                json!([{"entity": "work_order", "cron": "* * * * * *"}]),
+            ))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    assert_eq!(body["config"]["syncs"][0]["cron"], "* * * * * *");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let state = sync_state_of(&s, &admin, "plant", "work_order").await;
+        if state["last_success_at"].is_i64() {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "no scheduled sync ran: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let counts: Value = serde_json::from_str(first["counts"].as_str().unwrap()).unwrap();
+    assert_eq!(counts["added"], 6, "{first}");
+    // A change upstream is picked up by a later tick.
+    assert!(emu.update("mxapiwo", "1003", json!({"description": "Replace seal"})));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = sync_state_of(&s, &admin, "plant", "work_order").await;
+        let seen =
+            state["sync_id"] != first["sync_id"]
+                && serde_json::from_str::<Value>(state["counts"].as_str().unwrap_or("{}")).unwrap()
+                    ["updated"]
+                    .as_u64()
+                    .is_some_and(|n| n >= 1);
+        if seen {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change was not synced: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -13,6 +13,7 @@ use crate::connectors::http::ConnectionConfig;
 use crate::connectors::resilience::{Policy, StatusSink};
 use crate::expr::secrets::Secrets;
 use crate::store::Store;
+use crate::sync::SyncSchedule;
 
 /// Where user definitions live: `SLUICE_CONNECTORS_DIR`, else `./connectors`.
 pub(super) fn definitions_dir() -> PathBuf {
@@ -56,6 +57,16 @@ pub(super) enum ConnectionCommand {
         /// Retry, breaker and timeout settings as JSON, e.g. '{"max_attempts": 3, "failure_threshold": 5}'.
         #[arg(long)]
         policy: Option<String>,
+        /// An incremental sync that `sluice serve` runs on a schedule, as
+        /// ENTITY=CRON (e.g. 'purchase_order=*/15 * * * *'). Repeatable.
+        #[arg(long = "sync", value_name = "ENTITY=CRON")]
+        syncs: Vec<String>,
+        /// A scheduled full re-sync (detects deletions), as ENTITY=CRON. Repeatable.
+        #[arg(long = "full-sync", value_name = "ENTITY=CRON")]
+        full_syncs: Vec<String>,
+        /// IANA time zone of the sync schedules (default UTC).
+        #[arg(long = "sync-timezone", value_name = "TZ")]
+        sync_timezone: Option<String>,
         /// Replace an existing connection of that id.
         #[arg(long)]
         replace: bool,
@@ -225,10 +236,23 @@ pub(super) async fn dispatch(cmd: ConnectionCommand) -> Result<i32, CliError> {
             rate_limit,
             burst,
             policy,
+            syncs,
+            full_syncs,
+            sync_timezone,
             replace,
             db,
         } => {
             let defs = definitions()?;
+            let tz = sync_timezone.as_deref();
+            let schedules = syncs
+                .iter()
+                .map(|t| SyncSchedule::parse(t, false, tz))
+                .chain(full_syncs.iter().map(|t| SyncSchedule::parse(t, true, tz)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|message| CliError {
+                    message,
+                    code: EXIT_INVALID,
+                })?;
             let policy = match policy {
                 Some(p) => serde_json::from_str::<Policy>(&p).map_err(|e| CliError {
                     message: format!("--policy: {e}"),
@@ -245,6 +269,7 @@ pub(super) async fn dispatch(cmd: ConnectionCommand) -> Result<i32, CliError> {
                     burst,
                 }),
                 policy,
+                syncs: schedules,
             };
             let store = Store::connect(&db.db).await?;
             connection::add(&store, &defs, &id, &config, replace)
@@ -261,6 +286,15 @@ pub(super) async fn dispatch(cmd: ConnectionCommand) -> Result<i32, CliError> {
                 .map(|s| format!("SLUICE_SECRET_{s}"))
                 .collect();
             eprintln!("added connection `{id}` ({})", config.definition);
+            for s in &config.syncs {
+                eprintln!(
+                    "  {} sync of {} on `{}` ({}), run by `sluice serve`",
+                    s.mode().name(),
+                    s.entity,
+                    s.cron,
+                    s.timezone.as_deref().unwrap_or("UTC")
+                );
+            }
             if !missing.is_empty() {
                 eprintln!(
                     "note: {} not set in this environment; set it where flows run",

@@ -164,6 +164,9 @@ pub async fn add(
     ));
     HttpConnector::new(id, def.clone(), config, &|_| Some(String::new()), health)
         .map_err(|e| e.message)?;
+    for s in &config.syncs {
+        s.check(def)?;
+    }
     let text = serde_json::to_string(config).expect("configs serialize");
     let added = store
         .put_connection(id, &config.definition, &text, replace)

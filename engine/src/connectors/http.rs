@@ -25,7 +25,7 @@ use url::Url;
 use super::definition::{
     Auth, CompiledDefinition, CompiledEntity, KeyPlacement, Method, Paginator, RequestSpec,
 };
-use super::mapping::FastPath;
+use super::mapping::{FastPath, MapError};
 use super::resilience::{Admit, Health, Policy, TokenBucket};
 use super::{
     ConnectionStatus, Connector, ConnectorError, ConnectorErrorKind, ErrorCode, ListQuery, Page,
@@ -255,6 +255,9 @@ pub struct ConnectionConfig {
     /// Retry, breaker and timeout settings.
     #[serde(default)]
     pub policy: Policy,
+    /// Syncs that `sluice serve` runs on a schedule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub syncs: Vec<crate::sync::SyncSchedule>,
 }
 
 /// Static credentials, resolved once from the auth templates.
@@ -1120,67 +1123,35 @@ impl HttpConnector {
         src: &Value,
         raw: bool,
     ) -> Result<Value, ConnectorError> {
-        let mut m = ce.mapping.apply(src).map_err(|msg| {
+        let mapped = ce.mapping.to_unified(src, &self.id).map_err(|err| {
             let id = ce
                 .mapping
                 .remote_id_path()
                 .and_then(|p| p.first(src))
-                .map(|v| {
-                    format!(
-                        " {}",
-                        v.as_str().map(str::to_string).unwrap_or(v.to_string())
-                    )
-                })
-                .unwrap_or_default();
+                .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()));
+            let def = &self.def.def.id;
+            let message = match err {
+                MapError::Mapping(msg) => {
+                    let id = id.map(|i| format!(" {i}")).unwrap_or_default();
+                    format!("cannot map {entity}{id} from `{def}`: {msg}")
+                }
+                MapError::Model(msg) => format!(
+                    "{entity} {} from `{def}` does not fit the unified model: {msg}",
+                    id.unwrap_or_default()
+                ),
+                MapError::NoRemoteId => {
+                    format!("a {entity} record from `{def}` has no remote_id")
+                }
+            };
             self.error(
                 ConnectorErrorKind::Permanent,
                 Some(entity),
                 op,
                 None,
-                format!("cannot map {entity}{id} from `{}`: {msg}", self.def.def.id),
+                message,
             )
         })?;
-        let remote_id = match m.get("remote_id") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => {
-                let s = n.to_string();
-                m.insert("remote_id".into(), Value::String(s.clone()));
-                s
-            }
-            _ => {
-                return Err(self.error(
-                    ConnectorErrorKind::Permanent,
-                    Some(entity),
-                    op,
-                    None,
-                    format!(
-                        "a {entity} record from `{}` has no remote_id",
-                        self.def.def.id
-                    ),
-                ));
-            }
-        };
-        m.insert(
-            "id".into(),
-            Value::String(format!("{}:{remote_id}", self.id)),
-        );
-        m.insert("connection_id".into(), Value::String(self.id.clone()));
-        m.entry("custom_fields").or_insert_with(|| json!({}));
-        m.entry("remote_was_deleted").or_insert(Value::Bool(false));
-        let mut valid = crate::unified::shape::Shape::of(entity)
-            .check(m)
-            .map_err(|e| {
-                self.error(
-                    ConnectorErrorKind::Permanent,
-                    Some(entity),
-                    op,
-                    None,
-                    format!(
-                        "{entity} {remote_id} from `{}` does not fit the unified model: {}",
-                        self.def.def.id, e.message
-                    ),
-                )
-            })?;
+        let mut valid = Value::Object(mapped);
         if raw {
             valid["raw"] = src.clone();
         }

@@ -641,14 +641,13 @@ fn check_triggers(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<D
                 .with_hint("write one trigger per list item"),
             ),
         }
-        if let Some(cron) = &t.schedule {
-            let parser = croner::parser::CronParser::builder()
-                .seconds(croner::parser::Seconds::Optional)
-                .build();
-            if let Err(e) = parser.parse(cron) {
-                diags.push(Diagnostic::at("invalid-cron", here(&path!["schedule"]), format!("invalid cron expression `{cron}`: {e}"))
-                    .with_hint("five fields (minute hour day month weekday) or six with seconds first, e.g. `*/15 * * * *`"));
-            }
+        if let Some(cron) = &t.schedule
+            && let Err(e) = crate::schedule::parse_cron(cron)
+        {
+            diags.push(
+                Diagnostic::at("invalid-cron", here(&path!["schedule"]), e)
+                    .with_hint(crate::schedule::CRON_HINT),
+            );
         }
         if let Some(tz) = &t.timezone {
             if t.schedule.is_none() {

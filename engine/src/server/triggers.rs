@@ -11,9 +11,11 @@
 //!   the latest missed tick fires.
 //! - `event`: engine and custom events published in this process start the
 //!   flows whose trigger matches (type, connection, entity).
+//! - connection sync schedules (`syncs` in a connection's config): each tick
+//!   is claimed in `schedule_ticks` under `sync:<connection>` before the sync
+//!   starts, so it runs once however many processes share the database.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +32,10 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::flows::{self, LoadedFlow};
 use super::runs::{slot, start_run};
+use crate::connectors::http::ConnectionConfig;
+use crate::schedule::{self, next_after};
 use crate::store::now_ms;
+use crate::sync::{SyncOptions, SyncSchedule};
 
 /// Headers not copied into a run's trigger data.
 const HIDDEN_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
@@ -165,9 +170,6 @@ struct Schedule {
 }
 
 fn schedules_of(f: &LoadedFlow) -> Vec<(String, croner::Cron, chrono_tz::Tz, String)> {
-    let parser = croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Optional)
-        .build();
     f.compiled
         .flow
         .triggers
@@ -175,25 +177,11 @@ fn schedules_of(f: &LoadedFlow) -> Vec<(String, croner::Cron, chrono_tz::Tz, Str
         .enumerate()
         .filter_map(|(i, t)| {
             let expr = t.schedule.as_ref()?;
-            let cron = parser.parse(expr).ok()?;
-            let tz = t
-                .timezone
-                .as_deref()
-                .and_then(|z| chrono_tz::Tz::from_str(z).ok())
-                .unwrap_or(chrono_tz::UTC);
+            let cron = schedule::parse_cron(expr).ok()?;
+            let tz = schedule::parse_timezone(t.timezone.as_deref()).unwrap_or(chrono_tz::UTC);
             Some((format!("{i}:{expr}"), cron, tz, expr.clone()))
         })
         .collect()
-}
-
-fn next_after(
-    cron: &croner::Cron,
-    tz: chrono_tz::Tz,
-    after: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    cron.find_next_occurrence(&after.with_timezone(&tz), false)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 async fn fire(state: &Arc<AppState>, s: &Schedule, tick: DateTime<Utc>, missed: bool) {
@@ -260,11 +248,7 @@ pub async fn schedule_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>
                 // A tick missed while no process ran fires once, not once per missed tick.
                 if let Ok(Some(last)) = state.store.last_tick(&s.flow_id, &s.key).await
                     && let Some(last) = DateTime::from_timestamp_millis(last)
-                    && let Some(missed) = s
-                        .cron
-                        .find_previous_occurrence(&now.with_timezone(&s.tz), true)
-                        .ok()
-                        .map(|t| t.with_timezone(&Utc))
+                    && let Some(missed) = schedule::latest_at(&s.cron, s.tz, now)
                     && missed > last
                 {
                     fire(&state, &s, missed, true).await;
@@ -289,6 +273,191 @@ pub async fn schedule_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>
             .min()
             .map(|n| (n - Utc::now()).to_std().unwrap_or_default())
             .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_millis(500));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One scheduled sync of a connection.
+struct SyncTick {
+    connection: String,
+    schedule: SyncSchedule,
+    cron: croner::Cron,
+    tz: chrono_tz::Tz,
+    next: DateTime<Utc>,
+}
+
+/// The sync schedules of every stored connection.
+async fn sync_schedules(state: &AppState) -> Vec<(String, SyncSchedule)> {
+    let rows = match state.store.connections().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read connections for their sync schedules");
+            return Vec::new();
+        }
+    };
+    rows.into_iter()
+        .filter_map(|r| {
+            let config: ConnectionConfig = serde_json::from_str(&r.config).ok()?;
+            Some(config.syncs.into_iter().map(move |s| (r.id.clone(), s)))
+        })
+        .flatten()
+        .collect()
+}
+
+/// Opens a stored connection and makes it live in this process.
+async fn open_connection(
+    state: &AppState,
+    id: &str,
+) -> Result<Arc<dyn crate::connectors::Connector>, String> {
+    let row = state
+        .store
+        .connection(id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("connection `{id}` was removed"))?;
+    let c = Arc::new(crate::connectors::connection::build(
+        &row,
+        &state.defs,
+        &state.secrets,
+        Some(state.status_sink.clone()),
+    )?);
+    state.engine.set_connection(id, c.clone());
+    state
+        .connections
+        .write()
+        .expect("connections lock")
+        .insert(id.to_string(), c.clone());
+    Ok(c)
+}
+
+/// Claims a sync tick and, when this process won it, runs the sync in the background.
+async fn fire_sync(state: &Arc<AppState>, t: &SyncTick, tick: DateTime<Utc>, missed: bool) {
+    let owner = format!("sync:{}", t.connection);
+    let claimed = state
+        .store
+        .claim_tick(
+            &owner,
+            &t.schedule.tick_key(),
+            tick.timestamp_millis(),
+            "sync",
+        )
+        .await;
+    match claimed {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(connection = %t.connection, error = %e, "cannot claim a sync tick");
+            return;
+        }
+    }
+    let Ok(entity) = t.schedule.entity.parse::<crate::unified::Entity>() else {
+        return;
+    };
+    let connector = match state.engine.connectors().get(&t.connection).cloned() {
+        Some(c) => c,
+        // Added by another process (the CLI, another server): open it here.
+        None => match open_connection(state, &t.connection).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(connection = %t.connection, error = %e, "scheduled sync of a connection this process cannot open");
+                return;
+            }
+        },
+    };
+    let (state, connection, mode) = (state.clone(), t.connection.clone(), t.schedule.mode());
+    tracing::info!(%connection, entity = %entity, mode = mode.name(), %tick, missed, "scheduled sync starts");
+    tokio::spawn(async move {
+        let opts = SyncOptions {
+            mode,
+            ..SyncOptions::default()
+        };
+        match crate::sync::run(
+            &state.store,
+            connector.as_ref(),
+            &connection,
+            entity,
+            &opts,
+            None,
+        )
+        .await
+        {
+            Ok(r) => tracing::info!(
+                %connection, entity = %entity, added = r.added, updated = r.updated,
+                deleted = r.deleted, duration_ms = r.duration_ms, "scheduled sync completed"
+            ),
+            Err(e) => {
+                tracing::warn!(%connection, entity = %entity, error = %e, "scheduled sync did not complete")
+            }
+        }
+    });
+}
+
+/// Fires connections' sync schedules until `stop`. Schedules are re-read
+/// from the store every few seconds, so connections added by the API or the
+/// CLI (by any process) are picked up.
+pub async fn sync_schedule_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    const RELOAD: Duration = Duration::from_secs(5);
+    let mut known: HashMap<(String, String), SyncTick> = HashMap::new();
+    let mut loaded_at: Option<std::time::Instant> = None;
+    loop {
+        let now = Utc::now();
+        if loaded_at.is_none_or(|t| t.elapsed() >= RELOAD) {
+            loaded_at = Some(std::time::Instant::now());
+            let mut live = std::collections::HashSet::new();
+            for (connection, s) in sync_schedules(&state).await {
+                let id = (connection.clone(), s.tick_key());
+                live.insert(id.clone());
+                if known.contains_key(&id) {
+                    continue;
+                }
+                let (Ok(cron), Ok(tz)) = (
+                    schedule::parse_cron(&s.cron),
+                    schedule::parse_timezone(s.timezone.as_deref()),
+                ) else {
+                    continue;
+                };
+                let Some(next) = next_after(&cron, tz, now) else {
+                    continue;
+                };
+                let t = SyncTick {
+                    connection,
+                    schedule: s,
+                    cron,
+                    tz,
+                    next,
+                };
+                // A tick missed while no process ran fires once.
+                if let Ok(Some(last)) = state
+                    .store
+                    .last_tick(&format!("sync:{}", t.connection), &t.schedule.tick_key())
+                    .await
+                    && let Some(missed) = schedule::latest_at(&t.cron, t.tz, now)
+                    && missed.timestamp_millis() > last
+                {
+                    fire_sync(&state, &t, missed, true).await;
+                }
+                known.insert(id, t);
+            }
+            known.retain(|id, _| live.contains(id));
+        }
+        for t in known.values_mut() {
+            if t.next <= now {
+                // However many ticks passed, one sync.
+                let tick = schedule::latest_at(&t.cron, t.tz, now).unwrap_or(t.next);
+                fire_sync(&state, t, tick, false).await;
+                t.next =
+                    next_after(&t.cron, t.tz, now).unwrap_or(now + chrono::Duration::days(365));
+            }
+        }
+        let wait = known
+            .values()
+            .map(|t| (t.next - Utc::now()).to_std().unwrap_or_default())
+            .min()
+            .unwrap_or(RELOAD)
             .min(Duration::from_millis(500));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

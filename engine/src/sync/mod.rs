@@ -52,6 +52,91 @@ impl Mode {
     }
 }
 
+/// A sync that runs on a schedule: one entry of a connection's `syncs`
+/// (set with `sluice connection add --sync ENTITY=CRON`, or `"syncs"` in the
+/// API's connection body). `sluice serve` fires it; each tick syncs once
+/// however many processes share the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSchedule {
+    /// Entity synced, e.g. `purchase_order`.
+    pub entity: String,
+    /// Cron expression: five fields, or six with seconds first.
+    pub cron: String,
+    /// IANA time zone of the cron (UTC when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// A full re-sync (detects deletions) instead of an incremental one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
+}
+
+impl SyncSchedule {
+    /// Parses the CLI form `ENTITY=CRON`.
+    pub fn parse(text: &str, full: bool, timezone: Option<&str>) -> Result<SyncSchedule, String> {
+        let (entity, cron) = text.split_once('=').ok_or_else(|| {
+            format!("sync schedule `{text}` is not ENTITY=CRON, e.g. `purchase_order=*/15 * * * *`")
+        })?;
+        Ok(SyncSchedule {
+            entity: entity.trim().to_string(),
+            cron: cron.trim().to_string(),
+            timezone: timezone.map(str::to_string),
+            full,
+        })
+    }
+
+    /// The mode each tick runs.
+    pub fn mode(&self) -> Mode {
+        if self.full {
+            Mode::Full
+        } else {
+            Mode::Incremental
+        }
+    }
+
+    /// Checks the entity (one the definition can list), the cron and the time zone.
+    pub fn check(
+        &self,
+        def: &crate::connectors::definition::CompiledDefinition,
+    ) -> Result<(), String> {
+        let what = format!("sync schedule `{}={}`", self.entity, self.cron);
+        let entity: Entity = self.entity.parse().map_err(|e| format!("{what}: {e}"))?;
+        if def
+            .entities
+            .get(&entity)
+            .is_none_or(|e| e.spec.list.is_none())
+        {
+            let listable: Vec<&str> = def
+                .entities
+                .iter()
+                .filter(|(_, e)| e.spec.list.is_some())
+                .map(|(e, _)| e.name())
+                .collect();
+            return Err(format!(
+                "{what}: definition `{}` cannot list {entity} (it lists: {})",
+                def.def.id,
+                listable.join(", ")
+            ));
+        }
+        crate::schedule::parse_cron(&self.cron)
+            .map_err(|e| format!("{what}: {e}; write {}", crate::schedule::CRON_HINT))?;
+        crate::schedule::parse_timezone(self.timezone.as_deref())
+            .map_err(|e| format!("{what}: {e}"))?;
+        Ok(())
+    }
+
+    /// The key its ticks are recorded under (with the connection as owner).
+    pub fn tick_key(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.entity,
+            self.mode().name(),
+            self.cron,
+            self.timezone.as_deref().unwrap_or("UTC")
+        )
+    }
+}
+
 /// How a sync runs.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -158,8 +243,19 @@ struct Checkpoint {
     announced: usize,
 }
 
-fn hash(record: &Value) -> String {
-    hex::encode(Sha256::digest(record.to_string().as_bytes()))
+/// A record as cached: its JSON once, hashed.
+fn to_cached(record: &Value) -> CachedRecord {
+    let remote_id = match &record["remote_id"] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let data = record.to_string();
+    CachedRecord {
+        remote_id,
+        hash: hex::encode(Sha256::digest(data.as_bytes())),
+        data,
+        remote_updated_at: ms(&record["remote_updated_at"]).unwrap_or(0),
+    }
 }
 
 fn ms(v: &Value) -> Option<i64> {
@@ -239,59 +335,56 @@ pub async fn run(
         .and_then(DateTime::<Utc>::from_timestamp_millis);
     let mut announced = cp.announced;
     let mut deleted = 0u64;
+    let query = |cursor: Option<String>| ListQuery {
+        modified_after,
+        limit: Some(opts.page_size),
+        cursor,
+        ..ListQuery::default()
+    };
     let result: Result<(), ConnectorError> = async {
+        let mut fetched = connector.list(entity, &query(cp.page_cursor.clone())).await;
         loop {
-            let query = ListQuery {
-                modified_after,
-                limit: Some(opts.page_size),
-                cursor: cp.page_cursor.clone(),
-                ..ListQuery::default()
-            };
-            let page = connector.list(entity, &query).await?;
-            let mut cached = Vec::with_capacity(page.records.len());
-            for r in &page.records {
-                let remote_id = match &r["remote_id"] {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                let updated = ms(&r["remote_updated_at"]).unwrap_or(0);
-                cp.max_updated_ms = Some(cp.max_updated_ms.map_or(updated, |m| m.max(updated)));
-                cached.push(CachedRecord {
-                    remote_id,
-                    hash: hash(r),
-                    data: r.to_string(),
-                    remote_updated_at: updated,
-                });
+            let page = fetched?;
+            let cached: Vec<CachedRecord> = page.records.iter().map(to_cached).collect();
+            for c in &cached {
+                cp.max_updated_ms = Some(cp.max_updated_ms.map_or(c.remote_updated_at, |m| m.max(c.remote_updated_at)));
             }
             let next = page.next_cursor.clone();
             let mut after = cp.clone();
             after.page_cursor = next.clone();
             after.pages += 1;
             let announced_before = announced;
-            let changes = store
-                .save_sync_page(
+            let save = store.save_sync_page(
+                connection,
+                ename,
+                &sync_id,
+                &cached,
+                |ch| {
+                    after.added += ch.created.len() as u64;
+                    after.updated += ch.updated.len() as u64;
+                    after.unchanged += ch.unchanged;
+                    after.announced = (announced_before + ch.created.len() + ch.updated.len())
+                        .min(PER_RECORD_EVENTS);
+                    serde_json::to_string(&after).expect("checkpoints serialize")
+                },
+                now_ms() + lease_ms,
+            );
+            // The next page is fetched (and mapped) while this one is written.
+            let (saved, prefetched) = match &next {
+                Some(cursor) => {
+                    let q = query(Some(cursor.clone()));
+                    let (saved, fetched) = tokio::join!(save, connector.list(entity, &q));
+                    (saved, Some(fetched))
+                }
+                None => (save.await, None),
+            };
+            let changes = saved.map_err(|e| {
+                ConnectorError::new(
                     connection,
-                    ename,
-                    &sync_id,
-                    &cached,
-                    |ch| {
-                        after.added += ch.created.len() as u64;
-                        after.updated += ch.updated.len() as u64;
-                        after.unchanged += ch.unchanged;
-                        after.announced = (announced_before + ch.created.len() + ch.updated.len())
-                            .min(PER_RECORD_EVENTS);
-                        serde_json::to_string(&after).expect("checkpoints serialize")
-                    },
-                    now_ms() + lease_ms,
+                    crate::connectors::ConnectorErrorKind::Permanent,
+                    format!("cannot save the page: {e}"),
                 )
-                .await
-                .map_err(|e| {
-                    ConnectorError::new(
-                        connection,
-                        crate::connectors::ConnectorErrorKind::Permanent,
-                        format!("cannot save the page: {e}"),
-                    )
-                })?;
+            })?;
             cp.page_cursor = next.clone();
             cp.pages += 1;
             cp.added += changes.created.len() as u64;
@@ -327,8 +420,9 @@ pub async fn run(
                     records: cp.added + cp.updated + cp.unchanged,
                 });
             }
-            if next.is_none() {
-                break;
+            match prefetched {
+                Some(f) => fetched = f,
+                None => break,
             }
         }
         Ok(())
