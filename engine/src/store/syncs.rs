@@ -87,7 +87,8 @@ pub struct PageChanges {
 }
 
 /// Rows per multi-row statement of [`Store::save_sync_page`] (4 parameters a
-/// row, well under SQLite's and PostgreSQL's parameter limits).
+/// row, ~1,000 parameters: under SQLite's and PostgreSQL's limits; binding on
+/// SQLite costs time quadratic in the count, but measured no slower than 50).
 const ROWS_PER_STATEMENT: usize = 250;
 
 impl Store {
