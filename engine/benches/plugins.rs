@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice::plugins::{Limits, LoadedPlugin, PluginHost};
 
+/// The `sluice` binary's allocator, so host-side figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../../plugins/score-lines/src/score.rs"]
 mod score;
 

@@ -4,7 +4,11 @@
 /// loop with floating point and integer work, no allocation. (It uses masks,
 /// not `%`: wasm has no 64-bit multiply-high, so LLVM cannot turn a 64-bit
 /// remainder by a constant into multiplications there as it does natively;
-/// a `%`-heavy loop measured 3.5x slower as a plugin.)
+/// a `%`-heavy loop measured 3.5x slower as a plugin. Small integers become
+/// floats through `u32`: Cranelift turns a `u64` → `f64` conversion into a
+/// sequence whose `cvtsi2sd` keeps a false dependency on the register's
+/// previous value, which chains every iteration to the last one's divide
+/// and square root; measured 4.5x slower as a plugin, see plugins/README.md.)
 pub fn score(n: u64, seed: u64) -> f64 {
     let mut state = seed | 1;
     let mut total = 0.0f64;
@@ -12,8 +16,8 @@ pub fn score(n: u64, seed: u64) -> f64 {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let qty = ((state & 127) + 1) as f64;
-        let price = ((state >> 8) & 0x3fff) as f64 / 100.0;
+        let qty = f64::from(((state & 127) + 1) as u32);
+        let price = f64::from(((state >> 8) & 0x3fff) as u32) / 100.0;
         let amount = qty * price;
         let risk = if amount > 5_000.0 {
             0.3
@@ -22,7 +26,7 @@ pub fn score(n: u64, seed: u64) -> f64 {
         } else {
             0.01
         };
-        total += risk * (1.0 + (i & 7) as f64 * 0.05) * amount.sqrt();
+        total += risk * (1.0 + f64::from((i & 7) as u32) * 0.05) * amount.sqrt();
     }
     total
 }
