@@ -805,6 +805,49 @@ output:
         "{}",
         stderr(&o)
     );
+    // Sync schedules are checked when the connection is added.
+    for (schedule, says) in [
+        ("asset=*/15 * * * *", ""),
+        (
+            "vendor=*/15 * * * *",
+            "definition `maximo` cannot list vendor (it lists: work_order, asset)",
+        ),
+        ("work_order=often", "invalid cron expression `often`"),
+        ("work_order", "is not ENTITY=CRON"),
+    ] {
+        let o = run(
+            args(&[
+                "connection",
+                "add",
+                "scheduled",
+                "--replace",
+                "--definition",
+                "maximo",
+                "-p",
+                &format!("base_url={base}"),
+                "-p",
+                "site=BEDFORD",
+                "-c",
+                "api_key=MAXIMO_KEY",
+                "--sync",
+                schedule,
+            ]),
+            "",
+        )
+        .await
+        .unwrap();
+        if says.is_empty() {
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert!(
+                stderr(&o).contains("incremental sync of asset on `*/15 * * * *` (UTC)"),
+                "{}",
+                stderr(&o)
+            );
+        } else {
+            assert_eq!(o.status.code(), Some(2), "{schedule}: {}", stderr(&o));
+            assert!(stderr(&o).contains(says), "{schedule}: {}", stderr(&o));
+        }
+    }
 
     let o = run(
         args(&["connection", "test", "plant-maximo"]),
