@@ -345,35 +345,44 @@ pub async fn run(
         let mut fetched = connector.list(entity, &query(cp.page_cursor.clone())).await;
         loop {
             let page = fetched?;
-            let cached: Vec<CachedRecord> = page.records.iter().map(to_cached).collect();
-            for c in &cached {
-                cp.max_updated_ms = Some(cp.max_updated_ms.map_or(c.remote_updated_at, |m| m.max(c.remote_updated_at)));
+            for r in &page.records {
+                let updated = ms(&r["remote_updated_at"]).unwrap_or(0);
+                cp.max_updated_ms = Some(cp.max_updated_ms.map_or(updated, |m| m.max(updated)));
             }
             let next = page.next_cursor.clone();
             let mut after = cp.clone();
             after.page_cursor = next.clone();
             after.pages += 1;
             let announced_before = announced;
-            let save = store.save_sync_page(
-                connection,
-                ename,
-                &sync_id,
-                &cached,
-                |ch| {
-                    after.added += ch.created.len() as u64;
-                    after.updated += ch.updated.len() as u64;
-                    after.unchanged += ch.unchanged;
-                    after.announced = (announced_before + ch.created.len() + ch.updated.len())
-                        .min(PER_RECORD_EVENTS);
-                    serde_json::to_string(&after).expect("checkpoints serialize")
-                },
-                now_ms() + lease_ms,
-            );
-            // The next page is fetched (and mapped) while this one is written.
+            let records = &page.records;
+            let sync_id = &sync_id;
+            let save = async move {
+                let cached: Vec<CachedRecord> = records.iter().map(to_cached).collect();
+                store
+                    .save_sync_page(
+                        connection,
+                        ename,
+                        sync_id,
+                        &cached,
+                        |ch| {
+                            after.added += ch.created.len() as u64;
+                            after.updated += ch.updated.len() as u64;
+                            after.unchanged += ch.unchanged;
+                            after.announced = (announced_before + ch.created.len() + ch.updated.len())
+                                .min(PER_RECORD_EVENTS);
+                            serde_json::to_string(&after).expect("checkpoints serialize")
+                        },
+                        now_ms() + lease_ms,
+                    )
+                    .await
+            };
+            // The next page is asked for first, then this one is hashed and
+            // written while the system answers (and the next is mapped while
+            // this one is written).
             let (saved, prefetched) = match &next {
                 Some(cursor) => {
                     let q = query(Some(cursor.clone()));
-                    let (saved, fetched) = tokio::join!(save, connector.list(entity, &q));
+                    let (fetched, saved) = tokio::join!(connector.list(entity, &q), save);
                     (saved, Some(fetched))
                 }
                 None => (save.await, None),
