@@ -277,6 +277,32 @@ async fn hostile_plugins_get_their_own_errors_and_the_host_stays_healthy() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn no_call_sees_what_an_earlier_call_left_in_memory() {
+    let (reg, _store, _d) = registry().await;
+    reg.push("misbehave", "0.1.0", &wasm("misbehave"), None)
+        .await
+        .unwrap();
+    let limits = Limits {
+        memory_bytes: 64 << 20,
+        ..Limits::default()
+    };
+    // Pooled slots are reused and reset between calls (only the pages a call
+    // dirtied, where the kernel can tell): globals and heap start afresh,
+    // also after a call that filled its memory.
+    for mode in ["remember", "remember", "memory", "remember", "remember"] {
+        let out = misbehave(&reg, mode, &limits).await;
+        if mode == "remember" {
+            assert_eq!(out.unwrap(), json!({"calls": 1, "seen_before": 0}));
+        } else {
+            assert!(
+                matches!(out, Err(CallError::MemoryLimitExceeded { .. })),
+                "{out:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_plugin_step_fails_the_run_with_the_plugin_error() {
     let (reg, store, _d) = registry().await;
     reg.push("misbehave", "0.1.0", &wasm("misbehave"), None)

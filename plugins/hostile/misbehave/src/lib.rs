@@ -17,6 +17,20 @@ impl Guest for Misbehave {
     fn run(input: String) -> Result<String, StepError> {
         match input.trim_matches('"') {
             "ok" => Ok("{\"ok\":true}".into()),
+            // Writes to a global and to the heap, and reports what an earlier
+            // call left there: a fresh instance per call must see nothing.
+            "remember" => {
+                static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+                let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let mut seen = SEEN.lock().map_err(|_| StepError {
+                    code: "poisoned".into(),
+                    message: "lock poisoned".into(),
+                })?;
+                let before = seen.len();
+                seen.push("x".repeat(64 * 1024));
+                Ok(format!("{{\"calls\":{calls},\"seen_before\":{before}}}"))
+            }
             "spin" => loop {
                 std::hint::black_box(0u64);
             },
