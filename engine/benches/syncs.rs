@@ -67,6 +67,7 @@ async fn main() {
     };
 
     heap::start();
+    let cpu = heap::cpu_seconds();
     let t = Instant::now();
     let full = sync::run(
         &store,
@@ -79,14 +80,17 @@ async fn main() {
     .await
     .unwrap();
     let full_secs = t.elapsed().as_secs_f64();
+    let full_cpu = heap::cpu_seconds() - cpu;
     let full_peak = heap::stop();
     println!(
-        "full sync: {} purchase orders in {} pages, {:.2} s = {:.0} records/s; peak heap above start {:.1} MiB",
+        "full sync: {} purchase orders in {} pages, {:.2} s = {:.0} records/s; peak heap above start {:.1} MiB; CPU {:.2} s ({:.0} % of one core, emulator included)",
         full.added,
         full.pages,
         full_secs,
         full.added as f64 / full_secs,
-        heap::mib(full_peak)
+        heap::mib(full_peak),
+        full_cpu,
+        100.0 * full_cpu / full_secs
     );
 
     let changed = (orders / 100).max(1);

@@ -56,3 +56,18 @@ pub fn stop() -> usize {
 pub fn mib(b: usize) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
+
+/// CPU time used by this process so far (user + system, all threads), in
+/// seconds, from `/proc/self/stat` (0 where that is not available).
+#[allow(dead_code)]
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
