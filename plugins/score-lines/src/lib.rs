@@ -10,6 +10,9 @@ use sluice_plugin_sdk::{PluginError, plugin};
 struct Input {
     lines: u64,
     seed: u64,
+    /// `true`: [`score::score_int_choice`].
+    #[serde(default)]
+    int_choice: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -22,7 +25,11 @@ struct Output {
 
 fn run(input: Input, _config: Config) -> Result<Output, PluginError> {
     Ok(Output {
-        score: score::score(input.lines, input.seed),
+        score: if input.int_choice {
+            score::score_int_choice(input.lines, input.seed)
+        } else {
+            score::score(input.lines, input.seed)
+        },
     })
 }
 

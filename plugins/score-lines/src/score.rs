@@ -30,3 +30,25 @@ pub fn score(n: u64, seed: u64) -> f64 {
     }
     total
 }
+
+/// [`score`] with the risk chosen in integer thousandths instead of between
+/// floats. Cranelift compiles a choice between floats into a branch, which
+/// mispredicts on this data, and a choice between integers into a `cmov`;
+/// LLVM, natively, does the opposite here. The benchmark runs both, so the
+/// figures show what the formulation costs on each side.
+pub fn score_int_choice(n: u64, seed: u64) -> f64 {
+    let mut state = seed | 1;
+    let mut total = 0.0f64;
+    for i in 0..n {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let qty = f64::from(((state & 127) + 1) as u32);
+        let price = f64::from(((state >> 8) & 0x3fff) as u32) / 100.0;
+        let amount = qty * price;
+        let risk_milli = 10 + 90 * u32::from(amount > 1_000.0) + 200 * u32::from(amount > 5_000.0);
+        let risk = f64::from(risk_milli) * 0.001;
+        total += risk * (1.0 + f64::from((i & 7) as u32) * 0.05) * amount.sqrt();
+    }
+    total
+}
