@@ -27,6 +27,9 @@ pub fn build_plugins() {
             "--manifest-path",
         ])
         .arg(plugins_dir().join("Cargo.toml"))
+        // Where `plugin_path` reads them, whatever CARGO_TARGET_DIR says.
+        .arg("--target-dir")
+        .arg(plugins_dir().join("target"))
         .status()
         .expect("cargo runs");
     assert!(
