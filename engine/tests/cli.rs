@@ -602,24 +602,7 @@ async fn a_delivery_process_killed_mid_request_delivers_after_restart() {
 #[test]
 fn plugin_commands_push_list_show_and_remove() {
     let (dir, db) = temp_db();
-    let root = repo("plugins");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(root.join("Cargo.toml"))
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "plugins build (needs `rustup target add wasm32-wasip2`)"
-    );
-    let wasm = root.join("target/wasm32-wasip2/release/po_risk.wasm");
+    let wasm = common::wasm::plugin_path("po_risk");
     let cache = dir.path().join("cache");
     let cmd = |args: &[&str]| {
         Command::new(BIN)

@@ -91,6 +91,14 @@ pub struct PageChanges {
 /// SQLite costs time quadratic in the count, but measured no slower than 50).
 const ROWS_PER_STATEMENT: usize = 250;
 
+/// `$first, $first+1, ...`: `n` numbered parameters for an `IN (...)` list.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Store {
     /// The sync state of a connection and entity.
     pub async fn sync_state(
@@ -165,11 +173,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut known = HashMap::new();
         for chunk in records.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(
                 "SELECT remote_id, hash, deleted FROM synced_records WHERE connection_id = $1 AND entity = $2 AND remote_id IN ({})",
-                placeholders.join(", ")
+                placeholders(3, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(connection)
@@ -214,11 +220,9 @@ impl Store {
         }
         // Unchanged records: only their `seen_sync` moves (deletion detection).
         for chunk in seen.chunks(ROWS_PER_STATEMENT) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
             let sql = format!(
                 "UPDATE synced_records SET seen_sync = $1 WHERE connection_id = $2 AND entity = $3 AND remote_id IN ({})",
-                placeholders.join(", ")
+                placeholders(4, chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(sync_id)

@@ -10,23 +10,36 @@
 /// previous value, which chains every iteration to the last one's divide
 /// and square root; measured 4.5x slower as a plugin, see plugins/README.md.)
 pub fn score(n: u64, seed: u64) -> f64 {
-    let mut state = seed | 1;
-    let mut total = 0.0f64;
-    for i in 0..n {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let qty = f64::from(((state & 127) + 1) as u32);
-        let price = f64::from(((state >> 8) & 0x3fff) as u32) / 100.0;
-        let amount = qty * price;
-        let risk = if amount > 5_000.0 {
+    score_with(n, seed, |amount| {
+        if amount > 5_000.0 {
             0.3
         } else if amount > 1_000.0 {
             0.1
         } else {
             0.01
-        };
-        total += risk * (1.0 + f64::from((i & 7) as u32) * 0.05) * amount.sqrt();
+        }
+    })
+}
+
+/// The next synthetic line's amount (quantity × price) from the generator state.
+#[inline(always)]
+fn next_amount(state: &mut u64) -> f64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    let qty = f64::from(((*state & 127) + 1) as u32);
+    let price = f64::from(((*state >> 8) & 0x3fff) as u32) / 100.0;
+    qty * price
+}
+
+/// Sums the weighted scores of `n` lines, with `risk` of each line's amount.
+#[inline(always)]
+fn score_with(n: u64, seed: u64, risk: impl Fn(f64) -> f64) -> f64 {
+    let mut state = seed | 1;
+    let mut total = 0.0f64;
+    for i in 0..n {
+        let amount = next_amount(&mut state);
+        total += risk(amount) * (1.0 + f64::from((i & 7) as u32) * 0.05) * amount.sqrt();
     }
     total
 }
@@ -37,18 +50,8 @@ pub fn score(n: u64, seed: u64) -> f64 {
 /// LLVM, natively, does the opposite here. The benchmark runs both, so the
 /// figures show what the formulation costs on each side.
 pub fn score_int_choice(n: u64, seed: u64) -> f64 {
-    let mut state = seed | 1;
-    let mut total = 0.0f64;
-    for i in 0..n {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let qty = f64::from(((state & 127) + 1) as u32);
-        let price = f64::from(((state >> 8) & 0x3fff) as u32) / 100.0;
-        let amount = qty * price;
+    score_with(n, seed, |amount| {
         let risk_milli = 10 + 90 * u32::from(amount > 1_000.0) + 200 * u32::from(amount > 5_000.0);
-        let risk = f64::from(risk_milli) * 0.001;
-        total += risk * (1.0 + f64::from((i & 7) as u32) * 0.05) * amount.sqrt();
-    }
-    total
+        f64::from(risk_milli) * 0.001
+    })
 }
