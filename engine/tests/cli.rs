@@ -831,6 +831,17 @@ output:
             assert!(stderr(&o).contains(says), "{schedule}: {}", stderr(&o));
         }
     }
+    let o = run(args(&["sync", "status"]), "").await.unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = String::from_utf8_lossy(&o.stdout).to_string();
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("scheduled "))
+        .unwrap_or_else(|| panic!("no schedule listed: {listed}"));
+    assert!(
+        row.contains("asset") && row.contains("incremental") && row.contains("*/15 * * * *"),
+        "{row}"
+    );
 
     let o = run(
         args(&["connection", "test", "plant-maximo"]),

@@ -173,8 +173,54 @@ pub(super) async fn dispatch(cmd: SyncCommand) -> Result<i32, CliError> {
                             .unwrap_or_default()
                     );
                 }
+                print_schedules(&store).await?;
             }
             Ok(EXIT_OK)
         }
     }
+}
+
+/// Lists the connections' sync schedules with their next tick (run by `sluice serve`).
+async fn print_schedules(store: &Store) -> Result<(), CliError> {
+    let mut rows = Vec::new();
+    for c in store.connections().await? {
+        let Ok(config) =
+            serde_json::from_str::<crate::connectors::http::ConnectionConfig>(&c.config)
+        else {
+            continue;
+        };
+        for s in config.syncs {
+            let next = crate::schedule::parse_cron(&s.cron)
+                .ok()
+                .zip(crate::schedule::parse_timezone(s.timezone.as_deref()).ok())
+                .and_then(|(cron, tz)| crate::schedule::next_after(&cron, tz, chrono::Utc::now()))
+                .map(|t| format_ms(t.timestamp_millis()))
+                .unwrap_or_else(|| "-".into());
+            rows.push((c.id.clone(), s, next));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    outln!();
+    outln!(
+        "{:<18} {:<15} {:<12} {:<20} {:<16} NEXT (run by `sluice serve`)",
+        "SCHEDULED",
+        "ENTITY",
+        "MODE",
+        "CRON",
+        "TIME ZONE"
+    );
+    for (id, s, next) in rows {
+        outln!(
+            "{:<18} {:<15} {:<12} {:<20} {:<16} {}",
+            id,
+            s.entity,
+            s.mode().name(),
+            s.cron,
+            s.timezone.as_deref().unwrap_or("UTC"),
+            next
+        );
+    }
+    Ok(())
 }
