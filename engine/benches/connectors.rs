@@ -6,57 +6,23 @@
 //! Run: `cargo bench -p sluice --bench connectors`. Prints figures; asserts
 //! nothing about speed.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use sluice::connectors::definition::Definitions;
-use sluice::connectors::http::{ConnectionConfig, HttpConnector};
-use sluice::connectors::resilience::{Health, Policy};
-use sluice::connectors::{ConnectionStatus, Connector, ListQuery};
+use sluice::connectors::http::HttpConnector;
+use sluice::connectors::resilience::Policy;
+use sluice::connectors::{Connector, ListQuery};
 use sluice::unified::Entity;
 use sluice_emulators::sap;
 
 #[path = "support/heap.rs"]
 mod heap;
 
+#[path = "../tests/common/sap.rs"]
+mod sap_connection;
+
 fn connector(base_url: &str) -> HttpConnector {
-    let defs = Definitions::built_in();
-    let config = ConnectionConfig {
-        definition: "sap_s4hana".into(),
-        params: [("base_url".to_string(), base_url.to_string())].into(),
-        credentials: [
-            ("username".to_string(), "U".to_string()),
-            ("password".to_string(), "P".to_string()),
-        ]
-        .into(),
-        rate_limit: None,
-        policy: Policy::default(),
-        ..ConnectionConfig::default()
-    };
-    let health = Arc::new(Health::new(
-        "sap",
-        Policy::default(),
-        ConnectionStatus::Online,
-        None,
-    ));
-    HttpConnector::new(
-        "sap",
-        defs.get("sap_s4hana").unwrap().clone(),
-        &config,
-        &|name| {
-            Some(
-                if name == "U" {
-                    sap::USER
-                } else {
-                    sap::PASSWORD
-                }
-                .to_string(),
-            )
-        },
-        health,
-    )
-    .unwrap()
+    sap_connection::connector("sap", base_url, Policy::default())
 }
 
 fn mapping_alone() {

@@ -6,17 +6,16 @@
 //! Run: `cargo bench -p sluice --bench syncs` (`SLUICE_BENCH_ORDERS` sets the
 //! count, default 100000). Prints figures; asserts nothing about speed.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use sluice::connectors::ConnectionStatus;
-use sluice::connectors::definition::Definitions;
-use sluice::connectors::http::{ConnectionConfig, HttpConnector};
-use sluice::connectors::resilience::{Health, Policy};
+use sluice::connectors::resilience::Policy;
 use sluice::store::Store;
 use sluice::sync::{self, Mode, SyncOptions};
 use sluice::unified::Entity;
 use sluice_emulators::sap;
+
+#[path = "../tests/common/sap.rs"]
+mod sap_connection;
 
 #[path = "support/heap.rs"]
 mod heap;
@@ -35,31 +34,7 @@ async fn main() {
     ))
     .await
     .unwrap();
-    let config = ConnectionConfig {
-        definition: "sap_s4hana".into(),
-        params: [("base_url".to_string(), emu.base_url.clone())].into(),
-        credentials: [
-            ("username".to_string(), "U".to_string()),
-            ("password".to_string(), "P".to_string()),
-        ]
-        .into(),
-        rate_limit: None,
-        policy: Policy::default(),
-        ..ConnectionConfig::default()
-    };
-    let c = HttpConnector::new(
-        "sap",
-        Definitions::built_in().get("sap_s4hana").unwrap().clone(),
-        &config,
-        &|n| Some(if n == "U" { sap::USER } else { sap::PASSWORD }.to_string()),
-        Arc::new(Health::new(
-            "sap",
-            Policy::default(),
-            ConnectionStatus::Online,
-            None,
-        )),
-    )
-    .unwrap();
+    let c = sap_connection::connector("sap", &emu.base_url, Policy::default());
     let opts = |mode| SyncOptions {
         mode,
         page_size: 500,

@@ -565,33 +565,11 @@ async fn syncs_and_connection_history_work_on_postgresql() {
     assert!(store.remove_connection(&conn).await.unwrap());
 }
 
-fn sap_connector(emu: &Emulator) -> HttpConnector {
-    let config = ConnectionConfig {
-        definition: "sap_s4hana".into(),
-        params: [("base_url".to_string(), emu.base_url.clone())].into(),
-        credentials: [
-            ("username".to_string(), "U".to_string()),
-            ("password".to_string(), "P".to_string()),
-        ]
-        .into(),
-        policy: fast(),
-        ..ConnectionConfig::default()
-    };
-    HttpConnector::new(
-        "s4",
-        Definitions::built_in().get("sap_s4hana").unwrap().clone(),
-        &config,
-        &|n| Some(if n == "U" { sap::USER } else { sap::PASSWORD }.to_string()),
-        Arc::new(Health::new("s4", fast(), ConnectionStatus::Online, None)),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn sap_purchase_orders_sync_page_by_page_and_a_full_sync_finds_the_deleted_one() {
     let emu = sap::start(25, 3).await;
     let (store, _dir) = store_with_endpoint().await;
-    let c = sap_connector(&emu);
+    let c = common::sap::connector("s4", &emu.base_url, fast());
 
     let r = sync::run(
         &store,

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod sap;
 pub mod wasm;
 
 use std::sync::Arc;
