@@ -354,31 +354,40 @@ pub async fn run(
             after.page_cursor = next.clone();
             after.pages += 1;
             let announced_before = announced;
-            let records = &page.records;
-            let sync_id = &sync_id;
-            let save = async move {
-                let cached: Vec<CachedRecord> = records.iter().map(to_cached).collect();
-                store
-                    .save_sync_page(
-                        connection,
-                        ename,
-                        sync_id,
-                        &cached,
-                        |ch| {
-                            after.added += ch.created.len() as u64;
-                            after.updated += ch.updated.len() as u64;
-                            after.unchanged += ch.unchanged;
-                            after.announced = (announced_before + ch.created.len() + ch.updated.len())
-                                .min(PER_RECORD_EVENTS);
-                            serde_json::to_string(&after).expect("checkpoints serialize")
-                        },
-                        now_ms() + lease_ms,
-                    )
+            let records = page.records;
+            // This page is serialized and hashed (on a blocking thread) and
+            // written (on the store's) by a task of its own, while the next
+            // page is fetched, parsed and mapped here.
+            let save = {
+                let store = store.clone();
+                let (connection, sync_id) = (connection.to_string(), sync_id.clone());
+                tokio::spawn(async move {
+                    let (records, cached) = tokio::task::spawn_blocking(move || {
+                        let cached: Vec<CachedRecord> = records.iter().map(to_cached).collect();
+                        (records, cached)
+                    })
                     .await
+                    .expect("hashing a page does not panic");
+                    let saved = store
+                        .save_sync_page(
+                            &connection,
+                            ename,
+                            &sync_id,
+                            &cached,
+                            |ch| {
+                                after.added += ch.created.len() as u64;
+                                after.updated += ch.updated.len() as u64;
+                                after.unchanged += ch.unchanged;
+                                after.announced = (announced_before + ch.created.len() + ch.updated.len())
+                                    .min(PER_RECORD_EVENTS);
+                                serde_json::to_string(&after).expect("checkpoints serialize")
+                            },
+                            now_ms() + lease_ms,
+                        )
+                        .await;
+                    (records, saved)
+                })
             };
-            // The next page is asked for first, then this one is hashed and
-            // written while the system answers (and the next is mapped while
-            // this one is written).
             let (saved, prefetched) = match &next {
                 Some(cursor) => {
                     let q = query(Some(cursor.clone()));
@@ -387,6 +396,7 @@ pub async fn run(
                 }
                 None => (save.await, None),
             };
+            let (records, saved) = saved.expect("saving a page does not panic");
             let changes = saved.map_err(|e| {
                 ConnectorError::new(
                     connection,
@@ -405,8 +415,7 @@ pub async fn run(
                 for id in ids {
                     if announced < PER_RECORD_EVENTS {
                         announced += 1;
-                        let rec = page
-                            .records
+                        let rec = records
                             .iter()
                             .find(|r| r["remote_id"].as_str() == Some(id.as_str()))
                             .cloned()

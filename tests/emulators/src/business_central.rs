@@ -390,7 +390,7 @@ async fn update(
     let mut data = lock(&shared.data);
     let Some(rec) = data
         .get_mut(name)
-        .and_then(|rs| rs.iter_mut().find(|r| r.value["id"] == id))
+        .and_then(|rs| rs.iter_mut().find(|r| r.value()["id"] == id))
     else {
         return error(
             StatusCode::NOT_FOUND,
@@ -398,10 +398,11 @@ async fn update(
             &format!("The {name} does not exist. Identification fields and values: Id='{id}'"),
         );
     };
-    if let Some(o) = rec.value.as_object_mut() {
-        o.extend(patch);
-    }
-    rec.changed_ms = now;
-    stamp(&mut rec.value, now);
-    json(StatusCode::OK, expand(rec.value.clone(), &q))
+    rec.change(now, |v| {
+        if let Some(o) = v.as_object_mut() {
+            o.extend(patch);
+        }
+        stamp(v, now);
+    });
+    json(StatusCode::OK, expand(rec.value().clone(), &q))
 }

@@ -57,13 +57,46 @@ impl Logged {
     }
 }
 
-/// One stored record.
+/// One stored record. Its JSON text is kept beside it, written when the
+/// record is stored or changed, so that a page of records is served by
+/// concatenating text: a real system's own serializing runs on its own
+/// machine, and the benchmarks that read from an emulator over loopback
+/// should spend the two cores here on Sluice, not on the emulator.
 #[derive(Debug, Clone)]
 pub struct Rec {
     /// When it last changed (ms).
     pub changed_ms: i64,
+    value: Value,
+    json: String,
+}
+
+impl Rec {
+    /// A record changed at `changed_ms`.
+    pub fn new(changed_ms: i64, value: Value) -> Rec {
+        let json = value.to_string();
+        Rec {
+            changed_ms,
+            value,
+            json,
+        }
+    }
+
     /// The system's JSON.
-    pub value: Value,
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The same, as JSON text.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Changes the record at `ms` (`change` edits it, `stamp` marks it changed).
+    pub fn change(&mut self, ms: i64, change: impl FnOnce(&mut Value)) {
+        change(&mut self.value);
+        self.changed_ms = ms;
+        self.json = self.value.to_string();
+    }
 }
 
 /// State shared by an emulator's handlers.
@@ -115,12 +148,7 @@ impl Shared {
     pub fn seed(&self, collection: &str, n: usize, make: impl Fn(usize) -> Value) {
         lock(&self.data).insert(
             collection.to_string(),
-            (0..n)
-                .map(|i| Rec {
-                    changed_ms: fixture_ms(i),
-                    value: make(i),
-                })
-                .collect(),
+            (0..n).map(|i| Rec::new(fixture_ms(i), make(i))).collect(),
         );
     }
 
@@ -129,10 +157,7 @@ impl Shared {
         lock(&self.data)
             .entry(collection.to_string())
             .or_default()
-            .push(Rec {
-                changed_ms: ms,
-                value,
-            });
+            .push(Rec::new(ms, value));
     }
 
     /// Checks an OAuth 2.0 client-credentials token request (form body):
@@ -189,18 +214,28 @@ impl Shared {
         skip: usize,
         take: usize,
     ) -> (Vec<Value>, usize) {
+        self.with_page(collection, after, skip, take, |page, total| {
+            (page.iter().map(|r| r.value.clone()).collect(), total)
+        })
+    }
+
+    /// Calls `f` with one page of a collection's records changed after
+    /// `after` (`take` records from `skip`) and how many match in all,
+    /// without copying them.
+    pub fn with_page<R>(
+        &self,
+        collection: &str,
+        after: Option<i64>,
+        skip: usize,
+        take: usize,
+        f: impl FnOnce(&[&Rec], usize) -> R,
+    ) -> R {
         let data = lock(&self.data);
-        let Some(rs) = data.get(collection) else {
-            return (Vec::new(), 0);
-        };
+        let rs = data.get(collection).map(Vec::as_slice).unwrap_or_default();
         let matching = rs.iter().filter(|r| after.is_none_or(|a| r.changed_ms > a));
         let total = matching.clone().count();
-        let page = matching
-            .skip(skip)
-            .take(take)
-            .map(|r| r.value.clone())
-            .collect();
-        (page, total)
+        let page: Vec<&Rec> = matching.skip(skip).take(take).collect();
+        f(&page, total)
     }
 
     /// A collection's records changed after `after` (all when `None`), in stored order.
@@ -365,12 +400,13 @@ impl Emulator {
         }) else {
             return false;
         };
-        if let (Some(obj), Value::Object(p)) = (r.value.as_object_mut(), patch) {
-            obj.extend(p);
-        }
         let now = now_ms();
-        r.changed_ms = now;
-        (self.stamp)(&mut r.value, now);
+        r.change(now, |v| {
+            if let (Some(obj), Value::Object(p)) = (v.as_object_mut(), patch) {
+                obj.extend(p);
+            }
+            (self.stamp)(v, now);
+        });
         true
     }
 

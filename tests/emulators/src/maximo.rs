@@ -310,7 +310,7 @@ async fn update(
     let mut data = lock(&shared.data);
     let Some(rec) = data.get_mut(&os).and_then(|rs| {
         rs.iter_mut()
-            .find(|r| crate::common::id_text(&r.value[key]) == id)
+            .find(|r| crate::common::id_text(&r.value()[key]) == id)
     }) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -318,13 +318,14 @@ async fn update(
             &format!("BMXAA8727E - The OSLC resource {os}/{id} was not found."),
         );
     };
-    if let Some(o) = rec.value.as_object_mut() {
-        o.extend(patch);
-    }
-    rec.changed_ms = now;
-    stamp(&mut rec.value, now);
+    rec.change(now, |v| {
+        if let Some(o) = v.as_object_mut() {
+            o.extend(patch);
+        }
+        stamp(v, now);
+    });
     if headers.get("properties").is_some() {
-        json(StatusCode::OK, rec.value.clone())
+        json(StatusCode::OK, rec.value().clone())
     } else {
         json(StatusCode::NO_CONTENT, Value::Null)
     }

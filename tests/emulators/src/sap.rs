@@ -222,25 +222,46 @@ async fn list(
     let skip: usize = param(&q, "$skiptoken")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    let (page, total) = shared.select_page(POS, after, skip, top);
-    let page: Vec<Value> = page.into_iter().map(|po| expand(po, &q)).collect();
-    let more = skip + page.len() < total || *lock(&shared.endless);
-    let mut d = json!({});
+    let expanded = param(&q, "$expand").is_some_and(|e| e.contains("to_PurchaseOrderItem"));
+    // The records' stored JSON text, or (not expanded) each record re-written.
+    let (results, count, total) = shared.with_page(POS, after, skip, top, |page, total| {
+        let mut results = String::from("[");
+        for (i, r) in page.iter().enumerate() {
+            if i > 0 {
+                results.push(',');
+            }
+            if expanded {
+                results.push_str(r.json());
+            } else {
+                results.push_str(&expand(r.value().clone(), &q).to_string());
+            }
+        }
+        results.push(']');
+        (results, page.len(), total)
+    });
+    let more = skip + count < total || *lock(&shared.endless);
+    let mut d = Vec::new();
     if !*lock(&shared.no_records_key) {
-        d["results"] = Value::Array(page);
+        d.push(format!("\"results\":{results}"));
     }
     if param(&q, "$inlinecount") == Some("allpages") {
-        d["__count"] = json!(total.to_string());
+        d.push(format!("\"__count\":{}", json!(total.to_string())));
     }
     if more {
-        d["__next"] = json!(link(
+        let next = link(
             &link_base(&shared, &headers),
             &format!("{SERVICE}/A_PurchaseOrder"),
             &q,
             &[("$skiptoken", (skip + top).to_string())],
-        ));
+        );
+        d.push(format!("\"__next\":{}", json!(next)));
     }
-    json(StatusCode::OK, json!({ "d": d }))
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        format!("{{\"d\":{{{}}}}}", d.join(",")),
+    )
+        .into_response()
 }
 
 async fn one(
