@@ -396,14 +396,16 @@ pub async fn run(
                 }
                 None => (save.await, None),
             };
-            let (records, saved) = saved.expect("saving a page does not panic");
-            let changes = saved.map_err(|e| {
+            let cannot_save = |e: &dyn std::fmt::Display| {
                 ConnectorError::new(
                     connection,
                     crate::connectors::ConnectorErrorKind::Permanent,
                     format!("cannot save the page: {e}"),
                 )
-            })?;
+            };
+            // The task stops early only when the runtime shuts down (or a bug panics it).
+            let (records, saved) = saved.map_err(|e| cannot_save(&e))?;
+            let changes = saved.map_err(|e| cannot_save(&e))?;
             cp.page_cursor = next.clone();
             cp.pages += 1;
             cp.added += changes.created.len() as u64;
