@@ -205,20 +205,6 @@ impl Shared {
         lock(&self.tokens).get(t).is_some_and(|exp| *exp > now_ms())
     }
 
-    /// One page of a collection's records changed after `after`: `take` records
-    /// from `skip`, and how many match in all.
-    pub fn select_page(
-        &self,
-        collection: &str,
-        after: Option<i64>,
-        skip: usize,
-        take: usize,
-    ) -> (Vec<Value>, usize) {
-        self.with_page(collection, after, skip, take, |page, total| {
-            (page.iter().map(|r| r.value.clone()).collect(), total)
-        })
-    }
-
     /// Calls `f` with one page of a collection's records changed after
     /// `after` (`take` records from `skip`) and how many match in all,
     /// without copying them.
@@ -504,12 +490,12 @@ async fn faults(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
 
 /// A JSON response.
 pub fn json(status: StatusCode, v: Value) -> Response {
-    (
-        status,
-        [("content-type", "application/json")],
-        v.to_string(),
-    )
-        .into_response()
+    json_text(status, v.to_string())
+}
+
+/// A JSON response from JSON text.
+pub fn json_text(status: StatusCode, text: String) -> Response {
+    (status, [("content-type", "application/json")], text).into_response()
 }
 
 /// The base of links for a request: its Host, or another host when asked.

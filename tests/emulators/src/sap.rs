@@ -19,8 +19,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::common::{
-    Emulator, MATERIALS, Shared, VENDORS, fixture_ms, json, link, link_base, lock, now_ms, pairs,
-    param, timestamp_in,
+    Emulator, MATERIALS, Shared, VENDORS, fixture_ms, json, json_text, link, link_base, lock,
+    now_ms, pairs, param, timestamp_in,
 };
 
 /// The service root path.
@@ -165,9 +165,15 @@ async fn root(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
     r
 }
 
+/// The request asks for the items inline.
+fn expanded(q: &[(String, String)]) -> bool {
+    param(q, "$expand").is_some_and(|e| e.contains("to_PurchaseOrderItem"))
+}
+
 fn expand(mut po: Value, q: &[(String, String)]) -> Value {
-    let expanded = param(q, "$expand").is_some_and(|e| e.contains("to_PurchaseOrderItem"));
-    if !expanded && let Some(o) = po.as_object_mut() {
+    if !expanded(q)
+        && let Some(o) = po.as_object_mut()
+    {
         o.insert(
             "to_PurchaseOrderItem".into(),
             json!({"__deferred": {"uri": "A_PurchaseOrderItem"}}),
@@ -222,46 +228,48 @@ async fn list(
     let skip: usize = param(&q, "$skiptoken")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    let expanded = param(&q, "$expand").is_some_and(|e| e.contains("to_PurchaseOrderItem"));
-    // The records' stored JSON text, or (not expanded) each record re-written.
-    let (results, count, total) = shared.with_page(POS, after, skip, top, |page, total| {
-        let mut results = String::from("[");
-        for (i, r) in page.iter().enumerate() {
-            if i > 0 {
-                results.push(',');
+    // The page is written as text: the records' stored JSON when expanded,
+    // else each record re-written without its items.
+    let expanded = expanded(&q);
+    let with_results = !*lock(&shared.no_records_key);
+    let (mut body, count, total) = shared.with_page(POS, after, skip, top, |page, total| {
+        let mut body = String::from("{\"d\":{");
+        if with_results {
+            body.push_str("\"results\":[");
+            for (i, r) in page.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                if expanded {
+                    body.push_str(r.json());
+                } else {
+                    body.push_str(&expand(r.value().clone(), &q).to_string());
+                }
             }
-            if expanded {
-                results.push_str(r.json());
-            } else {
-                results.push_str(&expand(r.value().clone(), &q).to_string());
-            }
+            body.push(']');
         }
-        results.push(']');
-        (results, page.len(), total)
+        (body, page.len(), total)
     });
-    let more = skip + count < total || *lock(&shared.endless);
-    let mut d = Vec::new();
-    if !*lock(&shared.no_records_key) {
-        d.push(format!("\"results\":{results}"));
-    }
+    let mut field = |name: &str, value: Value| {
+        if !body.ends_with('{') {
+            body.push(',');
+        }
+        body.push_str(&format!("\"{name}\":{value}"));
+    };
     if param(&q, "$inlinecount") == Some("allpages") {
-        d.push(format!("\"__count\":{}", json!(total.to_string())));
+        field("__count", json!(total.to_string()));
     }
-    if more {
+    if skip + count < total || *lock(&shared.endless) {
         let next = link(
             &link_base(&shared, &headers),
             &format!("{SERVICE}/A_PurchaseOrder"),
             &q,
             &[("$skiptoken", (skip + top).to_string())],
         );
-        d.push(format!("\"__next\":{}", json!(next)));
+        field("__next", json!(next));
     }
-    (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        format!("{{\"d\":{{{}}}}}", d.join(",")),
-    )
-        .into_response()
+    body.push_str("}}");
+    json_text(StatusCode::OK, body)
 }
 
 async fn one(
