@@ -211,11 +211,11 @@ fn exit_codes_tell_success_failure_and_invalid_input_apart() {
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(
-        err.contains("invalid.yaml:6:5: error: unknown key `sett`"),
+        err.contains("invalid.yaml:6:5: error[unknown-key]: unknown key `sett`"),
         "{err}"
     );
     assert!(
-        err.contains("invalid.yaml:5:13: error: `needs` names `ghost`"),
+        err.contains("invalid.yaml:5:13: error[unknown-step]: `needs` names `ghost`"),
         "{err}"
     );
 

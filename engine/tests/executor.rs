@@ -318,17 +318,24 @@ async fn runtime_expression_errors_name_the_step_and_the_expression() {
         r#"
 apiVersion: sluice/v1
 id: bad-expr
+inputs:
+  order: { type: object }
 steps:
-  - { id: a, set: { x: 1 } }
-  - { id: b, needs: [a], set: "${{ steps.a.output.y.z }}" }
+  - { id: a, set: "${{ inputs.order }}" }
+  - { id: b, needs: [a], set: "${{ steps.a.output.totl * 2 }}" }
 "#,
-        json!({}),
+        json!({"order": {"number": "PO-1", "total": 12.5}}),
     )
     .await;
+    // An object input has no declared fields, so only the run can tell the
+    // typo: it fails, naming the path, the keys there are and the likely
+    // one, instead of computing with `null`.
     assert_eq!(out.status, RunStatus::Failed);
     let msg = out.error.unwrap()["message"].as_str().unwrap().to_string();
     assert!(
-        msg.starts_with("step `b`: expression `steps.a.output.y.z` failed: undefined value"),
+        msg.starts_with(
+            "step `b`: expression `steps.a.output.totl * 2` failed: `steps.a.output.totl` is not there: `steps.a.output` has no key `totl`; did you mean `total`? (its keys: number, total)"
+        ),
         "{msg}"
     );
 }

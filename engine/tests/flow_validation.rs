@@ -320,7 +320,7 @@ fn rendered_diagnostics_show_file_line_column_source_and_hint() {
     .unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("flows/bad.yaml:5:5: error: unknown key `sett`"),
+        text.contains("flows/bad.yaml:5:5: error[unknown-key]: unknown key `sett`"),
         "{text}"
     );
     assert!(text.contains("    sett: 1"), "{text}");

@@ -224,7 +224,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
 }
 
@@ -376,7 +376,7 @@ fn render_errors(e: &FlowErrors) -> String {
         &e.file,
         &e.source,
         &e.diagnostics,
-        std::io::stderr().is_terminal(),
+        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     )
 }
 

@@ -4,11 +4,22 @@
 //! number stays a number, a list stays a list); a string with expressions
 //! inside text is rendered as a template and yields a string. Values with no
 //! `${{` are literals and cost nothing to evaluate. Expressions are compiled
-//! once, when a flow is compiled; undefined variables are errors (strict mode),
-//! so a typo fails loudly instead of producing `null`.
+//! once, when a flow is compiled.
+//!
+//! Reads are strict: reading a key, attribute or index that is not there is
+//! an error naming the whole path, the keys the value has and a "did you
+//! mean", never a silent `null`. Each compiled expression carries the paths
+//! it reads ([`strict::ReadPath`]); they are resolved against the context
+//! before it is evaluated. Optional data is read on purpose with
+//! `| default(...)` or `is defined`, whose subjects are exempt.
 
+pub mod functions;
 pub mod jsonpath;
 pub mod secrets;
+pub mod strict;
+pub mod types;
+
+pub use functions::FILTERS;
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -32,12 +43,57 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
         .expect("static delimiters are valid");
     env.set_syntax(syntax);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    functions::register(&mut env);
     env
 });
+
+/// The expression environment (syntax, strictness, filters, functions).
+pub fn env() -> &'static Environment<'static> {
+    &ENV
+}
 
 /// Names of functions every expression may call (minijinja globals).
 pub fn global_names() -> Vec<String> {
     ENV.globals().map(|(n, _)| n.to_string()).collect()
+}
+
+/// Names of the functions an expression may call.
+pub fn function_names() -> Vec<String> {
+    let mut names = global_names();
+    names.sort();
+    names
+}
+
+/// Whether `name` is a function an expression may call.
+pub fn function_exists(name: &str) -> bool {
+    ENV.globals().any(|(n, _)| n == name)
+}
+
+/// The result type of a function.
+pub fn function_type(name: &str) -> types::Type {
+    use types::Type;
+    match name {
+        "now" | "uuid" => Type::String,
+        "range" => Type::list(Type::Integer),
+        "dict" => Type::any_object(),
+        _ => Type::Any,
+    }
+}
+
+/// The result type of one of Sluice's own filters (builtins are typed in
+/// [`types`]).
+pub fn filter_type(name: &str, input: &types::Type) -> types::Type {
+    use types::Type;
+    match name {
+        "timestamp" | "seconds_between" => Type::Integer,
+        "fromjson" | "attr" | "items" | "dictsort" | "groupby" | "batch" | "slice" | "zip"
+        | "chain" => Type::Any,
+        n if FILTERS.contains(&n) => Type::String,
+        _ => {
+            let _ = input;
+            Type::Any
+        }
+    }
 }
 
 /// An expression or template that failed to compile or evaluate.
@@ -74,9 +130,16 @@ pub enum Template {
         source: String,
         /// The compiled expression.
         expr: Expression<'static, 'static>,
+        /// The paths it reads, checked before it runs (empty: lenient).
+        reads: Vec<strict::ReadPath>,
     },
     /// Text with embedded expressions: yields a string.
-    Text(String),
+    Text {
+        /// The template text.
+        source: String,
+        /// The paths its expressions read (empty: lenient).
+        reads: Vec<strict::ReadPath>,
+    },
     /// An array with templates inside.
     Array(Vec<Template>),
     /// An object with templates inside.
@@ -103,73 +166,130 @@ fn whole_expression(s: &str) -> Option<&str> {
     Some(inner.trim())
 }
 
+/// The `${{ }}` expressions inside a text: `(byte offset of the inner
+/// text, inner text)` for each.
+pub fn embedded_expressions(s: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(start) = s[from..].find(OPEN).map(|p| p + from) {
+        let inner_start = start + OPEN.len();
+        let Some(end) = s[inner_start..].find(CLOSE).map(|p| p + inner_start) else {
+            break;
+        };
+        out.push((inner_start, &s[inner_start..end]));
+        from = end + CLOSE.len();
+    }
+    out
+}
+
 impl Template {
-    /// Compiles a JSON value.
+    /// Compiles a JSON value. Reads are lenient (a missing key is `null`);
+    /// flows use [`Template::compile_strict`].
     pub fn compile(v: &Value) -> Result<Template, ExprError> {
+        Self::compile_with(v, false)
+    }
+
+    /// Compiles a JSON value whose reads are strict: a missing key, attribute
+    /// or index is an error at run time.
+    pub fn compile_strict(v: &Value) -> Result<Template, ExprError> {
+        Self::compile_with(v, true)
+    }
+
+    fn compile_with(v: &Value, strict: bool) -> Result<Template, ExprError> {
         if !has_expr(v) {
             return Ok(Template::Literal(v.clone()));
         }
         match v {
-            Value::String(s) => Self::compile_str(s),
+            Value::String(s) => Self::compile_str_with(s, strict),
             Value::Array(items) => Ok(Template::Array(
                 items
                     .iter()
-                    .map(Template::compile)
+                    .map(|i| Template::compile_with(i, strict))
                     .collect::<Result<_, _>>()?,
             )),
             Value::Object(map) => Ok(Template::Object(
                 map.iter()
-                    .map(|(k, v)| Ok((k.clone(), Template::compile(v)?)))
+                    .map(|(k, v)| Ok((k.clone(), Template::compile_with(v, strict)?)))
                     .collect::<Result<_, ExprError>>()?,
             )),
             other => Ok(Template::Literal(other.clone())),
         }
     }
 
-    /// Compiles a string.
+    /// Compiles a string (lenient reads).
     pub fn compile_str(s: &str) -> Result<Template, ExprError> {
+        Self::compile_str_with(s, false)
+    }
+
+    fn compile_str_with(s: &str, strict: bool) -> Result<Template, ExprError> {
         if let Some(inner) = whole_expression(s) {
-            let expr = ENV
-                .compile_expression_owned(inner.to_string())
-                .map_err(|e| ExprError::new(s, &e))?;
-            return Ok(Template::Expr {
-                source: inner.to_string(),
-                expr,
-            });
+            return Self::expression(s, inner, strict);
         }
         if s.contains(OPEN) {
             ENV.template_from_str(s)
                 .map_err(|e| ExprError::new(s, &e))?;
-            return Ok(Template::Text(s.to_string()));
+            let reads = if strict {
+                embedded_expressions(s)
+                    .into_iter()
+                    .flat_map(|(_, inner)| strict::read_paths(inner))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            return Ok(Template::Text {
+                source: s.to_string(),
+                reads,
+            });
         }
         Ok(Template::Literal(Value::String(s.to_string())))
     }
 
-    /// Compiles a string that must be one whole expression, or a bare
-    /// expression without delimiters (as `if:` allows).
-    pub fn compile_condition(s: &str) -> Result<Template, ExprError> {
-        let inner = whole_expression(s).unwrap_or(s.trim());
+    fn expression(whole: &str, inner: &str, strict: bool) -> Result<Template, ExprError> {
         let expr = ENV
             .compile_expression_owned(inner.to_string())
-            .map_err(|e| ExprError::new(s, &e))?;
+            .map_err(|e| ExprError::new(whole, &e))?;
         Ok(Template::Expr {
             source: inner.to_string(),
             expr,
+            reads: if strict {
+                strict::read_paths(inner)
+            } else {
+                Vec::new()
+            },
         })
+    }
+
+    /// Compiles a string that must be one whole expression, or a bare
+    /// expression without delimiters (as `if:` allows). Reads are strict.
+    pub fn compile_condition(s: &str) -> Result<Template, ExprError> {
+        let inner = whole_expression(s).unwrap_or(s.trim());
+        Self::expression(s, inner, true)
     }
 
     /// Evaluates into JSON.
     pub fn eval(&self, ctx: &MjValue) -> Result<Value, ExprError> {
         match self {
             Template::Literal(v) => Ok(v.clone()),
-            Template::Expr { source, expr } => {
+            Template::Expr {
+                source,
+                expr,
+                reads,
+            } => {
+                strict::check(reads, ctx, source)?;
                 let v = expr.eval(ctx).map_err(|e| ExprError::new(source, &e))?;
+                if v.is_undefined() && !reads.is_empty() {
+                    return Err(ExprError {
+                        source_text: source.clone(),
+                        message: "the expression gives an undefined value".into(),
+                    });
+                }
                 to_json(&v).map_err(|message| ExprError {
                     source_text: source.clone(),
                     message,
                 })
             }
-            Template::Text(src) => {
+            Template::Text { source: src, reads } => {
+                strict::check(reads, ctx, src)?;
                 let tmpl = ENV
                     .template_from_str(src)
                     .map_err(|e| ExprError::new(src, &e))?;
@@ -195,10 +315,16 @@ impl Template {
     /// Evaluates as a condition (minijinja truthiness).
     pub fn eval_truthy(&self, ctx: &MjValue) -> Result<bool, ExprError> {
         match self {
-            Template::Expr { source, expr } => expr
-                .eval(ctx)
-                .map(|v| v.is_true())
-                .map_err(|e| ExprError::new(source, &e)),
+            Template::Expr {
+                source,
+                expr,
+                reads,
+            } => {
+                strict::check(reads, ctx, source)?;
+                expr.eval(ctx)
+                    .map(|v| v.is_true())
+                    .map_err(|e| ExprError::new(source, &e))
+            }
             other => other.eval(ctx).map(|v| truthy(&v)),
         }
     }
@@ -216,7 +342,7 @@ impl Template {
         match self {
             Template::Literal(_) => {}
             Template::Expr { expr, .. } => out.extend(expr.undeclared_variables(true)),
-            Template::Text(src) => {
+            Template::Text { source: src, .. } => {
                 if let Ok(t) = ENV.template_from_str(src) {
                     out.extend(t.undeclared_variables(true));
                 }
@@ -269,6 +395,9 @@ pub struct Scope {
     pub steps: BTreeMap<String, MjValue>,
     /// `secrets.<NAME>`
     pub secrets: MjValue,
+    /// What `now()` returns: the run's start time (RFC 3339), fixed for the
+    /// whole run; `None` reads the clock.
+    pub now: Option<String>,
 }
 
 impl Scope {
@@ -279,6 +408,9 @@ impl Scope {
         map.insert("trigger", self.trigger.clone());
         map.insert("steps", MjValue::from(self.steps.clone()));
         map.insert("secrets", self.secrets.clone());
+        if let Some(now) = &self.now {
+            map.insert(functions::NOW_VAR, MjValue::from(now.as_str()));
+        }
         if let Some((item, index)) = item {
             map.insert("item", item.clone());
             map.insert("index", MjValue::from(index));

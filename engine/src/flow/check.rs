@@ -1,13 +1,14 @@
 //! The [`Checker`]: what step kinds use at compile time to report problems at
 //! the right place and to compile their expressions with reference checks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::diagnostic::{Diagnostic, did_you_mean};
-use super::source::{Node, Seg};
+use super::source::{Loc, Node, Seg};
+use crate::expr::types::{self, Type};
 use crate::expr::{self, Template};
 use crate::unified::Entity;
 
@@ -28,11 +29,15 @@ pub struct RefScope {
     pub connections: Vec<String>,
     /// Registered plugin names, when known.
     pub plugins: Option<Vec<String>>,
+    /// The static type of each variable an expression may read (`inputs`,
+    /// `trigger`, `steps`, `secrets`, `item`, `index`).
+    pub types: BTreeMap<String, Type>,
 }
 
 /// Collects diagnostics for one step (or the flow) at paths relative to a base.
 pub struct Checker<'a> {
     source: &'a Node,
+    text: &'a str,
     base: Vec<Seg>,
     diags: &'a mut Vec<Diagnostic>,
     /// What expressions may refer to.
@@ -45,12 +50,14 @@ impl<'a> Checker<'a> {
     /// A checker rooted at `base` in `source`.
     pub fn new(
         source: &'a Node,
+        text: &'a str,
         base: Vec<Seg>,
         diags: &'a mut Vec<Diagnostic>,
         scope: RefScope,
     ) -> Self {
         Checker {
             source,
+            text,
             base,
             diags,
             scope,
@@ -89,38 +96,180 @@ impl<'a> Checker<'a> {
 
     /// Compiles a value with `${{ }}` expressions and checks what they refer to.
     pub fn template(&mut self, rel: &[Seg], value: &Value) -> Option<Template> {
-        self.checked(rel, Template::compile(value), "expression")
+        self.template_typed(rel, value).0
+    }
+
+    /// Like [`Checker::template`], also giving the value's static type (even
+    /// when a problem was found, so checks that use it still run). Every
+    /// string inside is checked on its own, so a problem is reported at its
+    /// own line and column, inside the expression.
+    pub fn template_typed(&mut self, rel: &[Seg], value: &Value) -> (Option<Template>, Type) {
+        let mut ok = true;
+        let ty = self.check_value(rel, value, &mut ok);
+        if !ok {
+            return (None, ty);
+        }
+        match Template::compile_strict(value) {
+            Ok(t) => (Some(t), ty),
+            Err(e) => {
+                self.report_parse(rel, &e, "expression");
+                (None, ty)
+            }
+        }
+    }
+
+    /// Checks every string of `value` (at its own path); its static type.
+    fn check_value(&mut self, rel: &[Seg], value: &Value, ok: &mut bool) -> Type {
+        match value {
+            Value::String(s) if s.contains(expr::OPEN) => {
+                let compiled = match Template::compile_strict(value) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.report_parse(rel, &e, "expression");
+                        *ok = false;
+                        return Type::Any;
+                    }
+                };
+                let before = self.diags.len();
+                self.check_references(rel, &compiled);
+                let ty = match &compiled {
+                    Template::Expr { source, .. } => {
+                        let offset = s.find(source.as_str()).unwrap_or(0);
+                        self.check_types(rel, s, offset, source)
+                    }
+                    _ => {
+                        for (offset, inner) in expr::embedded_expressions(s) {
+                            self.check_types(rel, s, offset, inner);
+                        }
+                        Type::String
+                    }
+                };
+                if self.diags.len() > before {
+                    *ok = false;
+                }
+                ty
+            }
+            Value::Array(items) => {
+                let mut elem: Option<Type> = None;
+                for (i, item) in items.iter().enumerate() {
+                    let mut p = rel.to_vec();
+                    p.push(Seg::Index(i));
+                    let t = self.check_value(&p, item, ok);
+                    elem = Some(match elem {
+                        Some(e) => types::join(e, t),
+                        None => t,
+                    });
+                }
+                Type::list(elem.unwrap_or(Type::Any))
+            }
+            Value::Object(map) => {
+                let mut fields = BTreeMap::new();
+                for (k, v) in map {
+                    let mut p = rel.to_vec();
+                    p.push(Seg::Key(k.clone()));
+                    fields.insert(k.clone(), self.check_value(&p, v, ok));
+                }
+                Type::object(fields, false)
+            }
+            other => Type::of_value(other),
+        }
+    }
+
+    /// Type-checks one expression `inner`, found at byte `offset` of the
+    /// string `whole` at `rel`; reports problems inside it.
+    fn check_types(&mut self, rel: &[Seg], whole: &str, offset: usize, inner: &str) -> Type {
+        match types::check_expression(inner, &self.scope.types) {
+            Ok((ty, issues)) => {
+                for issue in issues {
+                    let loc = self.locate_in(rel, whole, offset + issue.offset, issue.len);
+                    let mut d = Diagnostic::at(issue.code, loc, issue.message);
+                    d.hint = issue.hint;
+                    d.length = Some(
+                        inner[issue.offset.min(inner.len())..]
+                            .chars()
+                            .take(issue.len)
+                            .count()
+                            .max(1),
+                    );
+                    self.diags.push(d);
+                }
+                ty
+            }
+            Err(_) => Type::Any, // reported by the compile step
+        }
+    }
+
+    /// The location of bytes `offset..offset+len` of the string value at `rel`.
+    fn locate_in(&self, rel: &[Seg], value: &str, offset: usize, len: usize) -> Loc {
+        let start = self.source.locate(&self.full(rel));
+        let Some(base) = byte_offset(self.text, start) else {
+            return start;
+        };
+        let fragment = value.get(offset..offset + len).unwrap_or("");
+        let rest = &self.text[base..];
+        let quote = usize::from(rest.starts_with(['"', '\'']));
+        let direct = base + quote + offset;
+        if !fragment.is_empty() && self.text.get(direct..direct + fragment.len()) == Some(fragment)
+        {
+            return loc_of(self.text, direct);
+        }
+        // Escapes or a block scalar moved the text: find the fragment with
+        // what precedes it in the value, near the scalar.
+        let lead = value[..offset].chars().rev().take(12).collect::<Vec<_>>();
+        let lead: String = lead.into_iter().rev().collect();
+        let probe = format!("{lead}{fragment}");
+        let window = &rest[..rest.len().min(value.len() * 2 + 256)];
+        match window.find(&probe) {
+            Some(p) => loc_of(self.text, base + p + lead.len()),
+            None => start,
+        }
+    }
+
+    /// Reports a problem at bytes `offset..offset+len` of the string at `rel`.
+    pub fn error_in_string(
+        &mut self,
+        rel: &[Seg],
+        value: &str,
+        offset: usize,
+        len: usize,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
+        let loc = self.locate_in(rel, value, offset, len);
+        let mut d = Diagnostic::at(code, loc, message);
+        d.length = Some(len.max(1));
+        self.diags.push(d);
+        self.diags.last_mut().expect("just pushed")
     }
 
     /// Compiles a condition (`if:`), with or without `${{ }}`.
     pub fn condition(&mut self, rel: &[Seg], text: &str) -> Option<Template> {
-        self.checked(rel, Template::compile_condition(text), "condition")
+        let t = match Template::compile_condition(text) {
+            Ok(t) => t,
+            Err(e) => {
+                self.report_parse(rel, &e, "condition");
+                return None;
+            }
+        };
+        let before = self.diags.len();
+        self.check_references(rel, &t);
+        if let Template::Expr { source, .. } = &t {
+            let offset = text.find(source.as_str()).unwrap_or(0);
+            self.check_types(rel, text, offset, source);
+        }
+        (self.diags.len() == before).then_some(t)
     }
 
-    fn checked(
-        &mut self,
-        rel: &[Seg],
-        compiled: Result<Template, crate::expr::ExprError>,
-        what: &str,
-    ) -> Option<Template> {
-        match compiled {
-            Ok(t) => {
-                self.check_references(rel, &t);
-                Some(t)
-            }
-            Err(e) => {
-                self.error(
-                    rel,
-                    "invalid-expression",
-                    format!("{what} does not parse: {}", e.message),
-                )
-                .hint = Some(format!(
-                    "in `{}`; expressions use minijinja syntax, e.g. `${{{{ inputs.limit * 2 }}}}`",
-                    e.source_text
-                ));
-                None
-            }
-        }
+    fn report_parse(&mut self, rel: &[Seg], e: &crate::expr::ExprError, what: &str) {
+        self.error(
+            rel,
+            "invalid-expression",
+            format!("{what} does not parse: {}", e.message),
+        )
+        .hint = Some(format!(
+            "in `{}`; expressions use minijinja syntax, e.g. `${{{{ inputs.limit * 2 }}}}`",
+            e.source_text
+        ));
     }
 
     fn check_references(&mut self, rel: &[Seg], t: &Template) {
@@ -192,14 +341,22 @@ impl<'a> Checker<'a> {
                 }
                 r if ROOTS.contains(&r) || globals.iter().any(|g| g == r) => {}
                 other => {
-                    let hint = match did_you_mean(other, ROOTS.iter().copied()) {
-                        Some(s) => format!("did you mean `{s}`?"),
-                        None => format!("expressions can read: {}", ROOTS.join(", ")),
+                    let hint = if let Some(s) = did_you_mean(other, ROOTS.iter().copied()) {
+                        format!("did you mean `{s}`?")
+                    } else if let Some(f) = did_you_mean(other, globals.iter().map(String::as_str))
+                    {
+                        format!("did you mean the function `{f}()`?")
+                    } else {
+                        format!(
+                            "expressions can read: {}; functions: {}",
+                            ROOTS.join(", "),
+                            expr::function_names().join(", ")
+                        )
                     };
                     self.error(
                         rel,
                         "unknown-variable",
-                        format!("unknown variable `{other}`"),
+                        format!("unknown variable or function `{other}`"),
                     )
                     .hint = Some(hint);
                 }
@@ -299,5 +456,35 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+}
+
+/// The byte offset of a line:column (1-based, characters) in `text`.
+fn byte_offset(text: &str, loc: Loc) -> Option<usize> {
+    if loc.line == 0 {
+        return None;
+    }
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if i + 1 == loc.line {
+            let col = line
+                .char_indices()
+                .nth(loc.column.saturating_sub(1))
+                .map_or(line.len(), |(b, _)| b);
+            return Some(offset + col);
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// The line:column of a byte offset in `text`.
+fn loc_of(text: &str, offset: usize) -> Loc {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
+    Loc {
+        line,
+        column: before[line_start..].chars().count() + 1,
     }
 }

@@ -27,6 +27,9 @@ pub struct Diagnostic {
     /// How to fix it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// How many characters the offending text spans, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub length: Option<usize>,
 }
 
 impl Diagnostic {
@@ -39,6 +42,7 @@ impl Diagnostic {
             line: known.then_some(loc.line),
             column: known.then_some(loc.column),
             hint: None,
+            length: None,
         }
     }
 
@@ -151,12 +155,15 @@ pub fn render(file: &str, source: &str, diagnostics: &[Diagnostic], color: bool)
     let mut out = String::new();
     for d in diagnostics {
         let span = match (d.line, d.column) {
-            (Some(l), Some(c)) => span_at(source, l, c),
+            (Some(l), Some(c)) => span_at(source, l, c).map(|s| match d.length {
+                Some(len) => SourceSpan::new(s.offset().into(), len.max(1)),
+                None => s,
+            }),
             _ => None,
         };
         let header = match (d.line, d.column) {
-            (Some(l), Some(c)) => format!("{file}:{l}:{c}: error: {}\n", d.message),
-            _ => format!("{file}: error: {}\n", d.message),
+            (Some(l), Some(c)) => format!("{file}:{l}:{c}: error[{}]: {}\n", d.code, d.message),
+            _ => format!("{file}: error[{}]: {}\n", d.code, d.message),
         };
         out.push_str(&header);
         let report = Report {
@@ -166,7 +173,16 @@ pub fn render(file: &str, source: &str, diagnostics: &[Diagnostic], color: bool)
         };
         let mut body = String::new();
         if handler.render_report(&mut body, &report).is_ok() {
-            out.push_str(&body);
+            // The header above already says what is wrong: keep miette's
+            // snippet and help, not its title line.
+            let mut lines = body
+                .lines()
+                .skip_while(|l| !l.trim_start().starts_with('×'));
+            lines.next();
+            for line in lines {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
         out.push('\n');
     }

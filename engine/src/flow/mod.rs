@@ -32,6 +32,7 @@ use diagnostic::did_you_mean;
 use source::{Loc, Node, NodeValue, Seg};
 
 use crate::expr::Template;
+use crate::expr::types::Type;
 use crate::path;
 use crate::steps::{self, CompiledKind};
 
@@ -264,7 +265,7 @@ pub fn compile(file: &str, text: &str, catalog: &Catalog) -> Result<CompiledFlow
         }
     };
 
-    let compiled = check_meaning(&flow, &root, catalog, &mut diags);
+    let compiled = check_meaning(&flow, &root, text, catalog, &mut diags);
     if !diags.is_empty() {
         diags.sort_by_key(|d| (d.line.unwrap_or(0), d.column.unwrap_or(0)));
         diags.dedup();
@@ -289,6 +290,7 @@ type Compiled = (Vec<CompiledStep>, Vec<usize>, Option<Template>, Vec<usize>);
 fn check_meaning(
     flow: &Flow,
     root: &Node,
+    text: &str,
     catalog: &Catalog,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Compiled> {
@@ -432,16 +434,22 @@ fn check_meaning(
         .unwrap_or_default();
 
     let all_steps: BTreeSet<String> = flow.steps.iter().map(|s| s.id.clone()).collect();
-    let base_scope = RefScope {
+    let mut base_scope = RefScope {
         inputs: flow.inputs.keys().cloned().collect(),
         all_steps: all_steps.clone(),
         connections: catalog.connections.clone(),
         plugins: catalog.plugins.clone(),
+        types: root_types(flow),
         ..RefScope::default()
     };
     let mut steps = Vec::with_capacity(flow.steps.len());
     let mut ok = true;
-    for (i, step) in flow.steps.iter().enumerate() {
+    // Steps are checked in topological order, so each one knows the output
+    // types of the steps it reads.
+    let mut step_types: BTreeMap<String, Type> = BTreeMap::new();
+    let mut compiled_at: Vec<Option<CompiledStep>> = (0..flow.steps.len()).map(|_| None).collect();
+    for &i in &topo {
+        let step = &flow.steps[i];
         let mut upstream = BTreeSet::new();
         let reversed = Reversed(&graph);
         let mut dfs = Dfs::new(reversed, nodes[i]);
@@ -450,23 +458,33 @@ fn check_meaning(
                 upstream.insert(flow.steps[graph[n]].id.clone());
             }
         }
-        let scope = RefScope {
+        let mut scope = RefScope {
             upstream,
             current: Some(step.id.clone()),
             ..base_scope.clone()
         };
-        match compile_step(flow, i, step, root, scope, &index_of, diags) {
-            Some(s) => steps.push(s),
+        scope
+            .types
+            .insert("steps".into(), steps_type(&all_steps, &step_types));
+        match compile_step(flow, i, step, root, text, scope, &index_of, diags) {
+            Some((s, output_type)) => {
+                step_types.insert(step.id.clone(), output_type);
+                compiled_at[i] = Some(s);
+            }
             None => ok = false,
         }
     }
+    steps.extend(compiled_at.into_iter().flatten());
     let mut output = None;
     if let Some(o) = &flow.output {
+        base_scope
+            .types
+            .insert("steps".into(), steps_type(&all_steps, &step_types));
         let scope = RefScope {
             upstream: all_steps,
             ..base_scope
         };
-        let mut c = Checker::new(root, vec![], diags, scope);
+        let mut c = Checker::new(root, text, vec![], diags, scope);
         output = c.template(&path!["output"], o);
         ok &= output.is_some();
     }
@@ -485,21 +503,170 @@ fn check_meaning(
     Some((steps, topo, output, sinks))
 }
 
+/// The static types of the variables every expression may read.
+fn root_types(flow: &Flow) -> BTreeMap<String, Type> {
+    let inputs = Type::object(
+        flow.inputs
+            .iter()
+            .map(|(name, spec)| (name.clone(), input_type(spec.kind))),
+        // Unknown inputs are reported by the reference check, with a hint.
+        true,
+    );
+    let mut trigger: Option<Type> = None;
+    let kinds = flow
+        .triggers
+        .iter()
+        .map(trigger_type)
+        .chain([manual_trigger_type()]);
+    for t in kinds {
+        trigger = Some(match trigger {
+            Some(prev) => crate::expr::types::join(prev, t),
+            None => t,
+        });
+    }
+    BTreeMap::from([
+        ("inputs".to_string(), inputs),
+        (
+            "trigger".to_string(),
+            trigger.unwrap_or(Type::Any).named("trigger"),
+        ),
+        ("secrets".to_string(), Type::any_object()),
+        ("index".to_string(), Type::Integer),
+    ])
+}
+
+fn input_type(kind: InputType) -> Type {
+    match kind {
+        InputType::String => Type::String,
+        InputType::Number => Type::Number,
+        InputType::Integer => Type::Integer,
+        InputType::Boolean => Type::Bool,
+        InputType::Object => Type::any_object(),
+        InputType::Array => Type::list(Type::Any),
+    }
+}
+
+fn fields(list: &[(&str, Type)]) -> Vec<(String, Type)> {
+    list.iter()
+        .map(|(k, t)| (k.to_string(), t.clone()))
+        .collect()
+}
+
+/// `trigger` of a run started by the CLI or the API (any flow can be).
+fn manual_trigger_type() -> Type {
+    Type::object(
+        fields(&[
+            ("type", Type::String),
+            ("source", Type::String),
+            ("token", Type::Any),
+        ]),
+        false,
+    )
+}
+
+/// `trigger` as each trigger kind fills it.
+fn trigger_type(t: &Trigger) -> Type {
+    if t.webhook.is_some() {
+        Type::object(
+            fields(&[
+                ("type", Type::String),
+                ("path", Type::String),
+                ("webhook_id", Type::String),
+                ("body", Type::Any),
+                ("headers", Type::any_object()),
+                ("query", Type::any_object()),
+                ("received_at", Type::String),
+            ]),
+            false,
+        )
+    } else if t.schedule.is_some() {
+        Type::object(
+            fields(&[
+                ("type", Type::String),
+                ("cron", Type::String),
+                ("timezone", Type::String),
+                ("scheduled_for", Type::String),
+                ("missed", Type::Any),
+            ]),
+            false,
+        )
+    } else if t.event.is_some() {
+        let envelope = Type::object(
+            fields(&[
+                ("id", Type::String),
+                ("type", Type::String),
+                ("timestamp", Type::String),
+                ("connection_id", Type::String),
+                ("data", Type::Any),
+            ]),
+            false,
+        )
+        .named("event envelope");
+        Type::object(
+            fields(&[("type", Type::String), ("event", envelope)]),
+            false,
+        )
+    } else {
+        manual_trigger_type()
+    }
+}
+
+/// `steps`: each step's `{output, status, error}`; output types of steps
+/// not yet known are `any`. Unknown step ids are reported by the reference
+/// check, so the object is open.
+fn steps_type(all: &BTreeSet<String>, known: &BTreeMap<String, Type>) -> Type {
+    Type::object(
+        all.iter().map(|id| {
+            let output = known.get(id).cloned().unwrap_or(Type::Any);
+            (
+                id.clone(),
+                Type::object(
+                    fields(&[
+                        ("output", output),
+                        ("status", Type::String),
+                        ("error", Type::Any),
+                    ]),
+                    false,
+                )
+                .named(&format!("steps.{id}")),
+            )
+        }),
+        true,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 fn compile_step(
     flow: &Flow,
     i: usize,
     step: &Step,
     root: &Node,
+    text: &str,
     scope: RefScope,
     index_of: &BTreeMap<&str, usize>,
     diags: &mut Vec<Diagnostic>,
-) -> Option<CompiledStep> {
+) -> Option<(CompiledStep, Type)> {
     let _ = flow;
-    let mut c = Checker::new(root, path!["steps", i].to_vec(), diags, scope);
+    let mut c = Checker::new(root, text, path!["steps", i].to_vec(), diags, scope);
     let mut ok = true;
     let for_each = match &step.for_each {
         Some(v) => {
-            let t = c.template(&path!["for_each"], v);
+            let (t, ty) = c.template_typed(&path!["for_each"], v);
+            let item = match ty {
+                Type::List(elem) => *elem,
+                Type::Any => Type::Any,
+                other => {
+                    c.error(
+                        &path!["for_each"],
+                        "wrong-type",
+                        format!("`for_each` needs a list, but this gives {}", other.a()),
+                    )
+                    .hint = Some("give a list, e.g. `${{ steps.read.output.records }}`".into());
+                    ok = false;
+                    Type::Any
+                }
+            };
+            c.scope.types.insert("item".into(), item);
             ok &= t.is_some();
             t
         }
@@ -592,7 +759,13 @@ fn compile_step(
     if !ok {
         return None;
     }
-    Some(CompiledStep {
+    let kind = kind?;
+    // A `for_each` step's output is the list of its items' outputs.
+    let output_type = match &for_each {
+        Some(_) => Type::list(kind.output_type()),
+        None => kind.output_type(),
+    };
+    let step = CompiledStep {
         id: step.id.clone(),
         needs: step
             .needs
@@ -606,8 +779,9 @@ fn compile_step(
         retry,
         timeout,
         on_error: step.on_error,
-        kind: kind?,
-    })
+        kind,
+    };
+    Some((step, output_type))
 }
 
 fn check_triggers(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Diagnostic>) {

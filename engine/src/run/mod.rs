@@ -719,6 +719,8 @@ impl Engine {
             trigger: from_json(&run.trigger),
             steps: BTreeMap::new(),
             secrets: inner.secrets.to_value(),
+            now: chrono::DateTime::from_timestamp_millis(run.created_at)
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         };
         let mut outputs: Vec<Value> = vec![Value::Null; n];
         let stored = if fresh {

@@ -114,7 +114,7 @@ fn resolve_hook_secret(state: &AppState, f: &CompiledFlow) -> Option<Result<Secr
         ..Default::default()
     };
     Some(
-        Template::compile_str(text)
+        Template::compile_strict(&Value::String(text.clone()))
             .and_then(|t| t.eval(&scope.context(None)))
             .map_err(|e| e.to_string())
             .and_then(|v| match v {

@@ -167,6 +167,20 @@ impl CompiledKind {
         }
     }
 
+    /// The static type of the step's output (`steps.<id>.output`), which
+    /// validation checks downstream expressions against.
+    pub fn output_type(&self) -> crate::expr::types::Type {
+        use crate::expr::types::Type;
+        match self {
+            CompiledKind::Read(s) => s.output_type(),
+            CompiledKind::Write(s) => s.output_type(),
+            CompiledKind::Select(s) => s.output_type.clone(),
+            CompiledKind::Set(s) => s.output_type.clone(),
+            CompiledKind::Wait(_) => Type::Integer,
+            CompiledKind::Webhook(_) | CompiledKind::Plugin(_) | CompiledKind::Sync(_) => Type::Any,
+        }
+    }
+
     /// Whether the kind has no effect outside the run (safe to repeat unrecorded).
     pub fn is_pure(&self) -> bool {
         matches!(

@@ -82,6 +82,22 @@ pub struct CompiledRead {
 }
 
 /// Checks connection, entity, filter fields and expressions.
+impl CompiledRead {
+    /// `{records: [entity], count, next_cursor}`.
+    pub fn output_type(&self) -> crate::expr::types::Type {
+        use crate::expr::types::Type;
+        Type::object(
+            [
+                ("records".to_string(), Type::list(self.entity.value_type())),
+                ("count".to_string(), Type::Integer),
+                ("next_cursor".to_string(), Type::Any),
+            ],
+            false,
+        )
+    }
+}
+
+/// Compiles a `read` step.
 pub fn compile(step: &ReadStep, c: &mut Checker<'_>) -> Option<CompiledRead> {
     let connection_ok = c.connection(&path!["read", "connection"], &step.connection);
     let entity = c.entity(&path!["read", "entity"], &step.entity);

@@ -15,12 +15,14 @@ use crate::flow::check::Checker;
 #[derive(Debug)]
 pub struct CompiledSet {
     value: Template,
+    /// The static type of the value.
+    pub output_type: crate::expr::types::Type,
 }
 
 /// Compiles the value of `set:`.
 pub fn compile(value: &Value, c: &mut Checker<'_>) -> Option<CompiledSet> {
-    c.template(&crate::path!["set"], value)
-        .map(|value| CompiledSet { value })
+    let (value, output_type) = c.template_typed(&crate::path!["set"], value);
+    value.map(|value| CompiledSet { value, output_type })
 }
 
 impl CompiledSet {

@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::{StepError, StepErrorKind, StepRuntime};
 use crate::connectors::WriteRequest;
 use crate::expr::Template;
+use crate::expr::types::Type;
 use crate::flow::check::Checker;
 use crate::path;
 use crate::unified::Entity;
@@ -117,10 +118,13 @@ pub fn compile(step: &WriteStep, c: &mut Checker<'_>) -> Option<CompiledWrite> {
         .id
         .as_ref()
         .and_then(|i| c.template(&path!["write", "id"], &Value::String(i.clone())));
-    let data = step
-        .data
-        .as_ref()
-        .and_then(|d| c.template(&path!["write", "data"], d));
+    let data = step.data.as_ref().and_then(|d| {
+        let (t, ty) = c.template_typed(&path!["write", "data"], d);
+        if let (Some(e), Type::Object(fields)) = (entity, &ty) {
+            check_field_types(c, e, fields);
+        }
+        t
+    });
     if !ok || (step.id.is_some() && id.is_none()) || (step.data.is_some() && data.is_none()) {
         return None;
     }
@@ -131,6 +135,53 @@ pub fn compile(step: &WriteStep, c: &mut Checker<'_>) -> Option<CompiledWrite> {
         id,
         data,
     })
+}
+
+impl CompiledWrite {
+    /// The record as the system returned it.
+    pub fn output_type(&self) -> crate::expr::types::Type {
+        self.entity.value_type()
+    }
+}
+
+/// Reports `data` values whose static type cannot be the entity field's.
+fn check_field_types(c: &mut Checker<'_>, entity: Entity, data: &crate::expr::types::ObjectType) {
+    let Type::Object(model) = entity.value_type() else {
+        return;
+    };
+    for (name, given) in &data.fields {
+        let Some(expected) = model.fields.get(name) else {
+            continue; // unknown fields are reported by `entity_field`
+        };
+        if !compatible(expected, given) {
+            c.error(
+                &path!["write", "data", name.as_str()],
+                "wrong-type",
+                format!(
+                    "`{name}` of {entity} is {}, but this gives {}",
+                    expected.a(),
+                    given.a()
+                ),
+            )
+            .hint = Some(match expected {
+                Type::Number | Type::Integer => {
+                    "convert it, e.g. `${{ ... | float }}`".to_string()
+                }
+                Type::String => "convert it, e.g. `${{ ... | string }}`".to_string(),
+                _ => format!("give a {}", expected.describe()),
+            });
+        }
+    }
+}
+
+/// Whether a value of static type `given` may be written where `expected` is.
+fn compatible(expected: &Type, given: &Type) -> bool {
+    match (expected, given) {
+        (_, Type::Any) | (Type::Any, _) | (_, Type::Null) => true,
+        (Type::Number, Type::Integer) => true,
+        (Type::List(_), Type::List(_)) | (Type::Object(_), Type::Object(_)) => true,
+        (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+    }
 }
 
 fn op_name(op: WriteOp) -> &'static str {

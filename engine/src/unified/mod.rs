@@ -70,6 +70,25 @@ impl Entity {
         serde_json::to_value(schema).expect("a schemars schema always serializes")
     }
 
+    /// The static type of a record of this entity, for expression checks.
+    pub fn value_type(self) -> crate::expr::types::Type {
+        use std::collections::BTreeMap;
+        use std::sync::LazyLock;
+        static TYPES: LazyLock<BTreeMap<Entity, crate::expr::types::Type>> = LazyLock::new(|| {
+            Entity::ALL
+                .into_iter()
+                .map(|e| {
+                    let schema = e.json_schema();
+                    (
+                        e,
+                        crate::expr::types::Type::from_schema(&schema, &schema).named(e.name()),
+                    )
+                })
+                .collect()
+        });
+        TYPES[&self].clone()
+    }
+
     /// Top-level field names of a record of this entity.
     pub fn fields(self) -> BTreeSet<String> {
         self.json_schema()

@@ -1,0 +1,389 @@
+//! Typed flows (issue 15): a typo in a field is an error before the run
+//! starts, at the line and column inside the expression; what validation
+//! cannot know fails the run with the path and its keys, never `null`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{compile, engine, run, sqlite_store};
+use serde_json::json;
+use sluice::flow::{self, Catalog, Diagnostic};
+use sluice::store::{RunFilter, RunStatus};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn problems(yaml: &str) -> Vec<Diagnostic> {
+    match flow::compile("t.yaml", yaml, &Catalog::default()) {
+        Ok(_) => vec![],
+        Err(e) => e.diagnostics,
+    }
+}
+
+/// The text at a diagnostic's line and column.
+fn text_at<'a>(yaml: &'a str, d: &Diagnostic) -> &'a str {
+    let line = yaml.lines().nth(d.line.expect("located") - 1).unwrap();
+    let start = line
+        .char_indices()
+        .nth(d.column.unwrap() - 1)
+        .map_or(line.len(), |(b, _)| b);
+    &line[start..]
+}
+
+/// The typos of the issue, one per step; each must be found at its place.
+const TYPOS: &str = r#"apiVersion: sluice/v1
+id: typos
+steps:
+  - id: approved
+    read: { connection: sandbox, entity: purchase_order, filter: { status: approved } }
+  - id: alert
+    needs: [approved]
+    for_each: "${{ steps.approved.output.records }}"
+    set: { po: "${{ item.number }}", total: "${{ item.totl }}" }
+  - id: tag
+    needs: [approved]
+    for_each: "${{ steps.approved.output.records }}"
+    write:
+      connection: sandbox
+      entity: purchase_order
+      op: update
+      id: "${{ item.remote_id }}"
+      data: { buyer: "${{ item.byer }}" }
+  - id: sel
+    needs: [approved]
+    select:
+      from: "${{ steps.approved.output.record }}"
+  - id: sel2
+    needs: [approved]
+    select:
+      from: "${{ steps.approved.output.records }}"
+      where: "$[?@.totl > 10000]"
+  - id: count
+    needs: [approved]
+    set: "${{ steps.approved.output.records | lenght }}"
+"#;
+
+#[test]
+fn every_typo_is_reported_inside_the_expression_at_its_line_and_column() {
+    let d = problems(TYPOS);
+    let expect = [
+        (9, "unknown-field", "totl }}", "did you mean `total`?"),
+        (18, "unknown-field", "byer }}", "did you mean `buyer`?"),
+        (22, "unknown-field", "record }}", "did you mean `records`?"),
+        (
+            27,
+            "unknown-field",
+            "totl > 10000",
+            "did you mean `@.total`?",
+        ),
+        (30, "unknown-filter", "lenght }}", "did you mean `length`?"),
+    ];
+    assert_eq!(d.len(), expect.len(), "{d:#?}");
+    for (diag, (line, code, text, hint)) in d.iter().zip(expect) {
+        assert_eq!(diag.line, Some(line), "{diag:?}");
+        assert_eq!(diag.code, code, "{diag:?}");
+        assert!(
+            text_at(TYPOS, diag).starts_with(text),
+            "{diag:?} at `{}`",
+            text_at(TYPOS, diag)
+        );
+        assert!(
+            diag.hint.as_deref().unwrap_or("").contains(hint),
+            "{diag:?}"
+        );
+    }
+}
+
+#[test]
+fn nested_values_are_reported_on_their_own_line() {
+    let yaml = "apiVersion: sluice/v1\nid: n\nsteps:\n  - id: s\n    set:\n      a: 1\n      b:\n        d: \"${{ nope }}\"\n";
+    let d = problems(yaml);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].code, "unknown-variable");
+    assert_eq!(d[0].line, Some(8), "{d:?}");
+    assert!(text_at(yaml, &d[0]).starts_with("\"${{ nope }}\""));
+}
+
+#[test]
+fn type_errors_are_caught_before_the_run() {
+    let yaml = r#"apiVersion: sluice/v1
+id: types
+inputs:
+  limit: { type: integer, default: 3 }
+steps:
+  - id: approved
+    read: { connection: sandbox, entity: purchase_order }
+  - id: a
+    needs: [approved]
+    for_each: "${{ steps.approved.output.count }}"
+    set: 1
+  - id: b
+    needs: [approved]
+    set: "${{ steps.approved.output.records[0].number * inputs.limit }}"
+  - id: c
+    needs: [approved]
+    if: "${{ steps.approved.output.records[0].vendor_id > 5 }}"
+    set: 1
+  - id: d
+    needs: [approved]
+    write:
+      connection: sandbox
+      entity: purchase_order
+      op: update
+      id: x
+      data: { total: "${{ steps.approved.output.records[0].number }}" }
+  - id: e
+    needs: [approved]
+    set: "${{ steps.approved.output.records.total }}"
+"#;
+    let d = problems(yaml);
+    let codes: Vec<(usize, &str)> = d.iter().map(|d| (d.line.unwrap(), d.code)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            (10, "wrong-type"),
+            (14, "wrong-type"),
+            (17, "wrong-type"),
+            (26, "wrong-type"),
+            (29, "wrong-type"),
+        ],
+        "{d:#?}"
+    );
+    assert!(
+        d[0].message
+            .contains("`for_each` needs a list, but this gives an integer")
+    );
+    assert!(
+        d[1].message.contains(
+            "`*` needs numbers, but `steps.approved.output.records[0].number` is a string"
+        ),
+        "{}",
+        d[1].message
+    );
+    assert!(d[2].message.contains("compares a string with a number"));
+    assert!(
+        d[3].message
+            .contains("`total` of purchase_order is a number, but this gives a string")
+    );
+    assert!(
+        d[4].hint
+            .as_deref()
+            .unwrap()
+            .contains("map(attribute='total')")
+    );
+}
+
+#[test]
+fn unknown_tests_and_functions_are_errors_and_optional_reads_are_not() {
+    let d = problems(
+        r#"apiVersion: sluice/v1
+id: f
+steps:
+  - id: r
+    read: { connection: sandbox, entity: vendor }
+  - id: s
+    needs: [r]
+    for_each: "${{ steps.r.output.records }}"
+    set:
+      a: "${{ item.name is strng }}"
+      b: "${{ uuidd() }}"
+      c: "${{ item.nickname | default(item.name) }}"
+      d: "${{ item.nickname if item.nickname is defined else 'none' }}"
+      e: "${{ now() | add_duration('1d') }}"
+"#,
+    );
+    let codes: Vec<&str> = d.iter().map(|d| d.code).collect();
+    assert_eq!(codes, vec!["unknown-test", "unknown-variable"], "{d:#?}");
+    assert_eq!(d[1].message, "unknown variable or function `uuidd`");
+    assert_eq!(
+        d[1].hint.as_deref(),
+        Some("did you mean the function `uuid()`?")
+    );
+}
+
+#[test]
+fn a_flow_of_500_steps_with_deep_expressions_validates() {
+    let mut yaml = String::from(
+        "apiVersion: sluice/v1\nid: big\ninputs:\n  n: { type: number, default: 1 }\nsteps:\n  - id: s0\n    set: { v: 1 }\n",
+    );
+    let deep = format!("{}inputs.n{}", "(".repeat(40), " + 1)".repeat(40));
+    for i in 1..500 {
+        yaml.push_str(&format!(
+            "  - id: s{i}\n    needs: [s{}]\n    set: {{ v: \"${{{{ steps.s{}.output.v + {deep} }}}}\" }}\n",
+            i - 1,
+            i - 1
+        ));
+    }
+    let t = std::time::Instant::now();
+    let compiled = flow::compile("big.yaml", &yaml, &Catalog::default());
+    assert!(compiled.is_ok(), "{}", compiled.err().unwrap());
+    eprintln!("500 steps validated in {:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn what_validation_cannot_know_fails_the_run_naming_the_path() {
+    let (store, _dir) = sqlite_store().await;
+    let e = engine(store, vec![], vec![("TOKEN", "t0ken-value")]);
+    // `object` inputs have no declared fields: the typo surfaces at run time,
+    // in embedded text, in `if`, and in `for_each`, never as `null`.
+    for (expr_yaml, needle) in [
+        (
+            r#"set: "PO ${{ inputs.po.numbr }}""#,
+            "`inputs.po.numbr` is not there",
+        ),
+        (
+            r#"{ if: "${{ inputs.po.totl > 1 }}", set: 1 }"#,
+            "did you mean `total`?",
+        ),
+        (
+            r#"{ for_each: "${{ inputs.po.line }}", set: 1 }"#,
+            "did you mean `lines`?",
+        ),
+        (
+            r#"set: "${{ inputs.po.lines[5].qty }}""#,
+            "index 5 is out of range",
+        ),
+        (r#"set: "${{ secrets.API_KEY }}""#, "SLUICE_SECRET_API_KEY"),
+    ] {
+        let step = if expr_yaml.starts_with('{') {
+            format!("  - {{ id: a, {} }}", &expr_yaml[1..expr_yaml.len() - 1])
+        } else {
+            format!("  - {{ id: a, {expr_yaml} }}")
+        };
+        let yaml = format!(
+            "apiVersion: sluice/v1\nid: strict\ninputs:\n  po: {{ type: object }}\nsteps:\n{step}\n"
+        );
+        let out = run(
+            &e,
+            &yaml,
+            json!({"po": {"number": "PO-1", "total": 5, "lines": [{"qty": 1}]}}),
+        )
+        .await;
+        assert_eq!(out.status, RunStatus::Failed, "{yaml}");
+        let msg = out.error.unwrap()["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
+    // Optional reads are explicit and work.
+    let out = run(
+        &e,
+        r#"apiVersion: sluice/v1
+id: optional
+inputs:
+  po: { type: object }
+steps:
+  - id: a
+    set:
+      discount: "${{ inputs.po.discount | default(0) }}"
+      has: "${{ inputs.po.discount is defined }}"
+      token: "${{ secrets.TOKEN | length }}"
+"#,
+        json!({"po": {"number": "PO-1"}}),
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(
+        out.output.unwrap(),
+        json!({"discount": 0, "has": false, "token": 11})
+    );
+}
+
+#[tokio::test]
+async fn now_is_fixed_for_the_whole_run() {
+    let (store, _dir) = sqlite_store().await;
+    let e = engine(store, vec![], vec![]);
+    let flow = compile(
+        &e,
+        r#"apiVersion: sluice/v1
+id: clock
+steps:
+  - { id: a, set: "${{ now() }}" }
+  - { id: w, needs: [a], wait: { duration: 20ms } }
+  - { id: b, needs: [w], set: "${{ now() }}" }
+output: { a: "${{ steps.a.output }}", b: "${{ steps.b.output }}" }
+"#,
+    );
+    let out = e
+        .run(flow, &Default::default(), json!({"type": "test"}), None)
+        .await
+        .unwrap();
+    let o = out.output.unwrap();
+    assert_eq!(o["a"], o["b"]);
+    assert!(o["a"].as_str().unwrap().ends_with('Z'), "{o}");
+}
+
+#[test]
+fn the_typo_flow_is_refused_by_validate_and_run_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typos.yaml");
+    std::fs::write(&file, TYPOS).unwrap();
+    let db = format!("sqlite://{}", dir.path().join("s.db").display());
+    let sluice = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("SLUICE_DB", &db)
+            .env("NO_COLOR", "1")
+            .env_remove("SLUICE_LOG")
+            .output()
+            .unwrap()
+    };
+    let o = sluice(&["validate", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        err.contains(
+            "typos.yaml:9:55: error[unknown-field]: `item` (purchase_order) has no field `totl`"
+        ),
+        "{err}"
+    );
+    // Each problem is said once, and no colour codes reach a pipe.
+    assert_eq!(
+        err.matches("`item` (purchase_order) has no field `totl`")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "{err}");
+
+    let o = sluice(&["run", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let runs = rt.block_on(async {
+        let store = sluice::store::Store::connect(&db).await.unwrap();
+        store.list_runs(&RunFilter::default()).await.unwrap()
+    });
+    assert!(runs.is_empty(), "no run starts: {runs:?}");
+}
+
+#[test]
+fn shipped_flows_validate_clean() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut checked = 0;
+    for dir in [
+        "flows",
+        "examples/crash-resume",
+        "examples/webhook-receiver",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "yaml") {
+                flow::compile_file(&p, &Catalog::default()).unwrap_or_else(|e| panic!("{e}"));
+                checked += 1;
+            }
+        }
+    }
+    // The README's flow example too.
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for block in readme.split("```yaml\n").skip(1) {
+        let yaml = block.split("```").next().unwrap();
+        if yaml.contains("apiVersion: sluice/v1") && yaml.contains("steps:") {
+            let mut catalog = Catalog::default();
+            catalog.connections.push("sap-prod".into());
+            if let Err(e) = flow::compile("README.md", yaml, &catalog) {
+                panic!("{e}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "checked {checked}");
+}
