@@ -265,7 +265,48 @@ fn validate_schema_and_graph_commands() {
         "sqlite://unused.db",
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(stderr(&o).matches("ok: ").count(), 3);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(
+        out.matches("ok: ").count(),
+        3,
+        "ok lines go to stdout: {out}"
+    );
+    assert!(
+        out.contains("checked 3 flow file(s): 3 ok, 0 with problems"),
+        "{out}"
+    );
+
+    // Directories are walked recursively; flow ids must be unique across
+    // files; a path that holds no flow file is an error, not a silent pass.
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tree.path().join("a/b")).unwrap();
+    std::fs::create_dir_all(tree.path().join("empty")).unwrap();
+    let flow = std::fs::read_to_string(repo("flows/po-high-value-alert.yaml")).unwrap();
+    std::fs::write(tree.path().join("a/one.yaml"), &flow).unwrap();
+    std::fs::write(tree.path().join("a/b/two.yml"), &flow).unwrap();
+    let o = sluice(
+        &["validate", tree.path().join("a").to_str().unwrap()],
+        "sqlite://unused.db",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(
+            "one.yaml:2:5: error[duplicate-flow-id]: flow id `po-high-value-alert` is also the id of"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("checked 2 flow file(s): 1 ok, 1 with problems"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sluice(
+        &["validate", tree.path().join("empty").to_str().unwrap()],
+        "sqlite://unused.db",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("holds no flow file"), "{}", stderr(&o));
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
@@ -765,6 +806,9 @@ output:
     )
     .await
     .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // `validate` reads the same store as `run`: the stored connection is known.
+    let o = run(args(&["validate", &flow]), "").await.unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let o = run(
         args(&[

@@ -21,6 +21,7 @@ mod serve;
 mod sync;
 mod webhook;
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,7 +99,8 @@ enum Command {
         /// Print diagnostics as JSON.
         #[arg(long)]
         json: bool,
-        /// Also accept the connections stored in this database (sqlite://PATH or postgres://...).
+        /// The store whose connections and plugins flows may name, as `sluice run`
+        /// uses it (default `sqlite://sluice.db` when that file exists).
         #[arg(long, env = "SLUICE_DB")]
         db: Option<String>,
     },
@@ -311,13 +313,23 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Serve(args) => serve::serve_command(args).await,
         Command::Token { command } => serve::token_command(command).await,
         Command::Validate { paths, json, db } => {
-            let mut catalog = flow::Catalog::default();
-            if let Some(url) = db {
-                let store = Store::connect(&url).await?;
-                catalog
-                    .connections
-                    .extend(store.connections().await?.into_iter().map(|c| c.id));
-            }
+            // The same store as `sluice run`, so a connection or plugin that
+            // `run` knows is known here; the default file is not created.
+            let url = db.or_else(|| {
+                Path::new(DEFAULT_URL.trim_start_matches("sqlite://"))
+                    .exists()
+                    .then(|| DEFAULT_URL.to_string())
+            });
+            let catalog = match url {
+                Some(url) => {
+                    let args = DbArgs {
+                        db: url,
+                        lease: Duration::from_secs(30),
+                    };
+                    engine(&args).await?.catalog_with_plugins().await?
+                }
+                None => flow::Catalog::default(),
+            };
             Ok(validate(&paths, json, &catalog))
         }
         Command::Schema => {
@@ -478,34 +490,96 @@ fn report(outcome: &RunOutcome, json_out: bool) -> Result<i32, CliError> {
     })
 }
 
-fn collect_flow_files(paths: &[PathBuf]) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(p.clone());
+/// Flow files under `paths`: files as given, directories walked recursively
+/// for `.yaml`/`.yml` (sorted). A path that holds none is in the second list.
+fn collect_flow_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
         }
     }
-    files
+    let mut files = Vec::new();
+    let mut empty = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let before = files.len();
+            walk(p, &mut files);
+            if files.len() == before {
+                empty.push(p.clone());
+            }
+        } else if p.exists() {
+            files.push(p.clone());
+        } else {
+            empty.push(p.clone());
+        }
+    }
+    (files, empty)
 }
 
 fn validate(paths: &[PathBuf], json_out: bool, catalog: &flow::Catalog) -> i32 {
     let mut failed = 0;
+    let mut ok = 0;
     let mut report = Vec::new();
-    for file in collect_flow_files(paths) {
-        match flow::compile_file(&file, catalog) {
+    let (files, empty) = collect_flow_files(paths);
+    for p in &empty {
+        failed += 1;
+        let why = if p.exists() {
+            "holds no flow file (.yaml or .yml)"
+        } else {
+            "does not exist"
+        };
+        if !json_out {
+            eprintln!("{}: error: {why}", p.display());
+        }
+        report.push(json!({"file": p.display().to_string(), "ok": false, "diagnostics": [{"code": "no-flow-file", "message": format!("{} {why}", p.display())}]}));
+    }
+    // Flow ids must be unique across the files (the server keys flows by id).
+    let mut ids: BTreeMap<String, String> = BTreeMap::new();
+    for file in &files {
+        let result = flow::compile_file(file, catalog).and_then(|f| {
+            let shown = file.display().to_string();
+            match ids.get(f.id()) {
+                Some(first) => Err(FlowErrors {
+                    file: shown,
+                    source: f.source.clone(),
+                    diagnostics: vec![
+                        flow::Diagnostic::at(
+                            "duplicate-flow-id",
+                            flow::source::Loc {
+                                line: f
+                                    .source
+                                    .lines()
+                                    .position(|l| l.starts_with("id:"))
+                                    .map_or(0, |i| i + 1),
+                                column: 5,
+                            },
+                            format!("flow id `{}` is also the id of {first}", f.id()),
+                        )
+                        .with_hint("flow ids must be unique: rename one of them"),
+                    ],
+                }),
+                None => {
+                    ids.insert(f.id().to_string(), shown);
+                    Ok(f)
+                }
+            }
+        });
+        match result {
             Ok(f) => {
+                ok += 1;
                 if !json_out {
-                    eprintln!(
+                    outln!(
                         "ok: {} ({}: {} steps)",
                         file.display(),
                         f.id(),
@@ -527,8 +601,17 @@ fn validate(paths: &[PathBuf], json_out: bool, catalog: &flow::Catalog) -> i32 {
     }
     if json_out {
         print_json(&report);
-    } else if failed > 0 {
-        eprintln!("{failed} file(s) with problems");
+    } else {
+        let summary = format!(
+            "checked {} flow file(s): {ok} ok, {} with problems",
+            files.len(),
+            files.len() - ok
+        );
+        if failed > 0 {
+            eprintln!("{summary}");
+        } else {
+            outln!("{summary}");
+        }
     }
     if failed > 0 { EXIT_INVALID } else { EXIT_OK }
 }
