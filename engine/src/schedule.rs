@@ -13,11 +13,60 @@ pub const CRON_HINT: &str =
 
 /// Parses a cron expression of five or six fields.
 pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    check_fields(expr).map_err(|why| format!("invalid cron expression `{expr}`: {why}"))?;
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Optional)
         .build()
         .parse(expr)
-        .map_err(|e| format!("invalid cron expression `{expr}`: {e}"))
+        .map_err(|e| {
+            // croner's own words name its internals ("Component error"); say
+            // what the author can act on.
+            let text = e.to_string();
+            let why = text
+                .split_once(": ")
+                .map_or(text.as_str(), |(_, rest)| rest)
+                .trim_end_matches('.')
+                .to_lowercase();
+            format!("invalid cron expression `{expr}`: {why}")
+        })
+}
+
+/// Checks the field count and the numbers of each field against its range,
+/// naming the field.
+fn check_fields(expr: &str) -> Result<(), String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    const FIVE: [(&str, u32, u32); 5] = [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let specs: Vec<(&str, u32, u32)> = match fields.len() {
+        5 => FIVE.to_vec(),
+        6 => std::iter::once(("second", 0, 59)).chain(FIVE).collect(),
+        n => {
+            return Err(format!(
+                "it has {n} field(s); write 5 (minute hour day month weekday) or 6 (seconds first)"
+            ));
+        }
+    };
+    for (field, (name, lo, hi)) in fields.iter().zip(specs) {
+        for number in field
+            .split([',', '-', '/'])
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            let n: u64 = number.parse().unwrap_or(u64::MAX);
+            // A step (`*/90`) may exceed the range only as a step.
+            let is_step = field
+                .split_once('/')
+                .is_some_and(|(_, step)| step == number);
+            if !is_step && (n < u64::from(lo) || n > u64::from(hi)) {
+                return Err(format!("{name} `{number}` is out of range {lo}-{hi}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses an IANA time zone name; `None` is UTC.
@@ -46,6 +95,23 @@ pub fn latest_at(cron: &Cron, tz: chrono_tz::Tz, now: DateTime<Utc>) -> Option<D
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cron_errors_name_the_field_not_the_library() {
+        let e = super::parse_cron("* * *").unwrap_err();
+        assert!(
+            e.ends_with(
+                "it has 3 field(s); write 5 (minute hour day month weekday) or 6 (seconds first)"
+            ),
+            "{e}"
+        );
+        let e = super::parse_cron("99 * * * *").unwrap_err();
+        assert!(e.ends_with("minute `99` is out of range 0-59"), "{e}");
+        let e = super::parse_cron("0 0 9 13 *").unwrap_err();
+        assert!(e.ends_with("month `13` is out of range 1-12"), "{e}");
+        super::parse_cron("*/15 1-5 * * 1,5").unwrap();
+        super::parse_cron("0 */20 * * * *").unwrap();
+    }
+
     use super::*;
 
     #[test]

@@ -387,3 +387,70 @@ fn shipped_flows_validate_clean() {
     }
     assert!(checked >= 6, "checked {checked}");
 }
+
+#[test]
+fn diagnostics_use_the_authors_words_and_come_in_one_pass() {
+    let d = problems("apiVersion: sluice/v1\nid: a\nid: b\nsteps:\n  - { id: a, set: 1 }\n");
+    assert_eq!(
+        d[0].message,
+        "invalid YAML: duplicate key `id`: each key may appear once in a mapping"
+    );
+    assert_eq!((d[0].line, d[0].column), (Some(3), Some(1)));
+
+    let d = problems("apiVersion: sluice/v1\nid: a\nsteps:\n\t- { id: a, set: 1 }\n");
+    assert!(
+        d[0].message.contains("a tab is used for indentation"),
+        "{d:?}"
+    );
+    assert_eq!((d[0].line, d[0].column), (Some(4), Some(1)));
+
+    let d = problems(
+        "apiVersion: sluice/v1\nid: a\ntriggers:\n  - schedule: \"* * *\"\n  - schedule: \"99 * * * *\"\nsteps:\n  - { id: a, set: 1 }\n",
+    );
+    let messages: Vec<&str> = d.iter().map(|d| d.message.as_str()).collect();
+    assert!(
+        messages[0].ends_with(
+            "it has 3 field(s); write 5 (minute hour day month weekday) or 6 (seconds first)"
+        ),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].ends_with("minute `99` is out of range 0-59"),
+        "{messages:?}"
+    );
+    for m in &messages {
+        assert!(
+            !m.contains("Component error") && !m.contains("Pattern must"),
+            "{m}"
+        );
+    }
+
+    // A wrong type, an unknown value and an unknown key no longer hide the
+    // problems of meaning: all come at once.
+    let d = problems(
+        r#"apiVersion: sluice/v1
+id: multi
+steps:
+  - id: a
+    set: { x: "${{ inputs.nope }}" }
+    retry: { max_attempts: "three" }
+  - id: b
+    needs: [a, ghost]
+    set: 1
+  - id: c
+    on_error: ignore
+    set: 2
+"#,
+    );
+    let codes: Vec<&str> = d.iter().map(|d| d.code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            "unknown-input",
+            "wrong-type",
+            "unknown-step",
+            "unknown-value"
+        ],
+        "{d:#?}"
+    );
+}

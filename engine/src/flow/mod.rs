@@ -193,19 +193,25 @@ fn is_slug(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// Prunes keys the shape check found unknown, so the rest can still be checked.
-fn to_json_pruned(node: &Node, unknown: &BTreeSet<(usize, usize)>) -> Value {
+/// Prunes the keys and values the shape check found wrong, so the rest can
+/// still be checked in the same pass.
+fn to_json_pruned(node: &Node, bad: &BTreeSet<(usize, usize)>) -> Value {
+    let is_bad = |l: Loc| bad.contains(&(l.line, l.column));
     match &node.value {
         NodeValue::Map(entries) => Value::Object(
             entries
                 .iter()
-                .filter(|(k, _)| !unknown.contains(&(k.loc.line, k.loc.column)))
-                .map(|(k, v)| (k.name.clone(), to_json_pruned(v, unknown)))
+                .filter(|(k, v)| !is_bad(k.loc) && !is_bad(v.loc))
+                .map(|(k, v)| (k.name.clone(), to_json_pruned(v, bad)))
                 .collect(),
         ),
-        NodeValue::Seq(items) => {
-            Value::Array(items.iter().map(|i| to_json_pruned(i, unknown)).collect())
-        }
+        NodeValue::Seq(items) => Value::Array(
+            items
+                .iter()
+                .filter(|i| !is_bad(i.loc))
+                .map(|i| to_json_pruned(i, bad))
+                .collect(),
+        ),
         _ => node.to_json(),
     }
 }
@@ -226,7 +232,13 @@ pub fn compile(file: &str, text: &str, catalog: &Catalog) -> Result<CompiledFlow
                     loc.unwrap_or_default(),
                     format!("invalid YAML: {message}"),
                 )
-                .with_hint("check indentation, quoting and `:` after keys"),
+                .with_hint(if message.starts_with("duplicate key") {
+                    "remove one of them, or rename it"
+                } else if message.contains("a tab") {
+                    "replace the tab with spaces"
+                } else {
+                    "check indentation, quoting and `:` after keys"
+                }),
             ]));
         }
     };
@@ -244,23 +256,35 @@ pub fn compile(file: &str, text: &str, catalog: &Catalog) -> Result<CompiledFlow
     let schema = json_schema();
     let mut diags = Vec::new();
     shape::check(&root, &schema, &schema, &mut diags);
-    let structural = diags.iter().any(|d| d.code != "unknown-key");
-    if structural {
+    // Keys and values of the wrong shape are pruned so the rest of the flow
+    // is still checked: every problem comes in one pass. A missing key
+    // leaves nothing to check its mapping against.
+    let prunable = [
+        "unknown-key",
+        "wrong-type",
+        "unknown-value",
+        "out-of-range",
+        "duplicate-key",
+    ];
+    if diags.iter().any(|d| !prunable.contains(&d.code)) {
         diags.sort_by_key(|d| (d.line, d.column));
         return Err(fail(diags));
     }
-    let unknown: BTreeSet<(usize, usize)> = diags
+    let bad: BTreeSet<(usize, usize)> = diags
         .iter()
         .filter_map(|d| Some((d.line?, d.column?)))
         .collect();
-    let flow: Flow = match serde_json::from_value(to_json_pruned(&root, &unknown)) {
+    let flow: Flow = match serde_json::from_value(to_json_pruned(&root, &bad)) {
         Ok(f) => f,
         Err(e) => {
-            diags.push(Diagnostic::at(
-                "invalid-flow",
-                root.loc,
-                format!("the flow does not match the format: {e}"),
-            ));
+            if diags.is_empty() {
+                diags.push(Diagnostic::at(
+                    "invalid-flow",
+                    root.loc,
+                    format!("the flow does not match the format: {e}"),
+                ));
+            }
+            diags.sort_by_key(|d| (d.line, d.column));
             return Err(fail(diags));
         }
     };

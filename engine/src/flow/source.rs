@@ -280,11 +280,50 @@ pub fn parse_yaml(text: &str) -> Result<Node, (String, Option<Loc>)> {
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
     serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
-        let loc = e.location().map(Loc::from);
+        let mut loc = e.location().map(Loc::from);
         let message = e.to_string();
         // serde-saphyr appends its own snippet; keep the first line only, the
         // diagnostic renderer shows the source itself.
-        let first = message.lines().next().unwrap_or("invalid YAML").to_string();
-        (first, loc)
+        let first = message.lines().next().unwrap_or("invalid YAML");
+        let (message, tab) = yaml_message(first);
+        // A tab is reported where it is.
+        if tab {
+            let tab_at = text.lines().enumerate().find_map(|(i, l)| {
+                let indent: String = l.chars().take_while(|c| c.is_whitespace()).collect();
+                indent
+                    .find('\t')
+                    .map(|col| (i + 1, indent[..col].chars().count() + 1))
+            });
+            if let Some((line, column)) = tab_at {
+                loc = Some(Loc { line, column });
+            }
+        }
+        (message, loc)
     })
+}
+
+/// serde-saphyr's message in the author's words (its own position prefix
+/// and advice about its options dropped); whether it is about a tab.
+fn yaml_message(raw: &str) -> (String, bool) {
+    let mut m = raw.trim();
+    m = m.strip_prefix("error:").map_or(m, str::trim);
+    if let Some(rest) = m.strip_prefix("line ")
+        && let Some((_, after)) = rest.split_once(": ")
+    {
+        m = after.trim();
+    }
+    if let Some(key) = m.strip_prefix("duplicate mapping key: ") {
+        let key = key.split(',').next().unwrap_or(key).trim();
+        return (
+            format!("duplicate key `{key}`: each key may appear once in a mapping"),
+            false,
+        );
+    }
+    if m.contains("tabs disallowed") || m.contains("tab character") {
+        return (
+            "a tab is used for indentation; YAML indents with spaces".into(),
+            true,
+        );
+    }
+    (m.to_string(), false)
 }
