@@ -102,7 +102,7 @@ async fn emulator_alone(orders: usize) {
     for skip in (0..orders).step_by(500) {
         let body = http
             .get(format!(
-                "{}{}/A_PurchaseOrder?$format=json&$expand=to_PurchaseOrderItem&$top=500&$skiptoken={skip}",
+                "{}{}/A_PurchaseOrder?$format=json&$expand=to_PurchaseOrderItem&$skiptoken={skip}",
                 emu.base_url,
                 sap::SERVICE
             ))

@@ -171,7 +171,11 @@ async fn sap_purchase_orders_map_field_by_field_across_server_driven_pages() {
     assert_eq!(reqs.len(), 3, "25 records at 10 per page");
     assert_eq!(reqs[0].param("$expand"), Some("to_PurchaseOrderItem"));
     assert_eq!(reqs[0].param("$format"), Some("json"));
-    assert_eq!(reqs[0].param("$top"), Some("500"));
+    assert_eq!(
+        reqs[0].param("$top"),
+        None,
+        "$top caps the whole result in OData; the service pages by itself"
+    );
     assert_eq!(reqs[0].param("$skiptoken"), None);
     assert_eq!(reqs[1].param("$skiptoken"), Some("10"));
     assert_eq!(reqs[2].param("$skiptoken"), Some("20"));
@@ -322,6 +326,11 @@ output: "${{ steps.create.output }}"
         .find(|r| r.header("x-csrf-token") == Some("Fetch"))
         .expect("a CSRF fetch");
     assert_eq!(fetch.method, "GET");
+    assert_eq!(
+        fetch.header("sap-client"),
+        Some("100"),
+        "the CSRF fetch logs on to the same client as the POST"
+    );
     let post = log.iter().find(|r| r.method == "POST").expect("the create");
     assert!(post.header("x-csrf-token").unwrap().starts_with("csrf-"));
     assert!(
@@ -1194,4 +1203,191 @@ fn an_auth_template_that_cannot_be_evaluated_is_refused_when_the_connection_is_m
         e.message
     );
     assert!(e.message.contains("tokn"), "{}", e.message);
+}
+
+/// Business Central's definition with a probe value in the vendor list query.
+fn bc_with_probe(probe: &str) -> Definitions {
+    let text = definition::BUILT_IN
+        .iter()
+        .find(|(f, _)| *f == "business_central.yaml")
+        .unwrap()
+        .1;
+    let needle = "/vendors\"\n        headers:\n";
+    assert!(text.contains(needle), "the vendor list request moved");
+    let text = text.replace(
+        needle,
+        &format!("/vendors\"\n        query:\n          probe: {probe:?}\n        headers:\n"),
+    );
+    let mut defs = Definitions::built_in();
+    defs.insert(definition::compile("bc-probe.yaml", &text).unwrap());
+    defs
+}
+
+#[tokio::test]
+async fn query_values_are_percent_encoded_with_spaces_as_pct20_and_option_names_literal() {
+    // OData URL conventions: a space in a query value is `%20` (a `+` is a
+    // plus sign, not HTML form encoding's space); `$filter` is not `%24filter`.
+    let probe = "a b 'q' & c #d ü+e% =";
+    let emu = bc::start(3, 1).await;
+    let c = connect_with(
+        "bc",
+        &bc_with_probe(probe),
+        "business_central",
+        &[
+            ("base_url", &emu.base_url),
+            ("tenant", bc::TENANT),
+            ("company_id", bc::COMPANY),
+            ("login_url", &emu.base_url),
+        ],
+        &[
+            ("client_id", bc::CLIENT_ID),
+            ("client_secret", bc::CLIENT_SECRET),
+        ],
+        fast_policy(),
+    );
+    let (engine, _dir) = engine_with(&[("bc", &c)]).await;
+    let all = read_all(&engine, "bc", "vendor", "").await;
+    let v = read_all(
+        &engine,
+        "bc",
+        "vendor",
+        "      modified_after: \"2024-01-01T00:00:30Z\"",
+    )
+    .await;
+    assert!(v["count"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["count"].as_u64() < all["count"].as_u64(), "{v} {all}");
+    let reqs = emu.requests_to("/vendors");
+    let raw = reqs[1].raw_query.clone().unwrap();
+    assert!(
+        raw.contains("$filter=lastModifiedDateTime%20gt%202024-01-01T00:00:30Z"),
+        "{raw}"
+    );
+    assert!(
+        // (`'` goes out as `%27`: the URL standard's query set for http.)
+        raw.contains("probe=a%20b%20%27q%27%20%26%20c%20%23d%20%C3%BC%2Be%25%20%3D"),
+        "{raw}"
+    );
+    assert!(!raw.contains("%24"), "option names stay literal: {raw}");
+    assert_eq!(reqs[1].param("probe"), Some(probe));
+    assert_eq!(
+        reqs[1].param("$filter"),
+        Some("lastModifiedDateTime gt 2024-01-01T00:00:30Z")
+    );
+}
+
+#[tokio::test]
+async fn business_central_asks_for_a_page_size_and_never_sends_top() {
+    let emu = bc::start(9, 2).await;
+    let c = bc_conn(&emu);
+    let (engine, _dir) = engine_with(&[("bc", &c)]).await;
+
+    let first = read_all(&engine, "bc", "purchase_order", "      limit: 4").await;
+    assert_eq!(first["count"], 4);
+    assert!(first["next_cursor"].is_string(), "{first}");
+    let reqs = emu.requests_to("/purchaseOrders");
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].param("$top"), None);
+    assert_eq!(reqs[0].header("prefer"), Some("odata.maxpagesize=4"));
+
+    emu.clear_log();
+    let all = read_all(&engine, "bc", "purchase_order", "").await;
+    assert_eq!(all["count"], 9);
+    let reqs = emu.requests_to("/purchaseOrders");
+    assert_eq!(reqs.len(), 1, "9 records fit one page of 500");
+    assert_eq!(reqs[0].param("$top"), None);
+    assert_eq!(reqs[0].header("prefer"), Some("odata.maxpagesize=500"));
+}
+
+#[tokio::test]
+async fn a_limit_below_the_servers_own_page_size_loses_no_records() {
+    // SAP pages by itself (10 here, whatever the client wants): a caller
+    // asking for 4 at a time gets 4, then the rest of the same page.
+    let emu = sap::start(25, 1).await;
+    emu.set_page_cap(10);
+    let c = sap_conn(&emu, sap::PASSWORD, fast_policy());
+    let mut ids = Vec::new();
+    let mut sizes = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = c
+            .connector
+            .list(
+                Entity::PurchaseOrder,
+                &ListQuery {
+                    limit: Some(4),
+                    cursor: cursor.take(),
+                    ..ListQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        sizes.push(page.records.len());
+        ids.extend(
+            page.records
+                .iter()
+                .map(|r| r["remote_id"].as_str().unwrap().to_string()),
+        );
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+        assert!(sizes.len() < 50, "the listing does not end");
+    }
+    assert_eq!(sizes, [4, 4, 2, 4, 4, 2, 4, 1]);
+    let expected: Vec<String> = (0..25)
+        .map(|i| (4_500_000_000u64 + i).to_string())
+        .collect();
+    assert_eq!(ids, expected, "every record once, in order");
+    for r in emu.requests_to("/A_PurchaseOrder") {
+        assert_eq!(r.param("$top"), None);
+    }
+}
+
+#[tokio::test]
+async fn a_full_sync_larger_than_a_page_counts_every_record_and_deletes_none() {
+    // Was: `$top=20` as the page size made the service stop after 20 orders
+    // (no `__next`), and a full sync marked the other 60 deleted.
+    use sluice::sync::{self, Mode, SyncOptions};
+    let emu = sap::start(80, 1).await;
+    let c = sap_conn(&emu, sap::PASSWORD, fast_policy());
+    let (store, _dir) = common::sqlite_store().await;
+    let opts = SyncOptions {
+        mode: Mode::Full,
+        page_size: 20,
+        ..SyncOptions::default()
+    };
+    let run = || {
+        sync::run(
+            &store,
+            c.connector.as_ref(),
+            "sap",
+            Entity::PurchaseOrder,
+            &opts,
+            None,
+        )
+    };
+    let r = run().await.unwrap();
+    assert_eq!((r.added, r.deleted), (80, 0));
+    let r = run().await.unwrap();
+    assert_eq!((r.added, r.unchanged, r.deleted), (0, 80, 0));
+}
+
+#[tokio::test]
+async fn a_relative_next_link_is_resolved_against_the_context_url() {
+    // OData JSON Format v4.01 §4.6: relative URLs are relative to the
+    // context URL of the payload (`"@odata.context": "../$metadata#..."`
+    // here, the service root), not to the connection's base URL.
+    let emu = bc::start(9, 1).await;
+    emu.set_page_cap(4);
+    emu.set_relative_next_link(true);
+    let c = bc_conn(&emu);
+    let (engine, _dir) = engine_with(&[("bc", &c)]).await;
+    let out = read_all(&engine, "bc", "purchase_order", "").await;
+    assert_eq!(out["count"], 9);
+    let reqs = emu.requests_to("/purchaseOrders");
+    assert_eq!(reqs.len(), 3);
+    for r in &reqs {
+        assert_eq!(r.path, format!("{}/purchaseOrders", bc::api_root()));
+    }
+    assert_eq!(reqs[2].param("$skiptoken"), Some("8"));
 }

@@ -216,6 +216,11 @@ struct PageToken {
     page: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cursor: Option<String>,
+    /// Records of the page at `url` already returned: the server sent more
+    /// than the caller's limit (server-driven paging has no page size the
+    /// client can impose), so the rest of that page comes next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    skip: Option<u64>,
     /// Pages fetched so far.
     n: u64,
 }
@@ -594,18 +599,14 @@ impl HttpConnector {
         let text = |t: &Template| self.template_text(t, &mj, entity, op);
         let path = text(&r.path)?;
         let mut url = self.join(&path).map_err(bad)?;
-        {
-            let mut q = url.query_pairs_mut();
-            for (k, t) in &r.query {
-                let v = text(t)?;
-                if !v.is_empty() {
-                    q.append_pair(k, &v);
-                }
+        let mut pairs = query_pairs(&url);
+        for (k, t) in &r.query {
+            let v = text(t)?;
+            if !v.is_empty() {
+                pairs.push((k.clone(), v));
             }
         }
-        if url.query() == Some("") {
-            url.set_query(None);
-        }
+        set_query_pairs(&mut url, &pairs);
         let headers = self.headers(r, &mj, entity, op)?;
         let body = match &r.body {
             Some(b) => Some(b.eval(ctx).map_err(bad)?),
@@ -808,10 +809,19 @@ impl HttpConnector {
         let url = self
             .join(&p)
             .map_err(|m| self.error(ConnectorErrorKind::Validation, None, "auth", None, m))?;
+        // The definition's headers (e.g. `sap-client`) go with the fetch as
+        // with every other request: the token belongs to that client's session.
+        let mj = from_json(&self.ctx);
+        let mut headers = self
+            .default_headers
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), self.template_text(t, &mj, None, "auth")?)))
+            .collect::<Result<Vec<_>, ConnectorError>>()?;
+        headers.push((spec.header.clone(), "Fetch".into()));
         let req = Req {
             method: Method::Get,
             url,
-            headers: vec![(spec.header.clone(), "Fetch".into())],
+            headers,
             body: None,
             write: false,
         };
@@ -858,7 +868,9 @@ impl HttpConnector {
         };
         let mut url = req.url.clone();
         if let StaticAuth::Query(name, value) = &self.auth {
-            url.query_pairs_mut().append_pair(name, value);
+            let mut pairs = query_pairs(&url);
+            pairs.push((name.clone(), value.clone()));
+            set_query_pairs(&mut url, &pairs);
         }
         let mut b = self.client.request(method, url);
         match &self.auth {
@@ -1298,6 +1310,31 @@ impl HttpConnector {
             )
         })?;
         let raw_count = items.len() as u64;
+        // Server-driven paging (OData `@odata.nextLink`, `__next`, next
+        // links): the server decides the page size, `$top` would cap the whole
+        // result. A caller's limit is honoured by returning at most `limit`
+        // records and continuing within the same page on the next call.
+        let server_paged = matches!(
+            spec.paginator,
+            Paginator::NextLink { .. } | Paginator::Odata
+        );
+        let skip = token.skip.unwrap_or(0) as usize;
+        let mut items = items;
+        let mut rest_of_page = None;
+        if server_paged {
+            items.drain(..skip.min(items.len()));
+            if let Some(limit) = query.limit
+                && items.len() > limit.max(1)
+            {
+                items.truncate(limit.max(1));
+                rest_of_page = Some(PageToken {
+                    url: Some(current_url.clone()),
+                    skip: Some((skip + items.len()) as u64),
+                    n: token.n,
+                    ..PageToken::default()
+                });
+            }
+        }
         let mut records = Vec::with_capacity(items.len());
         if let (Some(detail), Some(detail_req), Some(id_path)) =
             (&spec.detail, &reqs.detail, &ce.detail_id)
@@ -1338,9 +1375,18 @@ impl HttpConnector {
                         .or_else(|| body.get("@odata.nextLink"))
                         .cloned(),
                 };
+                // OData JSON Format v4.01 §4.6: a relative URL in a payload is
+                // relative to the context URL (`@odata.context`), itself
+                // relative to the request URL; without one, the request URL.
+                let request_url = Url::parse(&current_url).unwrap_or_else(|_| self.base.clone());
+                let link_base = match body.get("@odata.context").and_then(Value::as_str) {
+                    Some(c) => request_url.join(c).unwrap_or(request_url),
+                    None => request_url,
+                };
                 match link {
+                    _ if rest_of_page.is_some() => rest_of_page,
                     Some(Value::String(s)) if !s.is_empty() => {
-                        let url = self.base.join(&s).map_err(|e| {
+                        let url = link_base.join(&s).map_err(|e| {
                             self.error(
                                 ConnectorErrorKind::Permanent,
                                 Some(entity),
@@ -1535,13 +1581,100 @@ fn set_query(url: &mut Url, extra: &[(String, String)]) {
     if extra.is_empty() {
         return;
     }
-    let mut pairs: Vec<(String, String)> = url
-        .query_pairs()
+    let mut pairs: Vec<(String, String)> = query_pairs(url)
+        .into_iter()
         .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     pairs.extend(extra.iter().cloned());
-    url.query_pairs_mut().clear().extend_pairs(pairs);
+    set_query_pairs(url, &pairs);
+}
+
+/// A URL's query as decoded pairs. Only `%XX` is decoded: a `+` is a plus
+/// sign (RFC 3986, and the OData URL grammar), not a space as in HTML forms.
+fn query_pairs(url: &Url) -> Vec<(String, String)> {
+    let Some(q) = url.query() else {
+        return Vec::new();
+    };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Sets a URL's query from pairs, percent-encoded as RFC 3986 and the OData
+/// URL conventions (v4.01 §2, ABNF `query`) want: a space is `%20` (never
+/// `+`, which OData reads as a plus sign), `&`, `=`, `#`, `+`, `%`, `;` and
+/// non-ASCII are escaped, while `$` (system query option names such as
+/// `$filter`), parentheses, `:`, `,`, `/` and `@` stay literal (the URL
+/// standard then writes `'` as `%27` in http queries; servers decode it).
+fn set_query_pairs(url: &mut Url, pairs: &[(String, String)]) {
+    if pairs.is_empty() {
+        url.set_query(None);
+        return;
+    }
+    let mut q = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            q.push('&');
+        }
+        encode_query_component(k, &mut q);
+        q.push('=');
+        encode_query_component(v, &mut q);
+    }
+    url.set_query(Some(&q));
+}
+
+fn encode_query_component(s: &str, out: &mut String) {
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'$'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b','
+                    | b':'
+                    | b'/'
+                    | b'@'
+                    | b'!'
+            )
+        {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
 }
 
 fn snippet(body: &[u8]) -> String {

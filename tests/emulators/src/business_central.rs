@@ -1,7 +1,10 @@
 //! Dynamics 365 Business Central API v2.0 (OData v4).
 //!
-//! `GET /v2.0/{tenant}/{env}/api/v2.0/companies({id})/purchaseOrders?$top=&$filter=lastModifiedDateTime gt …&$expand=purchaseOrderLines`
-//! answers `{"@odata.context", "value": [...], "@odata.nextLink"}`; the same
+//! `GET /v2.0/{tenant}/{env}/api/v2.0/companies({id})/purchaseOrders?$filter=lastModifiedDateTime gt …&$expand=purchaseOrderLines`
+//! answers `{"@odata.context", "value": [...], "@odata.nextLink"}`: pages of
+//! the service's size or of `Prefer: odata.maxpagesize=N`; `$top` caps the
+//! whole result. A space in the query must come as `%20` (`+` is a plus
+//! sign, and a filter with one is refused as by the real service). The same
 //! for `vendors`. `POST purchaseOrders` (deep insert of lines) and
 //! `PATCH purchaseOrders({id})` with `If-Match`. OAuth 2.0 client credentials
 //! at `/{tenant}/oauth2/v2.0/token` (Entra ID).
@@ -238,37 +241,84 @@ async fn list(
         }
         None => None,
     };
+    // Server-driven paging: the page size is the service's (20,000), or
+    // smaller when the client prefers `odata.maxpagesize`; `$top` caps the
+    // whole result (OData v4.01 Protocol §11.2.6.3), never a page.
+    let preferred = max_page_size(&headers);
+    let page_size = shared.cap(preferred.unwrap_or(SERVER_PAGE).min(SERVER_PAGE));
     let top: usize = param(&q, "$top")
         .and_then(|t| t.parse().ok())
-        .unwrap_or(20000)
-        .min(20000);
-    let top = shared.cap(top);
+        .unwrap_or(usize::MAX);
     let skip: usize = param(&q, "$skiptoken")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    let all = shared.select(name, after);
+    let mut all = shared.select(name, after);
+    all.truncate(top);
     let page: Vec<Value> = all
         .iter()
         .skip(skip)
-        .take(top)
+        .take(page_size)
         .cloned()
         .map(|v| expand(v, &q))
         .collect();
+    let relative = *lock(&shared.relative_next_link);
     let mut body = json!({
-        "@odata.context": format!("https://api.businesscentral.dynamics.com{}/$metadata#{name}", api_root()),
+        "@odata.context": if relative {
+            // Relative to the request URL: the service root's $metadata.
+            format!("../$metadata#{name}")
+        } else {
+            format!("https://api.businesscentral.dynamics.com{}/$metadata#{name}", api_root())
+        },
     });
     if !*lock(&shared.no_records_key) {
         body["value"] = Value::Array(page.clone());
     }
     if skip + page.len() < all.len() || *lock(&shared.endless) {
+        // A relative next link is relative to the context URL (OData JSON
+        // Format v4.01 §4.6), i.e. to the service root here.
+        let (base, path) = if relative {
+            (String::new(), format!("companies({COMPANY})/{name}"))
+        } else {
+            (
+                link_base(&shared, &headers),
+                format!("{}/{name}", api_root()),
+            )
+        };
         body["@odata.nextLink"] = json!(link(
-            &link_base(&shared, &headers),
-            &format!("{}/{name}", api_root()),
+            &base,
+            &path,
             &q,
-            &[("$skiptoken", (skip + top).to_string())],
+            &[("$skiptoken", (skip + page_size).to_string())],
         ));
     }
-    json(StatusCode::OK, body)
+    let mut r = json(StatusCode::OK, body);
+    if let Some(n) = preferred {
+        r.headers_mut().insert(
+            "preference-applied",
+            format!("odata.maxpagesize={n}")
+                .parse()
+                .expect("a valid header value"),
+        );
+    }
+    r
+}
+
+/// The service's own page size.
+pub const SERVER_PAGE: usize = 20_000;
+
+/// `odata.maxpagesize` of a `Prefer` header.
+fn max_page_size(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            (k.trim().eq_ignore_ascii_case("odata.maxpagesize"))
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
 }
 
 async fn create(

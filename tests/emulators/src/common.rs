@@ -34,8 +34,10 @@ pub struct Logged {
     pub method: String,
     /// Path.
     pub path: String,
-    /// Decoded query pairs.
+    /// Decoded query pairs (`%XX` only: a `+` stays a plus sign).
     pub query: Vec<(String, String)>,
+    /// The query as sent, undecoded.
+    pub raw_query: Option<String>,
     /// Headers (lowercase names).
     pub headers: BTreeMap<String, String>,
     /// Body text.
@@ -114,6 +116,9 @@ pub struct Shared {
     pub foreign_next_link: Mutex<bool>,
     /// Every page has a next link.
     pub endless: Mutex<bool>,
+    /// Next links are relative to the page's context URL (OData v4), as
+    /// CAP and other services write them.
+    pub relative_next_link: Mutex<bool>,
     /// Pages lack their records key.
     pub no_records_key: Mutex<bool>,
     /// Server-side page size cap (server-driven paging), when set.
@@ -324,6 +329,11 @@ impl Emulator {
         *lock(&self.shared.foreign_next_link) = on;
     }
 
+    /// Next links are relative to the page's context URL (OData v4).
+    pub fn set_relative_next_link(&self, on: bool) {
+        *lock(&self.shared.relative_next_link) = on;
+    }
+
     /// Every page has a next link.
     pub fn set_endless(&self, on: bool) {
         *lock(&self.shared.endless) = on;
@@ -428,19 +438,12 @@ pub fn id_text(v: &Value) -> String {
 async fn faults(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
-    let query: Vec<(String, String)> = parts
-        .uri
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let query = pairs(parts.uri.query());
     lock(&shared.log).push(Logged {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
         query,
+        raw_query: parts.uri.query().map(str::to_string),
         headers: parts
             .headers
             .iter()
@@ -520,10 +523,42 @@ pub fn link(base: &str, path: &str, query: &[(String, String)], set: &[(&str, St
         .cloned()
         .collect();
     pairs.extend(set.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    let q = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish();
+    let q = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
     format!("{base}{path}?{q}")
+}
+
+/// Percent-encodes a query name or value as RFC 3986 and the OData URL
+/// conventions want: a space is `%20` (`+` is a plus sign), `$` stays.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'$'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b','
+                    | b':'
+                    | b'/'
+                    | b'@'
+            )
+        {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Parses the first RFC 3339 timestamp found in `text` (with or without offset).
@@ -548,13 +583,41 @@ pub fn timestamp_in(text: &str) -> Option<i64> {
 }
 
 /// Query pairs of a request.
+/// The pairs of a raw query, read as an OData service reads a URL (RFC 3986):
+/// only `%XX` is decoded, so a `+` stays a plus sign. A client that sends a
+/// space as `+` (HTML form encoding) gets `lastModifiedDateTime+gt+...`, which
+/// no filter understands, as from a real service.
 pub fn pairs(q: Option<&str>) -> Vec<(String, String)> {
     q.map(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .into_owned()
+        q.split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (decode(k), decode(v))
+            })
             .collect()
     })
     .unwrap_or_default()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A query parameter.

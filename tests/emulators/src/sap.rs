@@ -1,12 +1,14 @@
 //! SAP S/4HANA `API_PURCHASEORDER_PROCESS_SRV` (OData v2).
 //!
-//! `GET {SERVICE}/A_PurchaseOrder?$format=json&$top=&$skiptoken=&$filter=&$expand=to_PurchaseOrderItem`
+//! `GET {SERVICE}/A_PurchaseOrder?$format=json&$skiptoken=&$filter=&$expand=to_PurchaseOrderItem`
 //! answers `{"d": {"results": [...], "__next": "..."}}` with `Edm.Decimal`
 //! as strings and dates as `/Date(ms)/`; `GET {SERVICE}/A_PurchaseOrder('ID')`
 //! answers `{"d": {...}}`. Basic auth (`SAP_USER` / the emulator's secret).
 //! Writes need a CSRF token: `GET {SERVICE}/` with `x-csrf-token: Fetch`
-//! returns one plus a session cookie; a `POST` without both gets `403` with
-//! `x-csrf-token: Required`.
+//! returns one plus a session cookie, both of the client the fetch logged on
+//! to (`sap-client`, else [`DEFAULT_CLIENT`]); a `POST` without both for its
+//! own client gets `403` with `x-csrf-token: Required`. The service pages by
+//! itself (`__next`); `$top` caps the whole result.
 
 use std::sync::Arc;
 
@@ -31,8 +33,8 @@ pub const USER: &str = "SLUICE_INTEGRATION";
 pub const PASSWORD: &str = "sap-secret-pw";
 /// Collection name of purchase orders.
 pub const POS: &str = "purchase_orders";
-/// Server-side page size cap.
-pub const MAX_TOP: usize = 1000;
+/// The service's own page size (server-driven paging).
+pub const MAX_TOP: usize = 500;
 
 fn sap_date(ms: i64) -> String {
     format!("/Date({ms})/")
@@ -118,6 +120,18 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     )
 }
 
+/// The system's default client, used when a request names none.
+pub const DEFAULT_CLIENT: &str = "000";
+
+/// The client a request logs on to (`sap-client`).
+fn sap_client(headers: &HeaderMap) -> String {
+    headers
+        .get("sap-client")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(DEFAULT_CLIENT)
+        .to_string()
+}
+
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     let expected = format!("{USER}:{}", lock(&shared.secret));
     headers
@@ -151,13 +165,16 @@ async fn root(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
         .get("x-csrf-token")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"fetch"))
     {
-        let token = format!("csrf-{}", shared.next_seq());
+        // The token and the session belong to the client logged on to: the
+        // request's `sap-client`, else the system's default client.
+        let client = sap_client(&headers);
+        let token = format!("csrf-{client}-{}", shared.next_seq());
         lock(&shared.tokens).insert(token.clone(), i64::MAX);
         r.headers_mut()
             .insert("x-csrf-token", token.parse().expect("a valid header value"));
         r.headers_mut().insert(
             "set-cookie",
-            format!("SAP_SESSIONID_S4H_100={token}-session; path=/; HttpOnly")
+            format!("SAP_SESSIONID_S4H_{client}={token}-session; path=/; HttpOnly")
                 .parse()
                 .expect("a valid header value"),
         );
@@ -220,19 +237,20 @@ async fn list(
         }
         None => None,
     };
+    // The service pages by itself (MAX_TOP, or the test's cap); `$top`
+    // caps the whole result and a result it cuts has no `__next`.
     let top: usize = param(&q, "$top")
         .and_then(|t| t.parse().ok())
-        .unwrap_or(50)
-        .min(MAX_TOP);
-    let top = shared.cap(top);
+        .unwrap_or(usize::MAX);
     let skip: usize = param(&q, "$skiptoken")
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
+    let page_size = shared.cap(MAX_TOP).min(top.saturating_sub(skip));
     // The page is written as text: the records' stored JSON when expanded,
     // else each record re-written without its items.
     let expanded = expanded(&q);
     let with_results = !*lock(&shared.no_records_key);
-    let (mut body, count, total) = shared.with_page(POS, after, skip, top, |page, total| {
+    let (mut body, count, total) = shared.with_page(POS, after, skip, page_size, |page, total| {
         let mut body = String::from("{\"d\":{");
         if with_results {
             body.push_str("\"results\":[");
@@ -259,12 +277,12 @@ async fn list(
     if param(&q, "$inlinecount") == Some("allpages") {
         field("__count", json!(total.to_string()));
     }
-    if skip + count < total || *lock(&shared.endless) {
+    if skip + count < total.min(top) || *lock(&shared.endless) {
         let next = link(
             &link_base(&shared, &headers),
             &format!("{SERVICE}/A_PurchaseOrder"),
             &q,
-            &[("$skiptoken", (skip + top).to_string())],
+            &[("$skiptoken", (skip + page_size).to_string())],
         );
         field("__next", json!(next));
     }
@@ -310,14 +328,17 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Str
     if !authorized(&shared, &headers) {
         return unauthorized();
     }
+    let client = sap_client(&headers);
     let token_ok = headers
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| lock(&shared.tokens).contains_key(t));
+        .is_some_and(|t| {
+            t.starts_with(&format!("csrf-{client}-")) && lock(&shared.tokens).contains_key(t)
+        });
     let cookie_ok = headers
         .get("cookie")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.contains("SAP_SESSIONID_S4H_100="));
+        .is_some_and(|c| c.contains(&format!("SAP_SESSIONID_S4H_{client}=")));
     if !token_ok || !cookie_ok {
         let mut r = (StatusCode::FORBIDDEN, "CSRF token validation failed").into_response();
         r.headers_mut().insert(
