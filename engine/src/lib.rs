@@ -17,5 +17,6 @@ pub mod server;
 pub mod steps;
 pub mod store;
 pub mod sync;
+pub mod testing;
 pub mod unified;
 pub mod webhooks;

@@ -91,6 +91,15 @@ enum Command {
         #[command(subcommand)]
         command: serve::TokenCommand,
     },
+    /// Run flow tests (`*.test.yaml`, default: every one under `.`) in
+    /// memory with pinned connections and plugins; exit 1 on any failure.
+    Test {
+        /// Test files or directories.
+        paths: Vec<PathBuf>,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate flow files (or directories of them); exit 2 on any problem.
     Validate {
         /// Files or directories.
@@ -186,6 +195,20 @@ enum RunsCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Write a stored run as a `sluice test` file: its inputs and trigger,
+    /// what its reads and plugins returned, and what came out.
+    Export {
+        /// Run id.
+        id: String,
+        /// Required: the export format (a test file).
+        #[arg(long, required = true)]
+        as_test: bool,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Cancel a queued or running run.
     Cancel {
         /// Run id.
@@ -208,7 +231,12 @@ pub async fn main() -> i32 {
             };
         }
     };
-    init_tracing();
+    // A test's expected failures are results, not warnings.
+    init_tracing(if matches!(cli.command, Command::Test { .. }) {
+        "error"
+    } else {
+        "warn"
+    });
     match dispatch(cli.command).await {
         Ok(code) => code,
         Err(e) => {
@@ -219,10 +247,10 @@ pub async fn main() -> i32 {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -312,6 +340,7 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         } => run(&file, &inputs, json, &db).await,
         Command::Serve(args) => serve::serve_command(args).await,
         Command::Token { command } => serve::token_command(command).await,
+        Command::Test { paths, json } => Ok(test_command(&paths, json).await),
         Command::Validate { paths, json, db } => {
             // The same store as `sluice run`, so a connection or plugin that
             // `run` knows is known here; the default file is not created.
@@ -527,6 +556,50 @@ fn collect_flow_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (files, empty)
 }
 
+async fn test_command(paths: &[PathBuf], json_out: bool) -> i32 {
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        paths.to_vec()
+    };
+    let files = crate::testing::find_test_files(&paths);
+    if files.is_empty() {
+        eprintln!(
+            "no test files (*.test.yaml) under {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return EXIT_INVALID;
+    }
+    let mut results = Vec::new();
+    for f in &files {
+        for r in crate::testing::run_file(f).await {
+            if !json_out {
+                if r.passed() {
+                    outln!("ok: {} › {}", r.file, r.name);
+                } else {
+                    outln!("FAIL: {} › {}", r.file, r.name);
+                    for f in &r.failures {
+                        outln!("    {f}");
+                    }
+                }
+            }
+            results.push(r);
+        }
+    }
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    let passed = results.len() - failed;
+    if json_out {
+        print_json(&results);
+    } else {
+        outln!("{passed} passed, {failed} failed");
+    }
+    if failed > 0 { EXIT_FAILED } else { EXIT_OK }
+}
+
 fn validate(paths: &[PathBuf], json_out: bool, catalog: &flow::Catalog) -> i32 {
     let mut failed = 0;
     let mut ok = 0;
@@ -663,6 +736,27 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                         created
                     );
                 }
+            }
+            Ok(EXIT_OK)
+        }
+        RunsCommand::Export { id, output, db, .. } => {
+            let store = Store::connect(&db.db).await?;
+            let (flow_id, file) = crate::testing::export_run(&store, &id)
+                .await
+                .map_err(CliError::invalid)?;
+            let text = serde_saphyr::to_string(&file)
+                .map_err(|e| CliError::invalid(format!("cannot write the test file: {e}")))?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &text).map_err(|e| {
+                        CliError::invalid(format!("cannot write {}: {e}", path.display()))
+                    })?;
+                    eprintln!(
+                        "wrote {} (a test of flow `{flow_id}`; put it beside {flow_id}.yaml and run `sluice test`)",
+                        path.display()
+                    );
+                }
+                None => outln!("{}", text.trim_end()),
             }
             Ok(EXIT_OK)
         }

@@ -63,6 +63,7 @@ pub async fn evaluate(
                             idempotency_key: &key,
                             store: None,
                             plugins: None,
+                            plugin_outputs: None,
                         })
                         .await?,
                 );
@@ -76,6 +77,7 @@ pub async fn evaluate(
                     idempotency_key: &key,
                     store: None,
                     plugins: None,
+                    plugin_outputs: None,
                 })
                 .await?
         };

@@ -167,6 +167,9 @@ struct Inner {
     revisions: std::sync::Mutex<HashMap<(String, String), i64>>,
     /// WASM plugins, when enabled.
     plugins: Option<Arc<crate::plugins::PluginRegistry>>,
+    /// Pinned plugin results by plugin name (`sluice test`): used instead of
+    /// calling the plugin.
+    plugin_outputs: Option<Arc<BTreeMap<String, Result<Value, String>>>>,
 }
 
 /// Runs flows durably. Cheap to clone.
@@ -197,6 +200,7 @@ impl Engine {
                 active: std::sync::Mutex::new(HashMap::new()),
                 revisions: std::sync::Mutex::new(HashMap::new()),
                 plugins: None,
+                plugin_outputs: None,
             }),
         }
     }
@@ -217,6 +221,20 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner {
                 plugins: Some(registry),
+                ..inner
+            }),
+        }
+    }
+
+    /// Answers plugin steps from pinned results instead of calling plugins
+    /// (before any run starts).
+    pub fn with_plugin_outputs(self, outputs: BTreeMap<String, Result<Value, String>>) -> Engine {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            panic!("with_plugin_outputs is called before the engine is shared")
+        });
+        Engine {
+            inner: Arc::new(Inner {
+                plugin_outputs: Some(Arc::new(outputs)),
                 ..inner
             }),
         }
@@ -1150,6 +1168,7 @@ impl StepTask {
                 idempotency_key: key,
                 store: Some(&self.inner.store),
                 plugins: self.inner.plugins.as_deref(),
+                plugin_outputs: self.inner.plugin_outputs.as_deref(),
             };
             let fut = step.kind.execute(&rt);
             // A plugin enforces the step's timeout itself (and says so in its

@@ -115,6 +115,8 @@ pub struct StepRuntime<'a> {
     pub store: Option<&'a crate::store::Store>,
     /// The plugin registry, when the engine has one.
     pub plugins: Option<&'a crate::plugins::PluginRegistry>,
+    /// Pinned plugin results by name (`sluice test`), used instead of calling.
+    pub plugin_outputs: Option<&'a std::collections::BTreeMap<String, Result<Value, String>>>,
 }
 
 impl StepRuntime<'_> {

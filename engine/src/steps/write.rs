@@ -164,9 +164,7 @@ fn check_field_types(c: &mut Checker<'_>, entity: Entity, data: &crate::expr::ty
                 ),
             )
             .hint = Some(match expected {
-                Type::Number | Type::Integer => {
-                    "convert it, e.g. `${{ ... | float }}`".to_string()
-                }
+                Type::Number | Type::Integer => "convert it, e.g. `${{ ... | float }}`".to_string(),
                 Type::String => "convert it, e.g. `${{ ... | string }}`".to_string(),
                 _ => format!("give a {}", expected.describe()),
             });
