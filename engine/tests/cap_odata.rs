@@ -18,6 +18,16 @@
 //!   `companies(...)/purchaseOrders?...$skiptoken=7`, right only when resolved
 //!   against that context URL.
 //!
+//!
+//! `tests/cap/sap` serves OData v2 through `@cap-js-community/odata-v2-adapter`,
+//! shaped like SAP `API_PURCHASEORDER_PROCESS_SRV` (`A_PurchaseOrder` with
+//! `to_PurchaseOrderItem`, `/Date(ms)/`, decimals as strings, absolute
+//! `__next`; 40 orders in pages of 7) behind basic auth, `sap-client` and CSRF
+//! tokens tied to the client's session. The adapter writes its links for
+//! `localhost` (it rewrites 127.0.0.1), so that connection's base URL names
+//! `localhost`. OData v2 URI conventions §4.3: `$top` identifies a subset
+//! of the whole result, so it is no page size there either.
+//!
 //! Without `tests/cap/node_modules` each test fails under `CI=true` and
 //! prints that it skipped otherwise.
 
@@ -399,4 +409,200 @@ async fn cap_v4_query_values_with_quotes_ampersands_hashes_and_non_ascii() {
                 .all(|r| r["vendor_name"] == vendor)
         );
     }
+}
+
+const SAP_USER: &str = "SLUICE_INTEGRATION";
+const SAP_PASSWORD: &str = "cap-sap-pw";
+/// Purchase orders in `tests/cap/sap/db/data`, one changed every hour from 2024-01-01.
+const SAP_ORDERS: usize = 40;
+
+fn sap_connector(cap: &Cap) -> Arc<HttpConnector> {
+    let port = cap.base_url.rsplit(':').next().unwrap();
+    let config = ConnectionConfig {
+        definition: "sap_s4hana".into(),
+        params: [("base_url".to_string(), format!("http://localhost:{port}"))].into(),
+        credentials: [
+            ("username".to_string(), "SAP_USER".to_string()),
+            ("password".to_string(), "SAP_PASSWORD".to_string()),
+        ]
+        .into(),
+        rate_limit: None,
+        policy: policy(),
+        ..ConnectionConfig::default()
+    };
+    let health = Arc::new(Health::new("sap", policy(), ConnectionStatus::Online, None));
+    Arc::new(
+        HttpConnector::new(
+            "sap",
+            Definitions::built_in().get("sap_s4hana").unwrap().clone(),
+            &config,
+            &|name| match name {
+                "SAP_USER" => Some(SAP_USER.into()),
+                "SAP_PASSWORD" => Some(SAP_PASSWORD.into()),
+                _ => None,
+            },
+            health,
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+async fn sap_engine(c: Arc<HttpConnector>) -> (Engine, tempfile::TempDir) {
+    let (store, dir) = common::sqlite_store().await;
+    (
+        common::engine(store, vec![("sap", c as Arc<dyn Connector>)], vec![]),
+        dir,
+    )
+}
+
+async fn sap_run(engine: &Engine, flow: &str) -> Value {
+    let out = common::run(engine, flow, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    out.output.expect("output")
+}
+
+fn sap_read(extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice/v1
+id: read-sap
+steps:
+  - id: read
+    read:
+      connection: sap
+      entity: purchase_order
+{extra}
+output: "${{{{ steps.read.output }}}}"
+"#
+    )
+}
+
+fn sap_numbers(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| (4_500_000_000 + i).to_string()).collect()
+}
+
+#[tokio::test]
+async fn cap_v2_sap_reads_every_page_by_next_links_and_full_syncs_delete_none() {
+    let Some(cap) = start("sap").await else {
+        return;
+    };
+    let c = sap_connector(&cap);
+    let (engine, _dir) = sap_engine(c.clone()).await;
+
+    let out = sap_run(&engine, &sap_read("")).await;
+    assert_eq!(out["count"], SAP_ORDERS, "{}", cap.log());
+    assert_eq!(numbers(&out), sap_numbers(0..SAP_ORDERS));
+    let po = &out["records"][1];
+    assert_eq!(po["remote_id"], "4500000001");
+    assert_eq!(po["vendor_id"], "17300002");
+    assert_eq!(po["status"], "pending_approval");
+    assert_eq!(po["remote_status"], "02");
+    assert_eq!(po["currency"], "EUR");
+    assert_eq!(po["order_date"], "2024-01-01");
+    assert_eq!(po["remote_created_at"], "2024-01-01T00:00:00Z");
+    assert_eq!(po["remote_updated_at"], "2024-01-01T01:00:00Z");
+    assert_eq!(po["lines"][1]["line_number"], 20);
+    assert_eq!(po["lines"][1]["quantity"], 5.0);
+    assert_eq!(po["lines"][1]["unit_price"], 11.5);
+    assert_eq!(po["custom_fields"], json!({"YY1_Plant_PDH": "PL01"}));
+
+    let reqs = cap.requests().await;
+    let lists: Vec<&Value> = reqs
+        .iter()
+        .filter(|r| r["url"].as_str().unwrap().contains("/A_PurchaseOrder?"))
+        .collect();
+    assert_eq!(lists.len(), SAP_ORDERS.div_ceil(CAP_PAGE), "{reqs:#?}");
+    for r in &lists {
+        let url = r["url"].as_str().unwrap();
+        assert!(!url.contains("top="), "$top is no page size: {url}");
+        assert_eq!(r["headers"]["sap-client"], "100");
+    }
+
+    let (store, _dir) = common::sqlite_store().await;
+    let opts = SyncOptions {
+        mode: Mode::Full,
+        page_size: 10,
+        ..SyncOptions::default()
+    };
+    let run = || {
+        sync::run(
+            &store,
+            c.as_ref(),
+            "sap",
+            Entity::PurchaseOrder,
+            &opts,
+            None,
+        )
+    };
+    let r = run().await.unwrap();
+    assert_eq!((r.added, r.deleted), (SAP_ORDERS as u64, 0), "{r:?}");
+    let r = run().await.unwrap();
+    assert_eq!(
+        (r.added, r.unchanged, r.deleted),
+        (0, SAP_ORDERS as u64, 0),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn cap_v2_sap_a_modified_after_read_returns_the_changed_orders() {
+    let Some(cap) = start("sap").await else {
+        return;
+    };
+    let (engine, _dir) = sap_engine(sap_connector(&cap)).await;
+    // Hour 34 is 2024-01-02T10:00:00Z: `gt` leaves orders 35 to 39.
+    let out = sap_run(
+        &engine,
+        &sap_read("      modified_after: \"2024-01-02T10:00:00Z\""),
+    )
+    .await;
+    assert_eq!(numbers(&out), sap_numbers(35..SAP_ORDERS));
+    let out = sap_run(
+        &engine,
+        &sap_read("      modified_after: \"2024-01-01T12:30:00Z\""),
+    )
+    .await;
+    assert_eq!(numbers(&out), sap_numbers(13..SAP_ORDERS), "across 4 pages");
+}
+
+#[tokio::test]
+async fn cap_v2_sap_create_fetches_its_csrf_token_for_the_same_client() {
+    let Some(cap) = start("sap").await else {
+        return;
+    };
+    let (engine, _dir) = sap_engine(sap_connector(&cap)).await;
+    let flow = r#"
+apiVersion: sluice/v1
+id: create-po
+steps:
+  - id: create
+    write:
+      connection: sap
+      entity: purchase_order
+      op: create
+      data:
+        vendor_id: "17300002"
+        currency: EUR
+        lines:
+          - { line_number: 1, item_id: TG11, description: Pump seal kit, quantity: 2, unit_of_measure: PC, unit_price: 142.5, amount: 285 }
+output: "${{ steps.create.output }}"
+"#;
+    let rec = sap_run(&engine, flow).await;
+    assert_eq!(rec["remote_id"], "4500001000", "{rec}");
+    assert_eq!(rec["status"], "draft");
+    assert_eq!(rec["vendor_id"], "17300002");
+    assert_eq!(rec["lines"][0]["line_number"], 10);
+    assert_eq!(rec["lines"][0]["unit_price"], 142.5);
+
+    let reqs = cap.requests().await;
+    let fetch = reqs
+        .iter()
+        .find(|r| r["headers"]["x-csrf-token"] == "Fetch")
+        .expect("a CSRF fetch");
+    assert_eq!(fetch["headers"]["sap-client"], "100");
+    let posts: Vec<_> = reqs.iter().filter(|r| r["method"] == "POST").collect();
+    assert_eq!(posts.len(), 1, "the token was accepted the first time");
+
+    let out = sap_run(&engine, &sap_read("")).await;
+    assert_eq!(out["count"], SAP_ORDERS + 1);
 }
