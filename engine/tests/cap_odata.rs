@@ -505,6 +505,8 @@ async fn cap_v2_sap_reads_every_page_by_next_links_and_full_syncs_delete_none() 
     assert_eq!(po["lines"][1]["quantity"], 5.0);
     assert_eq!(po["lines"][1]["unit_price"], 11.5);
     assert_eq!(po["custom_fields"], json!({"YY1_Plant_PDH": "PL01"}));
+    assert_eq!(out["records"][4]["remote_status"], "04");
+    assert_eq!(out["records"][4]["status"], "pending_approval");
 
     let reqs = cap.requests().await;
     let lists: Vec<&Value> = reqs

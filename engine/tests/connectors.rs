@@ -1338,7 +1338,9 @@ async fn a_limit_below_the_servers_own_page_size_loses_no_records() {
         .map(|i| (4_500_000_000u64 + i).to_string())
         .collect();
     assert_eq!(ids, expected, "every record once, in order");
-    for r in emu.requests_to("/A_PurchaseOrder") {
+    let reqs = emu.requests_to("/A_PurchaseOrder");
+    assert_eq!(reqs.len(), 3, "each page of the service fetched once");
+    for r in reqs {
         assert_eq!(r.param("$top"), None);
     }
 }

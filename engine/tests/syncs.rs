@@ -568,6 +568,8 @@ async fn syncs_and_connection_history_work_on_postgresql() {
 #[tokio::test]
 async fn sap_purchase_orders_sync_page_by_page_and_a_full_sync_finds_the_deleted_one() {
     let emu = sap::start(25, 3).await;
+    // The service pages by ten (server-driven paging; no $top).
+    emu.set_page_cap(10);
     let (store, _dir) = store_with_endpoint().await;
     let c = common::sap::connector("s4", &emu.base_url, fast());
 

@@ -289,6 +289,9 @@ pub struct HttpConnector {
     health: Arc<Health>,
     token: tokio::sync::Mutex<Option<(String, Instant)>>,
     csrf: tokio::sync::Mutex<Option<(String, String)>>,
+    /// The last page a caller's limit cut (its URL and body): the next call
+    /// continues within it without fetching it again.
+    kept_page: std::sync::Mutex<Option<(String, Arc<Value>)>>,
     test: CompiledRequest,
     csrf_path: Option<Template>,
     default_headers: Vec<(String, Template)>,
@@ -485,6 +488,7 @@ impl HttpConnector {
             health,
             token: tokio::sync::Mutex::new(None),
             csrf: tokio::sync::Mutex::new(None),
+            kept_page: std::sync::Mutex::new(None),
             test: compile(&def.def.test)?,
             csrf_path: def
                 .def
@@ -1292,21 +1296,39 @@ impl HttpConnector {
             }
         };
         let current_url = req.url.to_string();
-        let resp = self.execute(req, Some(entity), "list").await?;
         let page_no = token.n + 1;
-        let body = self.parse_json(
-            &resp,
-            entity,
-            "list",
-            &format!("page {page_no} of {entity}"),
-        )?;
+        let kept = if token.skip.is_some() {
+            let mut slot = self.kept_page.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.take() {
+                Some((url, body)) if url == current_url => Some(body),
+                other => {
+                    *slot = other;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (body, status, raw) = match kept {
+            Some(body) => (body, 200, bytes::Bytes::new()),
+            None => {
+                let resp = self.execute(req, Some(entity), "list").await?;
+                let body = self.parse_json(
+                    &resp,
+                    entity,
+                    "list",
+                    &format!("page {page_no} of {entity}"),
+                )?;
+                (Arc::new(body), resp.status, resp.body)
+            }
+        };
         let items = self.select_records(ce, entity, &body).map_err(|m| {
             self.error(
                 ConnectorErrorKind::Permanent,
                 Some(entity),
                 "list",
-                Some(resp.status),
-                format!("page {page_no} of {entity} {m}: {}", snippet(&resp.body)),
+                Some(status),
+                format!("page {page_no} of {entity} {m}: {}", snippet(&raw)),
             )
         })?;
         let raw_count = items.len() as u64;
@@ -1327,6 +1349,8 @@ impl HttpConnector {
                 && items.len() > limit.max(1)
             {
                 items.truncate(limit.max(1));
+                *self.kept_page.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((current_url.clone(), body.clone()));
                 rest_of_page = Some(PageToken {
                     url: Some(current_url.clone()),
                     skip: Some((skip + items.len()) as u64),

@@ -6,7 +6,8 @@ const path = require('path');
 const dir = path.join(__dirname, 'db', 'data');
 const csv = (rows) => rows.map((r) => r.join(';')).join('\n') + '\n';
 const hour = (h) => new Date(Date.UTC(2024, 0, 1) + h * 3600e3).toISOString();
-const statuses = ['01', '02', '03', '05'];
+// 04 (partially released) too: a value a definition's map can easily miss.
+const statuses = ['01', '02', '03', '05', '04'];
 const suppliers = ['17300001', '17300002', '17300003'];
 const pos = [['PurchaseOrder', 'CompanyCode', 'PurchaseOrderType', 'PurchasingDocumentDeletionCode',
   'PurchasingProcessingStatus', 'CreatedByUser', 'CreationDate', 'LastChangeDateTime', 'Supplier',
@@ -16,7 +17,7 @@ const items = [['PurchaseOrder', 'PurchaseOrderItem', 'PurchasingDocumentDeletio
   'DocumentCurrency']];
 for (let i = 0; i < 40; i++) {
   const po = String(4500000000 + i);
-  pos.push([po, '1010', 'NB', '', statuses[i % 4], 'CB9980000010', hour(i).slice(0, 10), hour(i),
+  pos.push([po, '1010', 'NB', '', statuses[i % 5], 'CB9980000010', hour(i).slice(0, 10), hour(i),
     suppliers[i % 3], '1010', '001', 'EUR', hour(i).slice(0, 10), 'PL0' + (i % 3)]);
   for (let l = 1; l <= 2; l++) {
     items.push([po, String(l * 10), '', `Item ${l} of ${po}`, '1010', `TG1${l}`, (l * 2 + i % 3).toFixed(3), 'PC',
