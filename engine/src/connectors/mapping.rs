@@ -276,6 +276,62 @@ struct Field {
     convert: Option<Converter>,
     map: Option<BTreeMap<String, Value>>,
     default: Option<Value>,
+    /// What a value missing from `map` (with no `default`) becomes: the
+    /// field's catch-all enum value (`other`) when the model has one.
+    catch_all: Option<Value>,
+}
+
+/// Values missing from a value map that became the field's catch-all
+/// (`other`) instead of failing the record, since the process started.
+static UNMAPPED_VALUES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many values missing from a value map became `other` (a warning is
+/// logged for each).
+pub fn unmapped_values() -> u64 {
+    UNMAPPED_VALUES.load(Ordering::Relaxed)
+}
+
+/// The enum values the unified model allows for a top-level field, if it is an enum.
+fn enum_values(entity: Entity, field: &str) -> Option<Vec<String>> {
+    let schema = entity.json_schema();
+    let resolve = |s: &Value| -> Value {
+        match s.get("$ref").and_then(Value::as_str) {
+            Some(r) => r
+                .strip_prefix("#/$defs/")
+                .and_then(|n| schema.get("$defs")?.get(n))
+                .cloned()
+                .unwrap_or_else(|| s.clone()),
+            None => s.clone(),
+        }
+    };
+    let mut s = resolve(schema.get("properties")?.get(field)?);
+    // `Option<Enum>`: anyOf [enum, null].
+    if let Some(Value::Array(bs)) = s.get("anyOf").cloned()
+        && bs.iter().all(|b| b.get("const").is_none())
+        && let Some(b) = bs
+            .iter()
+            .find(|b| b.get("type").and_then(Value::as_str) != Some("null"))
+    {
+        s = resolve(b);
+    }
+    if let Some(Value::Array(vs)) = s.get("enum") {
+        return Some(
+            vs.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+        );
+    }
+    let branches = s.get("oneOf").or_else(|| s.get("anyOf"))?.as_array()?;
+    branches
+        .iter()
+        .map(|b| {
+            resolve(b)
+                .get("const")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect()
 }
 
 /// A compiled mapping for one entity.
@@ -326,9 +382,14 @@ impl Mapping {
     ) -> Option<Mapping> {
         let shape = Shape::of(entity);
         let before = problems.len();
-        let fields = compile_fields(entity.name(), spec, &[], problems, shape);
+        let mut fields = compile_fields(entity.name(), spec, &[], problems, shape);
         if problems.len() > before {
             return None;
+        }
+        for f in fields.iter_mut().filter(|f| f.map.is_some()) {
+            if enum_values(entity, &f.name).is_some_and(|vs| vs.iter().any(|v| v == "other")) {
+                f.catch_all = Some(Value::String("other".into()));
+            }
         }
         let keep_remote_status = (!spec.contains_key("remote_status")
             && fields.iter().any(|f| f.name == "status" && f.map.is_some()))
@@ -537,6 +598,7 @@ fn compile_fields(
                 convert: spec.convert,
                 map: spec.map.clone(),
                 default: spec.default.clone(),
+                catch_all: None,
             });
         }
     }
@@ -654,8 +716,18 @@ fn map_fields(
                 let key = scalar_text(&v);
                 let found = match map.get(key.as_ref()) {
                     Some(m) => m.clone(),
-                    None => match &f.default {
-                        Some(d) => d.clone(),
+                    None => match f.default.as_ref().or(f.catch_all.as_ref()) {
+                        Some(d) => {
+                            if f.default.is_none() {
+                                UNMAPPED_VALUES.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(
+                                    field = %f.name,
+                                    value = %key,
+                                    "a value missing from the value map became `other` (kept as remote_status)"
+                                );
+                            }
+                            d.clone()
+                        }
                         None => {
                             return Err(fail(
                                 f,
@@ -915,5 +987,48 @@ mod tests {
             "{text:?}"
         );
         assert!(text.iter().any(|t| t.contains("lacks `name`")), "{text:?}");
+    }
+
+    #[test]
+    fn the_models_status_enums_are_read_from_its_schema() {
+        let po = enum_values(Entity::PurchaseOrder, "status").expect("an enum");
+        assert!(po.iter().any(|v| v == "draft"), "{po:?}");
+        assert!(po.iter().any(|v| v == "pending_approval"), "{po:?}");
+        let v = enum_values(Entity::Vendor, "status").expect("an enum");
+        assert!(v.iter().any(|x| x == "blocked"), "{v:?}");
+        assert_eq!(enum_values(Entity::PurchaseOrder, "number"), None);
+    }
+
+    #[test]
+    fn a_value_missing_from_the_map_becomes_the_catch_all_with_a_warning() {
+        let field = |catch_all: Option<Value>| Field {
+            name: "status".into(),
+            slot: 0,
+            src: Src::Path(FastPath::parse("$.s").unwrap()),
+            convert: None,
+            map: Some([("01".to_string(), json!("draft"))].into()),
+            default: None,
+            catch_all,
+        };
+        let with = [field(Some(json!("other")))];
+        let before = unmapped_values();
+        let mut slots = vec![Slot::Missing];
+        let mut raw = None;
+        map_fields(&with, &json!({"s": "04"}), &mut slots, &mut raw).unwrap();
+        assert!(matches!(&slots[0], Slot::Value(v) if v == "other"));
+        assert_eq!(raw, Some(json!("04")), "the system's value is kept");
+        assert!(unmapped_values() > before, "counted");
+
+        let mut slots = vec![Slot::Missing];
+        map_fields(&with, &json!({"s": "01"}), &mut slots, &mut raw).unwrap();
+        assert!(matches!(&slots[0], Slot::Value(v) if v == "draft"));
+
+        let without = [field(None)];
+        let mut slots = vec![Slot::Missing];
+        let e = map_fields(&without, &json!({"s": "04"}), &mut slots, &mut raw).unwrap_err();
+        assert!(
+            matches!(&e, MapError::Mapping(m) if m.contains("not in the value map")),
+            "{e:?}"
+        );
     }
 }
