@@ -95,6 +95,12 @@ fn cap_root() -> PathBuf {
 /// Starts the CAP project `tests/cap/{project}`, or `None` (skipped) when
 /// CAP is not installed outside CI.
 async fn start(project: &str) -> Option<Cap> {
+    start_in(&cap_root().join(project), &[]).await
+}
+
+/// Starts the CAP project in `dir` (inside `tests/cap`, where its modules
+/// are found) with extra environment variables.
+async fn start_in(project_dir: &Path, env: &[(&str, &str)]) -> Option<Cap> {
     let root = cap_root();
     let serve = root.join("node_modules/@sap/cds/bin/serve.js");
     if !serve.exists() {
@@ -119,8 +125,9 @@ async fn start(project: &str) -> Option<Cap> {
     let child = Command::new("node")
         .arg(&serve)
         .args(["--port", &port.to_string()])
-        .current_dir(root.join(project))
+        .current_dir(project_dir)
         .env("NODE_ENV", "test")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -607,4 +614,126 @@ output: "${{ steps.create.output }}"
 
     let out = sap_run(&engine, &sap_read("")).await;
     assert_eq!(out["count"], SAP_ORDERS + 1);
+}
+
+/// Full sync throughput against CAP beside the Business Central emulator,
+/// same orders (2 lines each), same page size. Not part of the suite:
+/// `cargo test --release -p sluice --test cap_odata -- --ignored --nocapture`
+/// (`SLUICE_CAP_BENCH_ORDERS`, default 5000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn cap_v4_full_sync_throughput() {
+    let orders: usize = std::env::var("SLUICE_CAP_BENCH_ORDERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5000);
+    let root = cap_root();
+    if !root.join("node_modules").exists() {
+        eprintln!("skipped: CAP is not installed (npm ci in tests/cap)");
+        return;
+    }
+    // A copy of tests/cap/bc with `orders` orders and pages of 500.
+    let dir = tempfile::Builder::new()
+        .prefix(".bench-")
+        .tempdir_in(&root)
+        .unwrap();
+    let bc = root.join("bc");
+    std::fs::create_dir_all(dir.path().join("db/data")).unwrap();
+    std::fs::create_dir_all(dir.path().join("srv")).unwrap();
+    for f in [
+        "package.json",
+        "server.js",
+        "db/schema.cds",
+        "srv/service.cds",
+    ] {
+        std::fs::copy(bc.join(f), dir.path().join(f)).unwrap();
+    }
+    let st = Command::new("node")
+        .arg(bc.join("gen-data.js"))
+        .arg(orders.to_string())
+        .arg(dir.path().join("db/data"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cap = start_in(
+        dir.path(),
+        &[(
+            "CDS_CONFIG",
+            r#"{"query":{"limit":{"default":500,"max":500}}}"#,
+        )],
+    )
+    .await
+    .unwrap();
+    let c = bc_connector(&cap, &Definitions::built_in());
+    let opts = SyncOptions {
+        mode: Mode::Full,
+        page_size: 500,
+        ..SyncOptions::default()
+    };
+    let (store, _d) = common::sqlite_store().await;
+    let t = Instant::now();
+    let r = sync::run(&store, c.as_ref(), "bc", Entity::PurchaseOrder, &opts, None)
+        .await
+        .unwrap();
+    let cap_secs = t.elapsed().as_secs_f64();
+    assert_eq!(r.added, orders as u64);
+    drop(cap);
+
+    let emu = sluice_emulators::business_central::start(orders, 2).await;
+    emu.set_page_cap(500);
+    let e = bc_emulator_connector(&emu);
+    let (store, _d2) = common::sqlite_store().await;
+    let t = Instant::now();
+    let r = sync::run(&store, e.as_ref(), "bc", Entity::PurchaseOrder, &opts, None)
+        .await
+        .unwrap();
+    let emu_secs = t.elapsed().as_secs_f64();
+    assert_eq!(r.added, orders as u64);
+    println!(
+        "full sync of {orders} purchase orders (2 lines each, pages of 500): CAP OData v4 {cap_secs:.2} s = {:.0} records/s; Business Central emulator {emu_secs:.2} s = {:.0} records/s",
+        orders as f64 / cap_secs,
+        orders as f64 / emu_secs
+    );
+}
+
+fn bc_emulator_connector(emu: &sluice_emulators::Emulator) -> Arc<HttpConnector> {
+    use sluice_emulators::business_central as bc;
+    let config = ConnectionConfig {
+        definition: "business_central".into(),
+        params: [
+            ("base_url", emu.base_url.as_str()),
+            ("login_url", emu.base_url.as_str()),
+            ("tenant", bc::TENANT),
+            ("company_id", bc::COMPANY),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        credentials: [
+            ("client_id".to_string(), "EMU_ID".to_string()),
+            ("client_secret".to_string(), "EMU_SECRET".to_string()),
+        ]
+        .into(),
+        rate_limit: None,
+        policy: policy(),
+        ..ConnectionConfig::default()
+    };
+    let health = Arc::new(Health::new("bc", policy(), ConnectionStatus::Online, None));
+    Arc::new(
+        HttpConnector::new(
+            "bc",
+            Definitions::built_in()
+                .get("business_central")
+                .unwrap()
+                .clone(),
+            &config,
+            &|name| match name {
+                "EMU_ID" => Some(bc::CLIENT_ID.into()),
+                "EMU_SECRET" => Some(bc::CLIENT_SECRET.into()),
+                _ => None,
+            },
+            health,
+        )
+        .unwrap(),
+    )
 }

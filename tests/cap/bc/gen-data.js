@@ -1,10 +1,12 @@
 // Writes the seed CSVs (committed; run again only to change them):
 // one company, 25 purchase orders of 2 lines each (one changed every hour
-// from 2024-01-01T00:00:00Z), 5 vendors. Vendor names hold a space, a quote,
+// from 2024-01-01T00:00:00Z), 5 vendors. `node gen-data.js N DIR` writes N
+// orders into DIR instead (the throughput test in engine/tests/cap_odata.rs). Vendor names hold a space, a quote,
 // `&`, `#` and non-ASCII so that query values with them can be tested.
 const fs = require('fs');
 const path = require('path');
-const dir = path.join(__dirname, 'db', 'data');
+const ORDERS = Number(process.argv[2] || 25);
+const dir = process.argv[3] || path.join(__dirname, 'db', 'data');
 const COMPANY = 'c0c0c0c0-0000-4000-8000-000000000001';
 const uuid = (kind, n) => `${kind}0000000-0000-4000-8000-${String(n).padStart(12, '0')}`;
 const vendors = [
@@ -25,7 +27,7 @@ const orders = [['id', 'company_id', 'number', 'orderDate', 'postingDate', 'vend
   'totalAmountIncludingTax', 'status', 'lastModifiedDateTime']];
 const lines = [['id', 'document_id', 'sequence', 'itemId', 'lineType', 'lineObjectNumber', 'description',
   'unitOfMeasureCode', 'quantity', 'directUnitCost', 'amountExcludingTax', 'receivedQuantity']];
-for (let i = 0; i < 25; i++) {
+for (let i = 0; i < ORDERS; i++) {
   const v = i % vendors.length;
   let net = 0;
   for (let l = 0; l < 2; l++) {
