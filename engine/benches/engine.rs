@@ -7,6 +7,10 @@
 //!   at a time; and `durable_runs_concurrent/*`: 16 runs at once.
 //!   PostgreSQL is measured when `SLUICE_TEST_POSTGRES_URL` is set.
 //!
+//! - `validate/200_steps`: validating (parsing, shape checks, type checks of
+//!   every expression, DAG compile) a 200-step flow of reads, selects,
+//!   `for_each` sets and writes, as `sluice validate` does.
+//!
 //! Run: `cargo bench -p sluice --bench engine`.
 
 use std::sync::Arc;
@@ -126,5 +130,38 @@ fn durable_runs(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, step_in_memory, durable_runs);
+/// A flow of `n` steps in groups of four: read, select, `for_each` set, write.
+pub fn big_flow(n: usize) -> String {
+    let mut y = String::from(
+        "apiVersion: sluice/v1\nid: big\ninputs:\n  threshold: { type: number, default: 1000 }\nsteps:\n",
+    );
+    for g in 0..n / 4 {
+        let needs = if g == 0 {
+            String::new()
+        } else {
+            format!("    needs: [w{}]\n", g - 1)
+        };
+        y.push_str(&format!(
+            "  - id: r{g}\n{needs}    read: {{ connection: sandbox, entity: purchase_order, filter: {{ status: approved }} }}\n\
+  - id: s{g}\n    needs: [r{g}]\n    select:\n      from: \"${{{{ steps.r{g}.output.records }}}}\"\n      where: \"$[?@.total > ${{{{ inputs.threshold }}}}]\"\n\
+  - id: f{g}\n    needs: [s{g}]\n    for_each: \"${{{{ steps.s{g}.output }}}}\"\n    if: \"${{{{ item.total * 2 > inputs.threshold and item.lines | length > 0 }}}}\"\n    set:\n      po: \"${{{{ item.number }}}}\"\n      vendor: \"${{{{ item.vendor_name or item.vendor_id }}}}\"\n      text: \"PO ${{{{ item.number }}}} is ${{{{ item.total }}}} ${{{{ item.currency }}}}\"\n\
+  - id: w{g}\n    needs: [f{g}, s{g}]\n    for_each: \"${{{{ steps.s{g}.output }}}}\"\n    write:\n      connection: sandbox\n      entity: purchase_order\n      op: update\n      id: \"${{{{ item.remote_id }}}}\"\n      data: {{ buyer: \"${{{{ steps.f{g}.output[index].vendor }}}}\", custom_fields: {{ flagged: true }} }}\n"
+        ));
+    }
+    y
+}
+
+fn validate(c: &mut Criterion) {
+    let text = big_flow(200);
+    let catalog = Catalog::default();
+    let compiled = compile("big.yaml", &text, &catalog).expect("the 200-step flow validates");
+    assert_eq!(compiled.steps.len(), 200);
+    let mut g = c.benchmark_group("validate");
+    g.bench_function("200_steps", |b| {
+        b.iter(|| compile("big.yaml", &text, &catalog).expect("valid"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, validate, step_in_memory, durable_runs);
 criterion_main!(benches);
