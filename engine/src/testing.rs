@@ -304,6 +304,7 @@ pub async fn run_case(
     let catalog = Catalog {
         connections: registry.names(),
         plugins: None,
+        secrets: Some(Secrets::from_pairs(case.secrets.clone())),
     };
     let compiled = flow::compile(flow_file, flow_text, &catalog).map_err(|e| {
         let mut msg = format!(
@@ -656,6 +657,7 @@ pub async fn export_run(store: &Store, run_id: &str) -> Result<(String, TestFile
         &Catalog {
             connections: vec![],
             plugins: None,
+            secrets: None,
         },
     );
     let flow: flow::Flow = match &compiled {

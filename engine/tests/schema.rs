@@ -26,7 +26,7 @@ fn every_example_flow_validates() {
     let mut count = 0;
     for entry in std::fs::read_dir(repo("flows")).expect("flows/ exists") {
         let path = entry.expect("dir entry").path();
-        if path.extension().is_some_and(|e| e == "yaml") {
+        if sluice::flow::is_flow_file(&path) {
             flow::compile_file(&path, &Catalog::default()).unwrap_or_else(|e| panic!("{e}"));
             count += 1;
         }

@@ -244,7 +244,6 @@ async fn what_validation_cannot_know_fails_the_run_naming_the_path() {
             r#"set: "${{ inputs.po.lines[5].qty }}""#,
             "index 5 is out of range",
         ),
-        (r#"set: "${{ secrets.API_KEY }}""#, "SLUICE_SECRET_API_KEY"),
     ] {
         let step = if expr_yaml.starts_with('{') {
             format!("  - {{ id: a, {} }}", &expr_yaml[1..expr_yaml.len() - 1])
@@ -264,6 +263,23 @@ async fn what_validation_cannot_know_fails_the_run_naming_the_path() {
         let msg = out.error.unwrap()["message"].as_str().unwrap().to_string();
         assert!(msg.contains(needle), "{needle}: {msg}");
     }
+    // A secret this process does not hold is known before the run: the
+    // engine's catalog carries its secrets.
+    let err = flow::compile(
+        "s.yaml",
+        "apiVersion: sluice/v1\nid: s\nsteps:\n  - { id: a, set: \"${{ secrets.API_KEY }}\" }\n",
+        &e.catalog(),
+    )
+    .unwrap_err();
+    assert_eq!(err.diagnostics[0].code, "unknown-secret");
+    assert_eq!(err.diagnostics[0].message, "secret `API_KEY` is not set");
+    assert!(
+        err.diagnostics[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("SLUICE_SECRET_API_KEY")
+    );
     // Optional reads are explicit and work.
     let out = run(
         &e,
@@ -366,7 +382,7 @@ fn shipped_flows_validate_clean() {
     ] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let p = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "yaml") {
+            if flow::is_flow_file(&p) {
                 flow::compile_file(&p, &Catalog::default()).unwrap_or_else(|e| panic!("{e}"));
                 checked += 1;
             }
@@ -453,4 +469,41 @@ steps:
         ],
         "{d:#?}"
     );
+}
+
+#[test]
+fn webhook_trigger_secrets_are_checked_for_form() {
+    let yaml = |secret: &str| {
+        format!(
+            "apiVersion: sluice/v1\nid: h\ntriggers:\n  - webhook: {{ path: po, secret: \"{secret}\" }}\nsteps:\n  - {{ id: a, set: 1 }}\n"
+        )
+    };
+    let d = problems(&yaml("hunter2"));
+    assert_eq!(d[0].code, "invalid-webhook-secret", "{d:?}");
+    assert!(d[0].message.contains("must start with `whsec_`"), "{d:?}");
+    assert_eq!((d[0].line, d[0].column), (Some(4), Some(34)));
+    let d = problems(&yaml("whsec_c2hvcnQ="));
+    assert!(
+        d[0].message.contains("the key is 5 bytes; use 24 to 64"),
+        "{d:?}"
+    );
+    assert!(problems(&yaml("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")).is_empty());
+    // A secret named by reference is checked where this process holds it.
+    let catalog = Catalog {
+        secrets: Some(sluice::expr::secrets::Secrets::from_pairs([(
+            "HOOK".to_string(),
+            "not-a-secret".to_string(),
+        )])),
+        ..Catalog::default()
+    };
+    let err = flow::compile("h.yaml", &yaml("${{ secrets.HOOK }}"), &catalog).unwrap_err();
+    assert!(
+        err.diagnostics[0]
+            .message
+            .starts_with("the secret `HOOK` is not a Standard Webhooks secret"),
+        "{:?}",
+        err.diagnostics
+    );
+    // `sluice validate` does not know the secrets of the server: no error.
+    assert!(problems(&yaml("${{ secrets.HOOK }}")).is_empty());
 }

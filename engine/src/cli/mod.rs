@@ -355,7 +355,10 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
                         db: url,
                         lease: Duration::from_secs(30),
                     };
-                    engine(&args).await?.catalog_with_plugins().await?
+                    let mut c = engine(&args).await?.catalog_with_plugins().await?;
+                    // The flow may run in another process with other secrets.
+                    c.secrets = None;
+                    c
                 }
                 None => flow::Catalog::default(),
             };
@@ -533,7 +536,7 @@ fn collect_flow_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
         for p in entries {
             if p.is_dir() {
                 walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            } else if flow::is_flow_file(&p) {
                 out.push(p);
             }
         }

@@ -36,6 +36,11 @@ impl Secrets {
         }
     }
 
+    /// The names of the secrets.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+
     /// One secret's value.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)

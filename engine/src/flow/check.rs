@@ -29,6 +29,8 @@ pub struct RefScope {
     pub connections: Vec<String>,
     /// Registered plugin names, when known.
     pub plugins: Option<Vec<String>>,
+    /// Names of the secrets the running process holds, when known.
+    pub secrets: Option<BTreeSet<String>>,
     /// The static type of each variable an expression may read (`inputs`,
     /// `trigger`, `steps`, `secrets`, `item`, `index`).
     pub types: BTreeMap<String, Type>,
@@ -338,6 +340,24 @@ impl<'a> Checker<'a> {
                     .hint = Some(
                         "add `for_each:` to the step, or refer to a step output instead".into(),
                     );
+                }
+                "secrets" => {
+                    if let (Some(name), Some(known)) = (second, &self.scope.secrets)
+                        && !known.contains(name)
+                    {
+                        let hint = match did_you_mean(name, known.iter().map(String::as_str)) {
+                            Some(s) => format!(
+                                "did you mean `secrets.{s}`? or set {}{name}",
+                                expr::secrets::ENV_PREFIX
+                            ),
+                            None => format!(
+                                "set the environment variable {}{name} for the process that runs the flow",
+                                expr::secrets::ENV_PREFIX
+                            ),
+                        };
+                        self.error(rel, "unknown-secret", format!("secret `{name}` is not set"))
+                            .hint = Some(hint);
+                    }
                 }
                 r if ROOTS.contains(&r) || globals.iter().any(|g| g == r) => {}
                 other => {

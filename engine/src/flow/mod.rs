@@ -151,6 +151,9 @@ pub struct Catalog {
     pub connections: Vec<String>,
     /// Registered plugin names; `None` when unknown (not checked).
     pub plugins: Option<Vec<String>>,
+    /// The secrets of the process that will run the flow; `None` when that
+    /// process is not this one (`sluice validate`), so they are not checked.
+    pub secrets: Option<crate::expr::secrets::Secrets>,
 }
 
 impl Default for Catalog {
@@ -158,8 +161,18 @@ impl Default for Catalog {
         Catalog {
             connections: vec![crate::connectors::sandbox::CONNECTION.to_string()],
             plugins: None,
+            secrets: None,
         }
     }
+}
+
+/// Whether a path names a flow file: `.yaml` or `.yml`, but not a flow test
+/// (`NAME.test.yaml`, see [`crate::testing`]).
+pub fn is_flow_file(path: &std::path::Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    (name.ends_with(".yaml") || name.ends_with(".yml"))
+        && !name.ends_with(".test.yaml")
+        && !name.ends_with(".test.yml")
 }
 
 /// Reads and compiles a flow file.
@@ -463,6 +476,10 @@ fn check_meaning(
         all_steps: all_steps.clone(),
         connections: catalog.connections.clone(),
         plugins: catalog.plugins.clone(),
+        secrets: catalog
+            .secrets
+            .as_ref()
+            .map(|s| s.names().map(str::to_string).collect()),
         types: root_types(flow),
         ..RefScope::default()
     };
@@ -525,6 +542,50 @@ fn check_meaning(
         .filter(|i| steps[*i].dependents.is_empty())
         .collect();
     Some((steps, topo, output, sinks))
+}
+
+/// A webhook trigger's secret must be a Standard Webhooks secret
+/// (`whsec_` + base64 of 24 to 64 bytes): checked when written in the file,
+/// and when it names a secret this process holds.
+fn check_webhook_secret(text: &str, catalog: &Catalog, at: Loc, diags: &mut Vec<Diagnostic>) {
+    use crate::webhooks::signing::Secret;
+    let (value, what) = if text.contains(crate::expr::OPEN) {
+        let name = text
+            .trim()
+            .strip_prefix(crate::expr::OPEN)
+            .and_then(|r| r.strip_suffix(crate::expr::CLOSE))
+            .map(str::trim)
+            .and_then(|r| r.strip_prefix("secrets."))
+            .filter(|n| n.chars().all(|c| c.is_alphanumeric() || c == '_'));
+        let Some(name) = name else {
+            diags.push(
+                Diagnostic::at(
+                    "invalid-webhook-secret",
+                    at,
+                    "a webhook trigger's secret is a secret, not an expression",
+                )
+                .with_hint("write `${{ secrets.NAME }}` and set SLUICE_SECRET_NAME"),
+            );
+            return;
+        };
+        // An unset secret is reported by the reference check.
+        match catalog.secrets.as_ref().and_then(|s| s.get(name)) {
+            Some(v) => (v.to_string(), format!("the secret `{name}`")),
+            None => return,
+        }
+    } else {
+        (text.to_string(), "the webhook secret".to_string())
+    };
+    if let Err(e) = Secret::parse(&value) {
+        diags.push(
+            Diagnostic::at(
+                "invalid-webhook-secret",
+                at,
+                format!("{what} is not a Standard Webhooks secret: {e}"),
+            )
+            .with_hint("use `whsec_` and the base64 of 24 to 64 random bytes, e.g. from `sluice webhook endpoint add`"),
+        );
+    }
 }
 
 /// The static types of the variables every expression may read.
@@ -921,6 +982,9 @@ fn check_triggers(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<D
                 here(&path!["entity"]),
                 format!("unknown entity `{e}`"),
             ));
+        }
+        if let Some(secret) = t.webhook.as_ref().and_then(|w| w.secret.as_ref()) {
+            check_webhook_secret(secret, catalog, here(&path!["webhook", "secret"]), diags);
         }
         if let Some(w) = &t.webhook
             && !w.path.split('/').all(is_slug)

@@ -299,6 +299,7 @@ impl Engine {
         Catalog {
             connections: self.connectors().names(),
             plugins: None,
+            secrets: Some(self.inner.secrets.clone()),
         }
     }
 

@@ -190,7 +190,7 @@ pub async fn load_dir(state: &AppState, dir: &Path) -> Result<(), String> {
     let mut files: Vec<_> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .filter(|p| crate::flow::is_flow_file(p))
         .collect();
     files.sort();
     let catalog = state
