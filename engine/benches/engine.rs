@@ -141,12 +141,36 @@ pub fn big_flow(n: usize) -> String {
         } else {
             format!("    needs: [w{}]\n", g - 1)
         };
-        y.push_str(&format!(
-            "  - id: r{g}\n{needs}    read: {{ connection: sandbox, entity: purchase_order, filter: {{ status: approved }} }}\n\
-  - id: s{g}\n    needs: [r{g}]\n    select:\n      from: \"${{{{ steps.r{g}.output.records }}}}\"\n      where: \"$[?@.total > ${{{{ inputs.threshold }}}}]\"\n\
-  - id: f{g}\n    needs: [s{g}]\n    for_each: \"${{{{ steps.s{g}.output }}}}\"\n    if: \"${{{{ item.total * 2 > inputs.threshold and item.lines | length > 0 }}}}\"\n    set:\n      po: \"${{{{ item.number }}}}\"\n      vendor: \"${{{{ item.vendor_name or item.vendor_id }}}}\"\n      text: \"PO ${{{{ item.number }}}} is ${{{{ item.total }}}} ${{{{ item.currency }}}}\"\n\
-  - id: w{g}\n    needs: [f{g}, s{g}]\n    for_each: \"${{{{ steps.s{g}.output }}}}\"\n    write:\n      connection: sandbox\n      entity: purchase_order\n      op: update\n      id: \"${{{{ item.remote_id }}}}\"\n      data: {{ buyer: \"${{{{ steps.f{g}.output[index].vendor }}}}\", custom_fields: {{ flagged: true }} }}\n"
-        ));
+        let lines = [
+            format!(
+                "  - id: r{g}\n{needs}    read: {{ connection: sandbox, entity: purchase_order, filter: {{ status: approved }} }}"
+            ),
+            format!("  - id: s{g}\n    needs: [r{g}]\n    select:"),
+            format!("      from: \"${{{{ steps.r{g}.output.records }}}}\""),
+            "      where: \"$[?@.total > ${{ inputs.threshold }}]\"".to_string(),
+            format!(
+                "  - id: f{g}\n    needs: [s{g}]\n    for_each: \"${{{{ steps.s{g}.output }}}}\""
+            ),
+            "    if: \"${{ item.total * 2 > inputs.threshold and item.lines | length > 0 }}\""
+                .to_string(),
+            "    set:\n      po: \"${{ item.number }}\"".to_string(),
+            "      vendor: \"${{ item.vendor_name or item.vendor_id }}\"".to_string(),
+            "      text: \"PO ${{ item.number }} is ${{ item.total }} ${{ item.currency }}\""
+                .to_string(),
+            format!(
+                "  - id: w{g}\n    needs: [f{g}, s{g}]\n    for_each: \"${{{{ steps.s{g}.output }}}}\""
+            ),
+            "    write:\n      connection: sandbox\n      entity: purchase_order\n      op: update"
+                .to_string(),
+            "      id: \"${{ item.remote_id }}\"".to_string(),
+            format!(
+                "      data: {{ buyer: \"${{{{ steps.f{g}.output[index].vendor }}}}\", custom_fields: {{ flagged: true }} }}"
+            ),
+        ];
+        for l in lines {
+            y.push_str(&l);
+            y.push('\n');
+        }
     }
     y
 }
@@ -154,7 +178,7 @@ pub fn big_flow(n: usize) -> String {
 fn validate(c: &mut Criterion) {
     let text = big_flow(200);
     let catalog = Catalog::default();
-    let compiled = compile("big.yaml", &text, &catalog).expect("the 200-step flow validates");
+    let compiled = compile("big.yaml", &text, &catalog).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(compiled.steps.len(), 200);
     let mut g = c.benchmark_group("validate");
     g.bench_function("200_steps", |b| {

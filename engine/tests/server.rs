@@ -1234,3 +1234,96 @@ async fn a_connections_sync_schedule_syncs_on_its_ticks_and_bad_schedules_are_re
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+const TYPED_HOOK: &str = r#"apiVersion: sluice/v1
+id: typed-hook
+triggers:
+  - webhook:
+      path: typed
+      body_schema:
+        type: object
+        required: [po, total]
+        additionalProperties: false
+        properties: { po: { type: string }, total: { type: number } }
+steps:
+  - { id: echo, set: { po: "${{ trigger.body.po }}", doubled: "${{ trigger.body.total * 2 }}" } }
+"#;
+
+#[tokio::test]
+async fn a_hook_with_a_body_schema_types_the_flow_and_refuses_bodies_that_do_not_match() {
+    let (s, admin) = Server::start(&[], &[]);
+    let http = client();
+    // A flow reading a field the schema does not declare is refused at upload.
+    let (status, code, body) = error_of(
+        http.post(s.url("/v1/flows"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/yaml")
+            .body(TYPED_HOOK.replace("trigger.body.po }}", "trigger.body.number }}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (422, "VALIDATION_FAILED"),
+        "{body}"
+    );
+    assert!(body.to_string().contains("has no field `number`"), "{body}");
+    let (status, flow, _) = json_of(
+        http.post(s.url("/v1/flows"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/yaml")
+            .body(TYPED_HOOK)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{flow}");
+    for (body, says) in [
+        (
+            r#"{"po": "PO-1", "totl": 5}"#,
+            "`body` has no `total`, which is required",
+        ),
+        (
+            r#"{"po": "PO-1", "total": "5"}"#,
+            "`body.total` should be a number, but it is a string",
+        ),
+        (
+            r#"{"po": "PO-1", "total": 5, "totl": 5}"#,
+            "`body` has a key `totl` that is not declared (did you mean `total`?)",
+        ),
+    ] {
+        let (status, code, err) = error_of(
+            http.post(s.url("/v1/hooks/typed"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, code.as_str()), (422, "VALIDATION_FAILED"), "{err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(says),
+            "{err}"
+        );
+    }
+    assert!(
+        runs_of(&s, &admin, "typed-hook").await.is_empty(),
+        "a refused body starts nothing"
+    );
+    let (status, started, _) = json_of(
+        http.post(s.url("/v1/hooks/typed"))
+            .header("content-type", "application/json")
+            .body(r#"{"po": "PO-1", "total": 5}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let run = wait_run(&s, &admin, started["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["output"], json!({"po": "PO-1", "doubled": 10}), "{run}");
+}

@@ -507,3 +507,137 @@ fn webhook_trigger_secrets_are_checked_for_form() {
     // `sluice validate` does not know the secrets of the server: no error.
     assert!(problems(&yaml("${{ secrets.HOOK }}")).is_empty());
 }
+
+const SCORED: &str = r#"apiVersion: sluice/v1
+id: scored
+steps:
+  - id: score
+    plugin:
+      name: po-risk
+      output_schema:
+        type: object
+        required: [risk]
+        properties: { risk: { type: number }, reasons: { type: array, items: { type: string } } }
+        additionalProperties: false
+    with: { po: PO-1 }
+  - { id: use, needs: [score], set: "${{ steps.score.output.risk * 100 }}" }
+"#;
+
+#[test]
+fn a_plugin_output_schema_types_what_downstream_steps_read() {
+    let d = problems(&SCORED.replace("output.risk * 100", "output.risc * 100"));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].code, "unknown-field");
+    assert!(
+        d[0].hint
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `risk`?"),
+        "{d:?}"
+    );
+    let d = problems(&SCORED.replace("output.risk * 100", "output.reasons * 100"));
+    assert_eq!(d[0].code, "wrong-type", "{d:?}");
+    assert!(problems(SCORED).is_empty());
+}
+
+#[tokio::test]
+async fn a_plugin_output_that_breaks_its_schema_fails_the_step() {
+    use sluice::testing::{Expect, PinnedPlugin, TestCase, run_case};
+    let case = |output: serde_json::Value, expect: Expect| TestCase {
+        name: "t".into(),
+        inputs: Default::default(),
+        trigger: None,
+        secrets: Default::default(),
+        connections: Default::default(),
+        plugins: [(
+            "po-risk".to_string(),
+            PinnedPlugin {
+                output: Some(output),
+                error: None,
+            },
+        )]
+        .into(),
+        expect,
+    };
+    let failures = run_case(
+        "scored.yaml",
+        SCORED,
+        &case(
+            json!({"risk": "high"}),
+            Expect {
+                status: Some("failed".into()),
+                error: Some("plugin `po-risk` returned an output that does not match its `output_schema`: `output.risk` should be a number, but it is a string".into()),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    let failures = run_case(
+        "scored.yaml",
+        SCORED,
+        &case(
+            json!({"risk": 0.25}),
+            Expect {
+                output: Some(json!(25.0)),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[test]
+fn event_triggers_type_the_data_of_each_engine_event() {
+    let flow = |event: &str, entity: &str, expr: &str| {
+        format!(
+            "apiVersion: sluice/v1\nid: e\ntriggers:\n  - event: {event}\n    entity: {entity}\nsteps:\n  - {{ id: a, set: \"${{{{ {expr} }}}}\" }}\n"
+        )
+    };
+    let d = problems(&flow(
+        "sync.completed",
+        "purchase_order",
+        "trigger.event.data.addded",
+    ));
+    assert_eq!(d[0].code, "unknown-field", "{d:?}");
+    assert!(
+        d[0].hint
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `added`?"),
+        "{d:?}"
+    );
+    // A record event with an entity filter carries that entity's record.
+    let d = problems(&flow(
+        "record.created",
+        "purchase_order",
+        "trigger.event.data.record.totl",
+    ));
+    assert!(d[0].message.contains("purchase_order"), "{d:?}");
+    assert!(
+        d[0].hint
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `total`?"),
+        "{d:?}"
+    );
+    assert!(
+        problems(&flow(
+            "record.created",
+            "purchase_order",
+            "trigger.event.data.record.total * 2"
+        ))
+        .is_empty()
+    );
+    assert!(
+        problems(&flow(
+            "sync.completed",
+            "vendor",
+            "trigger.event.data.added + trigger.event.data.updated"
+        ))
+        .is_empty()
+    );
+}

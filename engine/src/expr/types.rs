@@ -50,6 +50,8 @@ pub struct ObjectType {
     pub fields: BTreeMap<String, Type>,
     /// Whether keys beyond `fields` may exist (their type is then `Any`).
     pub open: bool,
+    /// Keys a value must have (from a JSON Schema's `required`).
+    pub required: Vec<String>,
 }
 
 impl Type {
@@ -59,6 +61,7 @@ impl Type {
             name: None,
             fields: fields.into_iter().collect(),
             open,
+            required: Vec::new(),
         }))
     }
 
@@ -137,6 +140,52 @@ impl Type {
     /// The type a JSON Schema describes (`root` holds its `$defs`).
     pub fn from_schema(schema: &Value, root: &Value) -> Type {
         from_schema(schema, root, 0)
+    }
+}
+
+/// Checks that a value has the type: the right kind of value everywhere
+/// (`null` is accepted for any field), required keys present, and no keys a
+/// closed object does not know. The error names the path (`what` is the
+/// root's name) and what was expected.
+pub fn conforms(value: &Value, ty: &Type, what: &str) -> Result<(), String> {
+    let wrong = |expected: &str| {
+        Err(format!(
+            "`{what}` should be {expected}, but it is {}",
+            Type::of_value(value).a()
+        ))
+    };
+    match (ty, value) {
+        (Type::Any, _) | (_, Value::Null) => Ok(()),
+        (Type::Bool, Value::Bool(_)) | (Type::String, Value::String(_)) => Ok(()),
+        (Type::Number, Value::Number(_)) => Ok(()),
+        (Type::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
+        (Type::List(elem), Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| conforms(v, elem, &format!("{what}[{i}]"))),
+        (Type::Object(o), Value::Object(map)) => {
+            if let Some(missing) = o.required.iter().find(|k| !map.contains_key(*k)) {
+                return Err(format!("`{what}` has no `{missing}`, which is required"));
+            }
+            for (k, v) in map {
+                match o.fields.get(k) {
+                    Some(t) => conforms(v, t, &format!("{what}.{k}"))?,
+                    None if o.open => {}
+                    None => {
+                        let known: Vec<&str> = o.fields.keys().map(String::as_str).collect();
+                        let guess = did_you_mean(k, known.iter().copied())
+                            .map(|s| format!(" (did you mean `{s}`?)"))
+                            .unwrap_or_default();
+                        return Err(format!(
+                            "`{what}` has a key `{k}` that is not declared{guess}; declared: {}",
+                            known.join(", ")
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        (t, _) => wrong(&t.a()),
     }
 }
 
@@ -229,7 +278,22 @@ fn from_schema(schema: &Value, root: &Value, depth: usize) -> Type {
                 })
                 .unwrap_or_default();
             let open = !matches!(obj.get("additionalProperties"), Some(Value::Bool(false)));
-            Type::object(fields, open)
+            let required = obj
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Type::Object(Box::new(ObjectType {
+                name: None,
+                fields,
+                open,
+                required,
+            }))
         }
         _ => Type::Any,
     }
@@ -365,6 +429,16 @@ pub fn check_expression(
     text: &str,
     roots: &BTreeMap<String, Type>,
 ) -> Result<(Type, Vec<TypeIssue>), String> {
+    check_expression_with_steps(text, roots, None)
+}
+
+/// Like [`check_expression`], with `steps.<id>.output` typed from
+/// `steps` (output types by step id) without building the `steps` object.
+pub fn check_expression_with_steps(
+    text: &str,
+    roots: &BTreeMap<String, Type>,
+    steps: Option<&BTreeMap<String, Type>>,
+) -> Result<(Type, Vec<TypeIssue>), String> {
     let expr = minijinja::machinery::parse_expr(text).map_err(|e| {
         let mut m = e.kind().to_string();
         if let Some(d) = e.detail() {
@@ -374,6 +448,7 @@ pub fn check_expression(
     })?;
     let mut cx = Cx {
         roots,
+        steps,
         issues: Vec::new(),
         text,
         optional: super::strict::optional_paths(&expr),
@@ -384,6 +459,8 @@ pub fn check_expression(
 
 struct Cx<'a> {
     roots: &'a BTreeMap<String, Type>,
+    /// Output types of steps by id, when known.
+    steps: Option<&'a BTreeMap<String, Type>>,
     issues: Vec<TypeIssue>,
     text: &'a str,
     /// Paths read as optional somewhere in the expression.
@@ -452,6 +529,23 @@ impl Cx<'_> {
                 Type::of_value(&json)
             }
             Expr::GetAttr(g) => {
+                if let (Expr::Var(v), Some(steps)) = (&g.expr, self.steps)
+                    && v.id == "steps"
+                {
+                    // Unknown step ids are the flow's reference check's.
+                    return Type::object(
+                        [
+                            (
+                                "output".to_string(),
+                                steps.get(g.name).cloned().unwrap_or(Type::Any),
+                            ),
+                            ("status".to_string(), Type::String),
+                            ("error".to_string(), Type::Any),
+                        ],
+                        false,
+                    )
+                    .named(&format!("steps.{}", g.name));
+                }
                 let base = self.infer(&g.expr, guarded);
                 self.field(e, &g.expr, base, g.name, guarded)
             }

@@ -18,7 +18,7 @@ pub struct RefScope {
     /// Declared inputs.
     pub inputs: BTreeSet<String>,
     /// All step ids of the flow.
-    pub all_steps: BTreeSet<String>,
+    pub all_steps: std::sync::Arc<BTreeSet<String>>,
     /// Steps that finish before this place is evaluated.
     pub upstream: BTreeSet<String>,
     /// The step being checked, if any.
@@ -40,6 +40,8 @@ pub struct RefScope {
 pub struct Checker<'a> {
     source: &'a Node,
     text: &'a str,
+    /// Output types of the steps checked so far, by id.
+    pub step_types: Option<&'a BTreeMap<String, Type>>,
     base: Vec<Seg>,
     diags: &'a mut Vec<Diagnostic>,
     /// What expressions may refer to.
@@ -60,6 +62,7 @@ impl<'a> Checker<'a> {
         Checker {
             source,
             text,
+            step_types: None,
             base,
             diags,
             scope,
@@ -180,7 +183,7 @@ impl<'a> Checker<'a> {
     /// Type-checks one expression `inner`, found at byte `offset` of the
     /// string `whole` at `rel`; reports problems inside it.
     fn check_types(&mut self, rel: &[Seg], whole: &str, offset: usize, inner: &str) -> Type {
-        match types::check_expression(inner, &self.scope.types) {
+        match types::check_expression_with_steps(inner, &self.scope.types, self.step_types) {
             Ok((ty, issues)) => {
                 for issue in issues {
                     let loc = self.locate_in(rel, whole, offset + issue.offset, issue.len);

@@ -471,9 +471,9 @@ fn check_meaning(
         .unwrap_or_default();
 
     let all_steps: BTreeSet<String> = flow.steps.iter().map(|s| s.id.clone()).collect();
-    let mut base_scope = RefScope {
+    let base_scope = RefScope {
         inputs: flow.inputs.keys().cloned().collect(),
-        all_steps: all_steps.clone(),
+        all_steps: std::sync::Arc::new(all_steps.clone()),
         connections: catalog.connections.clone(),
         plugins: catalog.plugins.clone(),
         secrets: catalog
@@ -499,15 +499,22 @@ fn check_meaning(
                 upstream.insert(flow.steps[graph[n]].id.clone());
             }
         }
-        let mut scope = RefScope {
+        let scope = RefScope {
             upstream,
             current: Some(step.id.clone()),
             ..base_scope.clone()
         };
-        scope
-            .types
-            .insert("steps".into(), steps_type(&all_steps, &step_types));
-        match compile_step(flow, i, step, root, text, scope, &index_of, diags) {
+        match compile_step(
+            flow,
+            i,
+            step,
+            root,
+            text,
+            scope,
+            &step_types,
+            &index_of,
+            diags,
+        ) {
             Some((s, output_type)) => {
                 step_types.insert(step.id.clone(), output_type);
                 compiled_at[i] = Some(s);
@@ -518,14 +525,12 @@ fn check_meaning(
     steps.extend(compiled_at.into_iter().flatten());
     let mut output = None;
     if let Some(o) = &flow.output {
-        base_scope
-            .types
-            .insert("steps".into(), steps_type(&all_steps, &step_types));
         let scope = RefScope {
             upstream: all_steps,
             ..base_scope
         };
         let mut c = Checker::new(root, text, vec![], diags, scope);
+        c.step_types = Some(&step_types);
         output = c.template(&path!["output"], o);
         ok &= output.is_some();
     }
@@ -637,6 +642,60 @@ fn fields(list: &[(&str, Type)]) -> Vec<(String, Type)> {
         .collect()
 }
 
+/// The `data` of each engine event, as the engine fills it; custom events
+/// (fired by flows) carry whatever their payload is.
+fn event_data_type(event: &str, entity: Option<crate::unified::Entity>) -> Type {
+    let s = Type::String;
+    let i = Type::Integer;
+    let base = [("connection_id", s.clone()), ("entity", s.clone())];
+    let with = |extra: &[(&str, Type)]| {
+        let mut all: Vec<(&str, Type)> = base.to_vec();
+        all.extend_from_slice(extra);
+        Type::object(fields(&all), false).named(&format!("the data of {event}"))
+    };
+    let record = entity.map_or(Type::Any, |e| e.value_type());
+    match event {
+        "sync.completed" => with(&[
+            ("mode", s.clone()),
+            ("added", i.clone()),
+            ("updated", i.clone()),
+            ("deleted", i.clone()),
+            ("duration_ms", i.clone()),
+            ("cursor", Type::Any),
+        ]),
+        "sync.failed" => with(&[
+            ("mode", s.clone()),
+            ("error", s.clone()),
+            ("details", Type::Any),
+            ("pages", i.clone()),
+        ]),
+        // One record each, or a batch of ids for large changes.
+        "record.created" | "record.updated" => with(&[
+            ("remote_id", s.clone()),
+            ("record", record),
+            ("batch", Type::Bool),
+            ("remote_ids", Type::list(s.clone())),
+        ]),
+        "record.deleted" => with(&[
+            ("remote_id", s.clone()),
+            ("batch", Type::Bool),
+            ("remote_ids", Type::list(s.clone())),
+        ]),
+        "connection.status_changed" => Type::object(
+            fields(&[
+                ("connection_id", s.clone()),
+                ("from", s.clone()),
+                ("status", s.clone()),
+                ("reason", Type::Any),
+                ("at", s),
+            ]),
+            false,
+        )
+        .named("the data of connection.status_changed"),
+        _ => Type::Any,
+    }
+}
+
 /// `trigger` of a run started by the CLI or the API (any flow can be).
 fn manual_trigger_type() -> Type {
     Type::object(
@@ -651,13 +710,17 @@ fn manual_trigger_type() -> Type {
 
 /// `trigger` as each trigger kind fills it.
 fn trigger_type(t: &Trigger) -> Type {
-    if t.webhook.is_some() {
+    if let Some(w) = &t.webhook {
+        let body = match &w.body_schema {
+            Some(s) => Type::from_schema(s, s).named("the webhook body"),
+            None => Type::Any,
+        };
         Type::object(
             fields(&[
                 ("type", Type::String),
                 ("path", Type::String),
                 ("webhook_id", Type::String),
-                ("body", Type::Any),
+                ("body", body),
                 ("headers", Type::any_object()),
                 ("query", Type::any_object()),
                 ("received_at", Type::String),
@@ -675,14 +738,18 @@ fn trigger_type(t: &Trigger) -> Type {
             ]),
             false,
         )
-    } else if t.event.is_some() {
+    } else if let Some(event) = &t.event {
+        let entity = t
+            .entity
+            .as_deref()
+            .and_then(|e| e.parse::<crate::unified::Entity>().ok());
         let envelope = Type::object(
             fields(&[
                 ("id", Type::String),
                 ("type", Type::String),
                 ("timestamp", Type::String),
                 ("connection_id", Type::String),
-                ("data", Type::Any),
+                ("data", event_data_type(event, entity)),
             ]),
             false,
         )
@@ -696,30 +763,6 @@ fn trigger_type(t: &Trigger) -> Type {
     }
 }
 
-/// `steps`: each step's `{output, status, error}`; output types of steps
-/// not yet known are `any`. Unknown step ids are reported by the reference
-/// check, so the object is open.
-fn steps_type(all: &BTreeSet<String>, known: &BTreeMap<String, Type>) -> Type {
-    Type::object(
-        all.iter().map(|id| {
-            let output = known.get(id).cloned().unwrap_or(Type::Any);
-            (
-                id.clone(),
-                Type::object(
-                    fields(&[
-                        ("output", output),
-                        ("status", Type::String),
-                        ("error", Type::Any),
-                    ]),
-                    false,
-                )
-                .named(&format!("steps.{id}")),
-            )
-        }),
-        true,
-    )
-}
-
 #[allow(clippy::too_many_arguments)]
 fn compile_step(
     flow: &Flow,
@@ -728,11 +771,13 @@ fn compile_step(
     root: &Node,
     text: &str,
     scope: RefScope,
+    step_types: &BTreeMap<String, Type>,
     index_of: &BTreeMap<&str, usize>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<(CompiledStep, Type)> {
     let _ = flow;
     let mut c = Checker::new(root, text, path!["steps", i].to_vec(), diags, scope);
+    c.step_types = Some(step_types);
     let mut ok = true;
     let for_each = match &step.for_each {
         Some(v) => {

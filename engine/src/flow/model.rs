@@ -174,6 +174,11 @@ pub struct WebhookTrigger {
     /// Secret (`whsec_...`, usually `${{ secrets.NAME }}`) to check Standard Webhooks signatures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// JSON Schema of the request body: expressions reading `trigger.body`
+    /// are checked against it, and a body that does not match is refused
+    /// with 422 before any run starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_schema: Option<Value>,
 }
 
 /// A manual trigger (API or CLI).

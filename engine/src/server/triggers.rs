@@ -100,6 +100,23 @@ pub async fn inbound_hook(
                 .map_err(|_| ApiError::invalid("the body is neither JSON nor UTF-8 text"))?,
         )
     };
+    // A body that does not match the hook's declared schema starts nothing.
+    if let Some(schema) = flow
+        .compiled
+        .flow
+        .triggers
+        .iter()
+        .filter_map(|t| t.webhook.as_ref())
+        .find(|w| w.path == path)
+        .and_then(|w| w.body_schema.as_ref())
+    {
+        let ty = crate::expr::types::Type::from_schema(schema, schema);
+        crate::expr::types::conforms(&body_value, &ty, "body").map_err(|why| {
+            ApiError::validation(format!(
+                "the body does not match this hook's body_schema: {why}"
+            ))
+        })?;
+    }
     let mut header_map = Map::new();
     for (name, value) in &headers {
         if HIDDEN_HEADERS.contains(&name.as_str()) {

@@ -179,7 +179,8 @@ impl CompiledKind {
             CompiledKind::Select(s) => s.output_type.clone(),
             CompiledKind::Set(s) => s.output_type.clone(),
             CompiledKind::Wait(_) => Type::Integer,
-            CompiledKind::Webhook(_) | CompiledKind::Plugin(_) | CompiledKind::Sync(_) => Type::Any,
+            CompiledKind::Plugin(s) => s.output_type.clone(),
+            CompiledKind::Webhook(_) | CompiledKind::Sync(_) => Type::Any,
         }
     }
 

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::{StepError, StepErrorKind, StepRuntime};
 use crate::expr::Template;
+use crate::expr::types::{Type, conforms};
 use crate::flow::check::Checker;
 use crate::path;
 use crate::plugins::{CallError, Limits};
@@ -42,11 +43,18 @@ pub struct PluginStep {
     /// Instruction budget per call (default unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
+    /// JSON Schema of the plugin's output. Validation then checks what
+    /// downstream steps read of it, and an output that does not match fails
+    /// the step; without it the output is untyped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
 }
 
 /// A compiled `plugin` step.
 #[derive(Debug)]
 pub struct CompiledPlugin {
+    /// The declared output type (`Any` without `output_schema`).
+    pub output_type: Type,
     name: String,
     version: String,
     input: Template,
@@ -80,6 +88,23 @@ pub fn compile(
             .as_ref()
             .unwrap_or(&Value::Object(Default::default())),
     );
+    let output_type = match &step.output_schema {
+        None => Type::Any,
+        Some(schema @ Value::Object(_)) => Type::from_schema(schema, schema),
+        Some(_) => {
+            c.error(
+                &path!["plugin", "output_schema"],
+                "wrong-type",
+                "`output_schema` is a JSON Schema (a mapping)",
+            )
+            .hint = Some(
+                "e.g. `{ type: object, properties: { risk: { type: number } }, required: [risk] }`"
+                    .into(),
+            );
+            ok = false;
+            Type::Any
+        }
+    };
     let defaults = Limits::default();
     let limits = Limits {
         timeout: timeout.unwrap_or(defaults.timeout),
@@ -94,6 +119,7 @@ pub fn compile(
         return None;
     }
     Some(CompiledPlugin {
+        output_type,
         name: step.name.clone(),
         version,
         input: input?,
@@ -103,13 +129,27 @@ pub fn compile(
 }
 
 impl CompiledPlugin {
+    /// The output, if it matches the declared `output_schema`.
+    fn checked(&self, output: Value) -> Result<Value, StepError> {
+        conforms(&output, &self.output_type, "output").map_err(|why| {
+            StepError::new(
+                StepErrorKind::Plugin,
+                format!(
+                    "plugin `{}` returned an output that does not match its `output_schema`: {why}",
+                    self.name
+                ),
+            )
+        })?;
+        Ok(output)
+    }
+
     /// Calls the plugin.
     pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
         if let Some(pinned) = rt.plugin_outputs {
             // The input is still evaluated: its expressions must hold.
             self.input.eval(rt.ctx)?;
             return match pinned.get(&self.name) {
-                Some(Ok(v)) => Ok(v.clone()),
+                Some(Ok(v)) => self.checked(v.clone()),
                 Some(Err(e)) => Err(StepError::new(StepErrorKind::Plugin, e.clone())),
                 None => Err(StepError::new(
                     StepErrorKind::Plugin,
@@ -137,7 +177,7 @@ impl CompiledPlugin {
                 for (level, line) in &out.logs {
                     tracing::info!(plugin = %self.name, level = %level, "{line}");
                 }
-                Ok(out.output)
+                self.checked(out.output)
             }
             Err(e) => {
                 let retryable = matches!(e, CallError::Timeout { .. });
