@@ -20,3 +20,4 @@ pub mod sync;
 pub mod testing;
 pub mod unified;
 pub mod webhooks;
+pub mod yaml;

@@ -21,11 +21,11 @@ use super::ErrorCode;
 use super::mapping::{self, Mapping};
 use crate::expr::Template;
 use crate::expr::jsonpath::Query;
-use crate::flow::diagnostic::Diagnostic;
-use crate::flow::source::{Node, NodeValue, Seg, parse_yaml};
-use crate::flow::{FlowErrors, shape};
 use crate::path;
 use crate::unified::Entity;
+use crate::yaml::diagnostic::{Diagnostic, FlowErrors};
+use crate::yaml::shape;
+use crate::yaml::source::{Node, NodeValue, Seg, parse_yaml};
 
 /// The definitions that ship with Sluice.
 pub const BUILT_IN: &[(&str, &str)] = &[

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::expr::jsonpath::Query;
-use crate::flow::source::Seg;
 use crate::unified::Entity;
 use crate::unified::shape::{Shape, Slot};
+use crate::yaml::source::Seg;
 
 /// Where a unified field's value comes from.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -476,7 +476,7 @@ fn compile_fields(
     let mut fields = Vec::new();
     for (name, source) in spec {
         if !known.contains(&name.as_str()) {
-            let hint = crate::flow::diagnostic::did_you_mean(name, known.iter().copied())
+            let hint = crate::yaml::diagnostic::did_you_mean(name, known.iter().copied())
                 .map(|s| format!("; did you mean `{s}`?"))
                 .unwrap_or_default();
             problems.push((

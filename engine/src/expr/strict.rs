@@ -16,7 +16,7 @@ use minijinja::Value as MjValue;
 use minijinja::machinery::ast::{CallArg, Expr};
 
 use super::ExprError;
-use crate::flow::diagnostic::did_you_mean;
+use crate::yaml::diagnostic::did_you_mean;
 
 /// One step of a read path.
 #[derive(Debug, Clone, PartialEq)]

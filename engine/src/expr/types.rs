@@ -18,7 +18,7 @@ use std::sync::LazyLock;
 use minijinja::machinery::ast::{self, BinOpKind, CallArg, CompareOpKind, Expr};
 use serde_json::Value;
 
-use crate::flow::diagnostic::did_you_mean;
+use crate::yaml::diagnostic::did_you_mean;
 
 /// The static type of a value.
 #[derive(Debug, Clone, PartialEq)]

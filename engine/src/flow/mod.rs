@@ -9,10 +9,9 @@
 //! unknown connections, entities and fields of the unified model.
 
 pub mod check;
-pub mod diagnostic;
 pub mod model;
-pub mod shape;
-pub mod source;
+
+pub use crate::yaml::{diagnostic, shape, source};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;

@@ -1,6 +1,6 @@
 //! A YAML document as a tree of nodes that remember where they are.
 //!
-//! The typed model ([`super::model`]) has no positions; validation works on
+//! The typed model ([`crate::flow::model`]) has no positions; validation works on
 //! it and asks this tree for the line and column of a path such as
 //! `steps[2].needs[0]`. Parsing goes through serde-saphyr, whose `Spanned`
 //! wrapper gives each node's location.
@@ -88,7 +88,7 @@ impl From<usize> for Seg {
 /// Builds a path: `path!["steps", 2, "needs"]`.
 #[macro_export]
 macro_rules! path {
-    ($($seg:expr),* $(,)?) => { [$($crate::flow::source::Seg::from($seg)),*] };
+    ($($seg:expr),* $(,)?) => { [$($crate::yaml::source::Seg::from($seg)),*] };
 }
 
 impl Node {
