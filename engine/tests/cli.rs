@@ -810,6 +810,31 @@ output:
     // `validate` reads the same store as `run`: the stored connection is known.
     let o = run(args(&["validate", &flow]), "").await.unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    // ... and what its definition can do: Maximo deletes no work order and
+    // lists no vendor.
+    let unsupported = dir.path().join("unsupported.yaml");
+    std::fs::write(
+        &unsupported,
+        "apiVersion: sluice/v1\nid: u\nsteps:\n  - id: gone\n    write: { connection: plant-maximo, entity: work_order, op: delete, id: \"1\" }\n  - id: vendors\n    read: { connection: plant-maximo, entity: vendor }\n",
+    )
+    .unwrap();
+    let o = run(args(&["validate", unsupported.to_str().unwrap()]), "")
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("unsupported.yaml:5:64: error[unsupported-operation]: connection `plant-maximo` cannot delete work_order"),
+        "{err}"
+    );
+    assert!(
+        err.contains("for work_order it can: list, get, create, update"),
+        "{err}"
+    );
+    assert!(
+        err.contains("connection `plant-maximo` cannot list vendor"),
+        "{err}"
+    );
     let o = run(
         args(&[
             "connection",

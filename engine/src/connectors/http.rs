@@ -1809,4 +1809,17 @@ impl Connector for HttpConnector {
     fn entities(&self) -> Vec<Entity> {
         self.def.entities.keys().copied().collect()
     }
+
+    fn operations(&self, entity: Entity) -> Vec<&'static str> {
+        let Some(r) = self.requests.get(&entity) else {
+            return Vec::new();
+        };
+        let mut ops: Vec<&'static str> = r.list.iter().map(|_| "list").collect();
+        for op in ["get", "create", "update", "delete"] {
+            if r.ops.contains_key(op) || (op == "get" && r.detail.is_some()) {
+                ops.push(op);
+            }
+        }
+        ops
+    }
 }

@@ -260,6 +260,15 @@ pub trait Connector: Send + Sync {
     async fn health(&self) -> ConnectionStatus;
     /// Entities this connector serves.
     fn entities(&self) -> Vec<Entity>;
+    /// Operations (`list`, `get`, `create`, `update`, `delete`) it supports
+    /// for an entity, so validation can refuse what it cannot do.
+    fn operations(&self, entity: Entity) -> Vec<&'static str> {
+        if self.entities().contains(&entity) {
+            vec!["list", "get", "create", "update", "delete"]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// Connection name → connector.

@@ -31,6 +31,8 @@ pub struct RefScope {
     pub plugins: Option<Vec<String>>,
     /// Names of the secrets the running process holds, when known.
     pub secrets: Option<BTreeSet<String>>,
+    /// Operations per connection and entity, where known.
+    pub operations: std::sync::Arc<BTreeMap<String, BTreeMap<Entity, Vec<&'static str>>>>,
     /// The static type of each variable an expression may read (`inputs`,
     /// `trigger`, `steps`, `secrets`, `item`, `index`).
     pub types: BTreeMap<String, Type>,
@@ -401,6 +403,34 @@ impl<'a> Checker<'a> {
             rel,
             "unknown-connection",
             format!("unknown connection `{name}`"),
+        )
+        .hint = Some(hint);
+        false
+    }
+
+    /// Checks that `connection` supports `op` on `entity` (when known).
+    pub fn operation(&mut self, rel: &[Seg], connection: &str, entity: Entity, op: &str) -> bool {
+        let Some(by_entity) = self.scope.operations.get(connection) else {
+            return true;
+        };
+        let ops = by_entity.get(&entity).cloned().unwrap_or_default();
+        if ops.contains(&op) {
+            return true;
+        }
+        let hint = if ops.is_empty() {
+            let served: Vec<&str> = by_entity
+                .iter()
+                .filter(|(_, o)| !o.is_empty())
+                .map(|(e, _)| e.name())
+                .collect();
+            format!("connection `{connection}` serves: {}", served.join(", "))
+        } else {
+            format!("for {entity} it can: {}", ops.join(", "))
+        };
+        self.error(
+            rel,
+            "unsupported-operation",
+            format!("connection `{connection}` cannot {op} {entity}"),
         )
         .hint = Some(hint);
         false

@@ -153,6 +153,9 @@ pub struct Catalog {
     /// The secrets of the process that will run the flow; `None` when that
     /// process is not this one (`sluice validate`), so they are not checked.
     pub secrets: Option<crate::expr::secrets::Secrets>,
+    /// Per connection, the operations it supports per entity; a connection
+    /// missing here is not checked.
+    pub operations: BTreeMap<String, BTreeMap<crate::unified::Entity, Vec<&'static str>>>,
 }
 
 impl Default for Catalog {
@@ -161,6 +164,7 @@ impl Default for Catalog {
             connections: vec![crate::connectors::sandbox::CONNECTION.to_string()],
             plugins: None,
             secrets: None,
+            operations: BTreeMap::new(),
         }
     }
 }
@@ -479,6 +483,7 @@ fn check_meaning(
             .secrets
             .as_ref()
             .map(|s| s.names().map(str::to_string).collect()),
+        operations: std::sync::Arc::new(catalog.operations.clone()),
         types: root_types(flow),
         ..RefScope::default()
     };

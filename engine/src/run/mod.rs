@@ -296,10 +296,25 @@ impl Engine {
 
     /// What validation needs to know (connection names).
     pub fn catalog(&self) -> Catalog {
+        let connectors = self.connectors();
+        let operations = connectors
+            .names()
+            .into_iter()
+            .filter_map(|name| {
+                let c = connectors.get(&name)?;
+                let ops = c
+                    .entities()
+                    .into_iter()
+                    .map(|e| (e, c.operations(e)))
+                    .collect();
+                Some((name, ops))
+            })
+            .collect();
         Catalog {
-            connections: self.connectors().names(),
+            connections: connectors.names(),
             plugins: None,
             secrets: Some(self.inner.secrets.clone()),
+            operations,
         }
     }
 

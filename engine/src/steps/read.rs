@@ -102,6 +102,9 @@ pub fn compile(step: &ReadStep, c: &mut Checker<'_>) -> Option<CompiledRead> {
     let connection_ok = c.connection(&path!["read", "connection"], &step.connection);
     let entity = c.entity(&path!["read", "entity"], &step.entity);
     let mut ok = connection_ok && entity.is_some();
+    if let (true, Some(e), false) = (connection_ok, entity, step.from == Some(ReadFrom::Cache)) {
+        ok &= c.operation(&path!["read", "entity"], &step.connection, e, "list");
+    }
     let mut filters = Vec::new();
     let mut modified_after = step
         .modified_after

@@ -71,6 +71,9 @@ pub fn compile(step: &WriteStep, c: &mut Checker<'_>) -> Option<CompiledWrite> {
     let connection_ok = c.connection(&path!["write", "connection"], &step.connection);
     let entity = c.entity(&path!["write", "entity"], &step.entity);
     let mut ok = connection_ok && entity.is_some();
+    if let (true, Some(e)) = (connection_ok, entity) {
+        ok &= c.operation(&path!["write", "op"], &step.connection, e, op_name(step.op));
+    }
     match (step.op, &step.id, &step.data) {
         (WriteOp::Create, Some(_), _) => {
             c.error(
