@@ -418,6 +418,67 @@ async fn cap_v4_query_values_with_quotes_ampersands_hashes_and_non_ascii() {
     }
 }
 
+#[tokio::test]
+async fn cap_v4_business_central_creates_with_lines_and_updates() {
+    let Some(cap) = start("bc").await else { return };
+    let (engine, _dir) = engine_with(bc_connector(&cap, &Definitions::built_in())).await;
+    let flow = r#"
+apiVersion: sluice/v1
+id: bc-write
+steps:
+  - id: create
+    write:
+      connection: bc
+      entity: purchase_order
+      op: create
+      data:
+        vendor_id: "e0000000-0000-4000-8000-000000000001"
+        currency: EUR
+        order_date: "2024-06-03"
+        lines:
+          - { line_number: 1, item_id: "d0000000-0000-4000-8000-000000000001", description: Gear oil, quantity: 20, unit_of_measure: L, unit_price: 7.9, amount: 158 }
+  - id: update
+    needs: [create]
+    write:
+      connection: bc
+      entity: purchase_order
+      op: update
+      id: "${{ steps.create.output.remote_id }}"
+      data:
+        expected_date: "2024-06-20"
+output:
+  created: "${{ steps.create.output }}"
+  updated: "${{ steps.update.output }}"
+"#;
+    let out = common::run(&engine, flow, json!({})).await;
+    assert_eq!(
+        out.status,
+        RunStatus::Succeeded,
+        "{:?}\n{}",
+        out.error,
+        cap.log()
+    );
+    let o = out.output.unwrap();
+    let created = &o["created"];
+    assert_eq!(created["number"], "106900");
+    assert_eq!(created["status"], "draft");
+    assert_eq!(created["vendor_name"], "O'Brien & Sons #2");
+    assert_eq!(created["order_date"], "2024-06-03");
+    assert_eq!(created["lines"][0]["line_number"], 10000);
+    assert_eq!(created["lines"][0]["amount"], 158.0);
+    assert_eq!(created["total"], 197.5);
+    assert_eq!(o["updated"]["remote_id"], created["remote_id"]);
+    assert_eq!(o["updated"]["expected_date"], "2024-06-20");
+    // (CAP answers a PATCH without the lines it was asked to `$expand`, so
+    // the updated record's lines are not checked here.)
+
+    let reqs = cap.requests().await;
+    let patch = reqs.iter().find(|r| r["method"] == "PATCH").unwrap();
+    assert_eq!(patch["headers"]["if-match"], "*");
+    let all = read(&engine, "purchase_order", "").await;
+    assert_eq!(all["count"], ORDERS + 1);
+}
+
 const SAP_USER: &str = "SLUICE_INTEGRATION";
 const SAP_PASSWORD: &str = "cap-sap-pw";
 /// Purchase orders in `tests/cap/sap/db/data`, one changed every hour from 2024-01-01.
