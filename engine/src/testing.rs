@@ -305,6 +305,7 @@ pub async fn run_case(
         connections: registry.names(),
         plugins: None,
         secrets: Some(Secrets::from_pairs(case.secrets.clone())),
+        plugin_versions: BTreeMap::new(),
         operations: BTreeMap::new(),
     };
     let compiled = flow::compile(flow_file, flow_text, &catalog).map_err(|e| {
@@ -659,6 +660,7 @@ pub async fn export_run(store: &Store, run_id: &str) -> Result<(String, TestFile
             connections: vec![],
             plugins: None,
             secrets: None,
+            plugin_versions: BTreeMap::new(),
             operations: BTreeMap::new(),
         },
     );

@@ -739,6 +739,20 @@ fn plugin_commands_push_list_show_and_remove() {
         "{}",
         stderr(&o)
     );
+    // `validate` knows the registry's versions too.
+    std::fs::write(
+        &flow,
+        "apiVersion: sluice/v1\nid: v2\nsteps:\n  - { id: s, plugin: { name: po-risk, version: \"^2\" } }\n",
+    )
+    .unwrap();
+    let o = cmd(&["validate", flow.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no registered version of plugin `po-risk` meets `^2`")
+            && stderr(&o).contains("registered: 1.0.0"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = cmd(&["plugin", "remove", "po-risk@1.0.0"]);
     assert!(o.status.success());

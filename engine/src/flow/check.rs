@@ -31,6 +31,8 @@ pub struct RefScope {
     pub plugins: Option<Vec<String>>,
     /// Names of the secrets the running process holds, when known.
     pub secrets: Option<BTreeSet<String>>,
+    /// Registered versions per plugin, where known.
+    pub plugin_versions: std::sync::Arc<BTreeMap<String, Vec<semver::Version>>>,
     /// Operations per connection and entity, where known.
     pub operations: std::sync::Arc<BTreeMap<String, BTreeMap<Entity, Vec<&'static str>>>>,
     /// The static type of each variable an expression may read (`inputs`,
@@ -433,6 +435,28 @@ impl<'a> Checker<'a> {
             format!("connection `{connection}` cannot {op} {entity}"),
         )
         .hint = Some(hint);
+        false
+    }
+
+    /// Checks that a registered version of a plugin meets `req` (when the
+    /// registry is known).
+    pub fn plugin_version(&mut self, rel: &[Seg], name: &str, req: &semver::VersionReq) -> bool {
+        let Some(versions) = self.scope.plugin_versions.get(name) else {
+            return true;
+        };
+        if versions.iter().any(|v| req.matches(v)) {
+            return true;
+        }
+        let listed: Vec<String> = versions.iter().map(ToString::to_string).collect();
+        self.error(
+            rel,
+            "unknown-plugin-version",
+            format!("no registered version of plugin `{name}` meets `{req}`"),
+        )
+        .hint = Some(format!(
+            "registered: {}; push one with `sluice plugin push FILE --name {name} --version X.Y.Z`",
+            listed.join(", ")
+        ));
         false
     }
 

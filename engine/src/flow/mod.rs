@@ -153,6 +153,8 @@ pub struct Catalog {
     /// The secrets of the process that will run the flow; `None` when that
     /// process is not this one (`sluice validate`), so they are not checked.
     pub secrets: Option<crate::expr::secrets::Secrets>,
+    /// Registered versions per plugin name (when `plugins` is known).
+    pub plugin_versions: BTreeMap<String, Vec<semver::Version>>,
     /// Per connection, the operations it supports per entity; a connection
     /// missing here is not checked.
     pub operations: BTreeMap<String, BTreeMap<crate::unified::Entity, Vec<&'static str>>>,
@@ -164,6 +166,7 @@ impl Default for Catalog {
             connections: vec![crate::connectors::sandbox::CONNECTION.to_string()],
             plugins: None,
             secrets: None,
+            plugin_versions: BTreeMap::new(),
             operations: BTreeMap::new(),
         }
     }
@@ -484,6 +487,7 @@ fn check_meaning(
             .as_ref()
             .map(|s| s.names().map(str::to_string).collect()),
         operations: std::sync::Arc::new(catalog.operations.clone()),
+        plugin_versions: std::sync::Arc::new(catalog.plugin_versions.clone()),
         types: root_types(flow),
         ..RefScope::default()
     };

@@ -249,16 +249,15 @@ impl Engine {
     pub async fn catalog_with_plugins(&self) -> Result<Catalog, RunError> {
         let mut c = self.catalog();
         if self.inner.plugins.is_some() {
-            let mut names: Vec<String> = self
-                .inner
-                .store
-                .plugins(None)
-                .await?
-                .into_iter()
-                .map(|p| p.name)
-                .collect();
+            let records = self.inner.store.plugins(None).await?;
+            let mut names: Vec<String> = records.iter().map(|p| p.name.clone()).collect();
             names.dedup();
             c.plugins = Some(names);
+            for p in records {
+                if let Ok(v) = semver::Version::parse(&p.version) {
+                    c.plugin_versions.entry(p.name).or_default().push(v);
+                }
+            }
         }
         Ok(c)
     }
@@ -314,6 +313,7 @@ impl Engine {
             connections: connectors.names(),
             plugins: None,
             secrets: Some(self.inner.secrets.clone()),
+            plugin_versions: BTreeMap::new(),
             operations,
         }
     }

@@ -81,6 +81,14 @@ pub fn compile(
         ok = false;
     }
     ok &= c.plugin(&path!["plugin", "name"], &step.name);
+    if let (true, Ok(req)) = (ok, semver::VersionReq::parse(&version)) {
+        let at = if step.version.is_some() {
+            path!["plugin", "version"].to_vec()
+        } else {
+            path!["plugin", "name"].to_vec()
+        };
+        ok &= c.plugin_version(&at, &step.name, &req);
+    }
     let input = c.template(&path!["with"], with.unwrap_or(&Value::Null));
     let config = c.template(
         &path!["plugin", "config"],
