@@ -180,7 +180,8 @@ impl CompiledKind {
             CompiledKind::Set(s) => s.output_type.clone(),
             CompiledKind::Wait(_) => Type::Integer,
             CompiledKind::Plugin(s) => s.output_type.clone(),
-            CompiledKind::Webhook(_) | CompiledKind::Sync(_) => Type::Any,
+            CompiledKind::Webhook(s) => s.output_type.clone(),
+            CompiledKind::Sync(s) => s.output_type(),
         }
     }
 

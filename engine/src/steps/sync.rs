@@ -54,6 +54,31 @@ pub fn compile(step: &SyncStep, c: &mut Checker<'_>) -> Option<CompiledSync> {
 }
 
 impl CompiledSync {
+    /// The sync report.
+    pub fn output_type(&self) -> crate::expr::types::Type {
+        use crate::expr::types::Type;
+        let i = || Type::Integer;
+        Type::object(
+            [
+                ("sync_id", Type::String),
+                ("connection_id", Type::String),
+                ("entity", Type::String),
+                ("mode", Type::String),
+                ("added", i()),
+                ("updated", i()),
+                ("unchanged", i()),
+                ("deleted", i()),
+                ("pages", i()),
+                ("resumed", Type::Bool),
+                ("duration_ms", i()),
+                ("cursor", Type::String),
+            ]
+            .map(|(k, t)| (k.to_string(), t)),
+            false,
+        )
+        .named("the sync report")
+    }
+
     /// Runs the sync.
     pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
         let store = rt.store.ok_or_else(|| {

@@ -44,6 +44,8 @@ pub struct WebhookStep {
 /// A compiled `webhook` step.
 #[derive(Debug)]
 pub struct CompiledWebhook {
+    /// The envelope, with `data` typed as the payload.
+    pub output_type: crate::expr::types::Type,
     event: String,
     payload: Template,
     endpoint: Option<String>,
@@ -60,14 +62,29 @@ pub fn compile(step: &WebhookStep, c: &mut Checker<'_>) -> Option<CompiledWebhoo
     if let Some(conn) = &step.connection {
         ok &= c.connection(&path!["webhook", "connection"], conn);
     }
-    let payload = c.template(
+    let (payload, data_type) = c.template_typed(
         &path!["webhook", "payload"],
         step.payload.as_ref().unwrap_or(&Value::Null),
     );
+    use crate::expr::types::Type;
+    let output_type = Type::object(
+        [
+            ("id", Type::String),
+            ("type", Type::String),
+            ("timestamp", Type::String),
+            ("connection_id", Type::String),
+            ("data", data_type),
+            ("endpoint", Type::String),
+        ]
+        .map(|(k, t)| (k.to_string(), t)),
+        false,
+    )
+    .named("the event envelope");
     if !ok {
         return None;
     }
     Some(CompiledWebhook {
+        output_type,
         event: step.event.clone(),
         payload: payload?,
         endpoint: step.endpoint.clone(),
