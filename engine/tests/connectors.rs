@@ -1393,3 +1393,30 @@ async fn a_relative_next_link_is_resolved_against_the_context_url() {
     }
     assert_eq!(reqs[2].param("$skiptoken"), Some("8"));
 }
+
+#[tokio::test]
+async fn a_status_missing_from_the_value_map_reads_as_other_with_the_systems_value() {
+    let emu = maximo::start(2).await;
+    // `HISTEDIT` is a real Maximo status the shipped definition's map does
+    // not name: the read keeps going, the record says `other` and keeps the
+    // system's value.
+    let mut wo = maximo::work_order(7);
+    wo["status"] = json!("HISTEDIT");
+    emu.shared.push("mxapiwo", 1_767_225_600_000, wo);
+    let c = maximo_conn(&emu, maximo::API_KEY, fast_policy());
+    let (engine, _dir) = engine_with(&[("mx", &c)]).await;
+    let before = sluice::connectors::mapping::unmapped_values();
+    let out = read_all(&engine, "mx", "work_order", "").await;
+    assert_eq!(out["count"], 3);
+    let odd = out["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["remote_status"] == "HISTEDIT")
+        .expect("the record with the unmapped status is read");
+    assert_eq!(odd["status"], "other");
+    assert!(
+        sluice::connectors::mapping::unmapped_values() > before,
+        "counted"
+    );
+}

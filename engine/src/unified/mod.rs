@@ -170,6 +170,9 @@ pub enum PurchaseOrderStatus {
     Completed,
     /// Cancelled.
     Cancelled,
+    /// A status the connection's value map does not name; the system's
+    /// own value is in `remote_status`.
+    Other,
 }
 
 /// A purchase order with its lines.
@@ -264,6 +267,9 @@ pub enum WorkOrderStatus {
     Completed,
     /// Cancelled.
     Cancelled,
+    /// A status the connection's value map does not name; the system's
+    /// own value is in `remote_status`.
+    Other,
 }
 
 /// Normalized priority.
@@ -344,6 +350,9 @@ pub enum VendorStatus {
     Inactive,
     /// Blocked for purchasing or payment.
     Blocked,
+    /// A status the connection's value map does not name; the system's
+    /// own value is in `remote_status`.
+    Other,
 }
 
 /// A vendor (supplier).
@@ -404,6 +413,9 @@ pub enum InventoryItemStatus {
     Active,
     /// No longer stocked.
     Discontinued,
+    /// A status the connection's value map does not name; the system's
+    /// own value is in `remote_status`.
+    Other,
 }
 
 /// An inventory item (stock-keeping unit at a location).
@@ -467,6 +479,9 @@ pub enum AssetStatus {
     Down,
     /// Retired.
     Decommissioned,
+    /// A status the connection's value map does not name; the system's
+    /// own value is in `remote_status`.
+    Other,
 }
 
 /// A maintained asset (machine, vehicle, facility component).
