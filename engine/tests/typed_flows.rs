@@ -641,3 +641,46 @@ fn event_triggers_type_the_data_of_each_engine_event() {
         .is_empty()
     );
 }
+
+#[test]
+fn every_diagnostic_points_inside_the_offending_text() {
+    let corpus = [
+        TYPOS.to_string(),
+        "apiVersion: sluice/v1\nid: x\nsteps:\n  - id: a\n    sett: 1\n".to_string(),
+        "apiVersion: sluice/v1\nid: x\nsteps:\n  - { id: a, needs: [b], set: 1 }\n  - { id: b, needs: [a], set: 2 }\n".to_string(),
+        "apiVersion: sluice/v1\nid: x\nsteps:\n  - id: a\n    set: \"${{ inputs.nope + }}\"\n".to_string(),
+        "apiVersion: sluice/v1\nid: x\ntriggers:\n  - schedule: \"61 * * * *\"\n    timezone: Mars/Base\nsteps:\n  - { id: a, set: 1 }\n".to_string(),
+        "apiVersion: sluice/v1\nid: x\nsteps:\n  - id: a\n    read: { connection: nowhere, entity: purchase_ordr }\n".to_string(),
+        "apiVersion: sluice/v1\nid: x\nsteps:\n  - id: a\n    select: { from: [1, 2], where: \"$[?@.x >\" }\n    timeout: soon\n".to_string(),
+        "apiVersion: sluice/v1\nid: x\nsteps:\n  - id: a\n    set:\n      deep:\n        deeper:\n          - \"${{ item.x }}\"\n          - \"text ${{ steps.zz.output }} and ${{ lenght(1) }}\"\n".to_string(),
+        "apiVersion: sluice/v1\nid: x\ninputs:\n  n: { type: integer, default: \"three\" }\nsteps:\n  - id: a\n    set: '${{ inputs.n ~ \"x\" | upperr }}'\n".to_string(),
+        "apiVersion: sluice/v1\nid: x\nsteps:\n  - id: r\n    read: { connection: sandbox, entity: vendor }\n  - id: w\n    needs: [r]\n    for_each: \"${{ steps.r.output.records }}\"\n    if: \"${{ item.name > 3 }}\"\n    write: { connection: sandbox, entity: vendor, op: update, id: \"${{ item.remote_id }}\", data: { name: \"${{ item.nam }}\", email: \"${{ index }}\" } }\n".to_string(),
+    ];
+    let mut checked = 0;
+    for yaml in &corpus {
+        let d = problems(yaml);
+        assert!(!d.is_empty(), "expected problems in:\n{yaml}");
+        let lines: Vec<&str> = yaml.lines().collect();
+        for diag in &d {
+            let (Some(line), Some(col)) = (diag.line, diag.column) else {
+                panic!("unlocated: {diag:?}");
+            };
+            let text = lines
+                .get(line - 1)
+                .unwrap_or_else(|| panic!("line out of range: {diag:?}"));
+            let at: Vec<char> = text.chars().skip(col - 1).collect();
+            assert!(
+                at.first().is_some_and(|c| !c.is_whitespace()),
+                "{diag:?} points at blank or past the end of `{text}`"
+            );
+            if let Some(len) = diag.length {
+                assert!(
+                    at.len() >= len,
+                    "{diag:?}: the span runs past the line `{text}`"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "checked {checked}");
+}
