@@ -684,3 +684,81 @@ fn every_diagnostic_points_inside_the_offending_text() {
     }
     assert!(checked >= 20, "checked {checked}");
 }
+
+#[test]
+fn hostile_flows_are_refused_quickly_with_the_limit_named() {
+    let t = std::time::Instant::now();
+    // ~940 nested parentheses in a JSONPath filter (a 2 kB upload).
+    let deep = format!("$[?{}@.a{}]", "(".repeat(940), ")".repeat(940));
+    let d = problems(&format!(
+        "apiVersion: sluice/v1\nid: x\nsteps:\n  - id: a\n    select: {{ from: [1], where: \"{deep}\" }}\n"
+    ));
+    assert!(d[0].message.contains("nested more than 32 deep"), "{d:?}");
+    // Nested filters, which the parser handles in exponential time.
+    let filters = format!("$[?@{}]", "[?@".repeat(40)) + &"]".repeat(40);
+    let d = problems(&format!(
+        "apiVersion: sluice/v1\nid: x\nsteps:\n  - id: a\n    select: {{ from: [1], where: \"{filters}\" }}\n"
+    ));
+    assert!(d[0].message.contains("the limit is 4"), "{d:?}");
+    // 400 nested expression parentheses: minijinja's parser limit, an error.
+    let nested = format!("{}1{}", "(".repeat(400), ")".repeat(400));
+    let d = problems(&format!(
+        "apiVersion: sluice/v1\nid: x\nsteps:\n  - {{ id: a, set: \"${{{{ {nested} }}}}\" }}\n"
+    ));
+    assert_eq!(d[0].code, "invalid-expression", "{d:?}");
+    // A `needs` chain far past the step limit.
+    let mut chain = String::from("apiVersion: sluice/v1\nid: x\nsteps:\n  - { id: s0, set: 1 }\n");
+    for i in 1..21_500 {
+        chain.push_str(&format!(
+            "  - {{ id: s{i}, needs: [s{}], set: 1 }}\n",
+            i - 1
+        ));
+    }
+    let d = problems(&chain);
+    assert_eq!(d[0].code, "too-many-steps", "{d:?}");
+    assert_eq!(d[0].message, "the flow has 21500 steps; the limit is 1000");
+    // A chain at the limit validates.
+    let at_limit: String = chain
+        .lines()
+        .take(3 + 1000)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(problems(&at_limit).is_empty());
+    let huge = format!("{chain}{}", "# padding\n".repeat(200_000));
+    assert_eq!(problems(&huge)[0].code, "too-large");
+    assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
+}
+
+#[test]
+fn a_step_output_over_the_limit_fails_the_step_and_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: sluice/v1\nid: big\nsteps:\n  - { id: small, set: \"${{ range(10) | join(',') }}\" }\n  - { id: huge, needs: [small], set: \"${{ range(2000) | join(',') }}\" }\n",
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .args(["run", file.to_str().unwrap(), "--json"])
+        .env(
+            "SLUICE_DB",
+            format!("sqlite://{}", dir.path().join("s.db").display()),
+        )
+        .env("SLUICE_MAX_STEP_OUTPUT", "1KiB")
+        .env_remove("SLUICE_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let msg = out["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("step `huge`"), "{msg}");
+    assert!(
+        msg.contains("more than 1024 bytes (the limit, set by SLUICE_MAX_STEP_OUTPUT)"),
+        "{msg}"
+    );
+}

@@ -43,9 +43,22 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
         .expect("static delimiters are valid");
     env.set_syntax(syntax);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Fuel bounds both the work and the memory of one evaluation (about 64
+    // bytes of data per unit), so `range(10000) | join('x' * 100000)` fails
+    // instead of allocating gigabytes.
+    env.set_fuel(Some(expression_fuel()));
     functions::register(&mut env);
     env
 });
+
+/// The fuel of one evaluation: `SLUICE_EXPR_FUEL`, default 2,000,000 (about
+/// two million instructions or 128 MB of data).
+pub fn expression_fuel() -> u64 {
+    std::env::var("SLUICE_EXPR_FUEL")
+        .ok()
+        .and_then(|v| v.trim().replace('_', "").parse().ok())
+        .unwrap_or(2_000_000)
+}
 
 /// The expression environment (syntax, strictness, filters, functions).
 pub fn env() -> &'static Environment<'static> {
@@ -108,6 +121,15 @@ pub struct ExprError {
 
 impl ExprError {
     fn new(source_text: &str, err: &minijinja::Error) -> Self {
+        if err.kind() == minijinja::ErrorKind::OutOfFuel {
+            return ExprError {
+                source_text: source_text.chars().take(200).collect(),
+                message: format!(
+                    "the expression does too much work or builds too much data (its budget is {} fuel, set by SLUICE_EXPR_FUEL)",
+                    expression_fuel()
+                ),
+            };
+        }
         let mut message = err.kind().to_string();
         if let Some(detail) = err.detail() {
             message = format!("{message}: {detail}");
@@ -463,6 +485,37 @@ mod tests {
         let e = t.eval(&ctx()).unwrap_err();
         assert_eq!(e.source_text, "inputs.nope + 1");
         assert!(e.message.contains("undefined"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_runaway_expression_runs_out_of_fuel_instead_of_memory() {
+        let t = std::time::Instant::now();
+        let e = Template::compile(&json!("${{ range(10000) | join('x' * 100000) }}"))
+            .unwrap()
+            .eval(&ctx())
+            .unwrap_err();
+        assert!(e.message.contains("does too much work"), "{}", e.message);
+        let e = Template::compile(&json!("${{ 'x' * 1000000000 }}"))
+            .unwrap()
+            .eval(&ctx())
+            .unwrap_err();
+        assert!(e.message.contains("SLUICE_EXPR_FUEL"), "{}", e.message);
+        let e = Template::compile(&json!(
+            "${% for i in range(10000) %}${{ 'x' * 10000 }}${% endfor %}"
+        ))
+        .unwrap()
+        .eval(&ctx())
+        .unwrap_err();
+        assert!(e.message.contains("does too much work"), "{}", e.message);
+        assert!(t.elapsed().as_secs() < 5);
+        // Ordinary work is far below the budget.
+        let big = Template::compile(&json!(
+            "${{ range(5000) | map('string') | join(',') | length }}"
+        ))
+        .unwrap()
+        .eval(&ctx())
+        .unwrap();
+        assert!(big.as_u64().unwrap() > 20000);
     }
 
     #[test]

@@ -130,6 +130,20 @@ impl<'a> Checker<'a> {
     /// Checks every string of `value` (at its own path); its static type.
     fn check_value(&mut self, rel: &[Seg], value: &Value, ok: &mut bool) -> Type {
         match value {
+            Value::String(s) if s.contains(expr::OPEN) && s.len() > super::MAX_EXPRESSION_BYTES => {
+                self.error(
+                    rel,
+                    "too-large",
+                    format!(
+                        "this expression is {} bytes; the limit is {}",
+                        s.len(),
+                        super::MAX_EXPRESSION_BYTES
+                    ),
+                )
+                .hint = Some("move the logic into a plugin, or split it over `set` steps".into());
+                *ok = false;
+                Type::Any
+            }
             Value::String(s) if s.contains(expr::OPEN) => {
                 let compiled = match Template::compile_strict(value) {
                     Ok(t) => t,
@@ -253,6 +267,18 @@ impl<'a> Checker<'a> {
 
     /// Compiles a condition (`if:`), with or without `${{ }}`.
     pub fn condition(&mut self, rel: &[Seg], text: &str) -> Option<Template> {
+        if text.len() > super::MAX_EXPRESSION_BYTES {
+            self.error(
+                rel,
+                "too-large",
+                format!(
+                    "this condition is {} bytes; the limit is {}",
+                    text.len(),
+                    super::MAX_EXPRESSION_BYTES
+                ),
+            );
+            return None;
+        }
         let t = match Template::compile_condition(text) {
             Ok(t) => t,
             Err(e) => {

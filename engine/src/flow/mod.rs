@@ -235,13 +235,39 @@ fn to_json_pruned(node: &Node, bad: &BTreeSet<(usize, usize)>) -> Value {
     }
 }
 
+/// The largest flow file accepted, in bytes.
+pub const MAX_FLOW_BYTES: usize = 2 << 20;
+/// The most steps a flow may have.
+pub const MAX_STEPS: usize = 1000;
+/// The longest string holding `${{ }}` expressions, in bytes.
+pub const MAX_EXPRESSION_BYTES: usize = 16 << 10;
+
 /// Validates and compiles flow text. `file` names it in diagnostics.
+///
+/// Work is bounded: a file over [`MAX_FLOW_BYTES`] or with more than
+/// [`MAX_STEPS`] steps is refused before it is checked, as is an expression
+/// over [`MAX_EXPRESSION_BYTES`]; YAML nesting is bounded by the parser's
+/// budget, expression nesting by minijinja's parser, JSONPath by
+/// [`crate::expr::jsonpath`]'s limits.
 pub fn compile(file: &str, text: &str, catalog: &Catalog) -> Result<CompiledFlow, FlowErrors> {
     let fail = |diagnostics: Vec<Diagnostic>| FlowErrors {
         file: file.to_string(),
         source: text.to_string(),
         diagnostics,
     };
+    if text.len() > MAX_FLOW_BYTES {
+        return Err(fail(vec![
+            Diagnostic::at(
+                "too-large",
+                Loc::default(),
+                format!(
+                    "the flow is {} bytes; the limit is {MAX_FLOW_BYTES}",
+                    text.len()
+                ),
+            )
+            .with_hint("split it into smaller flows"),
+        ]));
+    }
     let root = match source::parse_yaml(text) {
         Ok(n) => n,
         Err((message, loc)) => {
@@ -293,6 +319,21 @@ pub fn compile(file: &str, text: &str, catalog: &Catalog) -> Result<CompiledFlow
         .iter()
         .filter_map(|d| Some((d.line?, d.column?)))
         .collect();
+    if let Some(NodeValue::Seq(steps)) = root.get("steps").map(|s| &s.value)
+        && steps.len() > MAX_STEPS
+    {
+        return Err(fail(vec![
+            Diagnostic::at(
+                "too-many-steps",
+                root.locate_key(&path!["steps"]),
+                format!(
+                    "the flow has {} steps; the limit is {MAX_STEPS}",
+                    steps.len()
+                ),
+            )
+            .with_hint("split it into smaller flows"),
+        ]));
+    }
     let flow: Flow = match serde_json::from_value(to_json_pruned(&root, &bad)) {
         Ok(f) => f,
         Err(e) => {

@@ -990,6 +990,66 @@ impl Engine {
     }
 }
 
+/// The largest step output stored, in bytes (`SLUICE_MAX_STEP_OUTPUT`,
+/// e.g. `16MiB`; default 16 MiB). A larger output fails the step: it would be
+/// stored, kept in memory by every later step and served whole.
+pub fn max_step_output() -> usize {
+    static MAX: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+        std::env::var("SLUICE_MAX_STEP_OUTPUT")
+            .ok()
+            .and_then(|v| parse_bytes(&v))
+            .unwrap_or(16 << 20)
+    });
+    *MAX
+}
+
+/// `123`, `64KiB`, `16MiB`, `1GiB` (also `KB`, `MB`, `GB` as powers of 1000).
+fn parse_bytes(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize = n.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Fails a step whose output is larger than [`max_step_output`].
+fn check_output_size(v: Value) -> Result<Value, StepError> {
+    struct Count(usize, usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            if self.0 > self.1 {
+                return Err(std::io::Error::other("too large"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let max = max_step_output();
+    let mut count = Count(0, max);
+    if serde_json::to_writer(&mut count, &v).is_err() && count.0 > max {
+        return Err(StepError::new(
+            StepErrorKind::Validation,
+            format!(
+                "the step's output is more than {max} bytes (the limit, set by SLUICE_MAX_STEP_OUTPUT); select or reduce what the step returns"
+            ),
+        ));
+    }
+    Ok(v)
+}
+
 /// `steps.<id>` as expressions see it.
 fn step_value(rec: &StepRecord) -> minijinja::Value {
     from_json(&json!({
@@ -1206,6 +1266,7 @@ impl StepTask {
                 },
                 None => fut.await,
             };
+            let result = result.and_then(check_output_size);
             match result {
                 Ok(v) => return (Ok(v), attempt),
                 Err(e) if e.retryable && attempt < max => {
