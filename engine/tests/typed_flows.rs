@@ -267,7 +267,7 @@ async fn what_validation_cannot_know_fails_the_run_naming_the_path() {
     // engine's catalog carries its secrets.
     let err = flow::compile(
         "s.yaml",
-        "apiVersion: sluice/v1\nid: s\nsteps:\n  - { id: a, set: \"${{ secrets.API_KEY }}\" }\n",
+        "apiVersion: sluice/v1\nid: s\nsteps:\n  - { id: a, plugin: { name: p, config: { key: \"${{ secrets.API_KEY }}\" } } }\n",
         &e.catalog(),
     )
     .unwrap_err();
@@ -292,16 +292,12 @@ steps:
     set:
       discount: "${{ inputs.po.discount | default(0) }}"
       has: "${{ inputs.po.discount is defined }}"
-      token: "${{ secrets.TOKEN | length }}"
 "#,
         json!({"po": {"number": "PO-1"}}),
     )
     .await;
     assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
-    assert_eq!(
-        out.output.unwrap(),
-        json!({"discount": 0, "has": false, "token": 11})
-    );
+    assert_eq!(out.output.unwrap(), json!({"discount": 0, "has": false}));
 }
 
 #[tokio::test]
@@ -761,4 +757,96 @@ fn a_step_output_over_the_limit_fails_the_step_and_is_not_stored() {
         msg.contains("more than 1024 bytes (the limit, set by SLUICE_MAX_STEP_OUTPUT)"),
         "{msg}"
     );
+}
+
+#[test]
+fn no_recipe_moves_a_secret_into_data() {
+    // Each way of deriving a value from a secret, in each place data goes.
+    let recipes = [
+        "secrets.X | reverse",
+        "secrets.X | upper",
+        "secrets.X[1:]",
+        "secrets.X | list",
+        "secrets.X | replace('a', 'b')",
+        "'prefix ' ~ secrets.X",
+        "secrets | tojson",
+        "secrets['X']",
+        "secrets.X | length",
+        "secrets.X | b64encode",
+    ];
+    let places = [
+        ("set", "  - { id: a, set: { v: \"${{ EXPR }}\" } }"),
+        (
+            "write.data",
+            "  - { id: a, write: { connection: sandbox, entity: vendor, op: update, id: \"1\", data: { name: \"${{ EXPR }}\" } } }",
+        ),
+        (
+            "webhook.payload",
+            "  - { id: a, webhook: { event: x.y, payload: { v: \"${{ EXPR }}\" } } }",
+        ),
+        ("if", "  - { id: a, if: \"${{ EXPR }}\", set: 1 }"),
+        (
+            "with",
+            "  - { id: a, plugin: { name: p }, with: \"${{ EXPR }}\" }",
+        ),
+        (
+            "read.filter",
+            "  - { id: a, read: { connection: sandbox, entity: vendor, filter: { name: \"${{ EXPR }}\" } } }",
+        ),
+    ];
+    for (place, step) in places {
+        for recipe in recipes {
+            let yaml = format!(
+                "apiVersion: sluice/v1\nid: leak\nsteps:\n{}\n",
+                step.replace("EXPR", recipe)
+            );
+            let d = problems(&yaml);
+            let leak = d.iter().find(|d| d.code == "secret-leak");
+            let leak =
+                leak.unwrap_or_else(|| panic!("`{recipe}` in {place} was not refused: {d:?}"));
+            assert!(
+                leak.message.contains(&format!("steps.0.{place}")),
+                "{place}: {}",
+                leak.message
+            );
+        }
+    }
+    // The flow's output is a place too.
+    let d = problems(
+        "apiVersion: sluice/v1\nid: o\nsteps:\n  - { id: a, set: 1 }\noutput: { t: \"${{ secrets.X }}\" }\n",
+    );
+    assert!(
+        d.iter()
+            .any(|d| d.code == "secret-leak" && d.message.contains("`output.t`")),
+        "{d:?}"
+    );
+    // Where credentials are needed, secrets are fine.
+    assert!(problems("apiVersion: sluice/v1\nid: ok\ntriggers:\n  - webhook: { path: p, secret: \"${{ secrets.HOOK }}\" }\nsteps:\n  - { id: a, plugin: { name: p, config: { api_key: \"${{ secrets.X }}\" } } }\n").is_empty());
+}
+
+#[tokio::test]
+async fn a_plugin_given_a_secret_cannot_hand_it_back() {
+    use sluice::testing::{Expect, PinnedPlugin, TestCase, run_case};
+    let flow = "apiVersion: sluice/v1\nid: p\nsteps:\n  - { id: call, plugin: { name: echo, config: { key: \"${{ secrets.KEY }}\" } } }\n";
+    let case = TestCase {
+        name: "echo".into(),
+        inputs: Default::default(),
+        trigger: None,
+        secrets: [("KEY".to_string(), "k-77f1e2-private".to_string())].into(),
+        connections: Default::default(),
+        plugins: [(
+            "echo".to_string(),
+            PinnedPlugin {
+                output: Some(json!({"said": "the key is k-77f1e2-private"})),
+                error: None,
+            },
+        )]
+        .into(),
+        expect: Expect {
+            output: Some(json!({"said": "the key is [REDACTED]"})),
+            ..Default::default()
+        },
+    };
+    let failures = run_case("p.yaml", flow, &case).await.unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
 }

@@ -46,6 +46,10 @@ pub struct Checker<'a> {
     text: &'a str,
     /// Output types of the steps checked so far, by id.
     pub step_types: Option<&'a BTreeMap<String, Type>>,
+    /// Whether the place being checked is a sink that needs secrets (a
+    /// plugin's `config`); elsewhere an expression reading `secrets` is an
+    /// error, so no secret reaches stored outputs, events or systems.
+    pub allow_secrets: bool,
     base: Vec<Seg>,
     diags: &'a mut Vec<Diagnostic>,
     /// What expressions may refer to.
@@ -67,6 +71,7 @@ impl<'a> Checker<'a> {
             source,
             text,
             step_types: None,
+            allow_secrets: false,
             base,
             diags,
             scope,
@@ -157,11 +162,13 @@ impl<'a> Checker<'a> {
                 self.check_references(rel, &compiled);
                 let ty = match &compiled {
                     Template::Expr { source, .. } => {
+                        self.check_secret_flow(rel, source);
                         let offset = s.find(source.as_str()).unwrap_or(0);
                         self.check_types(rel, s, offset, source)
                     }
                     _ => {
                         for (offset, inner) in expr::embedded_expressions(s) {
+                            self.check_secret_flow(rel, inner);
                             self.check_types(rel, s, offset, inner);
                         }
                         Type::String
@@ -289,6 +296,7 @@ impl<'a> Checker<'a> {
         let before = self.diags.len();
         self.check_references(rel, &t);
         if let Template::Expr { source, .. } = &t {
+            self.check_secret_flow(rel, source);
             let offset = text.find(source.as_str()).unwrap_or(0);
             self.check_types(rel, text, offset, source);
         }
@@ -305,6 +313,44 @@ impl<'a> Checker<'a> {
             "in `{}`; expressions use minijinja syntax, e.g. `${{{{ inputs.limit * 2 }}}}`",
             e.source_text
         ));
+    }
+
+    /// Refuses an expression that reads `secrets` outside a credential sink:
+    /// whatever is made from a secret (a filter, a slice, a concatenation,
+    /// JSON) would be stored, returned by the API or sent on.
+    fn check_secret_flow(&mut self, rel: &[Seg], inner: &str) {
+        if self.allow_secrets {
+            return;
+        }
+        let Some(read) = expr::strict::read_paths(inner)
+            .into_iter()
+            .find(|p| p.root == "secrets")
+        else {
+            return;
+        };
+        let what = match read.segs.first() {
+            Some(expr::strict::Seg::Key(k)) => format!("secrets.{k}"),
+            _ => "secrets".to_string(),
+        };
+        let place: Vec<String> = self
+            .full(rel)
+            .iter()
+            .map(|s| match s {
+                Seg::Key(k) => k.clone(),
+                Seg::Index(i) => i.to_string(),
+            })
+            .collect();
+        self.error(
+            rel,
+            "secret-leak",
+            format!(
+                "`{what}` would flow into `{}`, where it is stored, returned by the API or sent on; a secret, and anything made from it, may only go where a credential is needed",
+                place.join(".")
+            ),
+        )
+        .hint = Some(
+            "give credentials to a connection (`sluice connection add ... -c NAME=SECRET`), a plugin's `config`, or a webhook trigger's `secret`".into(),
+        );
     }
 
     fn check_references(&mut self, rel: &[Seg], t: &Template) {

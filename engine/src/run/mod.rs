@@ -83,7 +83,7 @@ pub struct RunOutcome {
     pub flow_id: String,
     /// Final status.
     pub status: RunStatus,
-    /// Output (secrets redacted), when succeeded.
+    /// Output, when succeeded (no secret reaches it: see `flow::check`).
     pub output: Option<Value>,
     /// Error `{step, kind, message}` (secrets redacted), when not succeeded.
     pub error: Option<Value>,
@@ -715,7 +715,12 @@ impl Engine {
                 remaining_ms: 0,
             });
         }
-        let output = output.map(|o| inner.secrets.redact_json(&o));
+        // Outputs are data: no secret reaches them (validation allows
+        // secrets only where credentials go, and a plugin's output is
+        // redacted of the secrets its config holds), and redacting by value
+        // would corrupt records whose fields equal a credential (a buyer who
+        // is the connection's user). Errors may quote a system's answer, so
+        // they are still redacted.
         let error = error.map(|e| inner.secrets.redact_json(&e));
         inner
             .store
@@ -880,7 +885,6 @@ impl Engine {
             };
             running[i] = false;
             let stored = StepRecord {
-                output: rec.output.as_ref().map(|o| inner.secrets.redact_json(o)),
                 error: rec.error.as_ref().map(|e| inner.secrets.redact_json(e)),
                 ..rec.clone()
             };

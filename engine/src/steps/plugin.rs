@@ -55,6 +55,9 @@ pub struct PluginStep {
 pub struct CompiledPlugin {
     /// The declared output type (`Any` without `output_schema`).
     pub output_type: Type,
+    /// Secrets the config gives the plugin: their values are redacted from
+    /// its output, the one way a secret could come back into the run.
+    secret_names: Vec<String>,
     name: String,
     version: String,
     input: Template,
@@ -90,12 +93,15 @@ pub fn compile(
         ok &= c.plugin_version(&at, &step.name, &req);
     }
     let input = c.template(&path!["with"], with.unwrap_or(&Value::Null));
+    // The config is where a plugin receives credentials (API keys).
+    c.allow_secrets = true;
     let config = c.template(
         &path!["plugin", "config"],
         step.config
             .as_ref()
             .unwrap_or(&Value::Object(Default::default())),
     );
+    c.allow_secrets = false;
     let output_type = match &step.output_schema {
         None => Type::Any,
         Some(schema @ Value::Object(_)) => Type::from_schema(schema, schema),
@@ -126,8 +132,19 @@ pub fn compile(
     if !ok {
         return None;
     }
+    let secret_names = config
+        .as_ref()
+        .map(|t| {
+            t.references()
+                .iter()
+                .filter_map(|r| r.strip_prefix("secrets."))
+                .map(|n| n.split('.').next().unwrap_or(n).to_string())
+                .collect()
+        })
+        .unwrap_or_default();
     Some(CompiledPlugin {
         output_type,
+        secret_names,
         name: step.name.clone(),
         version,
         input: input?,
@@ -137,6 +154,21 @@ pub fn compile(
 }
 
 impl CompiledPlugin {
+    /// The output with the values of the secrets its config holds redacted.
+    fn redacted(&self, output: Value, rt: &StepRuntime<'_>) -> Value {
+        if self.secret_names.is_empty() {
+            return output;
+        }
+        let Ok(all) = rt.ctx.get_attr("secrets") else {
+            return output;
+        };
+        let pairs = self.secret_names.iter().filter_map(|n| {
+            let v = all.get_attr(n).ok()?;
+            Some((n.clone(), v.as_str()?.to_string()))
+        });
+        crate::expr::secrets::Secrets::from_pairs(pairs).redact_json(&output)
+    }
+
     /// The output, if it matches the declared `output_schema`.
     fn checked(&self, output: Value) -> Result<Value, StepError> {
         conforms(&output, &self.output_type, "output").map_err(|why| {
@@ -157,7 +189,7 @@ impl CompiledPlugin {
             // The input is still evaluated: its expressions must hold.
             self.input.eval(rt.ctx)?;
             return match pinned.get(&self.name) {
-                Some(Ok(v)) => self.checked(v.clone()),
+                Some(Ok(v)) => self.checked(self.redacted(v.clone(), rt)),
                 Some(Err(e)) => Err(StepError::new(StepErrorKind::Plugin, e.clone())),
                 None => Err(StepError::new(
                     StepErrorKind::Plugin,
@@ -185,7 +217,7 @@ impl CompiledPlugin {
                 for (level, line) in &out.logs {
                     tracing::info!(plugin = %self.name, level = %level, "{line}");
                 }
-                self.checked(out.output)
+                self.checked(self.redacted(out.output, rt))
             }
             Err(e) => {
                 let retryable = matches!(e, CallError::Timeout { .. });

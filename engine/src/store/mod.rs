@@ -226,7 +226,7 @@ pub struct StepRecord {
     pub status: StepStatus,
     /// Attempts made.
     pub attempts: i64,
-    /// Output (secrets redacted).
+    /// Output.
     pub output: Option<Value>,
     /// Error `{kind, message}` (secrets redacted).
     pub error: Option<Value>,
