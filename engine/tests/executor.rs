@@ -578,3 +578,85 @@ async fn default_output_is_the_sink_steps_outputs() {
     assert_eq!(out.output, Some(json!({"a": 1, "b": [2]})));
     let _: Value = out.output.unwrap();
 }
+
+/// Runs of `yaml` started on each engine at once (several "processes" on
+/// one store), with an orphan sweep racing them; returns the slow step's
+/// spans, which must not overlap under `limit: 1`.
+async fn limited_spans(engines: &[Engine], yaml: &str, runs_each: usize) -> Vec<(i64, i64)> {
+    let flow = common::compile(&engines[0], yaml);
+    let mut set = tokio::task::JoinSet::new();
+    for e in engines {
+        for _ in 0..runs_each {
+            let (e, f) = (e.clone(), flow.clone());
+            set.spawn(async move { e.run(f, &Default::default(), json!({}), None).await });
+        }
+        // A sweeper that resumes whatever looks orphaned, as `serve` does.
+        let e = e.clone();
+        set.spawn(async move {
+            for _ in 0..30 {
+                let _ = e.resume_orphaned(None).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(sluice::run::RunError::NotFound("sweeper".into()))
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(out) = r.unwrap() {
+            assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+            ids.push(out.run_id);
+        }
+    }
+    assert_eq!(ids.len(), engines.len() * runs_each, "every run finished");
+    let mut spans = Vec::new();
+    for id in ids {
+        let s = steps_by_id(&engines[0], &id).await;
+        spans.push((
+            s["slow"].started_at.unwrap(),
+            s["slow"].finished_at.unwrap(),
+        ));
+    }
+    spans.sort();
+    spans
+}
+
+fn assert_no_overlap(spans: &[(i64, i64)]) {
+    for w in spans.windows(2) {
+        assert!(
+            w[0].1 <= w[1].0,
+            "two runs of a limit-1 flow overlapped: {spans:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_holds_with_a_short_lease_and_an_orphan_sweep() {
+    let (store, _dir) = sqlite_store().await;
+    // A lease shorter than the runs: queued runs and renewals race the sweep.
+    let e = engine(store, vec![], vec![]).with_lease(Duration::from_millis(300));
+    let yaml = LIMITED
+        .replace("ON_LIMIT", "queue")
+        .replace("300ms", "150ms");
+    let spans = limited_spans(&[e], &yaml, 6).await;
+    assert_no_overlap(&spans);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_holds_across_two_processes_on_postgres() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("skipped: SLUICE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let store_a = sluice::store::Store::connect(&url).await.unwrap();
+    let store_b = sluice::store::Store::connect(&url).await.unwrap();
+    // Two engines with their own owners and admission locks: two processes.
+    let a = engine(store_a, vec![], vec![]);
+    let b = engine(store_b, vec![], vec![]);
+    let id = format!("limited-pg-{}", uuid::Uuid::now_v7().simple());
+    let yaml = LIMITED
+        .replace("ON_LIMIT", "queue")
+        .replace("300ms", "150ms")
+        .replace("id: limited-queue", &format!("id: {id}"));
+    let spans = limited_spans(&[a, b], &yaml, 4).await;
+    assert_no_overlap(&spans);
+}

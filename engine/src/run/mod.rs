@@ -113,6 +113,18 @@ pub enum RunError {
         /// Milliseconds left.
         remaining_ms: i64,
     },
+    /// The flow already has as many running runs as its concurrency limit.
+    #[error(
+        "run `{run_id}` waits: flow `{flow_id}` already has {limit} running run(s), its concurrency limit; it is resumed when a slot frees"
+    )]
+    AtLimit {
+        /// Run id.
+        run_id: String,
+        /// Flow id.
+        flow_id: String,
+        /// The limit.
+        limit: u32,
+    },
     /// The run already ended.
     #[error("run `{0}` already {1}; only failed or interrupted runs can be resumed")]
     AlreadyFinished(String, &'static str),
@@ -507,30 +519,50 @@ impl Engine {
     }
 
     /// Waits for a slot under the flow's concurrency limit and claims the run.
-    /// Returns false when the run was skipped.
+    /// Returns false when the run was skipped. The slot is taken by one
+    /// atomic statement in the store ([`Store::admit_run`]), so the limit
+    /// holds across processes and for resumed runs.
     async fn admit(&self, flow: &CompiledFlow, run_id: &str) -> Result<bool, RunError> {
         let Some(limit) = &flow.flow.concurrency else {
             return Ok(true);
         };
+        let mut held_at: Option<Instant> = None;
         loop {
+            // While it waits, the run is held by this process (a lease on
+            // the queued run), so an orphan sweep elsewhere does not take it.
+            if held_at.is_none_or(|t| t.elapsed() > self.inner.lease / 3) {
+                self.inner
+                    .store
+                    .hold_queued(run_id, &self.inner.owner, self.inner.lease)
+                    .await?;
+                held_at = Some(Instant::now());
+            }
             {
                 let _guard = self.inner.admission.lock().await;
-                let active = self.inner.store.active_runs(flow.id()).await?;
-                if active.len() < limit.limit as usize {
-                    if self
-                        .inner
-                        .store
-                        .claim_run(run_id, &self.inner.owner, self.inner.lease, false)
-                        .await?
-                    {
-                        return Ok(true);
+                match self
+                    .inner
+                    .store
+                    .admit_run(
+                        run_id,
+                        flow.id(),
+                        &self.inner.owner,
+                        self.inner.lease,
+                        limit.limit,
+                        None,
+                    )
+                    .await?
+                {
+                    crate::store::Admission::Admitted => return Ok(true),
+                    crate::store::Admission::NotClaimable => {
+                        return Err(RunError::Held {
+                            run_id: run_id.to_string(),
+                            owner: "another process".into(),
+                            remaining_ms: 0,
+                        });
                     }
-                    return Err(RunError::Held {
-                        run_id: run_id.to_string(),
-                        owner: "another process".into(),
-                        remaining_ms: 0,
-                    });
+                    crate::store::Admission::Full => {}
                 }
+                let active = self.inner.store.active_runs(flow.id()).await?;
                 match limit.on_limit {
                     OnLimit::Skip => {
                         let error = json!({"kind": "concurrency_limit", "message": format!("skipped: flow `{}` already has {} active run(s), its concurrency limit", flow.id(), active.len())});
@@ -611,16 +643,39 @@ impl Engine {
             run_id: run_id.to_string(),
             message: e.to_string(),
         })?;
-        let claimed = self
-            .inner
-            .store
-            .claim_run(
-                run_id,
-                &self.inner.owner,
-                self.inner.lease,
-                run.status == RunStatus::Failed,
-            )
-            .await?;
+        let reopen = run.status == RunStatus::Failed;
+        let claimed = if let Some(limit) = &compiled.flow.concurrency {
+            // A resumed run takes a slot like a new one; when the flow is at
+            // its limit the run stays where it is, for a later sweep.
+            match self
+                .inner
+                .store
+                .admit_run(
+                    run_id,
+                    &run.flow_id,
+                    &self.inner.owner,
+                    self.inner.lease,
+                    limit.limit,
+                    Some(reopen),
+                )
+                .await?
+            {
+                crate::store::Admission::Admitted => true,
+                crate::store::Admission::NotClaimable => false,
+                crate::store::Admission::Full => {
+                    return Err(RunError::AtLimit {
+                        run_id: run_id.to_string(),
+                        flow_id: run.flow_id.clone(),
+                        limit: limit.limit,
+                    });
+                }
+            }
+        } else {
+            self.inner
+                .store
+                .claim_run(run_id, &self.inner.owner, self.inner.lease, reopen)
+                .await?
+        };
         if !claimed {
             return Err(RunError::Held {
                 run_id: run_id.to_string(),

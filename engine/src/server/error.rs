@@ -210,7 +210,7 @@ impl From<RunError> for ApiError {
         match e {
             RunError::Inputs(m) => ApiError::validation(format!("invalid inputs: {m}")),
             RunError::NotFound(_) => ApiError::not_found(e.to_string()),
-            RunError::AlreadyFinished(..) | RunError::Held { .. } => {
+            RunError::AlreadyFinished(..) | RunError::Held { .. } | RunError::AtLimit { .. } => {
                 ApiError::conflict(e.to_string())
             }
             RunError::Flow { .. } => ApiError::conflict(e.to_string()),

@@ -279,6 +279,17 @@ pub struct RunFilter {
     pub before: Option<(i64, String)>,
 }
 
+/// What [`Store::admit_run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The run is claimed and running.
+    Admitted,
+    /// The flow already has `limit` running runs.
+    Full,
+    /// The run is not queued (finished, or held by a live process).
+    NotClaimable,
+}
+
 /// The durable store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -702,6 +713,126 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Claims a run of a flow with a concurrency limit, atomically with the
+    /// count of its running runs (those whose lease is live): the one
+    /// admission for new, queued and resumed runs, across processes. On
+    /// PostgreSQL a transaction-scoped advisory lock per flow serializes
+    /// admissions (a plain `UPDATE ... WHERE (SELECT count(*)) < n` lets two
+    /// transactions both see room); on SQLite the single statement holds the
+    /// write lock.
+    pub async fn admit_run(
+        &self,
+        run_id: &str,
+        flow_id: &str,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+        resume: Option<bool>,
+    ) -> Result<Admission, StoreError> {
+        let now = now_ms();
+        // A new run is claimed while queued (held by its waiting caller, or
+        // by nobody). A resumed one (`Some(reopen)`) only once nobody holds
+        // it: never a run this very process is executing or waiting for.
+        let claimable = match resume {
+            None => {
+                "status = 'queued' AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $3)"
+            }
+            Some(false) => {
+                "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < $3)"
+            }
+            Some(true) => {
+                "status IN ('queued', 'running', 'failed') AND (lease_expires_at IS NULL OR lease_expires_at < $3)"
+            }
+        };
+        let sql = format!(
+            "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
+             started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
+             resumes = resumes + CASE WHEN started_at IS NULL THEN 0 ELSE 1 END \
+             WHERE id = $4 AND {claimable} \
+             AND (SELECT COUNT(*) FROM runs r WHERE r.flow_id = $5 AND r.status = 'running' \
+                  AND r.id <> $4 AND r.lease_expires_at >= $3) < $6"
+        );
+        let update = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(now + ms(lease))
+            .bind(now)
+            .bind(run_id)
+            .bind(flow_id)
+            .bind(i64::from(limit));
+        let admitted = if self.backend == Backend::Postgres {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1)::bigint)::text")
+                .bind(flow_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let done = update.execute(&mut *tx).await?;
+            tx.commit().await?;
+            done.rows_affected() == 1
+        } else {
+            update.execute(&self.pool).await?.rows_affected() == 1
+        };
+        if admitted {
+            return Ok(Admission::Admitted);
+        }
+        // Full, or not ours to claim? The same conditions, in Rust.
+        let row =
+            sqlx::query("SELECT status, lease_owner, lease_expires_at FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let still = match row {
+            None => false,
+            Some(r) => {
+                let status: String = r.try_get(0)?;
+                let lease_owner: Option<String> = r.try_get(1)?;
+                let expires: Option<i64> = r.try_get(2)?;
+                let free = expires.is_none_or(|t| t < now);
+                match resume {
+                    None => {
+                        status == "queued"
+                            && (lease_owner.is_none()
+                                || lease_owner.as_deref() == Some(owner)
+                                || free)
+                    }
+                    Some(reopen) => {
+                        (status == "queued"
+                            || status == "running"
+                            || (reopen && status == "failed"))
+                            && free
+                    }
+                }
+            }
+        };
+        Ok(if still {
+            Admission::Full
+        } else {
+            Admission::NotClaimable
+        })
+    }
+
+    /// Marks a queued run as waited for by `owner` until the lease ends, so
+    /// no other process takes it for an orphan while its caller waits for a
+    /// slot. Returns false if the run is no longer queued for this owner.
+    pub async fn hold_queued(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE runs SET lease_owner = $1, lease_expires_at = $2 WHERE id = $3 AND status = 'queued' \
+             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $4)",
+        )
+        .bind(owner)
+        .bind(now + ms(lease))
+        .bind(run_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Extends a lease. Returns the run's `cancel_requested` flag, or `None`
     /// when the lease was lost.
     pub async fn renew_lease(
@@ -799,9 +930,10 @@ impl Store {
     /// Ids of running runs of a flow, oldest first.
     pub async fn active_runs(&self, flow_id: &str) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id FROM runs WHERE flow_id = $1 AND status = 'running' ORDER BY created_at, id",
+            "SELECT id FROM runs WHERE flow_id = $1 AND status = 'running' AND lease_expires_at >= $2 ORDER BY created_at, id",
         )
         .bind(flow_id)
+        .bind(now_ms())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -809,10 +941,14 @@ impl Store {
             .collect()
     }
 
-    /// Runs left `queued` or `running` whose lease has expired (their process died).
+    /// Runs left `queued` or `running` whose lease has expired (their process
+    /// died). A queued run with no lease yet counts after a few seconds: its
+    /// creator holds it (see [`Store::hold_queued`]) as soon as it waits.
     pub async fn orphaned_runs(&self) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT id FROM runs WHERE status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY created_at")
-            .bind(now_ms())
+        let now = now_ms();
+        let rows = sqlx::query("SELECT id FROM runs WHERE status IN ('queued', 'running') AND ((lease_expires_at IS NULL AND created_at < $1) OR lease_expires_at < $2) ORDER BY created_at")
+            .bind(now - 5_000)
+            .bind(now)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
