@@ -179,29 +179,10 @@ pub fn find_test_files(paths: &[PathBuf]) -> Vec<PathBuf> {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         name.ends_with(".test.yaml") || name.ends_with(".test.yml")
     }
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                if p.file_name().is_some_and(|n| n == "target" || n == ".git") {
-                    continue;
-                }
-                walk(&p, out);
-            } else if is_test(&p) {
-                out.push(p);
-            }
-        }
-    }
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            walk(p, &mut out);
+            out.extend(flow::files_under(p, &is_test));
         } else if p.is_file() {
             out.push(p.clone());
         }

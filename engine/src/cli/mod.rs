@@ -525,28 +525,12 @@ fn report(outcome: &RunOutcome, json_out: bool) -> Result<i32, CliError> {
 /// Flow files under `paths`: files as given, directories walked recursively
 /// for `.yaml`/`.yml` (sorted). A path that holds none is in the second list.
 fn collect_flow_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out);
-            } else if flow::is_flow_file(&p) {
-                out.push(p);
-            }
-        }
-    }
     let mut files = Vec::new();
     let mut empty = Vec::new();
     for p in paths {
         if p.is_dir() {
             let before = files.len();
-            walk(p, &mut files);
+            files.extend(flow::files_under(p, &flow::is_flow_file));
             if files.len() == before {
                 empty.push(p.clone());
             }

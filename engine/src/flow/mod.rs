@@ -181,6 +181,32 @@ pub fn is_flow_file(path: &std::path::Path) -> bool {
         && !name.ends_with(".test.yml")
 }
 
+/// The files below `dir` (walked recursively, sorted, `target` and `.git`
+/// skipped) that `keep` accepts.
+pub fn files_under(
+    dir: &std::path::Path,
+    keep: &dyn Fn(&std::path::Path) -> bool,
+) -> Vec<std::path::PathBuf> {
+    let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    let mut out = Vec::new();
+    for p in entries {
+        if p.is_dir() {
+            if !p.file_name().is_some_and(|n| n == "target" || n == ".git") {
+                out.extend(files_under(&p, keep));
+            }
+        } else if keep(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Reads and compiles a flow file.
 pub fn compile_file(path: &std::path::Path, catalog: &Catalog) -> Result<CompiledFlow, FlowErrors> {
     let file = path.display().to_string();
