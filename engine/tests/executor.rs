@@ -660,3 +660,47 @@ async fn a_concurrency_limit_holds_across_two_processes_on_postgres() {
     let spans = limited_spans(&[a, b], &yaml, 4).await;
     assert_no_overlap(&spans);
 }
+
+#[tokio::test]
+async fn for_each_with_on_error_continue_keeps_every_items_result() {
+    let (store, _dir) = sqlite_store().await;
+    let e = engine(store, vec![], vec![]);
+    let out = run(
+        &e,
+        r#"
+apiVersion: sluice/v1
+id: partial
+steps:
+  - id: each
+    for_each: [1, 0, 4, 0]
+    on_error: continue
+    set: "${{ 8 // item }}"
+  - id: after
+    needs: [each]
+    set: { got: "${{ steps.each.output }}", status: "${{ steps.each.status }}" }
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(
+        out.output.unwrap(),
+        json!({"got": [8, null, 2, null], "status": "failed"})
+    );
+    let steps = steps_by_id(&e, &out.run_id).await;
+    let err = steps["each"].error.clone().unwrap();
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("step `each`: 2 of 4 items failed; first: item 1:"),
+        "{err}"
+    );
+    let failed: Vec<u64> = err["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(failed, [1, 3]);
+}

@@ -1238,7 +1238,10 @@ impl StepTask {
                 .collect()
                 .await;
         let attempts = results.iter().map(|r| r.2).max().unwrap_or(0);
-        let mut out = Vec::with_capacity(results.len());
+        let total = results.len();
+        let mut out = Vec::with_capacity(total);
+        let mut failed: Vec<Value> = Vec::new();
+        let mut first_error: Option<(StepError, u32)> = None;
         for (index, r, n) in results {
             match r {
                 Ok(Some(v)) => out.push(v),
@@ -1248,14 +1251,37 @@ impl StepTask {
                         message: format!("item {index}: {}", e.message),
                         ..e
                     };
-                    return (
-                        StepStatus::Failed,
-                        None,
-                        Some(error_json(step, &e, n)),
-                        attempts,
-                    );
+                    if step.on_error == OnError::Fail {
+                        return (
+                            StepStatus::Failed,
+                            None,
+                            Some(error_json(step, &e, n)),
+                            attempts,
+                        );
+                    }
+                    // `on_error: continue`: the other items' results are
+                    // kept, in order, with `null` where an item failed.
+                    out.push(Value::Null);
+                    failed.push(json!({"index": index, "kind": e.kind, "message": e.message}));
+                    first_error.get_or_insert((e, n));
                 }
             }
+        }
+        if let Some((e, n)) = first_error {
+            let mut error = error_json(step, &e, n);
+            error["message"] = json!(format!(
+                "step `{}`: {} of {total} items failed; first: {}",
+                step.id,
+                failed.len(),
+                e.message
+            ));
+            error["items"] = Value::Array(failed);
+            return (
+                StepStatus::Failed,
+                Some(Value::Array(out)),
+                Some(error),
+                attempts,
+            );
         }
         (
             StepStatus::Succeeded,
