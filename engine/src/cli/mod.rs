@@ -458,18 +458,47 @@ async fn run(
     } else {
         progress::start(&flow)
     };
-    let outcome = engine
-        .run(
+    // The run executes in a task so that Ctrl-C can cancel it: the first
+    // cancels the run (it ends `cancelled`), a second leaves at once and
+    // the run stays resumable once its lease expires.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (run_id, _) = engine
+        .start(
             flow,
             &inputs,
             json!({"type": "manual", "source": "cli"}),
+            None,
             events,
+            move |r| {
+                let _ = tx.send(r.as_ref().map(Clone::clone).map_err(|e| e.to_string()));
+            },
         )
-        .await;
+        .await?;
+    let mut rx = rx;
+    let mut interrupts = 0;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut rx => break r,
+            _ = tokio::signal::ctrl_c() => {
+                interrupts += 1;
+                if interrupts == 1 {
+                    eprintln!("\ncancelling run {run_id} (press Ctrl-C again to leave it running; `sluice runs resume {run_id}` continues it after its lease expires)");
+                    engine.cancel(&run_id).await?;
+                } else {
+                    eprintln!("\nleft run {run_id} as it is; `sluice runs resume {run_id}` continues it once its lease expires");
+                    return Ok(EXIT_FAILED);
+                }
+            }
+        }
+    };
     if let Some(d) = display {
         let _ = d.await;
     }
-    let outcome = outcome?;
+    let outcome = match outcome {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return Err(CliError::failed(e)),
+        Err(_) => return Err(CliError::failed("the run's task ended without a result")),
+    };
     deliver_fired_webhooks(engine.store(), json_out).await?;
     report(&outcome, json_out)
 }
