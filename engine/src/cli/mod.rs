@@ -470,7 +470,11 @@ async fn run(
             None,
             events,
             move |r| {
-                let _ = tx.send(r.as_ref().map(Clone::clone).map_err(|e| e.to_string()));
+                let result = match r {
+                    Ok(outcome) => Ok(outcome.clone()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = tx.send(result);
             },
         )
         .await?;
