@@ -1327,3 +1327,51 @@ async fn a_hook_with_a_body_schema_types_the_flow_and_refuses_bodies_that_do_not
     let run = wait_run(&s, &admin, started["run_id"].as_str().unwrap()).await;
     assert_eq!(run["output"], json!({"po": "PO-1", "doubled": 10}), "{run}");
 }
+
+#[tokio::test]
+async fn a_failed_run_starts_the_flow_handling_run_failed_and_the_handler_does_not_loop() {
+    let failing = r#"apiVersion: sluice/v1
+id: fragile
+triggers:
+  - webhook: { path: fragile }
+steps:
+  - { id: divide, set: "${{ 1 // 0 }}" }
+"#;
+    // The handler fails too: its own failure must not start it again.
+    let handler = r#"apiVersion: sluice/v1
+id: on-failure
+triggers:
+  - event: run.failed
+steps:
+  - { id: note, set: { flow: "${{ trigger.event.data.flow_id }}", step: "${{ trigger.event.data.step }}" } }
+  - { id: boom, needs: [note], set: "${{ 1 // 0 }}" }
+output: "${{ steps.note.output }}"
+"#;
+    let (s, admin) = Server::start(&[("a.yaml", failing), ("b.yaml", handler)], &[]);
+    let res = client()
+        .post(s.url("/v1/hooks/fragile"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let run = loop {
+        if let Some(r) = runs_of(&s, &admin, "on-failure").await.first() {
+            break wait_run(&s, &admin, r["id"].as_str().unwrap()).await;
+        }
+        assert!(Instant::now() < deadline, "run.failed started nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["trigger"]["event"]["type"], "run.failed");
+    assert_eq!(run["trigger"]["event"]["data"]["flow_id"], "fragile");
+    assert_eq!(run["trigger"]["event"]["data"]["step"], "divide");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        runs_of(&s, &admin, "on-failure").await.len(),
+        1,
+        "the handler did not loop"
+    );
+}

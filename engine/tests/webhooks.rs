@@ -560,7 +560,8 @@ async fn rotation_sends_both_signatures_and_each_secret_verifies() {
 async fn a_resumed_run_does_not_fire_twice_and_oversized_payloads_fail() {
     let (store, _d) = sqlite_store().await;
     let rx = Receiver::start(vec![]).await;
-    add_endpoint(&store, &rx.url(), &[]).await;
+    // Not `run.*`: the runs' own announcements are not what is counted here.
+    add_endpoint(&store, &rx.url(), &["order.*", "system.*", "blob.*"]).await;
     let flaky = common::FlakyConnector::new(1, sluice::connectors::ConnectorErrorKind::Transient);
     let e = engine(store.clone(), vec![("flaky", flaky)], vec![]);
     let out = run(
@@ -728,5 +729,42 @@ async fn a_receiver_sleeping_11_s_hits_the_10_s_deadline() {
         (10_000..11_000).contains(&attempts[0].latency_ms),
         "{}",
         attempts[0].latency_ms
+    );
+}
+
+#[tokio::test]
+async fn a_finished_run_is_announced_as_a_run_event_to_subscribed_endpoints() {
+    let (store, _dir) = sqlite_store().await;
+    let ep = add_endpoint(&store, "http://127.0.0.1:9/hooks", &["run.failed"]).await;
+    let e = engine(store.clone(), vec![], vec![]);
+    let ok = run(
+        &e,
+        "apiVersion: sluice/v1\nid: fine\nsteps:\n  - { id: a, set: 1 }\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(ok.status, RunStatus::Succeeded);
+    let bad = run(
+        &e,
+        "apiVersion: sluice/v1\nid: broken\nsteps:\n  - { id: a, set: \"${{ 1 // 0 }}\" }\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(bad.status, RunStatus::Failed);
+    // Only the failure reaches the endpoint subscribed to `run.failed`.
+    let messages = store.messages(&MessageFilter::default()).await.unwrap();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let m = &messages[0];
+    assert_eq!(
+        (m.event_type.as_str(), m.endpoint_id.as_str()),
+        ("run.failed", ep.id.as_str())
+    );
+    let body: Value = serde_json::from_str(&m.body).unwrap();
+    assert_eq!(body["data"]["flow_id"], "broken");
+    assert_eq!(body["data"]["run_id"], bad.run_id.as_str());
+    assert_eq!(body["data"]["step"], "a");
+    assert!(
+        body["data"]["error"].as_str().unwrap().contains("step `a`"),
+        "{body}"
     );
 }

@@ -46,6 +46,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "connection.auth_required",
     "connection.status_changed",
     "system.error",
+    "run.succeeded",
+    "run.failed",
+    "run.cancelled",
 ];
 
 /// A retry policy with durations resolved.
@@ -756,6 +759,17 @@ fn event_data_type(event: &str, entity: Option<crate::unified::Entity>) -> Type 
             ("batch", Type::Bool),
             ("remote_ids", Type::list(s.clone())),
         ]),
+        "run.succeeded" | "run.failed" | "run.cancelled" => Type::object(
+            fields(&[
+                ("flow_id", s.clone()),
+                ("run_id", s.clone()),
+                ("status", s.clone()),
+                ("step", s.clone()),
+                ("error", s.clone()),
+            ]),
+            false,
+        )
+        .named(&format!("the data of {event}")),
         "connection.status_changed" => Type::object(
             fields(&[
                 ("connection_id", s.clone()),

@@ -787,6 +787,7 @@ impl Engine {
                 tracing::warn!(status = status.as_str(), error = %error.as_ref().map(|e| e.to_string()).unwrap_or_default(), "run did not succeed")
             }
         }
+        self.announce(&flow, &run, status, error.as_ref()).await;
         Ok(RunOutcome {
             run_id,
             flow_id: flow.id().to_string(),
@@ -794,6 +795,59 @@ impl Engine {
             output,
             error,
         })
+    }
+
+    /// Fires `run.succeeded`, `run.failed` or `run.cancelled` for a finished
+    /// run: endpoints subscribed to it get it, and `event` triggers start
+    /// flows on it (a failure handler). A run started by a run event does not
+    /// announce itself, so a handler that fails cannot trigger itself forever.
+    async fn announce(
+        &self,
+        flow: &CompiledFlow,
+        run: &RunRecord,
+        status: RunStatus,
+        error: Option<&Value>,
+    ) {
+        let started_by_run_event = run.trigger["type"] == "event"
+            && run.trigger["event"]["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("run."));
+        if started_by_run_event {
+            return;
+        }
+        let event_type = match status {
+            RunStatus::Succeeded => "run.succeeded",
+            RunStatus::Failed => "run.failed",
+            RunStatus::Cancelled => "run.cancelled",
+            _ => return,
+        };
+        let data = json!({
+            "flow_id": flow.id(),
+            "run_id": run.id,
+            "status": status.as_str(),
+            "step": error.and_then(|e| e.get("step")).cloned().unwrap_or(Value::Null),
+            "error": error.and_then(|e| e.get("message")).cloned().unwrap_or(Value::Null),
+        });
+        let store = &self.inner.store;
+        let env = crate::webhooks::Envelope::new(
+            &format!("run:{}:{event_type}", run.id),
+            event_type,
+            None,
+            data,
+        );
+        let routed = match store.endpoints_recent().await {
+            Ok(endpoints) => crate::webhooks::route(&endpoints, &env, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read webhook endpoints for {event_type}");
+                Vec::new()
+            }
+        };
+        if !routed.is_empty()
+            && let Err(e) = store.enqueue_messages(&routed).await
+        {
+            tracing::warn!(error = %e, "cannot enqueue {event_type}");
+        }
+        store.publish(&env);
     }
 
     /// The scheduling loop. Returns the run's final status, output and error.
