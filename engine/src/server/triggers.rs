@@ -59,6 +59,16 @@ pub async fn inbound_hook(
             flow.compiled.id()
         )));
     }
+    // A `webhook-id` that is not visible ASCII cannot be deduplicated or
+    // signed-over reliably: refuse it rather than start a new run per replay.
+    if headers
+        .get("webhook-id")
+        .is_some_and(|v| v.to_str().is_err())
+    {
+        return Err(ApiError::invalid(
+            "header `webhook-id` must be visible ASCII (RFC 9110 field value)",
+        ));
+    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     match &flow.hook_secret {
         None => {}

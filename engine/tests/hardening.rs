@@ -1,0 +1,118 @@
+//! Hardening of `sluice serve` against hostile clients (issue 17): a real
+//! server process on 127.0.0.1.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A `sluice serve` child process; killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(flows: &[(&str, &str)], extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}/sluice.db", dir.path().display());
+        let flows_dir = dir.path().join("flows");
+        std::fs::create_dir(&flows_dir).unwrap();
+        for (name, yaml) in flows {
+            std::fs::write(flows_dir.join(name), yaml).unwrap();
+        }
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--flows"])
+            .arg(&flows_dir)
+            .args(extra)
+            .env("SLUICE_DB", &db)
+            .env("SLUICE_LOG", "sluice=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let a = addr.split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(a.trim_start_matches("http://").to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server did not start");
+        Server {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+/// Sends raw bytes as one request and returns the status code.
+async fn raw_status(addr: &str, request: &[u8]) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            buf.extend_from_slice(&chunk[..n]);
+            if n == 0 || buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("no answer");
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text}"))
+}
+
+const OPEN_HOOK: &str = r#"apiVersion: sluice/v1
+id: open-hook
+triggers:
+  - webhook: { path: open }
+steps:
+  - id: a
+    set: { x: 1 }
+"#;
+
+#[tokio::test]
+async fn a_webhook_id_that_is_not_utf8_is_refused_not_treated_as_absent() {
+    let s = Server::start(&[("open.yaml", OPEN_HOOK)], &[]);
+    let req = |id: &[u8]| {
+        let mut r = format!("POST /v1/hooks/open HTTP/1.1\r\nHost: {}\r\n", s.addr).into_bytes();
+        r.extend_from_slice(b"content-type: application/json\r\nwebhook-id: ");
+        r.extend_from_slice(id);
+        r.extend_from_slice(b"\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+        r
+    };
+    // Latin-1 bytes (obs-text) are legal on the wire but not UTF-8: 400, and
+    // a replay is refused the same way instead of starting a second run.
+    for _ in 0..2 {
+        assert_eq!(raw_status(&s.addr, &req(b"msg_\xe9\xff")).await, 400);
+    }
+    // A plain id still starts a run, and its replay does not start another.
+    assert_eq!(raw_status(&s.addr, &req(b"msg_ok")).await, 202);
+    assert_eq!(raw_status(&s.addr, &req(b"msg_ok")).await, 200);
+}
