@@ -260,10 +260,26 @@ pub async fn serve(
     let app = routes(state.clone()).into_router();
     on_listening(addr);
     tracing::info!(%addr, "listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
+    // Graceful shutdown waits for open connections; a client holding a
+    // half-sent request must not keep the process alive, so the wait is
+    // bounded by the grace period (the connections are dropped after it).
+    let (fired_tx, mut fired_rx) = tokio::sync::watch::channel(false);
+    let server = std::future::IntoFuture::into_future(
+        axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = fired_tx.send(true);
+        }),
+    );
+    let bound = async move {
+        let _ = fired_rx.wait_for(|f| *f).await;
+        tokio::time::sleep(config.grace).await;
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| e.to_string())?,
+        () = bound => tracing::warn!(
+            "connections still open after the grace period; closing them"
+        ),
+    }
 
     // Shutdown: stop starting runs, let in-flight ones finish (within the
     // grace period), stop the workers.
