@@ -1674,31 +1674,28 @@ fn set_query_pairs(url: &mut Url, pairs: &[(String, String)]) {
     url.set_query(Some(&q));
 }
 
+/// What stays literal in a query name or value: RFC 3986 unreserved
+/// characters and the sub-delimiters OData's URL grammar writes as they are
+/// (`$filter`, `'text'`, `(`...`)`); everything else, a space included, is
+/// percent-encoded (`%20`, never `+`).
+const QUERY_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'$')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b',')
+    .remove(b':')
+    .remove(b'/')
+    .remove(b'@')
+    .remove(b'!');
+
 fn encode_query_component(s: &str, out: &mut String) {
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'$'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b','
-                    | b':'
-                    | b'/'
-                    | b'@'
-                    | b'!'
-            )
-        {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    out.extend(percent_encoding::utf8_percent_encode(s, QUERY_COMPONENT));
 }
 
 fn snippet(body: &[u8]) -> String {
