@@ -119,21 +119,19 @@ impl<'a> Checker<'a> {
     /// own line and column, inside the expression.
     pub fn template_typed(&mut self, rel: &[Seg], value: &Value) -> (Option<Template>, Type) {
         let mut ok = true;
-        let ty = self.check_value(rel, value, &mut ok);
-        if !ok {
-            return (None, ty);
-        }
-        match Template::compile_strict(value) {
-            Ok(t) => (Some(t), ty),
-            Err(e) => {
-                self.report_parse(rel, &e, "expression");
-                (None, ty)
-            }
-        }
+        let (ty, template) = self.check_value(rel, value, &mut ok);
+        (template.filter(|_| ok), ty)
     }
 
-    /// Checks every string of `value` (at its own path); its static type.
-    fn check_value(&mut self, rel: &[Seg], value: &Value, ok: &mut bool) -> Type {
+    /// Checks every string of `value` (at its own path): its static type,
+    /// and the template built from the strings compiled on the way (each is
+    /// compiled once).
+    fn check_value(
+        &mut self,
+        rel: &[Seg],
+        value: &Value,
+        ok: &mut bool,
+    ) -> (Type, Option<Template>) {
         match value {
             Value::String(s) if s.contains(expr::OPEN) && s.len() > super::MAX_EXPRESSION_BYTES => {
                 self.error(
@@ -147,7 +145,7 @@ impl<'a> Checker<'a> {
                 )
                 .hint = Some("move the logic into a plugin, or split it over `set` steps".into());
                 *ok = false;
-                Type::Any
+                (Type::Any, None)
             }
             Value::String(s) if s.contains(expr::OPEN) => {
                 let compiled = match Template::compile_strict(value) {
@@ -155,7 +153,7 @@ impl<'a> Checker<'a> {
                     Err(e) => {
                         self.report_parse(rel, &e, "expression");
                         *ok = false;
-                        return Type::Any;
+                        return (Type::Any, None);
                     }
                 };
                 let before = self.diags.len();
@@ -177,31 +175,53 @@ impl<'a> Checker<'a> {
                 if self.diags.len() > before {
                     *ok = false;
                 }
-                ty
+                (ty, Some(compiled))
             }
             Value::Array(items) => {
                 let mut elem: Option<Type> = None;
+                let mut parts = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
                     let mut p = rel.to_vec();
                     p.push(Seg::Index(i));
-                    let t = self.check_value(&p, item, ok);
+                    let (t, part) = self.check_value(&p, item, ok);
+                    parts.push(part);
                     elem = Some(match elem {
                         Some(e) => types::join(e, t),
                         None => t,
                     });
                 }
-                Type::list(elem.unwrap_or(Type::Any))
+                let template = parts.into_iter().collect::<Option<Vec<_>>>().map(|parts| {
+                    if parts.iter().all(Template::is_literal) {
+                        Template::Literal(value.clone())
+                    } else {
+                        Template::Array(parts)
+                    }
+                });
+                (Type::list(elem.unwrap_or(Type::Any)), template)
             }
             Value::Object(map) => {
                 let mut fields = BTreeMap::new();
+                let mut parts = Vec::with_capacity(map.len());
                 for (k, v) in map {
                     let mut p = rel.to_vec();
                     p.push(Seg::Key(k.clone()));
-                    fields.insert(k.clone(), self.check_value(&p, v, ok));
+                    let (t, part) = self.check_value(&p, v, ok);
+                    fields.insert(k.clone(), t);
+                    parts.push(part.map(|part| (k.clone(), part)));
                 }
-                Type::object(fields, false)
+                let template = parts.into_iter().collect::<Option<Vec<_>>>().map(|parts| {
+                    if parts.iter().all(|(_, t)| t.is_literal()) {
+                        Template::Literal(value.clone())
+                    } else {
+                        Template::Object(parts)
+                    }
+                });
+                (Type::object(fields, false), template)
             }
-            other => Type::of_value(other),
+            other => (
+                Type::of_value(other),
+                Some(Template::Literal(other.clone())),
+            ),
         }
     }
 
