@@ -263,7 +263,9 @@ async fn cap_v4_a_read_larger_than_a_page_returns_every_record() {
     assert_eq!(po["vendor_name"], "O'Brien & Sons #2");
     assert_eq!(po["status"], "pending_approval");
     assert_eq!(po["remote_status"], "In Review");
-    assert_eq!(po["total"], 69.69);
+    assert_eq!(po["total"], 69.69, "totalAmountIncludingTax");
+    assert_eq!(po["total_excluding_tax"], 55.75);
+    assert_eq!(po["tax_total"], 13.94);
     assert_eq!(po["remote_updated_at"], "2024-01-01T01:00:00Z");
     assert_eq!(po["lines"].as_array().unwrap().len(), 2);
     assert_eq!(po["lines"][1]["line_number"], 20000);
@@ -575,6 +577,25 @@ async fn cap_v2_sap_reads_every_page_by_next_links_and_full_syncs_delete_none() 
     assert_eq!(po["custom_fields"], json!({"YY1_Plant_PDH": "PL01"}));
     assert_eq!(out["records"][4]["remote_status"], "04");
     assert_eq!(out["records"][4]["status"], "pending_approval");
+    // Net prices are per NetPriceQuantity units (SAP's price unit): item 20
+    // of 4500000001 is 1,150.00 EUR per 100 pieces, so 11.50 a piece.
+    assert_eq!(po["lines"][1]["amount"], 57.5, "5 × 1,150.00 / 100");
+    assert_eq!(po["total"], 91.25, "3 × 11.25 + 57.5, tax not in this API");
+    assert_eq!(po["total_excluding_tax"], 91.25);
+    assert_eq!(po["tax_total"], Value::Null);
+    let per_1000 = &out["records"][3];
+    assert_eq!(
+        per_1000["lines"][1]["unit_price"], 13.5,
+        "13,500.00 per 1,000"
+    );
+    assert_eq!(per_1000["total"], 80.5);
+    // Item 30 of 4500000005 is deleted (deletion code L): not a line, not in the total.
+    let with_deleted_item = &out["records"][5];
+    assert_eq!(with_deleted_item["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(with_deleted_item["total"], 154);
+    // 4500000006 is deleted as a whole: cancelled, its processing status kept.
+    assert_eq!(out["records"][6]["status"], "cancelled");
+    assert_eq!(out["records"][6]["remote_status"], "02");
 
     let reqs = cap.requests().await;
     let lists: Vec<&Value> = reqs
@@ -661,8 +682,12 @@ output: "${{ steps.create.output }}"
     assert_eq!(rec["remote_id"], "4500001000", "{rec}");
     assert_eq!(rec["status"], "draft");
     assert_eq!(rec["vendor_id"], "17300002");
-    assert_eq!(rec["lines"][0]["line_number"], 10);
+    // The line number is SAP's item number both ways: line 1 is item 1,
+    // not item 10 read back as line 10.
+    assert_eq!(rec["lines"][0]["line_number"], 1);
     assert_eq!(rec["lines"][0]["unit_price"], 142.5);
+    assert_eq!(rec["lines"][0]["amount"], 285, "sent with price unit 1");
+    assert_eq!(rec["total"], 285);
 
     let reqs = cap.requests().await;
     let fetch = reqs

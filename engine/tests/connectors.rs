@@ -205,9 +205,9 @@ async fn sap_purchase_orders_map_field_by_field_across_server_driven_pages() {
         po["lines"],
         json!([
             {"line_number": 10, "item_id": "MAT-1001", "description": "Ball bearing 6204-2RS",
-             "quantity": 5.0, "unit_of_measure": "EA", "unit_price": 4.85, "amount": 24.25, "received_quantity": 0.0},
+             "quantity": 5, "unit_of_measure": "EA", "unit_price": 4.85, "amount": 24.25, "received_quantity": 0},
             {"line_number": 20, "item_id": "MAT-1002", "description": "Hydraulic hose 1/2in",
-             "quantity": 10.0, "unit_of_measure": "M", "unit_price": 12.4, "amount": 124.0, "received_quantity": 0.0},
+             "quantity": 10, "unit_of_measure": "M", "unit_price": 12.4, "amount": 124, "received_quantity": 0},
         ])
     );
     assert_eq!(po["total"], 148.25);
@@ -345,7 +345,11 @@ output: "${{ steps.create.output }}"
         "Edm.Decimal sent as a string"
     );
     assert_eq!(item["OrderQuantity"], "2");
-    assert_eq!(item["PurchaseOrderItem"], "10");
+    assert_eq!(
+        item["PurchaseOrderItem"], "1",
+        "line 1 is item 1: read back as line 1"
+    );
+    assert_eq!(item["NetPriceQuantity"], "1", "unit_price is per one unit");
     assert_eq!(body["CompanyCode"], "1010");
 
     // A supplier SAP does not know: VALIDATION_FAILED with SAP's own message.

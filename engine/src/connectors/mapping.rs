@@ -1,8 +1,12 @@
 //! Field mapping: a system's record → a unified record.
 //!
 //! Each unified field names where its value comes from: a JSONPath (a plain
-//! string), or a spec with `path`/`const`/`join`/`product`/`sum`/`from_lines`/
-//! `each`+`fields`/`pattern`, then optionally `convert`, `map` and `default`.
+//! string), or a spec with `path`/`const`/`join`/`coalesce`/`product`/`sum`/
+//! `from_lines`/`each`+`fields`/`pattern`, then optionally `divide_by` and
+//! `round` (exact decimal arithmetic), `convert`, `map`, `default`, and
+//! `cases` that override the value when a condition on the record holds.
+//! Lines can be left out by a JSONPath filter in `each`
+//! (`$.items[?@.DeletionCode != 'L']`).
 //! Simple paths (`$.a.b[0]['c']`) are evaluated by direct lookups; anything
 //! else by the RFC 9535 engine. When `status` is mapped through a value map
 //! and `remote_status` is not mapped, the raw value is kept as `remote_status`.
@@ -16,13 +20,15 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::expr::jsonpath::Query;
-use crate::unified::Entity;
 use crate::unified::shape::{Shape, Slot};
+use crate::unified::{Entity, money};
 use crate::yaml::source::Seg;
 
 /// Where a unified field's value comes from.
@@ -36,7 +42,11 @@ pub enum FieldSource {
 }
 
 /// A unified field's source with conversions. Exactly one of `path`, `const`,
-/// `join`, `product`, `sum`, `from_lines`, `each` or `pattern` is given.
+/// `join`, `coalesce`, `product`, `sum`, `from_lines`, `each` or `pattern` is
+/// given. Numbers are exact decimals throughout (see [`crate::unified::money`]):
+/// the value is divided (`divide_by`) and rounded (`round`), then converted
+/// (`convert`), then looked up (`map`); a matching `cases` entry wins over all
+/// of that.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldSpec {
@@ -52,6 +62,9 @@ pub struct FieldSpec {
     /// Separator of `join`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub separator: Option<String>,
+    /// The first of these JSONPaths that has a value (not null, not an empty string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesce: Option<Vec<String>>,
     /// The product of these JSONPaths' numeric values (numbers or decimal strings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product: Option<Vec<String>>,
@@ -71,6 +84,15 @@ pub struct FieldSpec {
     /// (`custbody_*`, `YY1_*`, `*_custom`, exact names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<Vec<String>>,
+    /// Divides the numeric value by this: a JSONPath (`$.NetPriceQuantity`,
+    /// e.g. SAP's price unit) or a number. A missing or zero divisor fails the
+    /// record, naming the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divide_by: Option<Value>,
+    /// Decimals of the numeric value, rounded half away from zero. A division
+    /// keeps 6 unless this says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
     /// Conversion applied to the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub convert: Option<Converter>,
@@ -80,6 +102,36 @@ pub struct FieldSpec {
     /// Used when the value is missing or null, or not in `map`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
+    /// Values that replace the mapped one when a condition on the system's
+    /// record holds; the first that holds wins (e.g. an order whose deletion
+    /// code is `L` is `cancelled` whatever its processing status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cases: Option<Vec<Case>>,
+}
+
+/// A value that wins when its condition holds.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// The condition.
+    pub when: Condition,
+    /// The unified value the field then takes (as is: no conversion or map).
+    pub value: Value,
+}
+
+/// A condition on one value of the system's record, compared as text
+/// (`1` and `"1"` are equal). Exactly one of `equals` and `in` is given.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// JSONPath of the value; a missing value is null.
+    pub path: String,
+    /// Holds when the value is this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<Value>,
+    /// Holds when the value is one of these.
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<Value>>,
 }
 
 /// Value conversions.
@@ -259,6 +311,7 @@ enum Src {
     Path(FastPath),
     Const(Value),
     Join(Vec<FastPath>, String),
+    Coalesce(Vec<FastPath>),
     Product(Vec<FastPath>),
     Sum(FastPath),
     /// The field summed, and the slot of `lines`.
@@ -273,12 +326,22 @@ struct Field {
     /// Index of the field in its shape's slots.
     slot: usize,
     src: Src,
+    divide_by: Option<Divisor>,
+    round: Option<u32>,
     convert: Option<Converter>,
     map: Option<BTreeMap<String, Value>>,
     default: Option<Value>,
     /// What a value missing from `map` (with no `default`) becomes: the
     /// field's catch-all enum value (`other`) when the model has one.
     catch_all: Option<Value>,
+    /// (path, values that make it hold, the field's value then).
+    cases: Vec<(FastPath, Vec<Value>, Value)>,
+}
+
+#[derive(Debug)]
+enum Divisor {
+    Path(String, FastPath),
+    Const(Decimal),
 }
 
 /// Values missing from a value map that became the field's catch-all
@@ -505,6 +568,7 @@ fn compile_fields(
             spec.path.is_some(),
             spec.constant.is_some(),
             spec.join.is_some(),
+            spec.coalesce.is_some(),
             spec.product.is_some(),
             spec.sum.is_some(),
             spec.from_lines.is_some(),
@@ -519,7 +583,7 @@ fn compile_fields(
                 here(name),
                 "invalid-mapping",
                 format!(
-                    "field `{name}` needs exactly one of path, const, join, product, sum, from_lines, each or pattern (found {given})"
+                    "field `{name}` needs exactly one of path, const, join, coalesce, product, sum, from_lines, each or pattern (found {given})"
                 ),
             ));
             continue;
@@ -543,6 +607,9 @@ fn compile_fields(
             let ps: Vec<_> = parts.iter().filter_map(|p| path(p, "join")).collect();
             (ps.len() == parts.len())
                 .then(|| Src::Join(ps, spec.separator.clone().unwrap_or_else(|| "/".into())))
+        } else if let Some(parts) = &spec.coalesce {
+            let ps: Vec<_> = parts.iter().filter_map(|p| path(p, "coalesce")).collect();
+            (ps.len() == parts.len()).then_some(Src::Coalesce(ps))
         } else if let Some(parts) = &spec.product {
             let ps: Vec<_> = parts.iter().filter_map(|p| path(p, "product")).collect();
             (ps.len() == parts.len()).then_some(Src::Product(ps))
@@ -588,6 +655,64 @@ fn compile_fields(
         } else {
             Some(Src::Const(Value::Null))
         };
+        let before = problems.len();
+        let at_path = |p: &str, key: &str, problems: &mut Vec<Problem>| -> Option<FastPath> {
+            FastPath::parse(p)
+                .map_err(|m| {
+                    let mut at = here(name);
+                    at.push(Seg::Key(key.into()));
+                    problems.push((at, "invalid-jsonpath", m));
+                })
+                .ok()
+        };
+        let divide_by = match &spec.divide_by {
+            None => None,
+            Some(Value::String(p)) if p.starts_with('$') => {
+                at_path(p, "divide_by", problems).map(|fp| Divisor::Path(p.clone(), fp))
+            }
+            Some(v) => match money::parse(v) {
+                Ok(Some(d)) if !d.is_zero() => Some(Divisor::Const(d)),
+                _ => {
+                    let mut at = here(name);
+                    at.push(Seg::Key("divide_by".into()));
+                    problems.push((
+                        at,
+                        "invalid-mapping",
+                        format!(
+                            "`divide_by` takes a JSONPath (`$.NetPriceQuantity`) or a number other than 0, not {v}"
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
+        let mut cases = Vec::new();
+        for (i, c) in spec.cases.iter().flatten().enumerate() {
+            let values = match (&c.when.equals, &c.when.one_of) {
+                (Some(v), None) => vec![v.clone()],
+                (None, Some(vs)) => vs.clone(),
+                _ => {
+                    let mut at = here(name);
+                    at.extend([
+                        Seg::Key("cases".into()),
+                        Seg::Index(i),
+                        Seg::Key("when".into()),
+                    ]);
+                    problems.push((
+                        at,
+                        "invalid-mapping",
+                        "a case's `when` needs exactly one of `equals` and `in`".into(),
+                    ));
+                    continue;
+                }
+            };
+            if let Some(fp) = at_path(&c.when.path, "cases", problems) {
+                cases.push((fp, values, c.value.clone()));
+            }
+        }
+        if problems.len() > before {
+            continue;
+        }
         if let Some(src) = src {
             fields.push(Field {
                 name: name.clone(),
@@ -595,10 +720,13 @@ fn compile_fields(
                     .index_of(name)
                     .expect("the shape has every field of the schema"),
                 src,
+                divide_by,
+                round: spec.round,
                 convert: spec.convert,
                 map: spec.map.clone(),
                 default: spec.default.clone(),
                 catch_all: None,
+                cases,
             });
         }
     }
@@ -642,32 +770,45 @@ fn map_fields(
                 }
                 Value::String(s)
             }
+            Src::Coalesce(paths) => paths
+                .iter()
+                .filter_map(|p| p.first(src))
+                .find(|v| !v.is_null() && v.as_str().is_none_or(|s| !s.trim().is_empty()))
+                .cloned()
+                .unwrap_or(Value::Null),
             Src::Product(parts) => {
-                let mut acc = 1.0;
+                let mut acc = Decimal::ONE;
                 for p in parts {
-                    acc *= number(p.first(src).unwrap_or(&Value::Null))
+                    let factor = money::parse(p.first(src).unwrap_or(&Value::Null))
                         .map_err(|m| fail(f, m))?
-                        .unwrap_or(0.0);
+                        .unwrap_or(Decimal::ZERO);
+                    acc = acc
+                        .checked_mul(factor)
+                        .ok_or_else(|| fail(f, "the product is out of range".into()))?;
                 }
-                json_number(acc)
+                money::to_json(acc).map_err(|m| fail(f, m))?
             }
             Src::Sum(p) => {
-                let mut acc = 0.0;
+                let mut acc = Decimal::ZERO;
                 for v in p.all(src) {
-                    acc += number(v).map_err(|m| fail(f, m))?.unwrap_or(0.0);
+                    acc += money::parse(v)
+                        .map_err(|m| fail(f, m))?
+                        .unwrap_or(Decimal::ZERO);
                 }
-                json_number(acc)
+                money::to_json(acc).map_err(|m| fail(f, m))?
             }
             Src::FromLines(field, lines) => {
-                let mut acc = 0.0;
+                let mut acc = Decimal::ZERO;
                 if let Slot::Checked(Value::Array(ls)) | Slot::Value(Value::Array(ls)) =
                     &slots[*lines]
                 {
                     for l in ls {
-                        acc += l.get(field).and_then(Value::as_f64).unwrap_or(0.0);
+                        acc += money::parse(l.get(field).unwrap_or(&Value::Null))
+                            .map_err(|m| fail(f, m))?
+                            .unwrap_or(Decimal::ZERO);
                     }
                 }
-                json_number(acc)
+                money::to_json(acc).map_err(|m| fail(f, m))?
             }
             Src::Each(items, sub, shape) => {
                 let elems = items.all(src);
@@ -698,6 +839,23 @@ fn map_fields(
                 }
                 Value::Object(m)
             }
+        };
+        if let Some((_, _, value)) = f.cases.iter().find(|(p, values, _)| {
+            let seen = p.first(src).unwrap_or(&Value::Null);
+            values.iter().any(|want| {
+                want == seen || (!seen.is_null() && scalar_text(want) == scalar_text(seen))
+            })
+        }) {
+            if f.name == "status" && f.map.is_some() && !v.is_null() {
+                *raw_status = Some(Value::String(scalar_text(&v).into_owned()));
+            }
+            slots[f.slot] = Slot::Value(value.clone());
+            continue;
+        }
+        let v = if (f.divide_by.is_some() || f.round.is_some()) && !v.is_null() {
+            arithmetic(f, v, src).map_err(|m| fail(f, m))?
+        } else {
+            v
         };
         let v = match f.convert {
             Some(c) if !v.is_null() => {
@@ -764,12 +922,29 @@ fn map_fields(
     Ok(())
 }
 
-fn json_number(f: f64) -> Value {
-    // Round away binary noise from products and sums of decimals.
-    let r = (f * 1e6).round() / 1e6;
-    serde_json::Number::from_f64(r)
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
+/// `divide_by` and `round` applied to a field's value, in exact decimals.
+fn arithmetic(f: &Field, v: Value, src: &Value) -> Result<Value, String> {
+    let Some(mut d) = money::parse(&v)? else {
+        return Ok(Value::Null);
+    };
+    if let Some(divisor) = &f.divide_by {
+        let by = match divisor {
+            Divisor::Const(c) => *c,
+            Divisor::Path(text, p) => match money::parse(p.first(src).unwrap_or(&Value::Null))? {
+                Some(b) if !b.is_zero() => b,
+                Some(_) => return Err(format!("cannot divide by `{text}`: it is 0")),
+                None => return Err(format!("cannot divide by `{text}`: it is missing")),
+            },
+        };
+        d = money::round_quotient(
+            d.checked_div(by)
+                .ok_or_else(|| format!("{d} / {by} is out of range"))?,
+            f.round.unwrap_or(money::DIVISION_SCALE),
+        );
+    } else if let Some(scale) = f.round {
+        d = d.round_dp_with_strategy(scale, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    }
+    money::to_json(d)
 }
 
 fn scalar_text(v: &Value) -> std::borrow::Cow<'_, str> {
@@ -784,20 +959,6 @@ fn glob(pattern: &str, name: &str) -> bool {
         (Some(prefix), _) if !prefix.contains('*') => name.starts_with(prefix),
         (_, Some(suffix)) if !suffix.contains('*') => name.ends_with(suffix),
         _ => pattern == name,
-    }
-}
-
-fn number(v: &Value) -> Result<Option<f64>, String> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Number(n) => Ok(n.as_f64()),
-        Value::String(s) if s.trim().is_empty() => Ok(None),
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .map(Some)
-            .map_err(|_| format!("`{s}` is not a number")),
-        other => Err(format!("{other} is not a number")),
     }
 }
 
@@ -868,13 +1029,16 @@ pub fn convert(c: Converter, v: &Value) -> Result<Value, String> {
                 Value::String(d.format("%Y-%m-%d").to_string())
             }
         }
-        Converter::Number => json_number(number(v)?.unwrap_or(0.0)),
+        Converter::Number => money::to_json(money::parse(v)?.unwrap_or(Decimal::ZERO))?,
         Converter::Integer => {
-            let f = number(v)?.unwrap_or(0.0);
-            if f.fract() != 0.0 {
-                return Err(format!("{f} is not an integer"));
+            let d = money::parse(v)?.unwrap_or(Decimal::ZERO);
+            if !d.fract().is_zero() {
+                return Err(format!("{d} is not an integer"));
             }
-            Value::from(f as i64)
+            Value::from(
+                d.to_i64()
+                    .ok_or_else(|| format!("{d} is out of the range of an integer"))?,
+            )
         }
         Converter::String => Value::String(scalar_text(v).into_owned()),
         Converter::Boolean => match v {
@@ -1009,6 +1173,9 @@ mod tests {
             map: Some([("01".to_string(), json!("draft"))].into()),
             default: None,
             catch_all,
+            divide_by: None,
+            round: None,
+            cases: Vec::new(),
         };
         let with = [field(Some(json!("other")))];
         let before = unmapped_values();
@@ -1030,5 +1197,131 @@ mod tests {
             matches!(&e, MapError::Mapping(m) if m.contains("not in the value map")),
             "{e:?}"
         );
+    }
+
+    /// An SAP-shaped order: prices per `NetPriceQuantity` units, a deleted
+    /// item, decimals as strings.
+    fn sap_mapping() -> Mapping {
+        let spec: BTreeMap<String, FieldSource> = serde_json::from_value(json!({
+            "remote_id": "$.PurchaseOrder",
+            "number": "$.PurchaseOrder",
+            "vendor_id": {"coalesce": ["$.Supplier", "$.InvoicingParty"]},
+            "status": {
+                "path": "$.Status",
+                "map": {"01": "draft", "05": "approved"},
+                "cases": [{"when": {"path": "$.DeletionCode", "equals": "L"}, "value": "cancelled"}]
+            },
+            "currency": "$.Currency",
+            "order_date": {"const": "2024-01-01"},
+            "remote_created_at": {"const": "2024-01-01T00:00:00Z"},
+            "remote_updated_at": {"const": "2024-01-01T00:00:00Z"},
+            "lines": {
+                "each": "$.Items[?@.DeletionCode != 'L']",
+                "fields": {
+                    "line_number": {"path": "$.Item", "convert": "integer"},
+                    "description": "$.Text",
+                    "quantity": {"path": "$.Qty", "convert": "number"},
+                    "unit_of_measure": "$.Unit",
+                    "unit_price": {"path": "$.NetPrice", "divide_by": "$.PriceUnit"},
+                    "amount": {"product": ["$.Qty", "$.NetPrice"], "divide_by": "$.PriceUnit", "round": 2}
+                }
+            },
+            "total": {"from_lines": "amount"},
+            "total_excluding_tax": {"from_lines": "amount"}
+        }))
+        .unwrap();
+        let mut problems = Vec::new();
+        let m = Mapping::compile(Entity::PurchaseOrder, &spec, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        m.unwrap()
+    }
+
+    fn sap_order(items: Value) -> Value {
+        json!({"PurchaseOrder": "4500000001", "InvoicingParty": "17300001", "Status": "05",
+               "Currency": "JPY", "Items": items})
+    }
+
+    #[test]
+    fn prices_per_price_unit_are_divided_exactly_and_deleted_lines_are_left_out() {
+        let m = sap_mapping();
+        let po = m
+            .to_unified(
+                &sap_order(json!([
+                    {"Item": "10", "Text": "Bolts", "Qty": "400", "Unit": "PC",
+                     "NetPrice": "3286.00", "PriceUnit": "100"},
+                    {"Item": "20", "Text": "Nuts", "Qty": "3", "Unit": "PC",
+                     "NetPrice": "0.10", "PriceUnit": "1"},
+                    {"Item": "30", "Text": "Washers", "Qty": "3", "Unit": "PC",
+                     "NetPrice": "0.20", "PriceUnit": "1"},
+                    {"Item": "40", "Text": "Deleted", "Qty": "1000", "Unit": "PC",
+                     "NetPrice": "99.00", "PriceUnit": "1", "DeletionCode": "L"}
+                ])),
+                "sap",
+            )
+            .unwrap();
+        let lines = po["lines"].as_array().unwrap();
+        assert_eq!(lines.len(), 3, "the deleted item is not a line: {lines:?}");
+        assert_eq!(
+            lines[0]["unit_price"],
+            json!(32.86),
+            "3,286 JPY per 100 pieces"
+        );
+        assert_eq!(lines[0]["amount"], json!(13144), "400 × 3,286 / 100");
+        assert_eq!(lines[1]["amount"], json!(0.3));
+        // 13144 + 0.3 + 0.6: no binary drift in the sum.
+        assert_eq!(po["total"], json!(13144.9));
+        assert_eq!(po["total"].to_string(), "13144.9");
+        assert_eq!(po["total_excluding_tax"], json!(13144.9));
+        assert_eq!(
+            po["vendor_id"], "17300001",
+            "coalesce falls back to the second path"
+        );
+        assert_eq!(po["status"], "approved");
+    }
+
+    #[test]
+    fn a_case_overrides_the_mapped_status_and_keeps_the_remote_one() {
+        let mut order = sap_order(json!([]));
+        order["DeletionCode"] = json!("L");
+        let po = sap_mapping().to_unified(&order, "sap").unwrap();
+        assert_eq!(po["status"], "cancelled");
+        assert_eq!(po["remote_status"], "05");
+        assert_eq!(po["total"], json!(0));
+        assert_eq!(po["total"].to_string(), "0");
+    }
+
+    #[test]
+    fn a_missing_or_zero_price_unit_fails_the_record_naming_the_field() {
+        for (unit, why) in [(json!(null), "it is missing"), (json!("0"), "it is 0")] {
+            let e = sap_mapping()
+                .to_unified(
+                    &sap_order(json!([{"Item": "10", "Text": "x", "Qty": "1", "Unit": "PC",
+                                       "NetPrice": "5", "PriceUnit": unit}])),
+                    "sap",
+                )
+                .unwrap_err();
+            let MapError::Mapping(m) = e else {
+                panic!("{e:?}")
+            };
+            assert!(m.starts_with("lines[0]: field `"), "{m}");
+            assert!(
+                m.contains(&format!("cannot divide by `$.PriceUnit`: {why}")),
+                "{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_arithmetic_and_cases_are_reported_at_compile_time() {
+        let spec: BTreeMap<String, FieldSource> = serde_json::from_value(json!({
+            "total": {"path": "$.t", "divide_by": 0},
+            "status": {"path": "$.s", "cases": [{"when": {"path": "$.d"}, "value": "cancelled"}]}
+        }))
+        .unwrap();
+        let mut problems = Vec::new();
+        assert!(Mapping::compile(Entity::PurchaseOrder, &spec, &mut problems).is_none());
+        let text = format!("{problems:?}");
+        assert!(text.contains("`divide_by` takes a JSONPath"), "{text}");
+        assert!(text.contains("exactly one of `equals` and `in`"), "{text}");
     }
 }

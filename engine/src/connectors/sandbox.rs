@@ -11,6 +11,7 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -191,14 +192,14 @@ fn build_data() -> SandboxData {
                 },
                 remote_status: Some(if i == 29 { "OBSOLETE" } else { "ACTIVE" }.into()),
                 unit_of_measure: (*uom).into(),
-                quantity_on_hand: on_hand,
-                quantity_available: if on_hand > 0.0 {
+                quantity_on_hand: dec(on_hand),
+                quantity_available: dec(if on_hand > 0.0 {
                     on_hand - (i % 5) as f64
                 } else {
                     0.0
-                },
-                reorder_point: Some(8.0 + (i % 4) as f64 * 4.0),
-                unit_cost: Some(*cost),
+                }),
+                reorder_point: Some(dec(8.0 + (i % 4) as f64 * 4.0)),
+                unit_cost: Some(dec(*cost)),
                 location: Some(["WH-MAIN", "WH-EAST", "STORE-01"][i % 3].into()),
                 custom_fields: Map::new(),
                 raw: None,
@@ -252,15 +253,15 @@ fn build_data() -> SandboxData {
                         line_number: (l + 1) as u32,
                         item_id: Some(format!("ITM-{}", 2001 + item)),
                         description: name.into(),
-                        quantity,
+                        quantity: dec(quantity),
                         unit_of_measure: uom.into(),
-                        unit_price: cost,
-                        amount: (quantity * cost * 100.0).round() / 100.0,
-                        received_quantity: received,
+                        unit_price: dec(cost),
+                        amount: dec(quantity) * dec(cost),
+                        received_quantity: dec(received),
                     }
                 })
                 .collect();
-            let total = (lines.iter().map(|l| l.amount).sum::<f64>() * 100.0).round() / 100.0;
+            let total: Decimal = lines.iter().map(|l| l.amount).sum();
             let mut custom_fields = Map::new();
             if i % 5 == 2 {
                 custom_fields.insert(
@@ -283,6 +284,8 @@ fn build_data() -> SandboxData {
                 remote_status: Some(remote_status.into()),
                 currency: if vendor_index % 4 == 1 { "EUR" } else { "USD" }.into(),
                 total,
+                total_excluding_tax: Some(total),
+                tax_total: None,
                 order_date: date(i as i64 / 3),
                 expected_date: Some(date(i as i64 / 3 + 14)),
                 buyer: Some(["j.alvarez", "m.chen", "s.okafor"][i % 3].into()),
@@ -389,7 +392,7 @@ fn build_data() -> SandboxData {
                 due_date: Some(date(i as i64 * 6)),
                 completed_at: (status == WorkOrderStatus::Completed)
                     .then(|| created + Duration::days(2)),
-                estimated_hours: Some(1.5 + (i % 6) as f64),
+                estimated_hours: Some(dec(1.5 + (i % 6) as f64)),
                 custom_fields: Map::new(),
                 raw: None,
             })
@@ -641,6 +644,11 @@ impl Connector for SandboxConnector {
     fn entities(&self) -> Vec<Entity> {
         Entity::ALL.to_vec()
     }
+}
+
+/// A sandbox figure as the exact decimal it is written as.
+fn dec(f: f64) -> Decimal {
+    crate::unified::money::from_f64(f).expect("sandbox figures are finite")
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! | `hexencode`, `hexdecode` | filter | lowercase hex of UTF-8 text, and back |
 //! | `sha256` | filter | hex SHA-256 of the text |
 //! | `urlencode` | filter | percent-encoding (minijinja builtin) |
+//! | `sum` | filter | the exact decimal sum of a list of numbers (`[0.1, 0.2] \| sum` is `0.3`; minijinja's own adds doubles) |
 
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
@@ -221,6 +222,35 @@ pub fn register(env: &mut Environment<'static>) {
         };
         Ok(hex::encode(Sha256::digest(text.as_bytes())))
     });
+    env.add_filter("sum", exact_sum);
+}
+
+/// The sum of a list of numbers in exact decimals (each number taken at the
+/// 15 significant digits a double carries, as the unified model does), so
+/// amounts add up without binary drift.
+fn exact_sum(v: &Value) -> Result<Value, Error> {
+    use crate::unified::money;
+    use rust_decimal::Decimal;
+    let items = v
+        .try_iter()
+        .map_err(|_| invalid(format!("sum needs a list of numbers, got {v}")))?;
+    let mut acc = Decimal::ZERO;
+    for (i, item) in items.enumerate() {
+        let n = if let Ok(int) = i64::try_from(item.clone()) {
+            Decimal::from(int)
+        } else if let Ok(f) = f64::try_from(item.clone()) {
+            money::from_f64(f).map_err(invalid)?
+        } else {
+            return Err(invalid(format!(
+                "sum needs a list of numbers: item {i} is {item}"
+            )));
+        };
+        acc = acc
+            .checked_add(n)
+            .ok_or_else(|| invalid("sum is out of range"))?;
+    }
+    let json = money::to_json(acc).map_err(invalid)?;
+    Ok(crate::expr::from_json(&json))
 }
 
 #[cfg(test)]
@@ -229,6 +259,18 @@ mod tests {
         let t = crate::expr::Template::compile_condition(expr).map_err(|e| e.message)?;
         let ctx = minijinja::context! { __now => "2026-01-31T08:00:00Z" };
         t.eval(&ctx).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn sums_of_amounts_have_no_binary_drift() {
+        assert_eq!(eval("[0.1, 0.2] | sum").unwrap(), serde_json::json!(0.3));
+        assert_eq!(eval("[1, 2, 3] | sum").unwrap(), serde_json::json!(6));
+        assert_eq!(
+            eval("[{'a': 19.99}, {'a': 0.01}] | map(attribute='a') | sum").unwrap(),
+            serde_json::json!(20)
+        );
+        let e = eval("[1, 'x'] | sum").unwrap_err();
+        assert!(e.contains("item 1 is x"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! Records travel through the engine as JSON; the types here define, validate
 //! and document that JSON (their JSON Schemas come from `schemars`).
 
+pub mod money;
 pub mod shape;
 
 use std::collections::BTreeSet;
@@ -15,6 +16,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -206,8 +208,19 @@ pub struct PurchaseOrder {
     pub remote_status: Option<String>,
     /// ISO 4217 currency code.
     pub currency: String,
-    /// Order total in `currency`.
-    pub total: f64,
+    /// Order total in `currency`, tax included where the system reports tax
+    /// (else the net total, as `total_excluding_tax`).
+    #[serde(with = "money::number")]
+    #[schemars(with = "f64")]
+    pub total: Decimal,
+    /// Order total before tax, when the system reports it.
+    #[serde(default, with = "money::option")]
+    #[schemars(with = "Option<f64>")]
+    pub total_excluding_tax: Option<Decimal>,
+    /// Tax of the order, when the system reports it.
+    #[serde(default, with = "money::option")]
+    #[schemars(with = "Option<f64>")]
+    pub tax_total: Option<Decimal>,
     /// Order date.
     pub order_date: NaiveDate,
     /// Expected delivery date.
@@ -239,16 +252,23 @@ pub struct PurchaseOrderLine {
     /// What is ordered.
     pub description: String,
     /// Quantity ordered.
-    pub quantity: f64,
+    #[serde(with = "money::number")]
+    #[schemars(with = "f64")]
+    pub quantity: Decimal,
     /// Unit of measure, e.g. `EA`, `KG`.
     pub unit_of_measure: String,
     /// Price per unit.
-    pub unit_price: f64,
+    #[serde(with = "money::number")]
+    #[schemars(with = "f64")]
+    pub unit_price: Decimal,
     /// `quantity * unit_price`.
-    pub amount: f64,
+    #[serde(with = "money::number")]
+    #[schemars(with = "f64")]
+    pub amount: Decimal,
     /// Quantity received so far.
-    #[serde(default)]
-    pub received_quantity: f64,
+    #[serde(default, with = "money::number")]
+    #[schemars(with = "f64")]
+    pub received_quantity: Decimal,
 }
 
 /// Normalized work-order status.
@@ -330,8 +350,9 @@ pub struct WorkOrder {
     #[serde(default)]
     pub completed_at: Option<DateTime<Utc>>,
     /// Estimated labour hours.
-    #[serde(default)]
-    pub estimated_hours: Option<f64>,
+    #[serde(default, with = "money::option")]
+    #[schemars(with = "Option<f64>")]
+    pub estimated_hours: Option<Decimal>,
     /// Fields beyond the model.
     #[serde(default)]
     pub custom_fields: CustomFields,
@@ -447,15 +468,21 @@ pub struct InventoryItem {
     /// Unit of measure.
     pub unit_of_measure: String,
     /// Quantity on hand.
-    pub quantity_on_hand: f64,
+    #[serde(with = "money::number")]
+    #[schemars(with = "f64")]
+    pub quantity_on_hand: Decimal,
     /// Quantity free to promise.
-    pub quantity_available: f64,
+    #[serde(with = "money::number")]
+    #[schemars(with = "f64")]
+    pub quantity_available: Decimal,
     /// Reorder when available stock falls to this.
-    #[serde(default)]
-    pub reorder_point: Option<f64>,
+    #[serde(default, with = "money::option")]
+    #[schemars(with = "Option<f64>")]
+    pub reorder_point: Option<Decimal>,
     /// Standard cost per unit.
-    #[serde(default)]
-    pub unit_cost: Option<f64>,
+    #[serde(default, with = "money::option")]
+    #[schemars(with = "Option<f64>")]
+    pub unit_cost: Option<Decimal>,
     /// Warehouse or storeroom.
     #[serde(default)]
     pub location: Option<String>,

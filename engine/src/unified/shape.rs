@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 use super::{Entity, RecordError};
 
@@ -270,11 +270,10 @@ impl Shape {
                     Value::String(_) => v,
                     other => return Err(bad("a string", &other)),
                 },
-                Kind::Num => match v.as_f64() {
-                    Some(n) => Number::from_f64(n)
-                        .map(Value::Number)
-                        .ok_or_else(|| bad("a finite number", &v))?,
-                    None => return Err(bad("a number", &v)),
+                Kind::Num => match &v {
+                    Value::Number(n) => super::money::normalize_number(n)
+                        .map_err(|m| err(format!("invalid value for `{}`: {m}", f.name)))?,
+                    _ => return Err(bad("a number", &v)),
                 },
                 Kind::Int => match v.as_u64() {
                     Some(n) if n <= u64::from(u32::MAX) => v,
