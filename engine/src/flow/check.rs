@@ -369,7 +369,7 @@ impl<'a> Checker<'a> {
             ),
         )
         .hint = Some(
-            "give credentials to a connection (`sluice connection add ... -c NAME=SECRET`), a plugin's `config`, or a webhook trigger's `secret`".into(),
+            "give credentials to a connection (`sluice connection add ... -c NAME=SECRET`), a plugin's `config`, an `http` step's `headers`, or a webhook trigger's `secret`".into(),
         );
     }
 

@@ -970,6 +970,7 @@ fn compile_step(
         Some(StepKind::Wait(s)) => steps::wait::compile(s, &mut c).map(CompiledKind::Wait),
         Some(StepKind::Sync(s)) => steps::sync::compile(s, &mut c).map(CompiledKind::Sync),
         Some(StepKind::Webhook(s)) => steps::webhook::compile(s, &mut c).map(CompiledKind::Webhook),
+        Some(StepKind::Http(s)) => steps::http::compile(s, &mut c).map(CompiledKind::Http),
         Some(StepKind::Plugin(s)) => {
             steps::plugin::compile(s, step.with.as_ref(), timeout, &mut c).map(CompiledKind::Plugin)
         }

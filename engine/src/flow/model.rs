@@ -11,7 +11,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::steps::{PluginStep, ReadStep, SelectStep, SyncStep, WaitStep, WebhookStep, WriteStep};
+use crate::steps::{
+    HttpStep, PluginStep, ReadStep, SelectStep, SyncStep, WaitStep, WebhookStep, WriteStep,
+};
 
 /// A flow: a DAG of steps started by triggers.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -197,7 +199,7 @@ pub enum OnError {
     Continue,
 }
 
-/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`, `webhook`, `plugin`, `sync`).
+/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`, `webhook`, `plugin`, `sync`, `http`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -254,6 +256,9 @@ pub struct Step {
     /// Sync an entity of a connection into the record cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStep>,
+    /// Call an HTTP API (Slack, Teams, a partner's REST API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpStep>,
     /// The plugin's input (for `plugin` steps).
     #[serde(rename = "with", default, skip_serializing_if = "Option::is_none")]
     pub with: Option<Value>,
@@ -278,6 +283,8 @@ pub enum StepKind<'a> {
     Plugin(&'a PluginStep),
     /// `sync`
     Sync(&'a SyncStep),
+    /// `http`
+    Http(&'a HttpStep),
 }
 
 impl StepKind<'_> {
@@ -292,6 +299,7 @@ impl StepKind<'_> {
             StepKind::Webhook(_) => "webhook",
             StepKind::Plugin(_) => "plugin",
             StepKind::Sync(_) => "sync",
+            StepKind::Http(_) => "http",
         }
     }
 
@@ -333,6 +341,9 @@ impl Step {
         if let Some(k) = &self.sync {
             kinds.push(StepKind::Sync(k));
         }
+        if let Some(k) = &self.http {
+            kinds.push(StepKind::Http(k));
+        }
         kinds
     }
 
@@ -344,7 +355,7 @@ impl Step {
 
 /// Names of the step kinds, for hints.
 pub const STEP_KINDS: &[&str] = &[
-    "read", "write", "select", "set", "wait", "webhook", "plugin", "sync",
+    "read", "write", "select", "set", "wait", "webhook", "plugin", "sync", "http",
 ];
 
 /// Retry policy of a step.

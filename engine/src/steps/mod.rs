@@ -2,6 +2,7 @@
 //! compile-time checks and its execution, side by side. Adding a kind means a
 //! new module here plus one field on [`crate::flow::Step`].
 
+pub mod http;
 pub mod plugin;
 pub mod read;
 pub mod select;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use http::HttpStep;
 pub use plugin::PluginStep;
 pub use read::ReadStep;
 pub use select::SelectStep;
@@ -152,6 +154,8 @@ pub enum CompiledKind {
     Plugin(plugin::CompiledPlugin),
     /// `sync`
     Sync(sync::CompiledSync),
+    /// `http`
+    Http(http::CompiledHttp),
 }
 
 impl CompiledKind {
@@ -166,6 +170,7 @@ impl CompiledKind {
             CompiledKind::Webhook(s) => s.execute(rt).await,
             CompiledKind::Plugin(s) => s.execute(rt).await,
             CompiledKind::Sync(s) => s.execute(rt).await,
+            CompiledKind::Http(s) => s.execute(rt).await,
         }
     }
 
@@ -182,6 +187,7 @@ impl CompiledKind {
             CompiledKind::Plugin(s) => s.output_type.clone(),
             CompiledKind::Webhook(s) => s.output_type.clone(),
             CompiledKind::Sync(s) => s.output_type(),
+            CompiledKind::Http(_) => http::output_type(),
         }
     }
 

@@ -1,0 +1,507 @@
+//! `http`: call an HTTP API that is neither a connection's unified model nor a
+//! registered webhook endpoint (Slack, Teams, a partner's REST API).
+//!
+//! ```yaml
+//! - id: notify
+//!   http:
+//!     method: POST                      # default GET
+//!     url: https://hooks.slack.com/services/T000/B000/XXXX
+//!     query: { channel: ops }           # percent-encoded, appended to the URL
+//!     headers: { Authorization: "Bearer ${{ secrets.SLACK_TOKEN }}" }
+//!     json: { text: "PO ${{ inputs.po }} is waiting" }
+//!     # or: form: {a: b} | text: "..." | bytes: "<base64>"
+//!     response: auto                    # auto (JSON when the type says so) | json | text
+//!     on_status: { "404": continue, "409": fail, "5xx": retry }
+//! ```
+//!
+//! The output is `{status, headers, body}` (headers with lower-case names;
+//! `body` parsed as JSON or kept as text). A status outside 2xx fails the step
+//! unless `on_status` says otherwise: `continue` gives the response as the
+//! output, `retry` fails retryably (the step's `retry` policy, honouring
+//! `Retry-After`), `fail` fails. Without a rule, `429` and `5xx` are retried
+//! and the rest fail. Every request goes through the SSRF guard that webhook
+//! deliveries use (internal addresses refused unless `SLUICE_WEBHOOK_ALLOW`
+//! lists them, `https` required elsewhere), redirects are not followed, and a
+//! response larger than `SLUICE_HTTP_MAX_RESPONSE` bytes (default 10 MiB)
+//! fails the step. Headers are the one place besides plugin config where an
+//! expression may read `secrets` (an auth header needs one); they are never
+//! stored or returned.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{StepError, StepErrorKind, StepRuntime};
+use crate::connectors::definition::parse_status_pattern;
+use crate::expr::Template;
+use crate::expr::types::Type;
+use crate::flow::check::Checker;
+use crate::path;
+use crate::webhooks::ssrf::{GuardPolicy, GuardedResolver};
+
+/// Config of an `http` step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStep {
+    /// `GET` (default), `POST`, `PUT`, `PATCH`, `DELETE`, `HEAD` or `OPTIONS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The URL (a template).
+    pub url: String,
+    /// Query parameters, appended to the URL percent-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<BTreeMap<String, Value>>,
+    /// Request headers; the only place an expression may read `secrets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// A JSON body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Value>,
+    /// A form body (`application/x-www-form-urlencoded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<BTreeMap<String, Value>>,
+    /// A text body (`text/plain` unless a `Content-Type` header says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// A binary body, given as standard base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<String>,
+    /// How to read the response body: `auto` (default), `json` or `text`.
+    #[serde(default)]
+    pub response: ResponseAs,
+    /// What a status outside 2xx does: patterns (`404`, `4xx`, `500-599`,
+    /// `401|403`) → `fail`, `continue` or `retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_status: Option<BTreeMap<String, StatusAction>>,
+}
+
+/// How a response body is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseAs {
+    /// JSON when the content type is JSON (`application/json`, `*+json`), else text.
+    #[default]
+    Auto,
+    /// JSON; a body that is not JSON fails the step.
+    Json,
+    /// Text, whatever the content type.
+    Text,
+}
+
+/// What a response status does to the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusAction {
+    /// The step fails (not retried).
+    Fail,
+    /// The step succeeds with the response as its output.
+    Continue,
+    /// The step fails retryably, so its `retry` policy runs.
+    Retry,
+}
+
+#[derive(Debug)]
+enum Body {
+    None,
+    Json(Template),
+    Form(Template),
+    Text(Template),
+    Bytes(Template),
+}
+
+/// A compiled `http` step.
+#[derive(Debug)]
+pub struct CompiledHttp {
+    method: reqwest::Method,
+    url: Template,
+    query: Option<Template>,
+    headers: Vec<(reqwest::header::HeaderName, Template)>,
+    body: Body,
+    response: ResponseAs,
+    on_status: Vec<(Vec<(u16, u16)>, StatusAction)>,
+}
+
+/// The static type of an `http` step's output.
+pub fn output_type() -> Type {
+    Type::object(
+        [
+            ("status", Type::Integer),
+            ("headers", Type::any_object()),
+            ("body", Type::Any),
+        ]
+        .map(|(k, t)| (k.to_string(), t)),
+        false,
+    )
+    .named("the HTTP response")
+}
+
+/// Checks and compiles an `http` step.
+pub fn compile(step: &HttpStep, c: &mut Checker<'_>) -> Option<CompiledHttp> {
+    let mut ok = true;
+    let method = match step
+        .method
+        .as_deref()
+        .unwrap_or("GET")
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => {
+            reqwest::Method::from_bytes(m.as_bytes()).expect("a standard method")
+        }
+        other => {
+            c.error(
+                &path!["http", "method"],
+                "invalid-method",
+                format!("`{other}` is not an HTTP method this step sends"),
+            )
+            .hint = Some("use GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS".into());
+            ok = false;
+            reqwest::Method::GET
+        }
+    };
+    let url = c.template(&path!["http", "url"], &Value::String(step.url.clone()));
+    let query = step.query.as_ref().map(|q| {
+        c.template(
+            &path!["http", "query"],
+            &Value::Object(q.clone().into_iter().collect()),
+        )
+    });
+    let mut headers = Vec::new();
+    // An auth header is where a credential is needed.
+    c.allow_secrets = true;
+    for (name, value) in step.headers.iter().flatten() {
+        let t = c.template(
+            &path!["http", "headers", name.as_str()],
+            &Value::String(value.clone()),
+        );
+        match reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => {
+                if let Some(t) = t {
+                    headers.push((h, t));
+                }
+            }
+            Err(_) => {
+                c.error_at_key(
+                    &path!["http", "headers", name.as_str()],
+                    "invalid-header",
+                    format!("`{name}` is not a valid header name"),
+                );
+                ok = false;
+            }
+        }
+    }
+    c.allow_secrets = false;
+    let bodies: Vec<&str> = [
+        step.json.as_ref().map(|_| "json"),
+        step.form.as_ref().map(|_| "form"),
+        step.text.as_ref().map(|_| "text"),
+        step.bytes.as_ref().map(|_| "bytes"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if bodies.len() > 1 {
+        c.error_at_key(
+            &path!["http", bodies[1]],
+            "several-bodies",
+            format!(
+                "an `http` step sends one body, not {}",
+                bodies.join(" and ")
+            ),
+        );
+        ok = false;
+    }
+    let body = if let Some(j) = &step.json {
+        c.template(&path!["http", "json"], j).map(Body::Json)
+    } else if let Some(f) = &step.form {
+        c.template(
+            &path!["http", "form"],
+            &Value::Object(f.clone().into_iter().collect()),
+        )
+        .map(Body::Form)
+    } else if let Some(t) = &step.text {
+        c.template(&path!["http", "text"], &Value::String(t.clone()))
+            .map(Body::Text)
+    } else if let Some(b) = &step.bytes {
+        c.template(&path!["http", "bytes"], &Value::String(b.clone()))
+            .map(Body::Bytes)
+    } else {
+        Some(Body::None)
+    };
+    let mut on_status = Vec::new();
+    for (pattern, action) in step.on_status.iter().flatten() {
+        match parse_status_pattern(pattern) {
+            Ok(ranges) => on_status.push((ranges, *action)),
+            Err(e) => {
+                c.error_at_key(
+                    &path!["http", "on_status", pattern.as_str()],
+                    "invalid-status",
+                    e,
+                );
+                ok = false;
+            }
+        }
+    }
+    // The most specific rule wins: single statuses before ranges and classes.
+    on_status.sort_by_key(|(ranges, _)| ranges.iter().map(|(a, b)| b - a).max().unwrap_or(0));
+    if !ok {
+        return None;
+    }
+    Some(CompiledHttp {
+        method,
+        url: url?,
+        query: query.flatten(),
+        headers,
+        body: body?,
+        response: step.response,
+        on_status,
+    })
+}
+
+/// The largest response body read, from `SLUICE_HTTP_MAX_RESPONSE` (bytes).
+fn max_response() -> usize {
+    static MAX: LazyLock<usize> = LazyLock::new(|| {
+        std::env::var("SLUICE_HTTP_MAX_RESPONSE")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(10 * 1024 * 1024)
+    });
+    *MAX
+}
+
+/// The guard policy and client, built once per process.
+fn client() -> &'static Result<(Arc<GuardPolicy>, reqwest::Client), String> {
+    static CLIENT: LazyLock<Result<(Arc<GuardPolicy>, reqwest::Client), String>> =
+        LazyLock::new(|| {
+            let policy = Arc::new(
+                GuardPolicy::from_env().map_err(|e| format!("SLUICE_WEBHOOK_ALLOW: {e}"))?,
+            );
+            let client = reqwest::Client::builder()
+                .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            Ok((policy, client))
+        });
+    &CLIENT
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+impl CompiledHttp {
+    /// Sends the request and reads the response.
+    pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
+        let invalid = |m: String| StepError::new(StepErrorKind::Validation, m);
+        let (policy, client) = client().as_ref().map_err(|e| invalid(e.clone()))?;
+        let url_text = text_of(&self.url.eval(rt.ctx)?);
+        let mut url = policy
+            .check_url(&url_text)
+            .map_err(|e| invalid(e.to_string().replace("webhook URL", "URL")))?;
+        if let Some(q) = &self.query
+            && let Value::Object(params) = q.eval(rt.ctx)?
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in &params {
+                match v {
+                    Value::Null => {}
+                    Value::Array(items) => {
+                        for item in items {
+                            pairs.append_pair(k, &text_of(item));
+                        }
+                    }
+                    other => {
+                        pairs.append_pair(k, &text_of(other));
+                    }
+                }
+            }
+        }
+        let shown = {
+            let mut u = url.clone();
+            u.set_query(None);
+            u.to_string()
+        };
+        let mut req = client.request(self.method.clone(), url);
+        for (name, t) in &self.headers {
+            let v = text_of(&t.eval(rt.ctx)?);
+            let hv = reqwest::header::HeaderValue::from_str(&v).map_err(|_| {
+                invalid(format!(
+                    "the value of header `{name}` is not a valid header value"
+                ))
+            })?;
+            req = req.header(name, hv);
+        }
+        let has_content_type = self
+            .headers
+            .iter()
+            .any(|(n, _)| n == reqwest::header::CONTENT_TYPE);
+        req = match &self.body {
+            Body::None => req,
+            Body::Json(t) => req.json(&t.eval(rt.ctx)?),
+            Body::Form(t) => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                if let Value::Object(m) = t.eval(rt.ctx)? {
+                    for (k, v) in &m {
+                        form.append_pair(k, &text_of(v));
+                    }
+                }
+                let req = req.body(form.finish());
+                if has_content_type {
+                    req
+                } else {
+                    req.header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                }
+            }
+            Body::Text(t) => {
+                let req = req.body(text_of(&t.eval(rt.ctx)?));
+                if has_content_type {
+                    req
+                } else {
+                    req.header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                }
+            }
+            Body::Bytes(t) => {
+                let b64 = text_of(&t.eval(rt.ctx)?);
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| invalid(format!("`bytes` is not standard base64: {e}")))?;
+                let req = req.body(bytes);
+                if has_content_type {
+                    req
+                } else {
+                    req.header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                }
+            }
+        };
+        let network = |e: reqwest::Error| {
+            // Connection failures are worth another attempt; the message never
+            // carries request headers (credentials).
+            let why = if e.is_timeout() {
+                "timed out".to_string()
+            } else if e.is_connect() {
+                format!(
+                    "could not connect: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| e.to_string())
+                )
+            } else {
+                e.without_url().to_string()
+            };
+            StepError {
+                retryable: true,
+                ..StepError::new(
+                    StepErrorKind::Connector,
+                    format!("{} {shown}: {why}", self.method),
+                )
+            }
+        };
+        let mut resp = req.send().await.map_err(network)?;
+        let status = resp.status().as_u16();
+        let mut headers = Map::new();
+        for (k, v) in resp.headers() {
+            if let Ok(v) = v.to_str() {
+                headers
+                    .entry(k.as_str().to_string())
+                    .and_modify(|old| {
+                        if let Value::String(s) = old {
+                            s.push_str(", ");
+                            s.push_str(v);
+                        }
+                    })
+                    .or_insert_with(|| Value::String(v.to_string()));
+            }
+        }
+        let retry_after = crate::connectors::http::retry_after(resp.headers());
+        let is_json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let ct = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                ct == "application/json" || ct.ends_with("+json")
+            });
+        let max = max_response();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(network)? {
+            if body.len() + chunk.len() > max {
+                return Err(invalid(format!(
+                    "{} {shown}: the response is larger than {max} bytes (SLUICE_HTTP_MAX_RESPONSE)",
+                    self.method
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let text = || String::from_utf8_lossy(&body).into_owned();
+        let parsed = match self.response {
+            ResponseAs::Text => Value::String(text()),
+            ResponseAs::Auto if !is_json => {
+                if body.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(text())
+                }
+            }
+            ResponseAs::Auto | ResponseAs::Json => {
+                if body.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&body).map_err(|e| {
+                        invalid(format!(
+                            "{} {shown}: answered {status} with a body that is not JSON: {e}",
+                            self.method
+                        ))
+                    })?
+                }
+            }
+        };
+        let out = serde_json::json!({"status": status, "headers": headers, "body": parsed});
+        if (200..300).contains(&status) {
+            return Ok(out);
+        }
+        let action = self
+            .on_status
+            .iter()
+            .find(|(ranges, _)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&status)))
+            .map(|(_, a)| *a)
+            .unwrap_or(if status == 429 || status >= 500 {
+                StatusAction::Retry
+            } else {
+                StatusAction::Fail
+            });
+        if action == StatusAction::Continue {
+            return Ok(out);
+        }
+        let snippet: String = text().chars().take(300).collect();
+        let mut err = StepError::new(
+            StepErrorKind::Connector,
+            format!("{} {shown} answered {status}: {snippet}", self.method),
+        );
+        err.details = Some(serde_json::json!({"upstream_status": status}));
+        if action == StatusAction::Retry {
+            err.retryable = true;
+            err.retry_after = retry_after;
+        }
+        Err(err)
+    }
+}
