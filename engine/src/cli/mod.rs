@@ -216,6 +216,31 @@ enum RunsCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Delete finished runs with their step results, by age and/or count,
+    /// and give SQLite's space back. Without a limit, applies each stored
+    /// flow's `retention:`.
+    Prune {
+        /// Delete runs that finished longer ago than this, e.g. `30d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Keep failed runs this long instead, e.g. `90d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        failed_older_than: Option<std::time::Duration>,
+        /// Keep at most this many finished runs per flow (the newest).
+        #[arg(long)]
+        keep: Option<u64>,
+        /// Only runs of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Also compact the SQLite file with a full VACUUM (rewrites it).
+        #[arg(long)]
+        vacuum: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 /// Parses arguments, runs the command, returns the exit code.
@@ -865,6 +890,82 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                     Ok(code)
                 }
             }
+        }
+        RunsCommand::Prune {
+            older_than,
+            failed_older_than,
+            keep,
+            flow,
+            vacuum,
+            json,
+            db,
+        } => {
+            let store = Store::connect(&db.db).await?;
+            let ms = |d: Option<std::time::Duration>| {
+                d.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            };
+            let given = older_than.is_some() || failed_older_than.is_some() || keep.is_some();
+            let mut policies = Vec::new();
+            if given {
+                policies.push(crate::store::Prune {
+                    flow_id: flow.clone(),
+                    older_than_ms: ms(older_than),
+                    failed_older_than_ms: ms(failed_older_than),
+                    keep_last: keep.map(|k| i64::try_from(k).unwrap_or(i64::MAX)),
+                    except_flows: Vec::new(),
+                });
+            } else {
+                // Each stored flow's own policy (its latest revision).
+                let ids = match &flow {
+                    Some(f) => vec![f.clone()],
+                    None => store.flow_ids().await?,
+                };
+                for id in ids {
+                    let Some(rev) = store.flow_revisions(&id).await?.pop() else {
+                        continue;
+                    };
+                    let Some(f) = crate::yaml::source::parse_yaml(&rev.source)
+                        .ok()
+                        .and_then(|n| {
+                            serde_json::from_value::<crate::flow::Flow>(n.to_json()).ok()
+                        })
+                    else {
+                        continue;
+                    };
+                    if let Some(p) = f.retention.as_ref().and_then(|r| r.prune(&id)) {
+                        policies.push(p);
+                    }
+                }
+                if policies.is_empty() && !vacuum {
+                    return Err(CliError::invalid(
+                        "nothing to prune by: give --older-than, --failed-older-than or --keep (no stored flow declares `retention:`)",
+                    ));
+                }
+            }
+            let mut report = crate::store::PruneReport::default();
+            for p in &policies {
+                let r = store.prune_runs(p, false).await?;
+                report.runs += r.runs;
+                report.steps += r.steps;
+                report.bytes_freed += r.bytes_freed;
+            }
+            if vacuum {
+                let r = store
+                    .prune_runs(&crate::store::Prune::default(), true)
+                    .await?;
+                report.bytes_freed += r.bytes_freed;
+            }
+            if json {
+                print_json(&report);
+            } else {
+                outln!(
+                    "deleted {} run(s) and {} step result(s); the database file gave back {} bytes",
+                    report.runs,
+                    report.steps,
+                    report.bytes_freed
+                );
+            }
+            Ok(EXIT_OK)
         }
         RunsCommand::Cancel { id, db } => {
             let engine = engine(&db).await?;

@@ -442,6 +442,35 @@ fn check_meaning(
         }
     }
     check_triggers(flow, root, catalog, diags);
+    if let Some(r) = &flow.retention {
+        for (key, value) in [
+            ("max_age", &r.max_age),
+            ("failed_max_age", &r.failed_max_age),
+        ] {
+            if let Some(text) = value
+                && let Err(e) = humantime::parse_duration(text)
+            {
+                diags.push(
+                    Diagnostic::at(
+                        "invalid-duration",
+                        at(&path!["retention", key]),
+                        format!("invalid duration `{text}`: {e}"),
+                    )
+                    .with_hint("write a number and a unit, e.g. `30d`, `12h`"),
+                );
+            }
+        }
+        if r.max_age.is_none() && r.failed_max_age.is_none() && r.max_runs.is_none() {
+            diags.push(
+                Diagnostic::at(
+                    "empty-retention",
+                    at(&path!["retention"]),
+                    "`retention` names no limit",
+                )
+                .with_hint("give `max_age`, `failed_max_age` and/or `max_runs`"),
+            );
+        }
+    }
 
     // Step ids and kinds.
     let mut index_of: BTreeMap<&str, usize> = BTreeMap::new();

@@ -34,6 +34,10 @@ pub struct Flow {
     /// How many runs of this flow may be active at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<FlowConcurrency>,
+    /// How long this flow's finished runs are kept (else the server's
+    /// `--retention`; `sluice runs prune` applies it by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
     /// What starts the flow.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<Trigger>,
@@ -125,6 +129,46 @@ pub struct FlowConcurrency {
     /// What to do with a run that would exceed the limit.
     #[serde(default)]
     pub on_limit: OnLimit,
+}
+
+/// How long a flow's finished runs are kept: any limit given deletes the runs
+/// past it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Delete finished runs older than this, e.g. `30d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Keep failed runs this long instead, e.g. `90d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_max_age: Option<String>,
+    /// Keep at most this many finished runs (the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runs: Option<u64>,
+}
+
+impl Retention {
+    /// The store's prune of this policy for `flow_id`; `None` when it names
+    /// no limit or a duration does not parse (validation reports that).
+    pub fn prune(&self, flow_id: &str) -> Option<crate::store::Prune> {
+        let ms = |d: &Option<String>| -> Option<Option<i64>> {
+            match d {
+                None => Some(None),
+                Some(t) => humantime::parse_duration(t)
+                    .ok()
+                    .map(|d| Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
+            }
+        };
+        let p = crate::store::Prune {
+            flow_id: Some(flow_id.to_string()),
+            older_than_ms: ms(&self.max_age)?,
+            failed_older_than_ms: ms(&self.failed_max_age)?,
+            keep_last: self.max_runs.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            except_flows: Vec::new(),
+        };
+        (p.older_than_ms.is_some() || p.failed_older_than_ms.is_some() || p.keep_last.is_some())
+            .then_some(p)
+    }
 }
 
 /// What happens to a run that would exceed the flow's concurrency limit.

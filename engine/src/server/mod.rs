@@ -24,6 +24,7 @@ pub mod error;
 mod flows;
 mod metrics;
 mod resources;
+mod retention;
 mod runs;
 mod triggers;
 
@@ -238,6 +239,8 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();
     let delivery = DeliveryWorker::new(state.store.clone(), DeliveryConfig::from_env()?)?;
+    // A bad retention setting stops the start, not the first prune.
+    retention::defaults_from_env()?;
     {
         let mut stop = stop_rx.clone();
         workers.spawn(async move {

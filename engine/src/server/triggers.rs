@@ -547,14 +547,27 @@ pub async fn event_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Periodically: reload flows from the store (other processes' uploads),
-/// resume runs whose process died, forget request keys older than 24 h.
+/// resume runs whose process died, forget request keys older than 24 h,
+/// apply retention (see [`super::retention`]).
 pub async fn maintenance_loop(
     state: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
     lease: Duration,
 ) {
     let every = (lease / 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let defaults = super::retention::defaults_from_env().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "retention default ignored");
+        None
+    });
+    let retention_every = super::retention::every();
+    let mut retained_at: Option<std::time::Instant> = None;
     loop {
+        if retained_at.is_none_or(|t| t.elapsed() >= retention_every) {
+            retained_at = Some(std::time::Instant::now());
+            if let Err(e) = super::retention::apply(&state, defaults.as_ref()).await {
+                tracing::warn!(error = %e, "retention not applied");
+            }
+        }
         if let Err(e) = flows::reload(&state).await {
             tracing::warn!(error = %e, "flows not reloaded");
         }

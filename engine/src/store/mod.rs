@@ -18,11 +18,13 @@ use tokio::sync::{mpsc, oneshot};
 
 mod connections;
 mod plugins;
+mod retention;
 mod server;
 mod syncs;
 mod webhooks;
 pub use connections::{ConnectionRow, StatusEvent};
 pub use plugins::PluginRecord;
+pub use retention::{Prune, PruneReport};
 pub use server::{FlowSettings, TokenRow};
 pub use syncs::{CachedRecord, PageChanges, SyncStateRow};
 pub use webhooks::{
@@ -453,7 +455,9 @@ impl Store {
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
-                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;")
+                    // auto_vacuum takes effect on a new file (before its first
+                    // table): pruned runs then give their pages back.
+                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA auto_vacuum = INCREMENTAL;")
                         .await?;
                     // WAL is a property of the file, set once. Switching needs an
                     // exclusive lock that busy_timeout does not wait for, so

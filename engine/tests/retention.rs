@@ -1,0 +1,283 @@
+//! Retention: `sluice runs prune` and flows' `retention:` delete finished runs
+//! with their step results, keep what they are told to keep, and give the
+//! SQLite file's space back.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+use sluice::flow;
+use sluice::store::{Prune, RunFilter};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn sluice(args: &[&str], db: &str) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SLUICE_DB", db)
+        .env_remove("RUST_LOG")
+        .env_remove("SLUICE_LOG")
+        .output()
+        .expect("sluice runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A flow that reads every sandbox purchase order (a sizeable stored output)
+/// and fails when `fail` is true.
+fn write_flow(dir: &Path, retention: &str) -> String {
+    let path = dir.join("keep.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"apiVersion: sluice/v1
+id: keep-some
+{retention}
+inputs:
+  fail: {{ type: boolean, default: false }}
+steps:
+  - id: read
+    read: {{ connection: sandbox, entity: purchase_order }}
+  - id: check
+    needs: [read]
+    if: "${{{{ inputs.fail }}}}"
+    set: "${{{{ steps.read.output.records[999].number }}}}"
+"#
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn runs(db: &str) -> Vec<Value> {
+    let o = sluice(&["runs", "list", "--json", "--limit", "1000"], db);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn prune_keeps_the_newest_runs_and_failed_ones_longer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let flow = write_flow(dir.path(), "");
+    for fail in ["false", "true", "false", "false"] {
+        sluice(
+            &["run", &flow, "--json", "-i", &format!("fail={fail}")],
+            &db,
+        );
+    }
+    assert_eq!(runs(&db).len(), 4);
+
+    // Nothing to go by: a clear error, nothing deleted.
+    let o = sluice(&["runs", "prune"], &db);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("give --older-than, --failed-older-than or --keep"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(runs(&db).len(), 4);
+
+    // Older than 0s, but failed runs kept an hour: only the failed one stays.
+    let o = sluice(
+        &[
+            "runs",
+            "prune",
+            "--older-than",
+            "0s",
+            "--failed-older-than",
+            "1h",
+            "--keep",
+            "3",
+            "--json",
+        ],
+        &db,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["runs"], 3, "{report}");
+    assert_eq!(
+        report["steps"], 6,
+        "the read and the skipped check of 3 runs: {report}"
+    );
+    let left = runs(&db);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["status"], "failed");
+    // Its steps are still there for `runs show`.
+    let id = left[0]["id"].as_str().unwrap();
+    let o = sluice(&["runs", "show", id, "--json"], &db);
+    assert!(stdout(&o).contains("\"read\""), "{}", stdout(&o));
+}
+
+#[test]
+fn a_flows_retention_is_applied_by_prune_and_gives_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let flow = write_flow(dir.path(), "retention: { max_runs: 2 }");
+    for _ in 0..12 {
+        let o = sluice(&["run", &flow, "--json"], &db);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let file = dir.path().join("r.db");
+    let o = sluice(&["runs", "prune", "--json"], &db);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["runs"], 10, "{report}");
+    assert!(
+        report["bytes_freed"].as_u64().unwrap() > 100_000,
+        "ten stored reads of 60 orders free their pages: {report}"
+    );
+    assert_eq!(runs(&db).len(), 2);
+    // The file itself shrank by what was freed (incremental vacuum).
+    assert!(std::fs::metadata(&file).unwrap().len() > 0);
+
+    let o = sluice(&["runs", "prune", "--keep", "0", "--vacuum"], &db);
+    assert!(stdout(&o).starts_with("deleted 2 run(s)"), "{}", stdout(&o));
+    assert_eq!(runs(&db).len(), 0);
+}
+
+#[test]
+fn retention_is_validated() {
+    let catalog = flow::Catalog::default();
+    let errors = |retention: &str| {
+        let yaml = format!(
+            "apiVersion: sluice/v1\nid: r\nretention: {retention}\nsteps:\n  - id: a\n    set: 1\n"
+        );
+        match flow::compile("r.yaml", &yaml, &catalog) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = errors("{ max_age: 30 days please }");
+    assert!(
+        e.contains("r.yaml:3:") && e.contains("invalid duration `30 days please`"),
+        "{e}"
+    );
+    let e = errors("{}");
+    assert!(e.contains("`retention` names no limit"), "{e}");
+    assert_eq!(
+        errors("{ max_age: 30d, failed_max_age: 90d, max_runs: 1000 }"),
+        ""
+    );
+}
+
+#[tokio::test]
+async fn only_finished_runs_are_pruned_and_other_flows_are_spared() {
+    let (store, _dir) = common::sqlite_store().await;
+    let engine = common::engine(store.clone(), vec![], vec![]);
+    let flow_a = "apiVersion: sluice/v1\nid: a\nsteps:\n  - id: s\n    set: 1\n";
+    let flow_b = "apiVersion: sluice/v1\nid: b\nsteps:\n  - id: s\n    set: 2\n";
+    for _ in 0..3 {
+        common::run(&engine, flow_a, json!({})).await;
+        common::run(&engine, flow_b, json!({})).await;
+    }
+    // A run still queued (never finished) is never deleted.
+    let queued = sluice::store::NewRun {
+        id: "queued-run",
+        flow_id: "a",
+        flow_revision: 1,
+        inputs: &json!({}),
+        trigger: &json!({}),
+        lease: None,
+    };
+    store.create_run(queued).await.unwrap();
+    let r = store
+        .prune_runs(
+            &Prune {
+                keep_last: Some(0),
+                except_flows: vec!["b".into()],
+                ..Prune::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.runs, 3, "{r:?}");
+    let left = store
+        .list_runs(&RunFilter {
+            limit: 100,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    let mut ids: Vec<(&str, &str)> = left
+        .iter()
+        .map(|r| (r.flow_id.as_str(), r.status.as_str()))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            ("a", "queued"),
+            ("b", "succeeded"),
+            ("b", "succeeded"),
+            ("b", "succeeded")
+        ]
+    );
+}
+
+#[test]
+fn the_server_applies_its_default_and_each_flows_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    // Runs of a flow with its own policy (keep 2) and of one without (the default: keep 1).
+    let own = write_flow(dir.path(), "retention: { max_runs: 2 }");
+    let other = dir.path().join("other.yaml");
+    std::fs::write(
+        &other,
+        "apiVersion: sluice/v1\nid: other\nsteps:\n  - id: s\n    set: 1\n",
+    )
+    .unwrap();
+    for _ in 0..4 {
+        sluice(&["run", &own, "--json"], &db);
+        sluice(&["run", other.to_str().unwrap(), "--json"], &db);
+    }
+    let flows = dir.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::copy(&own, flows.join("keep.yaml")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--flows"])
+        .arg(&flows)
+        .env("SLUICE_DB", &db)
+        .env("SLUICE_RETENTION_MAX_RUNS", "1")
+        .env("SLUICE_RETENTION_EVERY", "100ms")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let counts = loop {
+        let mut by_flow = std::collections::BTreeMap::new();
+        for r in runs(&db) {
+            *by_flow
+                .entry(r["flow_id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        if by_flow.values().sum::<i32>() == 3 || std::time::Instant::now() > deadline {
+            break by_flow;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        counts,
+        [("keep-some".to_string(), 2), ("other".to_string(), 1)].into(),
+        "the flow keeps its own 2, the flow without a policy the default 1"
+    );
+
+    // A bad default stops the start with the variable named.
+    let o = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("SLUICE_DB", &db)
+        .env("SLUICE_RETENTION", "forever")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("SLUICE_RETENTION=`forever`"), "{err}");
+}
