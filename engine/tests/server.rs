@@ -1375,3 +1375,66 @@ output: "${{ steps.note.output }}"
         "the handler did not loop"
     );
 }
+
+#[tokio::test]
+async fn the_prune_route_deletes_finished_runs_for_an_admin_only() {
+    let flow = "apiVersion: sluice/v1\nid: tiny\nsteps:\n  - id: s\n    set: 1\n";
+    let (s, admin) = Server::start(&[("tiny.yaml", flow)], &[]);
+    for _ in 0..3 {
+        let (status, v, _) = json_of(
+            client()
+                .post(s.url("/v1/runs"))
+                .bearer_auth(&admin)
+                .json(&json!({"flow": "tiny", "wait": true}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(status.is_success(), "{v}");
+    }
+    let writer = token(&s.db, "writer", "write", None);
+    let prune = |tok: String, body: Value| {
+        let url = s.url("/v1/runs/prune");
+        async move {
+            json_of(
+                client()
+                    .post(url)
+                    .bearer_auth(tok)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (status, _, _) = prune(writer, json!({"keep": 0})).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "deleting history needs admin"
+    );
+    let (status, v, _) = prune(admin.clone(), json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to prune by"),
+        "{v}"
+    );
+    let (status, v, _) = prune(admin.clone(), json!({"older_than": "soon"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`older_than`: `soon` is not a duration"),
+        "{v}"
+    );
+    let (status, v, _) = prune(admin.clone(), json!({"keep": 1, "flow": "tiny"})).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["runs"], 2);
+    assert_eq!(runs_of(&s, &admin, "tiny").await.len(), 1);
+}

@@ -427,6 +427,15 @@ pub fn routes(state: Arc<AppState>) -> Api {
     )
     .route(
         "POST",
+        "/v1/runs/prune",
+        admin,
+        "runs",
+        "Delete finished runs by age and/or count: {older_than, failed_older_than, keep, flow}",
+        Some(("application/json", JSON_LIMIT)),
+        post(retention::prune),
+    )
+    .route(
+        "POST",
         "/v1/runs/{id}/cancel",
         write,
         "runs",

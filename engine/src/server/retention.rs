@@ -92,3 +92,57 @@ fn add(total: &mut PruneReport, r: PruneReport) {
     total.steps += r.steps;
     total.bytes_freed += r.bytes_freed;
 }
+
+/// Body of `POST /v1/runs/prune`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneBody {
+    /// Delete runs that finished longer ago than this, e.g. `30d`.
+    #[serde(default)]
+    older_than: Option<String>,
+    /// Keep failed runs this long instead.
+    #[serde(default)]
+    failed_older_than: Option<String>,
+    /// Keep at most this many finished runs per flow.
+    #[serde(default)]
+    keep: Option<u64>,
+    /// Only this flow's runs.
+    #[serde(default)]
+    flow: Option<String>,
+}
+
+/// `POST /v1/runs/prune`: deletes finished runs by age and/or count.
+pub async fn prune(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> super::error::ApiResult<axum::Json<PruneReport>> {
+    use super::error::ApiError;
+    let req: PruneBody = super::json_body(&headers, &body)?;
+    let ms = |name: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|t| {
+                humantime::parse_duration(t)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .map_err(|e| {
+                        ApiError::invalid(format!(
+                            "`{name}`: `{t}` is not a duration ({e}); e.g. `30d`"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    let p = Prune {
+        flow_id: req.flow.clone(),
+        older_than_ms: ms("older_than", &req.older_than)?,
+        failed_older_than_ms: ms("failed_older_than", &req.failed_older_than)?,
+        keep_last: req.keep.map(|k| i64::try_from(k).unwrap_or(i64::MAX)),
+        except_flows: Vec::new(),
+    };
+    if p.older_than_ms.is_none() && p.failed_older_than_ms.is_none() && p.keep_last.is_none() {
+        return Err(ApiError::invalid(
+            "nothing to prune by: give `older_than`, `failed_older_than` or `keep`",
+        ));
+    }
+    Ok(axum::Json(state.store.prune_runs(&p, false).await?))
+}
