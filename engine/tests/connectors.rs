@@ -1424,3 +1424,103 @@ async fn a_status_missing_from_the_value_map_reads_as_other_with_the_systems_val
         "counted"
     );
 }
+
+/// A system that accepts creates but answers them in ways the definition's
+/// mapping cannot read: first a record missing required fields, then `201`
+/// with an empty body and a `Location` header.
+async fn accepting_system() -> (String, Arc<Mutex<u32>>) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let posts: Arc<Mutex<u32>> = Arc::default();
+    let p = posts.clone();
+    let app = axum::Router::new().route(
+        "/vendors",
+        axum::routing::post(move || {
+            let p = p.clone();
+            async move {
+                let n = {
+                    let mut n = p.lock().unwrap();
+                    *n += 1;
+                    *n
+                };
+                if n == 1 {
+                    axum::Json(json!({"id": "V-77", "name": "Acme"})).into_response()
+                } else {
+                    (
+                        StatusCode::CREATED,
+                        [("location", "/api/vendors('V-88')")],
+                        "",
+                    )
+                        .into_response()
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), posts)
+}
+
+#[tokio::test]
+async fn an_accepted_create_whose_answer_does_not_map_returns_its_id_not_an_orphan() {
+    let (base, posts) = accepting_system().await;
+    let text = MINIMAL.replace(
+        "    mapping:\n",
+        "    create:\n      request: { method: POST, path: /vendors, body: { name: \"${{ record.name }}\" } }\n      record: $\n    mapping:\n",
+    );
+    let mut defs = Definitions::built_in();
+    defs.insert(definition::compile("tiny.yaml", &text).unwrap_or_else(|e| panic!("{e}")));
+    let c = connect_with(
+        "tiny",
+        &defs,
+        "tiny",
+        &[("base_url", &base)],
+        &[],
+        fast_policy(),
+    );
+    let (engine, _dir) = engine_with(&[("tiny", &c)]).await;
+    let flow = r#"
+apiVersion: sluice/v1
+id: create-vendor
+steps:
+  - id: create
+    write: { connection: tiny, entity: vendor, op: create, data: { name: Acme } }
+output: "${{ steps.create.output }}"
+"#;
+    // The record came back without the fields the mapping needs: the step
+    // succeeds with the remote id, the raw answer and a warning.
+    let out = common::run(&engine, flow, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let o = out.output.unwrap();
+    assert_eq!(o["remote_id"], "V-77", "{o}");
+    assert_eq!(o["id"], "tiny:V-77");
+    assert_eq!(o["mapped"], false);
+    assert_eq!(o["raw"], json!({"id": "V-77", "name": "Acme"}));
+    let w = o["warning"].as_str().unwrap();
+    assert!(
+        w.starts_with(
+            "tiny accepted the create of vendor (HTTP 200) but its response could not be mapped"
+        ),
+        "{w}"
+    );
+    assert!(w.contains("missing field `remote_created_at`"), "names what did not map: {w}");
+
+    // 201 with no body: the id comes from the Location header.
+    let out = common::run(&engine, flow, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let o = out.output.unwrap();
+    assert_eq!(o["remote_id"], "V-88", "{o}");
+    assert!(
+        o["warning"]
+            .as_str()
+            .unwrap()
+            .contains("the create response is empty"),
+        "{o}"
+    );
+    assert_eq!(
+        *posts.lock().unwrap(),
+        2,
+        "each create was sent once, never retried"
+    );
+}

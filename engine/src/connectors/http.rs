@@ -1570,25 +1570,133 @@ impl HttpConnector {
         let write = op != "get";
         let req = self.render(r, &ctx, write, Some(entity), op)?;
         let resp = self.execute(req, Some(entity), op).await?;
+        // The system accepted a create or update: from here on, a response
+        // we cannot read must not hide that the record exists (an orphan).
+        let accepted = matches!(op, "create" | "update");
         if resp.body.iter().all(u8::is_ascii_whitespace) {
+            if op == "create" {
+                return Ok(Some(self.unmapped_write(
+                    ce,
+                    entity,
+                    op,
+                    &resp,
+                    None,
+                    "the create response is empty".into(),
+                )));
+            }
             return Ok(None);
         }
-        let body = self.parse_json(&resp, entity, op, &format!("the {op} response"))?;
-        let src = ce
-            .record_paths
-            .get(op)
-            .and_then(|q| q.first(&body))
-            .ok_or_else(|| {
-                self.error(
-                    ConnectorErrorKind::Permanent,
-                    Some(entity),
+        let body = match self.parse_json(&resp, entity, op, &format!("the {op} response")) {
+            Ok(b) => b,
+            Err(e) if accepted => {
+                return Ok(Some(
+                    self.unmapped_write(ce, entity, op, &resp, None, e.message),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(src) = ce.record_paths.get(op).and_then(|q| q.first(&body)) else {
+            let why = format!("the {op} response has no record: {}", snippet(&resp.body));
+            if accepted {
+                return Ok(Some(self.unmapped_write(
+                    ce,
+                    entity,
                     op,
-                    Some(resp.status),
-                    format!("the {op} response has no record: {}", snippet(&resp.body)),
-                )
-            })?;
-        Ok(Some(self.to_record(ce, entity, op, src, false)?))
+                    &resp,
+                    Some(&body),
+                    why,
+                )));
+            }
+            return Err(self.error(
+                ConnectorErrorKind::Permanent,
+                Some(entity),
+                op,
+                Some(resp.status),
+                why,
+            ));
+        };
+        match self.to_record(ce, entity, op, src, false) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if accepted => Ok(Some(self.unmapped_write(
+                ce,
+                entity,
+                op,
+                &resp,
+                Some(src),
+                e.message,
+            ))),
+            Err(e) => Err(e),
+        }
     }
+
+    /// What a create or update the system accepted returns when its response
+    /// cannot be mapped: the remote id (from the mapping's `remote_id` path in
+    /// the response, else the `Location` or `OData-EntityId` header), the raw
+    /// response and a warning saying why, so the flow knows the record exists.
+    fn unmapped_write(
+        &self,
+        ce: &CompiledEntity,
+        entity: Entity,
+        op: &'static str,
+        resp: &Resp,
+        src: Option<&Value>,
+        why: String,
+    ) -> Value {
+        let from_body = src.and_then(|s| {
+            ce.mapping
+                .remote_id_path()
+                .and_then(|p| p.first(s))
+                .and_then(|v| match v {
+                    Value::String(t) if !t.is_empty() => Some(t.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+        });
+        let from_header = || {
+            ["location", "odata-entityid"].iter().find_map(|h| {
+                let v = resp.headers.get(*h)?.to_str().ok()?;
+                remote_id_in_url(v)
+            })
+        };
+        let remote_id = from_body.or_else(from_header);
+        let warning = format!(
+            "{} accepted the {op} of {entity} (HTTP {}) but its response could not be mapped: {why}",
+            self.id, resp.status
+        );
+        tracing::warn!(connection = %self.id, %entity, op, remote_id = ?remote_id, "{warning}");
+        json!({
+            "id": remote_id.as_ref().map(|r| format!("{}:{r}", self.id)),
+            "remote_id": remote_id,
+            "connection_id": self.id,
+            "mapped": false,
+            "warning": warning,
+            "raw": src.cloned().or_else(|| serde_json::from_slice::<Value>(&resp.body).ok())
+                .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&resp.body).into_owned())),
+        })
+    }
+}
+
+/// The key at the end of an entity URL: `.../purchaseOrders(abc)` → `abc`,
+/// `.../A_PurchaseOrder('4500001000')` → `4500001000`, `.../workorder/123` → `123`.
+fn remote_id_in_url(url: &str) -> Option<String> {
+    let path = url.split(['?', '#']).next()?.trim_end_matches('/');
+    let last = path.rsplit('/').next()?;
+    let key = match (last.find('('), last.ends_with(')')) {
+        (Some(open), true) => {
+            let inner = &last[open + 1..last.len() - 1];
+            // A compound key `(a=1,b=2)` has no single id.
+            if inner.contains('=') || inner.contains(',') {
+                return None;
+            }
+            inner.trim_matches('\'').to_string()
+        }
+        _ => last.to_string(),
+    };
+    let key = percent_encoding::percent_decode_str(&key)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    (!key.is_empty()).then_some(key)
 }
 
 fn method_name(m: Method) -> &'static str {

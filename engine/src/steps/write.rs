@@ -11,8 +11,11 @@
 //! ```
 //! Every write carries the step's idempotency key, so a retried or resumed
 //! write is deduplicated by the connection. The output is the record as the
-//! system returned it. A record the unified model rejects fails the step with
-//! a validation error naming the field.
+//! system returned it. When the system accepted a create or update but its
+//! answer does not map to the unified model, the step still succeeds (the
+//! record exists: failing would orphan it) with `remote_id` (from the answer
+//! or its `Location`/`OData-EntityId` header), `raw`, `mapped: false` and a
+//! `warning` saying why.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -143,7 +146,16 @@ pub fn compile(step: &WriteStep, c: &mut Checker<'_>) -> Option<CompiledWrite> {
 impl CompiledWrite {
     /// The record as the system returned it.
     pub fn output_type(&self) -> crate::expr::types::Type {
-        self.entity.value_type()
+        // A create or update the system accepted but whose answer does not
+        // map carries `mapped: false` and a `warning` (see the connectors).
+        match self.entity.value_type() {
+            Type::Object(mut o) => {
+                o.fields.insert("mapped".into(), Type::Bool);
+                o.fields.insert("warning".into(), Type::String);
+                Type::Object(o)
+            }
+            other => other,
+        }
     }
 }
 
