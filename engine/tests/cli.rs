@@ -1079,3 +1079,53 @@ fn ctrl_c_cancels_the_run_and_says_so() {
     // and leaves the run to `runs resume`; a `wait` step cancels too fast to
     // show that here.)
 }
+
+#[test]
+fn the_sandbox_syncs_full_and_incremental_and_feeds_cache_reads() {
+    let (dir, db) = temp_db();
+    let o = sluice(
+        &["sync", "start", "sandbox", "purchase_order", "--json"],
+        &db,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json_out(&o);
+    assert_eq!(r["added"], DATA.purchase_orders.len(), "{r}");
+    assert_eq!(r["mode"], "incremental");
+    // Nothing changed: the incremental sync adds and updates nothing.
+    let r = json_out(&sluice(
+        &["sync", "start", "sandbox", "purchase_order", "--json"],
+        &db,
+    ));
+    assert_eq!(
+        (r["added"].as_u64(), r["updated"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    let r = json_out(&sluice(
+        &[
+            "sync",
+            "start",
+            "sandbox",
+            "purchase_order",
+            "--full",
+            "--json",
+        ],
+        &db,
+    ));
+    assert_eq!(r["unchanged"], DATA.purchase_orders.len(), "{r}");
+    assert_eq!(r["deleted"], 0, "{r}");
+
+    let flow = dir.path().join("cache.yaml");
+    std::fs::write(
+        &flow,
+        "apiVersion: sluice/v1\nid: cache-read\nsteps:\n  - id: r\n    read: { connection: sandbox, entity: purchase_order, from: cache, filter: { status: approved } }\noutput: \"${{ steps.r.output.count }}\"\n",
+    )
+    .unwrap();
+    let out = json_out(&sluice(&["run", flow.to_str().unwrap(), "--json"], &db));
+    let approved = DATA
+        .purchase_orders
+        .iter()
+        .filter(|p| p["status"] == "approved")
+        .count();
+    assert_eq!(out["output"], approved, "{out}");
+}

@@ -67,19 +67,29 @@ pub(super) async fn dispatch(cmd: SyncCommand) -> Result<i32, CliError> {
                 code: EXIT_INVALID,
             })?;
             let store = Store::connect(&db.db).await?;
-            let defs = super::connection::definitions()?;
-            let row = store.connection(&conn_id).await?.ok_or_else(|| CliError {
-                message: format!("no connection `{conn_id}` (see `sluice connection list`)"),
-                code: EXIT_INVALID,
-            })?;
-            let sink = StoreSink::start(store.clone());
-            let c = connection::build(
-                &row,
-                &defs,
-                &Secrets::from_env(),
-                Some(sink as Arc<dyn StatusSink>),
-            )
-            .map_err(CliError::failed)?;
+            // The built-in sandbox syncs like any connection (from its
+            // records' timestamps); it is not a stored connection.
+            let c: Arc<dyn crate::connectors::Connector> = if conn_id
+                == crate::connectors::sandbox::CONNECTION
+            {
+                Arc::new(crate::connectors::sandbox::SandboxConnector::new())
+            } else {
+                let defs = super::connection::definitions()?;
+                let row = store.connection(&conn_id).await?.ok_or_else(|| CliError {
+                    message: format!("no connection `{conn_id}` (see `sluice connection list`)"),
+                    code: EXIT_INVALID,
+                })?;
+                let sink = StoreSink::start(store.clone());
+                Arc::new(
+                    connection::build(
+                        &row,
+                        &defs,
+                        &Secrets::from_env(),
+                        Some(sink as Arc<dyn StatusSink>),
+                    )
+                    .map_err(CliError::failed)?,
+                )
+            };
             let opts = SyncOptions {
                 mode: if full { Mode::Full } else { Mode::Incremental },
                 page_size: page_size.max(1),
@@ -101,7 +111,8 @@ pub(super) async fn dispatch(cmd: SyncCommand) -> Result<i32, CliError> {
                     b.tick();
                 }
             };
-            let result = sync::run(&store, &c, &conn_id, entity, &opts, Some(&report)).await;
+            let result =
+                sync::run(&store, c.as_ref(), &conn_id, entity, &opts, Some(&report)).await;
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
