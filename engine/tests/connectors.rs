@@ -1504,7 +1504,10 @@ output: "${{ steps.create.output }}"
         ),
         "{w}"
     );
-    assert!(w.contains("missing field `remote_created_at`"), "names what did not map: {w}");
+    assert!(
+        w.contains("missing field `remote_created_at`"),
+        "names what did not map: {w}"
+    );
 
     // 201 with no body: the id comes from the Location header.
     let out = common::run(&engine, flow, json!({})).await;
@@ -1522,5 +1525,93 @@ output: "${{ steps.create.output }}"
         *posts.lock().unwrap(),
         2,
         "each create was sent once, never retried"
+    );
+}
+
+/// A system that reports errors inside HTTP 200 bodies (as JSON-RPC and some
+/// ERPs do): the first list answers `{"error": ...}` with 200, later ones the
+/// records. Records the headers it got.
+async fn errors_in_200() -> (String, Arc<Mutex<Vec<axum::http::HeaderMap>>>) {
+    let seen: Arc<Mutex<Vec<axum::http::HeaderMap>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/vendors",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let s = s.clone();
+            async move {
+                let n = {
+                    let mut s = s.lock().unwrap();
+                    s.push(headers);
+                    s.len()
+                };
+                axum::Json(if n == 1 {
+                    json!({"error": {"code": 2, "message": "Supplier 99 is blocked"}})
+                } else {
+                    json!({"items": [{"id": "V-1", "name": "Acme", "state": "A",
+                                      "created": "2024-01-01T00:00:00Z", "changed": "2024-01-02T00:00:00Z"}]})
+                })
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn an_error_inside_a_2xx_body_is_mapped_by_an_errors_rule() {
+    let (base, seen) = errors_in_200().await;
+    // Request templates have the flow expression functions: base64 for a
+    // session header, coalesce for a fallback parameter.
+    let text = MINIMAL
+        .replace(
+            "parameters:\n  base_url: {}\n",
+            "parameters:\n  base_url: {}\n  region: { default: \"\" }\ncredentials: [user, key]\nheaders:\n  Authorization: \"Session ${{ (credentials.user ~ ':' ~ credentials.key) | b64encode }}\"\n  X-Region: \"${{ coalesce(params.region, 'eu-1') }}\"\nerrors:\n  - { status: \"2xx\", body_path: $.error, code: VALIDATION_FAILED, message: $.error.message }\n",
+        );
+    let mut defs = Definitions::built_in();
+    defs.insert(definition::compile("tiny.yaml", &text).unwrap_or_else(|e| panic!("{e}")));
+    let c = connect_with(
+        "tiny",
+        &defs,
+        "tiny",
+        &[("base_url", &base)],
+        &[("user", "admin"), ("key", "s3cret")],
+        fast_policy(),
+    );
+    let (engine, _dir) = engine_with(&[("tiny", &c)]).await;
+    let e = read_error(&engine, "tiny", "vendor", "").await;
+    assert_eq!(e["details"]["code"], "VALIDATION_FAILED", "{e}");
+    assert_eq!(e["details"]["upstream_status"], 200, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("Supplier 99 is blocked"),
+        "{e}"
+    );
+    // The next answer is a real page: a 2xx without the error reads fine.
+    let out = common::run(&engine, &read_flow("tiny", "vendor", ""), json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(out.output.unwrap()["count"], 1);
+    let h = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        h["authorization"], "Session YWRtaW46czNjcmV0",
+        "base64 of admin:s3cret"
+    );
+    assert_eq!(h["x-region"], "eu-1");
+}
+
+#[test]
+fn a_2xx_rule_must_say_what_in_the_body_is_the_error() {
+    let e = definition_errors(&MINIMAL.replace(
+        "test: { path: /ping }\n",
+        "test: { path: /ping }\nerrors:\n  - { status: \"200\", code: VALIDATION_FAILED }\n",
+    ));
+    assert!(
+        e.iter().any(
+            |m| m.contains("would turn every success into an error") && m.contains("body_path")
+        ),
+        "{e:?}"
     );
 }

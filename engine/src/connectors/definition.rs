@@ -675,6 +675,20 @@ impl DefChecker<'_> {
                 .message
                 .as_ref()
                 .and_then(|p| self.query(&path!["errors", i, "message"], p));
+            // A rule for successes (an error inside a 200 body, as JSON-RPC
+            // and some ERPs answer) must say what in the body is the error.
+            let covers_success = status.iter().any(|(a, b)| *a < 300 && *b >= 200);
+            if covers_success && rule.body_path.is_none() && rule.body_contains.is_none() {
+                self.error(
+                    &path!["errors", i, "status"],
+                    "success-rule-without-body",
+                    format!(
+                        "a rule for `{}` would turn every success into an error: add `body_path` (e.g. `$.error`) or `body_contains` saying what in the body is the error",
+                        rule.status
+                    ),
+                );
+                continue;
+            }
             errors.push(CompiledErrorRule {
                 status,
                 body_contains: rule.body_contains.clone(),

@@ -1008,7 +1008,23 @@ impl HttpConnector {
                 }
             };
             let status = resp.status;
-            if (200..300).contains(&status) {
+            // An error a system reports inside a 2xx body, per the
+            // definition's `errors` rules for 2xx statuses.
+            let success_error = (200..300).contains(&status)
+                && self
+                    .def
+                    .errors
+                    .iter()
+                    .any(|r| r.status.iter().any(|(a, b)| *a < 300 && *b >= 200))
+                && {
+                    let text = String::from_utf8_lossy(&resp.body);
+                    let json: Option<Value> = serde_json::from_slice(&resp.body).ok();
+                    self.def
+                        .errors
+                        .iter()
+                        .any(|r| r.matches(status, &text, json.as_ref()))
+                };
+            if (200..300).contains(&status) && !success_error {
                 self.health
                     .success(troubled.is_some(), troubled.as_deref().unwrap_or(""));
                 return Ok(resp);

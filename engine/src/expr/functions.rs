@@ -19,6 +19,7 @@
 //! | `hexencode`, `hexdecode` | filter | lowercase hex of UTF-8 text, and back |
 //! | `sha256` | filter | hex SHA-256 of the text |
 //! | `urlencode` | filter | percent-encoding (minijinja builtin) |
+//! | `coalesce(a, b, ...)` | function | the first argument that is defined, not none and not an empty string |
 //! | `sum` | filter | the exact decimal sum of a list of numbers (`[0.1, 0.2] \| sum` is `0.3`; minijinja's own adds doubles) |
 
 use base64::Engine as _;
@@ -43,7 +44,7 @@ pub const FILTERS: &[&str] = &[
 ];
 
 /// Names of the functions added here.
-pub const FUNCTIONS: &[&str] = &["now", "uuid"];
+pub const FUNCTIONS: &[&str] = &["now", "uuid", "coalesce"];
 
 /// The context variable that holds the run's start time for `now()`.
 pub const NOW_VAR: &str = "__now";
@@ -223,6 +224,12 @@ pub fn register(env: &mut Environment<'static>) {
         Ok(hex::encode(Sha256::digest(text.as_bytes())))
     });
     env.add_filter("sum", exact_sum);
+    env.add_function("coalesce", |args: minijinja::value::Rest<Value>| -> Value {
+        args.iter()
+            .find(|v| !v.is_undefined() && !v.is_none() && v.as_str() != Some(""))
+            .cloned()
+            .unwrap_or(Value::from(()))
+    });
 }
 
 /// The sum of a list of numbers in exact decimals (each number taken at the
@@ -259,6 +266,13 @@ mod tests {
         let t = crate::expr::Template::compile_condition(expr).map_err(|e| e.message)?;
         let ctx = minijinja::context! { __now => "2026-01-31T08:00:00Z" };
         t.eval(&ctx).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn coalesce_takes_the_first_value_that_is_there() {
+        assert_eq!(eval("coalesce(none, '', 'b', 'c')").unwrap(), "b");
+        assert_eq!(eval("coalesce(none)").unwrap(), serde_json::Value::Null);
+        assert_eq!(eval("coalesce(0, 1)").unwrap(), serde_json::json!(0));
     }
 
     #[test]
