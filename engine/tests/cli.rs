@@ -1129,3 +1129,47 @@ fn the_sandbox_syncs_full_and_incremental_and_feeds_cache_reads() {
         .count();
     assert_eq!(out["output"], approved, "{out}");
 }
+
+#[test]
+fn a_broken_connector_definition_is_reported_and_skipped() {
+    let (dir, db) = temp_db();
+    let connectors = dir.path().join("connectors");
+    std::fs::create_dir(&connectors).unwrap();
+    std::fs::write(
+        connectors.join("broken.yaml"),
+        "apiVersion: sluice/connector/v1\nid: broken\nname: x\n",
+    )
+    .unwrap();
+    std::fs::write(
+        connectors.join("tiny.yaml"),
+        "apiVersion: sluice/connector/v1\nid: tiny\nname: Tiny\nparameters:\n  base_url: {}\nauth: { type: none }\ntest: { path: /ping }\nentities:\n  vendor:\n    list:\n      request: { path: /vendors }\n      records: $.items[*]\n      paginator: { type: next_link, path: $.next }\n    mapping:\n      remote_id: $.id\n      name: $.name\n      status: { path: $.state, map: { A: active } }\n      remote_created_at: { path: $.created, convert: datetime }\n      remote_updated_at: { path: $.changed, convert: datetime }\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("SLUICE_DB", &db)
+            .env("SLUICE_CONNECTORS_DIR", &connectors)
+            .env_remove("RUST_LOG")
+            .env_remove("SLUICE_LOG")
+            .output()
+            .unwrap()
+    };
+    // A sandbox flow still runs; the broken file is named once on stderr.
+    let flow = repo("flows/po-high-value-alert.yaml");
+    let o = run(&["run", flow.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.matches("warning: skipped").count(), 1, "{err}");
+    assert!(
+        err.contains("broken.yaml: not a valid connector definition"),
+        "{err}"
+    );
+    assert!(err.contains("missing required key `auth`"), "{err}");
+    // The good definition beside it is there; the broken one is not.
+    let o = run(&["connector", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("tiny"), "{out}");
+    assert!(!out.contains("broken"), "{out}");
+}

@@ -1615,3 +1615,37 @@ fn a_2xx_rule_must_say_what_in_the_body_is_the_error() {
         "{e:?}"
     );
 }
+
+#[test]
+fn templates_naming_what_does_not_exist_are_refused() {
+    let with_query = |q: &str| {
+        MINIMAL.replace(
+            "request: { path: /vendors }",
+            &format!("request: {{ path: /vendors, query: {{ q: \"{q}\" }} }}"),
+        )
+    };
+    let e = definition_errors(&with_query("${{ offset }}"));
+    assert!(
+        e.iter().any(|m| m.starts_with("11:")
+            && m.contains("unknown variable `offset`: it would be sent as null")),
+        "{e:?}"
+    );
+    let e = definition_errors(&with_query("${{ parms.base_url }}"));
+    assert!(
+        e.iter().any(|m| m.contains("did you mean `params`?")),
+        "{e:?}"
+    );
+    let e = definition_errors(&with_query("${{ params.base_ur }}"));
+    assert!(e.iter().any(|m| m.contains("base_url")), "{e:?}");
+    let e = definition_errors(&with_query("${{ page_size | frobnicate }}"));
+    assert!(
+        e.iter().any(|m| m.contains("unknown filter `frobnicate`")),
+        "{e:?}"
+    );
+    // What a request can read is accepted, `item` inside `$for` too.
+    let ok = MINIMAL.replace(
+        "request: { path: /vendors }",
+        "request: { path: /vendors, method: POST, body: { n: \"${{ page_size }}\", after: \"${{ modified_after | default('') }}\", xs: { $for: \"${{ [1, 2] }}\", $do: { v: \"${{ item }}\" } } } }",
+    );
+    definition::compile("ok.yaml", &ok).unwrap_or_else(|e| panic!("{e}"));
+}

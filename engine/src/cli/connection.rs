@@ -22,15 +22,32 @@ pub(super) fn definitions_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("connectors"))
 }
 
-/// Built-in definitions plus the user's.
+/// Built-in definitions plus the user's. A file that is not a valid
+/// definition is reported (once per command, on stderr) and skipped.
 pub(super) fn definitions() -> Result<Definitions, CliError> {
-    Definitions::load(Some(&definitions_dir())).map_err(|e| {
+    let (defs, broken) = Definitions::load(Some(&definitions_dir())).map_err(|e| {
         eprint!("{}", super::render_errors(&e));
         CliError {
-            message: format!("{}: invalid connector definition", e.file),
+            message: format!("{}: cannot read the connector definitions", e.file),
             code: EXIT_INVALID,
         }
-    })
+    })?;
+    for e in &broken {
+        let first = e
+            .diagnostics
+            .first()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        let more = match e.diagnostics.len() {
+            0 | 1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        eprintln!(
+            "warning: skipped {}: not a valid connector definition: {first}{more}; `sluice connector validate {}` shows every problem",
+            e.file, e.file
+        );
+    }
+    Ok(defs)
 }
 
 #[derive(Subcommand, Debug)]

@@ -569,6 +569,7 @@ pub fn compile(file: &str, text: &str) -> Result<CompiledDefinition, FlowErrors>
     let mut c = DefChecker {
         root: &root,
         diags: Vec::new(),
+        roots: BTreeMap::new(),
     };
     let compiled = c.check(def, file);
     let mut diags = c.diags;
@@ -583,6 +584,10 @@ pub fn compile(file: &str, text: &str) -> Result<CompiledDefinition, FlowErrors>
 struct DefChecker<'a> {
     root: &'a Node,
     diags: Vec<Diagnostic>,
+    /// What request templates can read, typed: the declared `params` and
+    /// `credentials` (closed, so a typo is caught), and what the engine
+    /// adds per request.
+    roots: BTreeMap<String, crate::expr::types::Type>,
 }
 
 impl DefChecker<'_> {
@@ -604,6 +609,90 @@ impl DefChecker<'_> {
     fn template(&mut self, at: &[Seg], text: &str) {
         if let Err(e) = Template::compile_str(text) {
             self.error(at, "invalid-expression", e.to_string());
+            return;
+        }
+        self.check_names(at, text, None);
+    }
+
+    /// Reports variables, fields of `params`/`credentials`, filters and
+    /// functions that do not exist in the expressions of `text` (a template
+    /// naming `${{ offset }}` would otherwise send `null`).
+    fn check_names(&mut self, at: &[Seg], text: &str, item: Option<()>) {
+        use crate::expr::types::Type;
+        let mut roots = self.roots.clone();
+        if item.is_some() {
+            roots.insert("item".into(), Type::Any);
+        }
+        if let Ok(t) = Template::compile_str(text) {
+            let globals = crate::expr::global_names();
+            let mut seen = std::collections::BTreeSet::new();
+            for r in t.references() {
+                let name = r.split('.').next().unwrap_or(&r).to_string();
+                if roots.contains_key(&name)
+                    || globals.contains(&name)
+                    || !seen.insert(name.clone())
+                {
+                    continue;
+                }
+                let known: Vec<&str> = roots.keys().map(String::as_str).collect();
+                let hint = crate::yaml::diagnostic::did_you_mean(&name, known.iter().copied())
+                    .map(|s| format!("did you mean `{s}`? "))
+                    .unwrap_or_default();
+                self.error(
+                    at,
+                    "unknown-variable",
+                    format!(
+                        "unknown variable `{name}`: it would be sent as null ({hint}request templates can read: {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        for (_, expr) in crate::expr::embedded_expressions(text) {
+            if let Ok((_, issues)) = crate::expr::types::check_expression(expr, &roots) {
+                for i in issues {
+                    let hint = i.hint.map(|h| format!(" ({h})")).unwrap_or_default();
+                    self.error(
+                        at,
+                        i.code,
+                        format!("in `${{{{ {} }}}}`: {}{hint}", expr.trim(), i.message),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Checks the expressions of a body template (`$for`/`$do` add `item`).
+    fn body_names(&mut self, at: &[Seg], v: &Value, item: Option<()>) {
+        match v {
+            Value::String(s) => self.check_names(at, s, item),
+            Value::Object(m) if m.contains_key("$for") => {
+                if let Some(Value::String(items)) = m.get("$for") {
+                    let mut p = at.to_vec();
+                    p.push("$for".into());
+                    self.check_names(&p, items, item);
+                }
+                if let Some(body) = m.get("$do") {
+                    let mut p = at.to_vec();
+                    p.push("$do".into());
+                    self.body_names(&p, body, Some(()));
+                }
+            }
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let mut p = at.to_vec();
+                    p.push(k.as_str().into());
+                    self.body_names(&p, v, item);
+                }
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    let mut p = at.to_vec();
+                    p.push(i.into());
+                    self.body_names(&p, v, item);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -624,10 +713,11 @@ impl DefChecker<'_> {
             p.push(k.as_str().into());
             self.template(&p, v);
         }
-        if let Some(b) = &r.body
-            && let Err(e) = super::http::BodyTemplate::compile(b)
-        {
-            self.error(&with("body".into()), "invalid-expression", e);
+        if let Some(b) = &r.body {
+            match super::http::BodyTemplate::compile(b) {
+                Err(e) => self.error(&with("body".into()), "invalid-expression", e),
+                Ok(_) => self.body_names(&with("body".into()), b, None),
+            }
         }
     }
 
@@ -650,6 +740,37 @@ impl DefChecker<'_> {
                 "missing-parameter",
                 "a definition must declare the `base_url` parameter",
             );
+        }
+        {
+            use crate::expr::types::Type;
+            let names = |ns: Vec<&String>, what: &str| {
+                Type::object(ns.into_iter().map(|n| (n.clone(), Type::String)), false).named(what)
+            };
+            self.roots = [
+                (
+                    "params",
+                    names(
+                        def.parameters.keys().collect(),
+                        "the definition's parameters",
+                    ),
+                ),
+                (
+                    "credentials",
+                    names(
+                        def.credentials.iter().collect(),
+                        "the definition's credentials",
+                    ),
+                ),
+                ("page_size", Type::Integer),
+                ("modified_after", Type::String),
+                ("modified_after_ms", Type::Integer),
+                ("remote_id", Type::String),
+                ("record", Type::any_object()),
+                ("idempotency_key", Type::String),
+            ]
+            .into_iter()
+            .map(|(k, t)| (k.to_string(), t))
+            .collect();
         }
         for (name, v) in &def.headers {
             self.template(&path!["headers", name.as_str()], v);
@@ -770,10 +891,14 @@ impl DefChecker<'_> {
             }
             if let Some(d) = &list.detail {
                 detail_id = self.query(&path!["entities", name, "list", "detail", "id"], &d.id);
+                // A detail request reads the listed record's `id`.
+                self.roots
+                    .insert("id".into(), crate::expr::types::Type::String);
                 self.request(
                     &path!["entities", name, "list", "detail", "request"],
                     &d.request,
                 );
+                self.roots.remove("id");
             }
         }
         let mut record_paths = BTreeMap::new();
@@ -832,8 +957,11 @@ impl Definitions {
         d
     }
 
-    /// Built-ins plus the definitions in `dir` (when it exists).
-    pub fn load(dir: Option<&Path>) -> Result<Definitions, FlowErrors> {
+    /// Built-ins plus the definitions in `dir` (when it exists), and the
+    /// files that are not valid definitions, each with its problems: a
+    /// broken file is skipped, so the commands and flows that do not use it
+    /// still work. Only an unreadable directory is an error.
+    pub fn load(dir: Option<&Path>) -> Result<(Definitions, Vec<FlowErrors>), FlowErrors> {
         let mut d = Definitions::built_in();
         if let Some(dir) = dir.filter(|d| d.is_dir()) {
             let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -850,11 +978,16 @@ impl Definitions {
                 .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
                 .collect();
             files.sort();
+            let mut broken = Vec::new();
             for f in files {
-                d.insert(load_file(&f)?);
+                match load_file(&f) {
+                    Ok(def) => d.insert(def),
+                    Err(e) => broken.push(e),
+                }
             }
+            return Ok((d, broken));
         }
-        Ok(d)
+        Ok((d, Vec::new()))
     }
 
     /// Adds or replaces a definition.

@@ -173,7 +173,15 @@ pub async fn state(config: &ServeConfig) -> Result<Arc<AppState>, String> {
         .await
         .map_err(|e| e.to_string())?;
     let secrets = Secrets::from_env();
-    let defs = Definitions::load(config.connectors_dir.as_deref()).map_err(|e| e.to_string())?;
+    let (defs, broken) =
+        Definitions::load(config.connectors_dir.as_deref()).map_err(|e| e.to_string())?;
+    for e in &broken {
+        tracing::warn!(
+            file = %e.file,
+            problems = %e,
+            "skipped a connector definition that is not valid; connections using it are not loaded"
+        );
+    }
     let plugins = Arc::new(PluginRegistry::new(
         store.clone(),
         config.plugin_cache.clone(),
