@@ -150,3 +150,106 @@ async fn sigterm_finishes_within_grace_while_a_half_sent_request_is_held() {
     }
     drop(held);
 }
+
+/// Whether the server closed `s` (EOF or reset) within `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    matches!(
+        tokio::time::timeout(within, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await,
+        Ok(())
+    )
+}
+
+#[tokio::test]
+async fn half_sent_and_idle_connections_are_closed_after_the_header_timeout() {
+    let s = Server::start(&[], &["--header-timeout", "1s"]);
+    let mut half = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A kept-alive connection that answered one request, then says nothing.
+    let mut idle = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // Generous bounds: closed well after 1 s, never held for long.
+    assert!(
+        closed_within(&mut half, Duration::from_secs(15)).await,
+        "half-sent request still held"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(15)).await,
+        "idle connection still held"
+    );
+}
+
+#[tokio::test]
+async fn more_hostile_connections_than_the_cap_do_not_keep_healthz_out() {
+    let s = Server::start(&[], &["--max-connections", "50", "--header-timeout", "1s"]);
+    // 80 half-sent requests: 50 take every slot, 30 wait in the backlog.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        let mut c = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+        let _ = c
+            .write_all(b"POST /v1/hooks/x HTTP/1.1\r\nHost: x\r\n")
+            .await;
+        held.push(c);
+    }
+    // /healthz is answered once the header timeout frees the slots, however
+    // many more half-sent requests keep coming.
+    let started = std::time::Instant::now();
+    let answered = tokio::time::timeout(
+        Duration::from_secs(30),
+        raw_status(
+            &s.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(answered.ok(), Some(200), "after {:?}", started.elapsed());
+    drop(held);
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_new_connections_wait_until_one_closes() {
+    let s = Server::start(&[], &["--max-connections", "2", "--header-timeout", "60s"]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr = s.addr.clone();
+    let third = tokio::spawn(async move {
+        raw_status(
+            &addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served past the cap of 2"
+    );
+    drop(held);
+    let status = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert_eq!(status, 200);
+}

@@ -26,9 +26,16 @@ pub(super) struct ServeArgs {
     /// Runs executing at once in this process.
     #[arg(long, default_value_t = 512)]
     max_runs: usize,
-    /// How long shutdown waits for in-flight runs (e.g. 30s).
+    /// How long shutdown waits for in-flight runs and open connections (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 1000)]
+    max_connections: usize,
+    /// Time a client has to send a request's headers; also the idle limit of
+    /// a kept-alive HTTP/1 connection between requests.
+    #[arg(long, env = "SLUICE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
     #[command(flatten)]
     db: DbArgs,
 }
@@ -44,6 +51,8 @@ pub(super) async fn serve_command(args: ServeArgs) -> Result<i32, CliError> {
         grace: args.grace,
         plugin_cache: Some(super::plugin::cache_dir()),
         connectors_dir: Some(super::connection::definitions_dir()),
+        max_connections: args.max_connections.max(1),
+        header_timeout: args.header_timeout,
     };
     let db = crate::store::redact_password(&config.db);
     serve(config, shutdown_signal(), move |addr| {
