@@ -768,3 +768,114 @@ async fn a_finished_run_is_announced_as_a_run_event_to_subscribed_endpoints() {
         "{body}"
     );
 }
+
+/// A receiver behind a listen backlog of 1 that takes 20 ms per request and
+/// records the most requests it ever had in flight and every `webhook-id`.
+async fn slow_small_backlog_receiver() -> (String, Arc<Mutex<(usize, usize, Vec<String>)>>) {
+    // (in flight now, most in flight, ids received)
+    let state: Arc<Mutex<(usize, usize, Vec<String>)>> = Arc::default();
+    let s = state.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap| {
+            let s = s.clone();
+            async move {
+                {
+                    let mut g = s.lock().unwrap();
+                    g.0 += 1;
+                    g.1 = g.1.max(g.0);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut g = s.lock().unwrap();
+                g.0 -= 1;
+                g.2.push(headers["webhook-id"].to_str().unwrap().to_string());
+                StatusCode::OK
+            }
+        }),
+    );
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), state)
+}
+
+#[tokio::test]
+async fn a_slow_receiver_with_a_small_backlog_gets_every_message_once_without_a_flood() {
+    let (store, _d) = sqlite_store().await;
+    let (url, state) = slow_small_backlog_receiver().await;
+    add_endpoint(&store, &url, &[]).await;
+    for i in 0..300 {
+        sluice::webhooks::emit(&store, &format!("k-{i}"), "po.burst", None, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    let config = DeliveryConfig {
+        per_endpoint: 4,
+        ..test_config()
+    };
+    deliver_all(&store, config).await;
+    let (_, most, ids) = state.lock().unwrap().clone();
+    assert!(
+        most <= 4,
+        "{most} requests in flight at once to one endpoint"
+    );
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((ids.len(), unique.len()), (300, 300), "every message once");
+    // No attempt timed out or failed: each message was delivered at its first attempt.
+    let messages = store
+        .messages(&MessageFilter {
+            limit: 1000,
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 300);
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.status == MessageStatus::Delivered && m.attempts == 1)
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_backs_off_instead_of_burning_every_messages_attempts() {
+    let (store, _d) = sqlite_store().await;
+    // Nothing listens on port 9 (discard) on this machine: connections are refused.
+    add_endpoint(&store, "http://127.0.0.1:9/hook", &[]).await;
+    for i in 0..40 {
+        sluice::webhooks::emit(&store, &format!("k-{i}"), "po.burst", None, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    let worker = DeliveryWorker::new(
+        store.clone(),
+        DeliveryConfig {
+            per_endpoint: 1,
+            ..test_config()
+        },
+    )
+    .unwrap();
+    for _ in 0..3 {
+        worker.run_once().await.unwrap();
+    }
+    let messages = store
+        .messages(&MessageFilter {
+            limit: 1000,
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    let attempted = messages.iter().filter(|m| m.attempts > 0).count();
+    assert!(
+        (1..=2).contains(&attempted),
+        "{attempted} of 40 messages spent an attempt on a refused connection"
+    );
+    assert!(
+        messages.iter().all(|m| m.status == MessageStatus::Pending),
+        "none given up"
+    );
+}

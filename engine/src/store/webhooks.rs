@@ -362,20 +362,48 @@ impl Store {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<ClaimedMessage>, StoreError> {
+        self.claim_messages_per_endpoint(owner, lease, limit, i64::MAX)
+            .await
+    }
+
+    /// Like [`Store::claim_messages`], taking at most `per_endpoint` messages
+    /// of each endpoint (the oldest due), so one endpoint's backlog neither
+    /// fills a batch nor waits out its lease behind the endpoint's cap. The
+    /// outer condition is checked again on update, so two workers never
+    /// claim one message.
+    pub async fn claim_messages_per_endpoint(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+        per_endpoint: i64,
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
         let now = now_ms();
-        let sql = match self.backend {
-            Backend::Postgres => {
-                "UPDATE webhook_messages SET status = 'delivering', lease_owner = $1, lease_expires_at = $2 WHERE id IN (SELECT id FROM webhook_messages WHERE (status = 'pending' AND next_attempt_at <= $3) OR (status = 'delivering' AND lease_expires_at < $3) ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING id, event_id, endpoint_id, body, attempts, created_at"
+        const DUE: &str = "((status = 'pending' AND next_attempt_at <= $3) OR (status = 'delivering' AND lease_expires_at < $3))";
+        let sql = if per_endpoint == i64::MAX {
+            match self.backend {
+                Backend::Postgres => format!(
+                    "UPDATE webhook_messages SET status = 'delivering', lease_owner = $1, lease_expires_at = $2 WHERE id IN (SELECT id FROM webhook_messages WHERE {DUE} ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) AND $5 > 0 RETURNING id, event_id, endpoint_id, body, attempts, created_at"
+                ),
+                Backend::Sqlite => format!(
+                    "UPDATE webhook_messages SET status = 'delivering', lease_owner = $1, lease_expires_at = $2 WHERE id IN (SELECT id FROM webhook_messages WHERE {DUE} ORDER BY next_attempt_at LIMIT $4) AND $5 > 0 RETURNING id, event_id, endpoint_id, body, attempts, created_at"
+                ),
             }
-            Backend::Sqlite => {
-                "UPDATE webhook_messages SET status = 'delivering', lease_owner = $1, lease_expires_at = $2 WHERE id IN (SELECT id FROM webhook_messages WHERE (status = 'pending' AND next_attempt_at <= $3) OR (status = 'delivering' AND lease_expires_at < $3) ORDER BY next_attempt_at LIMIT $4) RETURNING id, event_id, endpoint_id, body, attempts, created_at"
-            }
+        } else {
+            format!(
+                "UPDATE webhook_messages SET status = 'delivering', lease_owner = $1, lease_expires_at = $2 \
+                 WHERE id IN (SELECT id FROM (SELECT id, next_attempt_at, ROW_NUMBER() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS n \
+                 FROM webhook_messages WHERE {DUE}) c WHERE n <= $5 ORDER BY next_attempt_at LIMIT $4) AND {DUE} \
+                 RETURNING id, event_id, endpoint_id, body, attempts, created_at"
+            )
         };
-        let rows = sqlx::query(sql)
+        // `$5 > 0` keeps one parameter list for every form of the query.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(owner)
             .bind(now + ms(lease))
             .bind(now)
             .bind(limit)
+            .bind(per_endpoint)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -390,6 +418,26 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Gives claimed messages back without an attempt (their endpoint is
+    /// backing off): pending again, due at `next_attempt_at`, attempts kept.
+    pub async fn release_messages(
+        &self,
+        owner: &str,
+        ids: &[String],
+        next_attempt_at: i64,
+    ) -> Result<(), StoreError> {
+        for id in ids {
+            sqlx::query("UPDATE webhook_messages SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'delivering'")
+                .bind(next_attempt_at)
+                .bind(id)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+        }
+        self.outbox_signal.notify_waiters();
+        Ok(())
     }
 
     /// Logs an attempt and moves the message on, in one transaction.

@@ -9,6 +9,14 @@
 //! can be resent. A worker that dies mid-delivery leaves its messages
 //! leased; another claims them when the lease expires, so nothing is lost
 //! (delivery is at least once; receivers deduplicate by `webhook-id`).
+//!
+//! One receiver is never flooded: at most `per_endpoint` requests to an
+//! endpoint are in flight (default 8, `SLUICE_WEBHOOK_PER_ENDPOINT`), and a
+//! claim takes at most four rounds of them per endpoint, so a backlog waits
+//! in the outbox rather than in a lease. When connecting to an endpoint
+//! fails, the endpoint backs off (1 s, doubling to 5 min): its other claimed
+//! messages are given back without an attempt, due when the back-off ends, so
+//! an unreachable receiver does not burn every queued message's attempts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +63,8 @@ pub struct DeliveryConfig {
     pub max_retry_after: Duration,
     /// The SSRF guard's allow-list.
     pub policy: GuardPolicy,
+    /// Requests in flight to one endpoint at once.
+    pub per_endpoint: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -69,6 +79,7 @@ impl Default for DeliveryConfig {
             concurrency: 128,
             max_retry_after: Duration::from_secs(24 * 3600),
             policy: GuardPolicy::default(),
+            per_endpoint: 8,
         }
     }
 }
@@ -92,6 +103,18 @@ impl DeliveryConfig {
                 *slot = humantime::parse_duration(text.trim())
                     .map_err(|e| format!("{var}: `{text}`: {e}"))?;
             }
+        }
+        if let Ok(text) = std::env::var("SLUICE_WEBHOOK_PER_ENDPOINT")
+            && !text.trim().is_empty()
+        {
+            c.per_endpoint = text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    format!("SLUICE_WEBHOOK_PER_ENDPOINT: `{text}` is not a positive number")
+                })?;
         }
         if let Ok(text) = std::env::var("SLUICE_WEBHOOK_SCHEDULE")
             && !text.trim().is_empty()
@@ -130,6 +153,11 @@ pub struct DeliveryWorker {
     config: Arc<DeliveryConfig>,
     client: reqwest::Client,
     owner: String,
+    /// Per endpoint: its in-flight permits.
+    slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Per endpoint that could not be connected to: until when it backs off,
+    /// and the consecutive connect failures.
+    backoff: std::sync::Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 /// What [`DeliveryWorker::drain`] did.
@@ -163,7 +191,7 @@ impl DeliveryWorker {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(config.attempt_timeout)
-            .pool_max_idle_per_host(config.concurrency)
+            .pool_max_idle_per_host(config.per_endpoint.max(1))
             .user_agent(concat!("Sluice-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))?;
@@ -172,14 +200,56 @@ impl DeliveryWorker {
             config,
             client,
             owner: format!("delivery-{}", uuid::Uuid::now_v7()),
+            slots: Default::default(),
+            backoff: Default::default(),
         })
+    }
+
+    fn slot(&self, endpoint: &str) -> Arc<tokio::sync::Semaphore> {
+        self.slots
+            .lock()
+            .expect("slots lock")
+            .entry(endpoint.to_string())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(self.config.per_endpoint.max(1)))
+            })
+            .clone()
+    }
+
+    /// Until when `endpoint` backs off, if it does.
+    fn backing_off(&self, endpoint: &str) -> Option<Instant> {
+        let b = self.backoff.lock().expect("backoff lock");
+        b.get(endpoint)
+            .map(|(t, _)| *t)
+            .filter(|t| *t > Instant::now())
+    }
+
+    /// Records a connect failure (backing off longer each time) or a
+    /// connection that worked (forgetting the failures).
+    fn connected(&self, endpoint: &str, ok: bool) {
+        let mut b = self.backoff.lock().expect("backoff lock");
+        if ok {
+            b.remove(endpoint);
+            return;
+        }
+        let failures = b.get(endpoint).map(|(_, n)| n + 1).unwrap_or(1);
+        let delay = Duration::from_secs(1)
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(9))
+            .min(Duration::from_secs(300));
+        b.insert(endpoint.to_string(), (Instant::now() + delay, failures));
     }
 
     /// Claims one batch of due messages and delivers it. Returns the number of attempts.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let per_endpoint = i64::try_from(self.config.per_endpoint.max(1) * 4).unwrap_or(i64::MAX);
         let claimed = self
             .store
-            .claim_messages(&self.owner, self.config.lease, self.config.batch)
+            .claim_messages_per_endpoint(
+                &self.owner,
+                self.config.lease,
+                self.config.batch,
+                per_endpoint,
+            )
             .await?;
         if claimed.is_empty() {
             return Ok(0);
@@ -249,6 +319,12 @@ impl DeliveryWorker {
         endpoints: &HashMap<String, Endpoint>,
     ) -> Result<(), StoreError> {
         let attempt = m.attempts + 1;
+        // One endpoint's share of the in-flight requests.
+        let slot = self.slot(&m.endpoint_id);
+        let _permit = slot.acquire().await.expect("slots are never closed");
+        if let Some(until) = self.backing_off(&m.endpoint_id) {
+            return self.defer(&m, until).await;
+        }
         let started_at = now_ms();
         let t0 = Instant::now();
         let (outcome, body) = match endpoints.get(&m.endpoint_id) {
@@ -316,6 +392,16 @@ impl DeliveryWorker {
         self.store.finish_attempt(&log, &end).await
     }
 
+    /// Gives a message back without an attempt, due when its endpoint's
+    /// back-off ends.
+    async fn defer(&self, m: &ClaimedMessage, until: Instant) -> Result<(), StoreError> {
+        let wait = i64::try_from(until.saturating_duration_since(Instant::now()).as_millis())
+            .unwrap_or(i64::MAX / 2);
+        self.store
+            .release_messages(&self.owner, std::slice::from_ref(&m.id), now_ms() + wait)
+            .await
+    }
+
     async fn attempt(&self, e: &Endpoint, m: &ClaimedMessage) -> (Outcome, Option<String>) {
         if let Err(err) = self.config.policy.check_url(&e.url) {
             return (Outcome::Refused(err.to_string()), None);
@@ -355,7 +441,13 @@ impl DeliveryWorker {
             }
             Ok::<_, reqwest::Error>((status, retry_after, body))
         };
-        match tokio::time::timeout(self.config.attempt_timeout, exchange).await {
+        let result = tokio::time::timeout(self.config.attempt_timeout, exchange).await;
+        match &result {
+            Ok(Err(err)) if err.is_connect() => self.connected(&e.id, false),
+            Ok(_) => self.connected(&e.id, true),
+            Err(_) => {}
+        }
+        match result {
             Err(_) => (
                 Outcome::Retryable {
                     status: None,
