@@ -1121,6 +1121,18 @@ async fn connections_are_stored_without_secret_values_and_record_their_status_hi
     let row = store.connection("erp").await.unwrap().unwrap();
     assert!(row.config.contains("SAP_PASSWORD") && !row.config.contains(sap::PASSWORD));
 
+    // An endpoint that wants to know when credentials stop working.
+    let ep = sluice::webhooks::endpoints::add(
+        &store,
+        &sluice::webhooks::ssrf::GuardPolicy::parse("127.0.0.1").unwrap(),
+        sluice::webhooks::endpoints::NewEndpoint {
+            url: "http://127.0.0.1:9/hooks".into(),
+            event_types: vec!["connection.auth_required".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     // Wrong password → auth_required, recorded with a reason and emitted as an event.
     let secrets = sluice::expr::secrets::Secrets::from_pairs([
         ("SAP_USER".to_string(), sap::USER.to_string()),
@@ -1144,6 +1156,32 @@ async fn connections_are_stored_without_secret_values_and_record_their_status_hi
     assert!(!history[0].reason.contains("nope"));
     let row = store.connection("erp").await.unwrap().unwrap();
     assert_eq!(row.status, "auth_required");
+    // `connection.auth_required` went to the endpoint, with the reason (no password).
+    let mut messages = Vec::new();
+    for _ in 0..50 {
+        messages = store
+            .messages(&sluice::store::MessageFilter {
+                endpoint_id: Some(ep.id.clone()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if !messages.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0].event_type, "connection.auth_required");
+    let body: Value =
+        serde_json::from_str(&store.message(&messages[0].id).await.unwrap().unwrap().body).unwrap();
+    assert_eq!(body["data"]["connection_id"], "erp", "{body}");
+    assert!(
+        body["data"]["reason"].as_str().unwrap().contains("401"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("nope"));
 
     // The registry made from the store serves the connection to flows.
     let secrets = sluice::expr::secrets::Secrets::from_pairs([

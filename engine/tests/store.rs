@@ -354,7 +354,88 @@ async fn a_request_key_starts_one_run_and_a_tick_is_claimed_once(store: &Store) 
     assert_eq!(store.last_tick(&flow, "other").await.unwrap(), None);
 }
 
+/// Outbox claims per endpoint (a window function, on both backends) and
+/// releases, and run pruning, on the backend under test.
+async fn outbox_claims_per_endpoint_and_runs_prune(store: &Store) {
+    use sluice::webhooks::endpoints::{self, NewEndpoint};
+    let policy = sluice::webhooks::ssrf::GuardPolicy::parse("127.0.0.1").unwrap();
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    for n in 0..2 {
+        endpoints::add(
+            store,
+            &policy,
+            NewEndpoint {
+                url: format!("http://127.0.0.1:9/{tag}/{n}"),
+                event_types: vec![format!("t{tag}.*")],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    for i in 0..10 {
+        sluice::webhooks::emit(
+            store,
+            &format!("{tag}-{i}"),
+            &format!("t{tag}.x"),
+            None,
+            json!({}),
+        )
+        .await
+        .unwrap();
+    }
+    let owner = format!("w-{tag}");
+    let claimed = store
+        .claim_messages_per_endpoint(&owner, std::time::Duration::from_secs(60), 1000, 3)
+        .await
+        .unwrap();
+    let mine: Vec<_> = claimed.iter().filter(|m| m.body.contains(&tag)).collect();
+    assert_eq!(mine.len(), 6, "3 for each of the 2 endpoints: {mine:?}");
+    let again = store
+        .claim_messages_per_endpoint(
+            &format!("{owner}-2"),
+            std::time::Duration::from_secs(60),
+            1000,
+            3,
+        )
+        .await
+        .unwrap();
+    assert!(
+        again.iter().all(|m| !mine.iter().any(|c| c.id == m.id)),
+        "a claimed message is never claimed twice"
+    );
+    let ids: Vec<String> = mine.iter().map(|m| m.id.clone()).collect();
+    store.release_messages(&owner, &ids, 0).await.unwrap();
+    let third = store
+        .claim_messages_per_endpoint(
+            &format!("{owner}-3"),
+            std::time::Duration::from_secs(60),
+            1000,
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(
+        ids.iter().all(|id| third.iter().any(|m| &m.id == id)),
+        "released ones are claimable"
+    );
+
+    let r = store
+        .prune_runs(
+            &sluice::store::Prune {
+                flow_id: Some(format!("no-such-flow-{tag}")),
+                keep_last: Some(0),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.runs, 0);
+}
+
 async fn suite(store: Store) {
+    outbox_claims_per_endpoint_and_runs_prune(&store).await;
     a_request_key_starts_one_run_and_a_tick_is_claimed_once(&store).await;
     flows_get_revisions_only_when_they_change(&store).await;
     leases_keep_other_processes_out_until_they_expire(&store).await;

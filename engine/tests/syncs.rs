@@ -658,3 +658,78 @@ async fn sap_purchase_orders_sync_page_by_page_and_a_full_sync_finds_the_deleted
         .unwrap();
     assert_eq!(changed["custom_fields"]["YY1_ProjectCode_PDH"], "CHANGED");
 }
+
+#[tokio::test]
+async fn a_sync_failing_three_times_in_a_row_raises_one_system_error() {
+    let (store, _dir) = common::sqlite_store().await;
+    endpoints::add(
+        &store,
+        &GuardPolicy::parse("127.0.0.1").unwrap(),
+        NewEndpoint {
+            url: "http://127.0.0.1:9/hooks".into(),
+            event_types: vec!["system.error".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // An upstream that answers 503 to the next 5 lists.
+    let c = common::FlakyConnector::new(5, sluice::connectors::ConnectorErrorKind::Transient);
+    let errors = || async {
+        events(&store)
+            .await
+            .into_iter()
+            .filter(|(t, _)| t == "system.error")
+            .map(|(_, d)| d)
+            .collect::<Vec<_>>()
+    };
+    for n in 1..=4 {
+        let r = sync::run(
+            &store,
+            c.as_ref(),
+            "flaky",
+            Entity::Vendor,
+            &opts(Mode::Incremental),
+            None,
+        )
+        .await;
+        assert!(r.is_err(), "sync {n} fails");
+        let seen = errors().await;
+        match n {
+            1 | 2 => assert!(seen.is_empty(), "after {n} failures: {seen:?}"),
+            _ => assert_eq!(seen.len(), 1, "one alert per streak, after {n}: {seen:?}"),
+        }
+    }
+    let e = &errors().await[0];
+    assert_eq!(e["source"], "sync");
+    assert_eq!(e["details"]["failures"], 3);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the vendor sync of connection flaky failed 3 times in a row"),
+        "{e}"
+    );
+    // A success resets the streak.
+    sync::run(
+        &store,
+        c.as_ref(),
+        "flaky",
+        Entity::Vendor,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap_err();
+    sync::run(
+        &store,
+        c.as_ref(),
+        "flaky",
+        Entity::Vendor,
+        &opts(Mode::Incremental),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.sync_failures("flaky", "vendor").await.unwrap(), 0);
+}

@@ -769,8 +769,10 @@ async fn a_finished_run_is_announced_as_a_run_event_to_subscribed_endpoints() {
     );
 }
 
-/// A receiver behind a listen backlog of 1 that takes 20 ms per request and
-/// records the most requests it ever had in flight and every `webhook-id`.
+/// A receiver behind a listen backlog of 1 that accepts one connection per
+/// 100 ms (so a burst of new connections overflows the backlog and the
+/// kernel drops their SYNs), takes 20 ms per request and records the most
+/// requests it ever had in flight and every `webhook-id`.
 async fn slow_small_backlog_receiver() -> (String, Arc<Mutex<(usize, usize, Vec<String>)>>) {
     // (in flight now, most in flight, ids received)
     let state: Arc<Mutex<(usize, usize, Vec<String>)>> = Arc::default();
@@ -797,7 +799,19 @@ async fn slow_small_backlog_receiver() -> (String, Arc<Mutex<(usize, usize, Vec<
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(1).unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     (format!("http://{addr}/hook"), state)
 }
 
@@ -811,8 +825,11 @@ async fn a_slow_receiver_with_a_small_backlog_gets_every_message_once_without_a_
             .await
             .unwrap();
     }
+    // The production attempt timeout (10 s): a timeout here would be one
+    // our own burst of connections caused.
     let config = DeliveryConfig {
-        per_endpoint: 4,
+        per_endpoint: std::env::var("XPE").map(|v| v.parse().unwrap()).unwrap_or(4),
+        attempt_timeout: DeliveryConfig::default().attempt_timeout,
         ..test_config()
     };
     deliver_all(&store, config).await;
@@ -877,5 +894,31 @@ async fn an_unreachable_endpoint_backs_off_instead_of_burning_every_messages_att
     assert!(
         messages.iter().all(|m| m.status == MessageStatus::Pending),
         "none given up"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_disabled_by_410_is_reported_as_a_system_error_to_another() {
+    let (store, _d) = sqlite_store().await;
+    let gone = Receiver::start(vec![Reply::Status(410)]).await;
+    let ops = Receiver::start(vec![]).await;
+    let gone_ep = add_endpoint(&store, &gone.url(), &["po.*"]).await;
+    add_endpoint(&store, &ops.url(), &["system.error"]).await;
+    sluice::webhooks::emit(&store, "k-gone", "po.created", None, json!({}))
+        .await
+        .unwrap();
+    deliver_all(&store, test_config()).await;
+    let got = ops.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["type"], "system.error");
+    assert_eq!(body["data"]["source"], "webhooks");
+    assert_eq!(body["data"]["details"]["endpoint_id"], gone_ep.id.as_str());
+    assert!(
+        body["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("answered 410 Gone"),
+        "{body}"
     );
 }

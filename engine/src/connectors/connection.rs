@@ -77,6 +77,26 @@ impl StoreSink {
                 {
                     tracing::warn!(connection = %c.connection_id, error = %e, "cannot emit connection.status_changed");
                 }
+                // Credentials refused (or a token refresh refused): someone
+                // has to give the connection new ones.
+                if event.to == "auth_required" && event.from != "auth_required" {
+                    let data = json!({
+                        "connection_id": c.connection_id,
+                        "reason": c.reason,
+                        "at": c.at.to_rfc3339(),
+                    });
+                    if let Err(e) = crate::webhooks::emit(
+                        &store,
+                        &format!("connection:{}:auth_required:{at}", c.connection_id),
+                        "connection.auth_required",
+                        Some(&c.connection_id),
+                        data,
+                    )
+                    .await
+                    {
+                        tracing::warn!(connection = %c.connection_id, error = %e, "cannot emit connection.auth_required");
+                    }
+                }
             }
         });
         Arc::new(StoreSink { tx })

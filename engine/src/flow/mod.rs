@@ -799,6 +799,25 @@ fn event_data_type(event: &str, entity: Option<crate::unified::Entity>) -> Type 
             false,
         )
         .named(&format!("the data of {event}")),
+        "connection.auth_required" => Type::object(
+            fields(&[
+                ("connection_id", s.clone()),
+                ("reason", Type::Any),
+                ("at", s.clone()),
+            ]),
+            false,
+        )
+        .named("the data of connection.auth_required"),
+        "system.error" => Type::object(
+            fields(&[
+                ("source", s.clone()),
+                ("message", s.clone()),
+                ("details", Type::Any),
+                ("at", s.clone()),
+            ]),
+            false,
+        )
+        .named("the data of system.error"),
         "connection.status_changed" => Type::object(
             fields(&[
                 ("connection_id", s.clone()),

@@ -356,12 +356,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let q = if ok {
-            sqlx::query("UPDATE sync_state SET state = 'idle', cursor_ms = COALESCE($1, cursor_ms), checkpoint = NULL, lease_until = NULL, last_success_at = $2, counts = $3, last_error = $4, duration_ms = $5 WHERE connection_id = $6 AND entity = $7 AND sync_id = $8")
+            sqlx::query("UPDATE sync_state SET state = 'idle', cursor_ms = COALESCE($1, cursor_ms), checkpoint = NULL, lease_until = NULL, last_success_at = $2, counts = $3, last_error = $4, duration_ms = $5, failures = 0 WHERE connection_id = $6 AND entity = $7 AND sync_id = $8")
                 .bind(cursor_ms)
         } else {
             // The cursor stays; the checkpoint stays for the next sync to resume from.
             sqlx::query(
-                "UPDATE sync_state SET state = 'failed', lease_until = NULL, last_failure_at = $1, counts = $2, last_error = $3, duration_ms = $4 WHERE connection_id = $5 AND entity = $6 AND sync_id = $7",
+                "UPDATE sync_state SET state = 'failed', lease_until = NULL, last_failure_at = $1, counts = $2, last_error = $3, duration_ms = $4, failures = failures + 1 WHERE connection_id = $5 AND entity = $6 AND sync_id = $7",
             )
         };
         q.bind(now)
@@ -374,6 +374,18 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// How many syncs of a connection's entity failed in a row (0 after a success).
+    pub async fn sync_failures(&self, connection: &str, entity: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT failures FROM sync_state WHERE connection_id = $1 AND entity = $2",
+        )
+        .bind(connection)
+        .bind(entity)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(0))
     }
 
     /// Cached records of a connection and entity (deleted ones included, flagged).

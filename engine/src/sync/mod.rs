@@ -269,6 +269,16 @@ fn rfc3339(ms: i64) -> Option<String> {
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
+/// Failed syncs in a row after which `system.error` is emitted
+/// (`SLUICE_SYNC_ALERT_AFTER`, default 3).
+fn failure_alert_after() -> i64 {
+    std::env::var("SLUICE_SYNC_ALERT_AFTER")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n: &i64| *n > 0)
+        .unwrap_or(3)
+}
+
 async fn emit(store: &Store, key: &str, kind: &str, connection: &str, data: Value) {
     if let Err(e) = crate::webhooks::emit(store, key, kind, Some(connection), data).await {
         tracing::warn!(error = %e, event = kind, "cannot emit a sync event");
@@ -467,6 +477,18 @@ pub async fn run(
             .await?;
         emit(store, &format!("sync:{sync_id}:failed:{}", now_ms()), "sync.failed", connection,
             json!({"connection_id": connection, "entity": ename, "mode": opts.mode, "error": e.to_string(), "details": e.details(), "pages": cp.pages})).await;
+        // A sync that keeps failing needs a person: `system.error` once per streak.
+        let failures = store.sync_failures(connection, ename).await.unwrap_or(0);
+        if failures == failure_alert_after() {
+            crate::webhooks::system_error(
+                store,
+                &format!("sync:{connection}:{ename}:failing:{sync_id}"),
+                "sync",
+                &format!("the {ename} sync of connection {connection} failed {failures} times in a row: {e}"),
+                json!({"connection_id": connection, "entity": ename, "failures": failures, "details": e.details()}),
+            )
+            .await;
+        }
         return Err(SyncError::Connector {
             pages: cp.pages,
             source: e,

@@ -283,6 +283,15 @@ impl DeliveryWorker {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(error = %e, "webhook delivery worker failed; retrying in 1 s");
+                        // Once a minute at most (the key dedupes within it).
+                        super::system_error(
+                            &self.store,
+                            &format!("store:delivery:{}", now_ms() / 60_000),
+                            "store",
+                            &format!("webhook delivery cannot read or write the store: {e}"),
+                            serde_json::Value::Null,
+                        )
+                        .await;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -354,6 +363,17 @@ impl DeliveryWorker {
                     .set_endpoint_enabled(&m.endpoint_id, false, Some(&reason))
                     .await?;
                 tracing::warn!(endpoint_id = %m.endpoint_id, "webhook endpoint disabled: 410 Gone");
+                super::system_error(
+                    &self.store,
+                    &format!("endpoint:{}:gone:{}", m.endpoint_id, now_ms()),
+                    "webhooks",
+                    &format!(
+                        "webhook endpoint {} was disabled: its receiver answered 410 Gone",
+                        m.endpoint_id
+                    ),
+                    serde_json::json!({"endpoint_id": m.endpoint_id}),
+                )
+                .await;
                 (
                     Some(410),
                     Some("410 Gone: endpoint disabled".to_string()),

@@ -157,6 +157,22 @@ pub async fn emit(
     Ok(env)
 }
 
+/// Emits `system.error`: something the engine cannot fix that needs a
+/// person (`source`: `sync`, `webhooks`, `store`...). Failing to emit is
+/// logged, never raised: the caller is already handling an error.
+pub async fn system_error(store: &Store, key: &str, source: &str, message: &str, details: Value) {
+    tracing::error!(source, "{message}");
+    let data = serde_json::json!({
+        "source": source,
+        "message": message,
+        "details": details,
+        "at": chrono::Utc::now().to_rfc3339(),
+    });
+    if let Err(e) = emit(store, key, "system.error", None, data).await {
+        tracing::warn!(error = %e, "cannot emit system.error");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
