@@ -825,24 +825,22 @@ async fn a_slow_receiver_with_a_small_backlog_gets_every_message_once_without_a_
             .await
             .unwrap();
     }
-    // The production attempt timeout (10 s): a timeout here would be one
-    // our own burst of connections caused.
+    // The defaults a server runs with (8 in flight per endpoint, 10 s per
+    // attempt): a retry here would be one our own burst of connections
+    // caused. With 128 in flight (the worker's overall concurrency, as
+    // before the cap), 40 of the 300 needed a retry.
+    let defaults = DeliveryConfig::default();
+    let cap = defaults.per_endpoint;
     let config = DeliveryConfig {
-        per_endpoint: std::env::var("XPE").map(|v| v.parse().unwrap()).unwrap_or(4),
-        attempt_timeout: DeliveryConfig::default().attempt_timeout,
+        per_endpoint: cap,
+        attempt_timeout: defaults.attempt_timeout,
         ..test_config()
     };
     deliver_all(&store, config).await;
     let (_, most, ids) = state.lock().unwrap().clone();
-    assert!(
-        most <= 4,
-        "{most} requests in flight at once to one endpoint"
-    );
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!((ids.len(), unique.len()), (300, 300), "every message once");
-    // No attempt timed out or failed: each message was delivered at its first attempt.
     let messages = store
         .messages(&MessageFilter {
             limit: 1000,
@@ -850,19 +848,34 @@ async fn a_slow_receiver_with_a_small_backlog_gets_every_message_once_without_a_
         })
         .await
         .unwrap();
-    assert_eq!(messages.len(), 300);
+    let retried: Vec<_> = messages.iter().filter(|m| m.attempts != 1).collect();
+    assert_eq!(
+        (ids.len() - unique.len(), retried.len(), unique.len()),
+        (0, 0, 300),
+        "(duplicate deliveries, messages that needed a retry, messages delivered); \
+         most in flight at once: {most}"
+    );
     assert!(
         messages
             .iter()
-            .all(|m| m.status == MessageStatus::Delivered && m.attempts == 1)
+            .all(|m| m.status == MessageStatus::Delivered)
+    );
+    assert!(
+        most <= cap,
+        "{most} requests in flight at once to one endpoint (cap {cap})"
     );
 }
 
 #[tokio::test]
 async fn an_unreachable_endpoint_backs_off_instead_of_burning_every_messages_attempts() {
     let (store, _d) = sqlite_store().await;
-    // Nothing listens on port 9 (discard) on this machine: connections are refused.
-    add_endpoint(&store, "http://127.0.0.1:9/hook", &[]).await;
+    // A port that was just free: nothing listens there, connections are refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    add_endpoint(&store, &format!("http://127.0.0.1:{port}/hook"), &[]).await;
     for i in 0..40 {
         sluice::webhooks::emit(&store, &format!("k-{i}"), "po.burst", None, json!({"i": i}))
             .await
