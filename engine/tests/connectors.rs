@@ -1662,10 +1662,19 @@ fn templates_naming_what_does_not_exist_are_refused() {
             &format!("request: {{ path: /vendors, query: {{ q: \"{q}\" }} }}"),
         )
     };
-    let e = definition_errors(&with_query("${{ offset }}"));
+    let e = definition_errors(&with_query("${{ start_at }}"));
     assert!(
         e.iter().any(|m| m.starts_with("11:")
-            && m.contains("unknown variable `offset`: it would be sent as null")),
+            && m.contains("unknown variable `start_at`: it would be sent as null")),
+        "{e:?}"
+    );
+    // `offset` exists only in list requests.
+    let e = definition_errors(&MINIMAL.replace(
+        "test: { path: /ping }",
+        "test: { path: \"/ping/${{ offset }}\" }",
+    ));
+    assert!(
+        e.iter().any(|m| m.contains("unknown variable `offset`")),
         "{e:?}"
     );
     let e = definition_errors(&with_query("${{ parms.base_url }}"));
@@ -1686,4 +1695,187 @@ fn templates_naming_what_does_not_exist_are_refused() {
         "request: { path: /vendors, method: POST, body: { n: \"${{ page_size }}\", after: \"${{ modified_after | default('') }}\", xs: { $for: \"${{ [1, 2] }}\", $do: { v: \"${{ item }}\" } } } }",
     );
     definition::compile("ok.yaml", &ok).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A JSON-RPC system in the style of Tryton: `POST /db/` with `{method,
+/// params}`; `common.db.login` answers `[user_id, session]` (or an `error`
+/// inside HTTP 200); other calls need `Authorization: Session
+/// base64(login:user_id:session)` and answer 401 without it. The first
+/// session expires after one call, so the connector must log in again.
+#[derive(Default)]
+struct Rpc {
+    logins: u32,
+    session: Option<String>,
+    calls_on_session: u32,
+    /// (method, offset, limit) of each search_read.
+    reads: Vec<(String, Value, Value)>,
+}
+
+async fn json_rpc_system() -> (String, Arc<Mutex<Rpc>>) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use base64::Engine as _;
+    let state: Arc<Mutex<Rpc>> = Arc::default();
+    let s = state.clone();
+    let app = axum::Router::new().route(
+        "/db/",
+        axum::routing::post(move |headers: axum::http::HeaderMap, axum::Json(req): axum::Json<Value>| {
+            let s = s.clone();
+            async move {
+                let mut st = s.lock().unwrap();
+                let method = req["method"].as_str().unwrap_or_default().to_string();
+                if method == "common.db.login" {
+                    if req["params"][0] == "admin" && req["params"][1]["password"] == "s3cret" {
+                        st.logins += 1;
+                        let session = format!("sess{}", st.logins);
+                        st.session = Some(session.clone());
+                        st.calls_on_session = 0;
+                        return axum::Json(json!({"id": 1, "result": [7, session]})).into_response();
+                    }
+                    return axum::Json(json!({"id": 1, "error": ["LoginException", "wrong password"]}))
+                        .into_response();
+                }
+                let want = st.session.as_ref().map(|sess| {
+                    format!(
+                        "Session {}",
+                        base64::engine::general_purpose::STANDARD.encode(format!("admin:7:{sess}"))
+                    )
+                });
+                let got = headers.get("authorization").and_then(|v| v.to_str().ok());
+                // The first session expires after one call.
+                let expired = st.logins == 1 && st.calls_on_session >= 1;
+                if want.is_none() || got != want.as_deref() || expired {
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+                st.calls_on_session += 1;
+                let (offset, limit) = (req["params"][1].clone(), req["params"][2].clone());
+                st.reads.push((method, offset.clone(), limit.clone()));
+                let (o, l) = (offset.as_u64().unwrap_or(0), limit.as_u64().unwrap_or(100));
+                let rows: Vec<Value> = (o..(o + l).min(5))
+                    .map(|i| json!({"id": i + 1, "name": format!("Supplier {}", i + 1),
+                                    "create_date": {"__class__": "datetime", "iso": "2024-01-01T00:00:00"},
+                                    "write_date": "2024-01-02T00:00:00"}))
+                    .collect();
+                axum::Json(json!({"id": 2, "result": rows})).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), state)
+}
+
+const RPC: &str = r#"apiVersion: sluice/connector/v1
+id: rpc
+name: JSON-RPC ERP
+parameters:
+  base_url: {}
+  database: { default: db }
+credentials: [username, password]
+auth:
+  type: login
+  request:
+    method: POST
+    path: "/${{ params.database }}/"
+    body: { method: common.db.login, params: ["${{ credentials.username }}", { password: "${{ credentials.password }}" }] }
+  token: $.result
+  value: "Session ${{ (credentials.username ~ ':' ~ token[0] ~ ':' ~ token[1]) | b64encode }}"
+errors:
+  - { status: "2xx", body_path: $.error, code: VALIDATION_FAILED, message: "$.error[1]" }
+test:
+  method: POST
+  path: "/${{ params.database }}/"
+  body: { method: model.party.party.search_read, params: [[], 0, 1, null, [name], {}] }
+entities:
+  vendor:
+    list:
+      request:
+        method: POST
+        path: "/${{ params.database }}/"
+        body: { method: model.party.party.search_read, params: [[], "${{ offset }}", "${{ page_size }}", null, [name, create_date, write_date], {}] }
+      records: $.result[*]
+      paginator: { type: offset }
+      page_size: 2
+    mapping:
+      remote_id: { path: $.id, convert: string }
+      name: $.name
+      status: { const: active }
+      remote_created_at: { path: $.create_date.iso, convert: datetime }
+      remote_updated_at: { path: $.write_date, convert: datetime }
+"#;
+
+#[tokio::test]
+async fn a_login_session_and_offsets_in_the_json_body_page_through_a_json_rpc_system() {
+    let (base, state) = json_rpc_system().await;
+    let mut defs = Definitions::built_in();
+    defs.insert(definition::compile("rpc.yaml", RPC).unwrap_or_else(|e| panic!("{e}")));
+    let c = connect_with(
+        "rpc",
+        &defs,
+        "rpc",
+        &[("base_url", &base)],
+        &[("username", "admin"), ("password", "s3cret")],
+        fast_policy(),
+    );
+    let (engine, _dir) = engine_with(&[("rpc", &c)]).await;
+    let out = common::run(&engine, &read_flow("rpc", "vendor", ""), json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let o = out.output.unwrap();
+    assert_eq!(o["count"], 5, "{o}");
+    assert_eq!(o["records"][4]["name"], "Supplier 5");
+    let st = state.lock().unwrap();
+    // Offsets went in the body, page by page (not the first page over and over).
+    let offsets: Vec<Value> = st.reads.iter().map(|r| r.1.clone()).collect();
+    assert_eq!(
+        offsets,
+        vec![json!(0), json!(2), json!(4)],
+        "{:?}",
+        st.reads
+    );
+    assert!(
+        st.reads.iter().all(|r| r.2 == json!(2)),
+        "page_size in the body"
+    );
+    // The first session expired after one call: a 401 logged in again once.
+    assert_eq!(st.logins, 2);
+}
+
+#[tokio::test]
+async fn a_refused_login_is_auth_required_with_the_systems_reason() {
+    let (base, state) = json_rpc_system().await;
+    let mut defs = Definitions::built_in();
+    defs.insert(definition::compile("rpc.yaml", RPC).unwrap_or_else(|e| panic!("{e}")));
+    let c = connect_with(
+        "rpc",
+        &defs,
+        "rpc",
+        &[("base_url", &base)],
+        &[("username", "admin"), ("password", "hunter2-bad")],
+        fast_policy(),
+    );
+    let (engine, _dir) = engine_with(&[("rpc", &c)]).await;
+    let e = read_error(&engine, "rpc", "vendor", "").await;
+    assert_eq!(e["details"]["code"], "AUTHENTICATION_FAILED", "{e}");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("refused the login") && m.contains("wrong password"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("wrong\""),
+        "the password is not in the message: {m}"
+    );
+    assert_eq!(c.connector.health().await, ConnectionStatus::AuthRequired);
+    assert!(state.lock().unwrap().reads.is_empty());
+}
+
+#[test]
+fn a_paginator_without_a_parameter_needs_the_request_to_place_the_position() {
+    let e = definition_errors(&RPC.replace("\"${{ offset }}\"", "0"));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("never reads `offset`: every page would be the first")),
+        "{e:?}"
+    );
 }

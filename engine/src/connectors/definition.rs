@@ -157,6 +157,30 @@ pub enum Auth {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         refresh_before: Option<String>,
     },
+    /// A login call whose answer becomes the session for later calls (JSON-RPC
+    /// ERPs such as Tryton and Odoo, session APIs). The session is cached; a
+    /// `401` logs in again once, and a refused login is `auth_required`.
+    Login {
+        /// The login request (templates over `params` and `credentials`).
+        request: RequestSpec,
+        /// JSONPath of the session in the login answer, e.g. `$.result`
+        /// (a list or object is kept whole for `value`).
+        token: String,
+        /// The header that carries the session (default `Authorization`).
+        #[serde(default = "default_login_header")]
+        header: String,
+        /// The header's value: a template that can read `token` (default
+        /// `Bearer ${{ token }}`), e.g. `Session ${{ (credentials.username ~ ':' ~ token[0] ~ ':' ~ token[1]) | b64encode }}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+        /// Log in again after this long (default: only when a call answers `401`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_after: Option<String>,
+    },
+}
+
+fn default_login_header() -> String {
+    "Authorization".into()
 }
 
 fn default_placement() -> KeyPlacement {
@@ -241,27 +265,38 @@ pub enum Paginator {
     },
     /// OData: follows `d.__next` (v2) or `@odata.nextLink` (v4), which carry `$skiptoken`.
     Odata,
-    /// The body holds a token sent back as a query parameter.
+    /// The body holds a token sent back as a query parameter, or (without
+    /// `param`) wherever the list request's template puts `${{ cursor }}`,
+    /// e.g. in a JSON body.
     Cursor {
         /// JSONPath of the token.
         path: String,
-        /// Query parameter that carries it.
-        param: String,
+        /// Query parameter that carries it; without it, the request template
+        /// places `cursor` (null on the first page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
     },
-    /// Offset and limit query parameters.
+    /// Offset and limit as query parameters, or (without the `_param`s)
+    /// wherever the list request's template puts `${{ offset }}` and
+    /// `${{ page_size }}`, e.g. in a JSON-RPC body.
     Offset {
-        /// Offset parameter (e.g. `offset`, `$skip`).
-        offset_param: String,
-        /// Page size parameter (e.g. `limit`, `$top`).
-        limit_param: String,
+        /// Offset parameter (e.g. `offset`, `$skip`); without it, the request
+        /// template places `offset`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset_param: Option<String>,
+        /// Page size parameter (e.g. `limit`); without it, the request
+        /// template places `page_size`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit_param: Option<String>,
         /// JSONPath of a boolean "more pages" flag; without it, a short page ends the listing.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         has_more: Option<String>,
     },
     /// Page numbers.
     PageNumber {
-        /// Page parameter.
-        param: String,
+        /// Page parameter; without it, the request template places `page`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
         /// Page size parameter.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size_param: Option<String>,
@@ -581,6 +616,29 @@ pub fn compile(file: &str, text: &str) -> Result<CompiledDefinition, FlowErrors>
     Ok(compiled.expect("no diagnostics means it compiled"))
 }
 
+/// Whether any template of `r` reads variable `var`.
+fn request_reads(r: &RequestSpec, var: &str) -> bool {
+    fn reads(text: &str, var: &str) -> bool {
+        Template::compile_str(text).is_ok_and(|t| {
+            t.references()
+                .iter()
+                .any(|r| r == var || r.starts_with(&format!("{var}.")))
+        })
+    }
+    fn in_value(v: &Value, var: &str) -> bool {
+        match v {
+            Value::String(s) => reads(s, var),
+            Value::Array(a) => a.iter().any(|v| in_value(v, var)),
+            Value::Object(m) => m.values().any(|v| in_value(v, var)),
+            _ => false,
+        }
+    }
+    reads(&r.path, var)
+        || r.query.values().any(|v| reads(v, var))
+        || r.headers.values().any(|v| reads(v, var))
+        || r.body.as_ref().is_some_and(|b| in_value(b, var))
+}
+
 struct DefChecker<'a> {
     root: &'a Node,
     diags: Vec<Diagnostic>,
@@ -776,6 +834,32 @@ impl DefChecker<'_> {
             self.template(&path!["headers", name.as_str()], v);
         }
         self.request(&path!["test"], &def.test);
+        if let Auth::Login {
+            request,
+            token,
+            value,
+            expires_after,
+            ..
+        } = &def.auth
+        {
+            self.request(&path!["auth", "request"], request);
+            self.query(&path!["auth", "token"], token);
+            if let Some(v) = value {
+                self.roots
+                    .insert("token".into(), crate::expr::types::Type::Any);
+                self.template(&path!["auth", "value"], v);
+                self.roots.remove("token");
+            }
+            if let Some(d) = expires_after
+                && let Err(e) = humantime::parse_duration(d)
+            {
+                self.error(
+                    &path!["auth", "expires_after"],
+                    "invalid-duration",
+                    format!("invalid duration `{d}`: {e}"),
+                );
+            }
+        }
         if let Some(c) = &def.csrf {
             self.template(&path!["csrf", "path"], &c.path);
         }
@@ -860,7 +944,39 @@ impl DefChecker<'_> {
         let mut detail_id = None;
         if let Some(list) = &spec.list {
             let at = |k: &str| path!["entities", name, "list", k];
+            // Where a page starts, for paginators whose position the request
+            // template places itself (in a body).
+            use crate::expr::types::Type;
+            for (k, t) in [
+                ("offset", Type::Integer),
+                ("page", Type::Integer),
+                ("cursor", Type::Any),
+            ] {
+                self.roots.insert(k.into(), t);
+            }
             self.request(&at("request"), &list.request);
+            for k in ["offset", "page", "cursor"] {
+                self.roots.remove(k);
+            }
+            let placed_by_template = match &list.paginator {
+                Paginator::Offset {
+                    offset_param: None, ..
+                } => Some("offset"),
+                Paginator::PageNumber { param: None, .. } => Some("page"),
+                Paginator::Cursor { param: None, .. } => Some("cursor"),
+                _ => None,
+            };
+            if let Some(var) = placed_by_template
+                && !request_reads(&list.request, var)
+            {
+                self.error(
+                    &path!["entities", name, "list", "paginator"],
+                    "page-position-unused",
+                    format!(
+                        "the paginator has no query parameter, and the list request never reads `{var}`: every page would be the first; put `${{{{ {var} }}}}` in the request (e.g. its body) or give the paginator its parameter"
+                    ),
+                );
+            }
             records = self.query(&at("records"), &list.records);
             match &list.paginator {
                 Paginator::NextLink { path } | Paginator::Cursor { path, .. } => {

@@ -31,6 +31,7 @@ use super::{
     ConnectionStatus, Connector, ConnectorError, ConnectorErrorKind, ErrorCode, ListQuery, Page,
     WriteRequest,
 };
+use crate::expr::jsonpath::Query;
 use crate::expr::{Template, from_json};
 use crate::unified::Entity;
 
@@ -188,6 +189,17 @@ impl CompiledRequest {
     }
 }
 
+/// `auth: {type: login}`, compiled.
+#[derive(Debug)]
+struct LoginAuth {
+    request: CompiledRequest,
+    token: Query,
+    token_text: String,
+    header: String,
+    value: Template,
+    expires_after: Option<Duration>,
+}
+
 /// A request ready to send.
 #[derive(Debug, Clone)]
 struct Req {
@@ -292,6 +304,8 @@ pub struct HttpConnector {
     /// The last page a caller's limit cut (its URL and body): the next call
     /// continues within it without fetching it again.
     kept_page: std::sync::Mutex<Option<(String, Arc<Value>)>>,
+    /// The login call of `auth: {type: login}`.
+    login: Option<LoginAuth>,
     test: CompiledRequest,
     csrf_path: Option<Template>,
     default_headers: Vec<(String, Template)>,
@@ -459,7 +473,9 @@ impl HttpConnector {
             }
         };
         let auth = match &def.def.auth {
-            Auth::None | Auth::Oauth2ClientCredentials { .. } => StaticAuth::None,
+            Auth::None | Auth::Oauth2ClientCredentials { .. } | Auth::Login { .. } => {
+                StaticAuth::None
+            }
             Auth::Basic { username, password } => StaticAuth::Basic(
                 resolve("username", username)?,
                 resolve("password", password)?,
@@ -489,6 +505,26 @@ impl HttpConnector {
             token: tokio::sync::Mutex::new(None),
             csrf: tokio::sync::Mutex::new(None),
             kept_page: std::sync::Mutex::new(None),
+            login: match &def.def.auth {
+                Auth::Login {
+                    request,
+                    token,
+                    header,
+                    value,
+                    expires_after,
+                } => Some(LoginAuth {
+                    request: compile(request)?,
+                    token: Query::parse(token).map_err(|e| err(e.to_string()))?,
+                    token_text: token.clone(),
+                    header: header.clone(),
+                    value: Template::compile_str(value.as_deref().unwrap_or("Bearer ${{ token }}"))
+                        .map_err(|e| err(e.to_string()))?,
+                    expires_after: expires_after
+                        .as_deref()
+                        .and_then(|d| humantime::parse_duration(d).ok()),
+                }),
+                _ => None,
+            },
             test: compile(&def.def.test)?,
             csrf_path: def
                 .def
@@ -703,6 +739,103 @@ impl HttpConnector {
         }
     }
 
+    /// The header a dynamic auth adds to each call: OAuth 2.0's bearer
+    /// token, or a login's session. Cached; fetched when missing or due.
+    async fn dynamic_auth(&self) -> Result<Option<(String, String)>, ConnectorError> {
+        if let Some(login) = &self.login {
+            return self
+                .login_session(login)
+                .await
+                .map(|v| Some((login.header.clone(), v)));
+        }
+        Ok(self
+            .bearer(false)
+            .await?
+            .map(|t| ("authorization".to_string(), format!("Bearer {t}"))))
+    }
+
+    /// Logs in (when no session is cached or it is due) and returns the
+    /// session header's value.
+    async fn login_session(&self, login: &LoginAuth) -> Result<String, ConnectorError> {
+        let mut cached = self.token.lock().await;
+        if let Some((v, due)) = cached.as_ref()
+            && Instant::now() < *due
+        {
+            return Ok(v.clone());
+        }
+        let req = self.render(&login.request, &self.ctx, false, None, "auth")?;
+        let what = format!("login {} {}", method_name(req.method), req.url.path());
+        let resp = self.send_once(&req, None, None).await.map_err(|e| {
+            let reason = format!(
+                "{what}: unreachable: {}",
+                crate::webhooks::delivery::error_chain(&e)
+            );
+            self.health.failure(&reason);
+            self.error(ConnectorErrorKind::Unavailable, None, "auth", None, reason)
+        })?;
+        let refused = |status: Option<u16>, why: String| {
+            let msg = format!("{what}: the system refused the login: {why}");
+            self.health.auth_failure(&self.redact(&msg));
+            self.error(
+                ConnectorErrorKind::AuthRequired,
+                None,
+                "auth",
+                status,
+                self.redact(&msg),
+            )
+        };
+        if resp.status >= 500 {
+            let msg = format!("{what}: {} {}", resp.status, snippet(&resp.body));
+            self.health.failure(&self.redact(&msg));
+            return Err(self.error(
+                ConnectorErrorKind::Unavailable,
+                None,
+                "auth",
+                Some(resp.status),
+                self.redact(&msg),
+            ));
+        }
+        if !(200..300).contains(&resp.status) {
+            return Err(refused(
+                Some(resp.status),
+                format!("{} {}", resp.status, snippet(&resp.body)),
+            ));
+        }
+        let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+        // An error the system puts inside a 2xx answer (JSON-RPC) is a refusal too.
+        let text = String::from_utf8_lossy(&resp.body);
+        if self
+            .def
+            .errors
+            .iter()
+            .any(|r| r.matches(resp.status, &text, Some(&body)))
+        {
+            return Err(refused(Some(resp.status), snippet(&resp.body)));
+        }
+        let token = match login.token.first(&body) {
+            Some(t) if !t.is_null() => t.clone(),
+            _ => {
+                return Err(refused(
+                    Some(resp.status),
+                    format!(
+                        "no session at `{}` in the answer: {}",
+                        login.token_text,
+                        snippet(&resp.body)
+                    ),
+                ));
+            }
+        };
+        let mut ctx = self.ctx.clone();
+        ctx["token"] = token;
+        let value = self.template_text(&login.value, &from_json(&ctx), None, "auth")?;
+        let due = login
+            .expires_after
+            .map(|d| Instant::now() + d)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400));
+        *cached = Some((value.clone(), due));
+        Ok(value)
+    }
+
     async fn bearer(&self, force_refresh: bool) -> Result<Option<String>, ConnectorError> {
         let Auth::Oauth2ClientCredentials {
             token_url,
@@ -860,7 +993,7 @@ impl HttpConnector {
     async fn send_once(
         &self,
         req: &Req,
-        bearer: Option<String>,
+        dynamic: Option<(String, String)>,
         csrf: Option<(String, String)>,
     ) -> Result<Resp, reqwest::Error> {
         let method = match req.method {
@@ -883,8 +1016,8 @@ impl HttpConnector {
             StaticAuth::Bearer(t) => b = b.bearer_auth(t),
             StaticAuth::Header(name, value) => b = b.header(name.as_str(), value.as_str()),
         }
-        if let Some(t) = bearer {
-            b = b.bearer_auth(t);
+        if let Some((name, value)) = dynamic {
+            b = b.header(name.as_str(), value.as_str());
         }
         b = b.header("accept", "application/json");
         for (k, v) in &req.headers {
@@ -962,7 +1095,7 @@ impl HttpConnector {
             if let Some(b) = &self.bucket {
                 b.acquire().await;
             }
-            let bearer = self.bearer(false).await.map_err(|e| ConnectorError {
+            let dynamic = self.dynamic_auth().await.map_err(|e| ConnectorError {
                 entity,
                 operation: Some(op),
                 ..e
@@ -972,7 +1105,7 @@ impl HttpConnector {
             } else {
                 None
             };
-            let result = self.send_once(&req, bearer, csrf).await;
+            let result = self.send_once(&req, dynamic, csrf).await;
             let resp = match result {
                 Ok(r) => r,
                 Err(e) => {
@@ -1237,6 +1370,13 @@ impl HttpConnector {
             .max(1);
         let mut ctx = self.ctx.clone();
         ctx["page_size"] = json!(page_size);
+        // The page's position, for paginators whose request template places it.
+        ctx["offset"] = json!(token.offset.unwrap_or(0));
+        ctx["page"] = json!(token.page.unwrap_or(match &spec.paginator {
+            Paginator::PageNumber { start, .. } => *start,
+            _ => 1,
+        }));
+        ctx["cursor"] = json!(token.cursor);
         if let Some(m) = query.modified_after {
             ctx["modified_after"] = json!(m.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             ctx["modified_after_ms"] = json!(m.timestamp_millis());
@@ -1287,22 +1427,28 @@ impl HttpConnector {
                         limit_param,
                         ..
                     } => {
-                        extra.push((offset_param.clone(), token.offset.unwrap_or(0).to_string()));
-                        extra.push((limit_param.clone(), page_size.to_string()));
+                        if let Some(p) = offset_param {
+                            extra.push((p.clone(), token.offset.unwrap_or(0).to_string()));
+                        }
+                        if let Some(p) = limit_param {
+                            extra.push((p.clone(), page_size.to_string()));
+                        }
                     }
                     Paginator::PageNumber {
                         param,
                         size_param,
                         start,
                     } => {
-                        extra.push((param.clone(), token.page.unwrap_or(*start).to_string()));
+                        if let Some(p) = param {
+                            extra.push((p.clone(), token.page.unwrap_or(*start).to_string()));
+                        }
                         if let Some(s) = size_param {
                             extra.push((s.clone(), page_size.to_string()));
                         }
                     }
                     Paginator::Cursor { param, .. } => {
-                        if let Some(c) = &token.cursor {
-                            extra.push((param.clone(), c.clone()));
+                        if let (Some(p), Some(c)) = (param, &token.cursor) {
+                            extra.push((p.clone(), c.clone()));
                         }
                     }
                     _ => {}
@@ -1311,7 +1457,11 @@ impl HttpConnector {
                 req
             }
         };
-        let current_url = req.url.to_string();
+        // A page is its URL and, for paging in the body, its body.
+        let current_url = match &req.body {
+            Some(b) => format!("{} {b}", req.url),
+            None => req.url.to_string(),
+        };
         let page_no = token.n + 1;
         let kept = if token.skip.is_some() {
             let mut slot = self.kept_page.lock().unwrap_or_else(|e| e.into_inner());
