@@ -41,6 +41,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "business_central.yaml",
         include_str!("../../connectors/business_central.yaml"),
     ),
+    ("tryton.yaml", include_str!("../../connectors/tryton.yaml")),
     ("maximo.yaml", include_str!("../../connectors/maximo.yaml")),
 ];
 
@@ -379,6 +380,11 @@ pub struct OpSpec {
     /// response (e.g. `204`), a write re-reads the record with `get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
+    /// For systems that answer a create or update with ids only (JSON-RPC
+    /// `create` returns `[id]`): JSONPath of the record's id in the answer;
+    /// the record is then read with `get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// One entity of a definition.
@@ -463,6 +469,8 @@ pub struct CompiledEntity {
     pub mapping: Mapping,
     /// Record paths of get/create/update/delete.
     pub record_paths: BTreeMap<&'static str, Query>,
+    /// `id` paths of create/update (the record is then read with `get`).
+    pub id_paths: BTreeMap<&'static str, Query>,
 }
 
 impl CompiledEntity {
@@ -1018,6 +1026,7 @@ impl DefChecker<'_> {
             }
         }
         let mut record_paths = BTreeMap::new();
+        let mut id_paths = BTreeMap::new();
         for (op, spec) in [
             ("get", &spec.get),
             ("create", &spec.create),
@@ -1029,6 +1038,11 @@ impl DefChecker<'_> {
                 let p = s.record.as_deref().unwrap_or("$");
                 if let Some(q) = self.query(&path!["entities", name, op, "record"], p) {
                     record_paths.insert(op, q);
+                }
+                if let Some(p) = &s.id
+                    && let Some(q) = self.query(&path!["entities", name, op, "id"], p)
+                {
+                    id_paths.insert(op, q);
                 }
             }
         }
@@ -1050,6 +1064,7 @@ impl DefChecker<'_> {
             detail_id,
             mapping: mapping?,
             record_paths,
+            id_paths,
         })
     }
 }
@@ -1149,7 +1164,13 @@ mod tests {
         let d = Definitions::built_in();
         assert_eq!(
             d.ids(),
-            vec!["business_central", "maximo", "netsuite", "sap_s4hana"]
+            vec![
+                "business_central",
+                "maximo",
+                "netsuite",
+                "sap_s4hana",
+                "tryton"
+            ]
         );
     }
 }

@@ -1377,6 +1377,9 @@ impl HttpConnector {
             _ => 1,
         }));
         ctx["cursor"] = json!(token.cursor);
+        // Null when the read is not incremental, so a body can test it.
+        ctx["modified_after"] = Value::Null;
+        ctx["modified_after_ms"] = Value::Null;
         if let Some(m) = query.modified_after {
             ctx["modified_after"] = json!(m.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             ctx["modified_after_ms"] = json!(m.timestamp_millis());
@@ -1761,6 +1764,40 @@ impl HttpConnector {
             }
             Err(e) => return Err(e),
         };
+        // An answer of ids only: read the record back.
+        if accepted && let Some(q) = ce.id_paths.get(op) {
+            let Some(id) = q.first(&body).and_then(|v| match v {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }) else {
+                let why = format!("no record id in the {op} answer: {}", snippet(&resp.body));
+                return Ok(Some(self.unmapped_write(
+                    ce,
+                    entity,
+                    op,
+                    &resp,
+                    Some(&body),
+                    why,
+                )));
+            };
+            return match self.get(entity, &id).await {
+                Ok(r) => Ok(Some(r)),
+                Err(e) => {
+                    let mut out = self.unmapped_write(
+                        ce,
+                        entity,
+                        op,
+                        &resp,
+                        None,
+                        format!("reading the record back failed: {}", e.message),
+                    );
+                    out["remote_id"] = json!(id);
+                    out["id"] = json!(format!("{}:{id}", self.id));
+                    Ok(Some(out))
+                }
+            };
+        }
         let Some(src) = ce.record_paths.get(op).and_then(|q| q.first(&body)) else {
             let why = format!("the {op} response has no record: {}", snippet(&resp.body));
             if accepted {

@@ -142,7 +142,9 @@ pub enum Converter {
     SapDate,
     /// Any timestamp or date (`/Date(ms)/`, RFC 3339, `YYYY-MM-DDTHH:MM:SS`) → `YYYY-MM-DD`.
     Date,
-    /// A timestamp (RFC 3339, or without offset = UTC, or `/Date(ms)/`) → RFC 3339 UTC.
+    /// A timestamp (RFC 3339, or without offset = UTC, or `/Date(ms)/`, or an
+    /// object of parts `{year, month, day, hour, minute, second, microsecond}`
+    /// as JSON-RPC systems send it) → RFC 3339 UTC.
     Datetime,
     /// A number or decimal string → number.
     Number,
@@ -994,8 +996,51 @@ fn rfc3339(d: DateTime<Utc>) -> Value {
     Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
 
+/// A timestamp composed from its parts, as JSON-RPC systems send them
+/// (Tryton: `{"__class__": "datetime", "year": 2024, "month": 1, "day": 2,
+/// "hour": 3, "minute": 4, "second": 5, "microsecond": 6}`; a date has no
+/// time parts), read as UTC.
+fn from_parts(o: &Map<String, Value>) -> Result<DateTime<Utc>, String> {
+    let part = |k: &str, default: Option<i64>| -> Result<i64, String> {
+        match o.get(k) {
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| format!("`{k}` {n} is not a whole number")),
+            Some(Value::String(s)) => s
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{k}` `{s}` is not a number")),
+            None | Some(Value::Null) => default.ok_or_else(|| format!("the date has no `{k}`")),
+            Some(other) => Err(format!("`{k}` {other} is not a number")),
+        }
+    };
+    let date = NaiveDate::from_ymd_opt(
+        part("year", None)? as i32,
+        part("month", None)? as u32,
+        part("day", None)? as u32,
+    )
+    .ok_or_else(|| "the date's year, month and day are not a date".to_string())?;
+    let t = date
+        .and_hms_micro_opt(
+            part("hour", Some(0))? as u32,
+            part("minute", Some(0))? as u32,
+            part("second", Some(0))? as u32,
+            part("microsecond", Some(0))? as u32,
+        )
+        .ok_or_else(|| "the time's parts are out of range".to_string())?;
+    Ok(t.and_utc())
+}
+
 /// Applies a converter to a non-null value.
 pub fn convert(c: Converter, v: &Value) -> Result<Value, String> {
+    // Dates and timestamps may come as their parts.
+    if let (Converter::Datetime | Converter::Date | Converter::SapDate, Value::Object(o)) = (c, v) {
+        let d = from_parts(o)?;
+        return Ok(match c {
+            Converter::Date => Value::String(d.format("%Y-%m-%d").to_string()),
+            _ => rfc3339(d),
+        });
+    }
     let text = || match v {
         Value::String(s) => Ok(s.as_str()),
         other => Err(format!("expected text, found {other}")),
@@ -1309,6 +1354,28 @@ mod tests {
                 "{m}"
             );
         }
+    }
+
+    #[test]
+    fn dates_and_timestamps_compose_from_their_parts() {
+        let dt = json!({"__class__": "datetime", "year": 2024, "month": 1, "day": 2,
+                        "hour": 3, "minute": 4, "second": 5, "microsecond": 600000});
+        assert_eq!(
+            convert(Converter::Datetime, &dt).unwrap(),
+            json!("2024-01-02T03:04:05.600Z")
+        );
+        let d = json!({"__class__": "date", "year": 2024, "month": 2, "day": 29});
+        assert_eq!(convert(Converter::Date, &d).unwrap(), json!("2024-02-29"));
+        assert_eq!(
+            convert(Converter::Datetime, &d).unwrap(),
+            json!("2024-02-29T00:00:00Z")
+        );
+        let bad = json!({"year": 2023, "month": 2, "day": 29});
+        assert!(
+            convert(Converter::Date, &bad)
+                .unwrap_err()
+                .contains("not a date")
+        );
     }
 
     #[test]
