@@ -29,18 +29,34 @@ pub(super) struct ServeArgs {
     /// How long shutdown waits for in-flight runs and open connections (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
-    /// Connections served at once; more wait in the listen backlog.
+    /// Connections served at once; more wait in the listen backlog, and idle
+    /// kept-alive connections are closed to make room.
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 1000)]
     max_connections: usize,
-    /// Time a client has to send a request's headers; also the idle limit of
-    /// a kept-alive HTTP/1 connection between requests.
+    /// Time a client has to send a request's headers, from connecting or
+    /// from the first byte of its next request (e.g. 10s).
     #[arg(long, env = "SLUICE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     header_timeout: Duration,
+    /// Time a kept-alive connection may sit idle between requests; keep it
+    /// above a load balancer's idle timeout (e.g. 75s).
+    #[arg(long, env = "SLUICE_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
     #[command(flatten)]
     db: DbArgs,
 }
 
 pub(super) async fn serve_command(args: ServeArgs) -> Result<i32, CliError> {
+    // A zero limit would close every connection before its first request.
+    for (flag, limit) in [
+        ("--header-timeout", args.header_timeout),
+        ("--idle-timeout", args.idle_timeout),
+    ] {
+        if limit.is_zero() {
+            return Err(CliError::invalid(format!(
+                "{flag} must be longer than 0 (e.g. 10s)"
+            )));
+        }
+    }
     let config = ServeConfig {
         listen: args.listen,
         db: args.db.db.clone(),
@@ -53,6 +69,7 @@ pub(super) async fn serve_command(args: ServeArgs) -> Result<i32, CliError> {
         connectors_dir: Some(super::connection::definitions_dir()),
         max_connections: args.max_connections.max(1),
         header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
     };
     let db = crate::store::redact_password(&config.db);
     serve(config, shutdown_signal(), move |addr| {

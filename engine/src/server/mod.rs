@@ -18,6 +18,7 @@
 // a response at once, so boxing them would only add noise.
 #![allow(clippy::result_large_err)]
 
+mod accept;
 pub mod api;
 pub mod auth;
 pub mod error;
@@ -82,11 +83,13 @@ pub struct ServeConfig {
     /// Connector definitions directory.
     pub connectors_dir: Option<PathBuf>,
     /// Connections served at once; beyond it new connections wait in the
-    /// listen backlog until one closes.
+    /// listen backlog until one closes (idle ones close to make room).
     pub max_connections: usize,
-    /// How long a client may take to send a request's headers, and (HTTP/1)
-    /// how long a kept-alive connection may sit idle before its next request.
+    /// How long a client may take to send a request's headers (from accept,
+    /// or from the first byte of the next request on a kept-alive connection).
     pub header_timeout: Duration,
+    /// How long a kept-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
 }
 
 /// What every handler can reach.
@@ -227,84 +230,6 @@ pub async fn state(config: &ServeConfig) -> Result<Arc<AppState>, String> {
     Ok(state)
 }
 
-/// Serves connections until `shutdown` completes, then lets open ones
-/// finish for at most the grace period (a client holding a half-sent request
-/// cannot keep the process alive).
-///
-/// Each connection holds one of `max_connections` permits for its life; at
-/// the cap, accepting pauses and new connections wait in the kernel's listen
-/// backlog. HTTP/1 requests must send their headers within `header_timeout`,
-/// which also bounds the idle wait between requests on a kept-alive
-/// connection, so neither half-sent requests nor idle sockets hold a permit
-/// longer than that; HTTP/2 connections are pinged and dropped when the peer
-/// stops answering. Accept errors (out of file descriptors) back off briefly
-/// instead of spinning.
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    config: &ServeConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
-
-    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(config.header_timeout))
-        .keep_alive_timeout(config.header_timeout);
-    let builder = Arc::new(builder);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, _peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying shortly");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(config.grace) => tracing::warn!(
-            "connections still open after the grace period; closing them"
-        ),
-    }
-}
-
 /// Runs the server until `shutdown` completes. `on_listening` gets the bound address.
 pub async fn serve(
     config: ServeConfig,
@@ -355,7 +280,13 @@ pub async fn serve(
     let app = routes(state.clone()).into_router();
     on_listening(addr);
     tracing::info!(%addr, "listening");
-    accept_loop(listener, app, &config, shutdown).await;
+    let limits = accept::ConnectionLimits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+        grace: config.grace,
+    };
+    accept::accept_loop(listener, app, limits, shutdown).await;
 
     // Shutdown: stop starting runs, let in-flight ones finish (within the
     // grace period), stop the workers.

@@ -1,0 +1,514 @@
+//! The accept loop of `sluice serve`: how many connections are served, how
+//! long a client may take, and how shutdown ends them.
+//!
+//! `axum::serve` has no timeouts, so a client that sends half a request, or
+//! opens connections and says nothing, could hold the server's sockets for
+//! ever. Here every connection has a watchdog with one deadline, from what
+//! the connection is doing:
+//!
+//! - **waiting for a request's headers** (from accept, or from the first
+//!   byte of the next request on a kept-alive connection): closed after the
+//!   header timeout, whatever it has sent so far;
+//! - **idle** between requests on a kept-alive connection: closed (cleanly,
+//!   HTTP/2 peers get a GOAWAY) after the idle timeout;
+//! - **busy** (a request is being answered, including its response body):
+//!   no deadline; slow handlers are bounded where they wait, not here.
+//!
+//! What the connection is doing comes from three cheap hooks: the socket
+//! notes bytes that arrive while it is idle, and each request holds a guard
+//! from the moment its headers are parsed until its response body is done.
+//! hyper's own HTTP/1 header timeout (which starts when a connection turns
+//! idle) is kept as a backstop at idle + header timeout.
+//!
+//! At most `max_connections` connections are served at once: each holds a
+//! semaphore permit for its life. At the cap the loop stops accepting, so
+//! new connections (a load balancer's `/healthz` among them) wait in the
+//! kernel's listen backlog rather than being refused, and idle kept-alive
+//! connections are closed at once to make room. A flood of half-sent
+//! requests therefore delays a new connection by at most the header
+//! timeout; it cannot keep it out.
+//!
+//! On shutdown the listener is dropped, every connection is asked to finish
+//! (HTTP/1 closes after the response in flight, HTTP/2 sends GOAWAY), and
+//! whatever is still open after the grace period is dropped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+
+/// How `sluice serve` limits its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections served at once; beyond it new ones wait in the listen
+    /// backlog (and idle kept-alive ones are closed to make room).
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, counted from
+    /// accept or from the first byte of a kept-alive connection's next request.
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// How long shutdown lets open connections finish before dropping them.
+    pub grace: Duration,
+}
+
+/// What the accept loop tells every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Serving,
+    /// Finish the request in flight, take no more.
+    Draining,
+    /// The grace period is over: drop the connection now.
+    Closing,
+}
+
+/// Serves connections on `listener` until `shutdown` completes, then lets
+/// open ones finish for at most `limits.grace`.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(1 << 24));
+    let permits = Arc::new(Semaphore::new(max));
+    // Woken when the cap is reached: idle connections close to make room.
+    let full = Arc::new(Notify::new());
+    let (lifecycle_tx, lifecycle_rx) = watch::channel(Lifecycle::Serving);
+    let builder = Arc::new(builder(&limits));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = loop {
+            if let Ok(p) = permits.clone().try_acquire_owned() {
+                break Some(p);
+            }
+            // Full: idle connections close to make room. Said again every
+            // second, for connections that turn idle meanwhile.
+            full.notify_waiters();
+            tokio::select! {
+                p = permits.clone().acquire_owned() => break p.ok(),
+                () = &mut shutdown => break None,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
+        let Some(permit) = permit else { break };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, mostly: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let clock = Arc::new(ConnectionClock::new());
+        let io = TrackedIo::new(stream, clock.clone());
+        let service = TrackedService {
+            inner: TowerToHyperService::new(app.clone()),
+            clock: clock.clone(),
+        };
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let watch = Watch {
+            clock,
+            limits,
+            full: full.clone(),
+            lifecycle: lifecycle_rx.clone(),
+        };
+        tokio::spawn(async move {
+            watch.run(conn).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = lifecycle_tx.send(Lifecycle::Draining);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = max - permits.available_permits(),
+            "connections still open after the grace period; closing them"
+        );
+        let _ = lifecycle_tx.send(Lifecycle::Closing);
+        // Dropping a connection is immediate; this only lets the tasks run.
+        let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
+    }
+}
+
+fn builder(limits: &ConnectionLimits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The watchdog enforces both limits; hyper's timer, which starts
+        // when a connection turns idle, is a backstop.
+        .header_read_timeout(limits.idle_timeout.saturating_add(limits.header_timeout))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.header_timeout))
+        .keep_alive_timeout(limits.header_timeout);
+    builder
+}
+
+/// What one connection is doing, shared by its socket, its requests and
+/// its watchdog.
+struct ConnectionClock {
+    started: Instant,
+    /// Requests whose response is not finished.
+    in_flight: AtomicU32,
+    /// When (ms after `started`) the current wait began.
+    since_ms: AtomicU64,
+    /// The current wait is for a request's headers (else: idle).
+    awaiting_headers: AtomicBool,
+}
+
+/// What a connection without a request in flight waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Headers,
+    Idle,
+}
+
+impl ConnectionClock {
+    fn new() -> ConnectionClock {
+        ConnectionClock {
+            started: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            since_ms: AtomicU64::new(0),
+            // A new connection owes its first request's headers.
+            awaiting_headers: AtomicBool::new(true),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn start_waiting(&self, headers: bool) {
+        self.since_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.awaiting_headers.store(headers, Ordering::Release);
+    }
+
+    /// Bytes arrived: on an idle HTTP/1 connection they start a request.
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && !self.awaiting_headers.load(Ordering::Acquire)
+        {
+            self.start_waiting(true);
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn request_finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.start_waiting(false);
+        }
+    }
+
+    /// What the connection waits for and until when; `None` while a request
+    /// is in flight.
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Wait)> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let wait = if self.awaiting_headers.load(Ordering::Acquire) {
+            Wait::Headers
+        } else {
+            Wait::Idle
+        };
+        let limit = match wait {
+            Wait::Headers => limits.header_timeout,
+            Wait::Idle => limits.idle_timeout,
+        };
+        let since = Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
+        Some((self.started + since + limit, wait))
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && !self.awaiting_headers.load(Ordering::Acquire)
+    }
+}
+
+/// How long an idle connection asked to close may take to do so (an
+/// HTTP/2 peer must answer the GOAWAY's ping) before it is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// A connection's watchdog: serves it, and ends it when its deadline
+/// passes, when the cap is reached while it is idle, or at shutdown.
+struct Watch {
+    clock: Arc<ConnectionClock>,
+    limits: ConnectionLimits,
+    full: Arc<Notify>,
+    lifecycle: watch::Receiver<Lifecycle>,
+}
+
+impl Watch {
+    async fn run(mut self, conn: Connection) {
+        let mut conn = std::pin::pin!(conn);
+        // The deadline is looked at lazily, at least this often, so a
+        // connection closes at most a quarter of a limit late.
+        let slack = (self.limits.header_timeout.min(self.limits.idle_timeout) / 4)
+            .max(Duration::from_millis(10));
+        let sleep = tokio::time::sleep(slack);
+        let mut sleep = std::pin::pin!(sleep);
+        // Asked to finish (idle timeout, cap reached or shutdown).
+        let mut finishing = false;
+        // After an idle close was asked for: drop it if it lingers.
+        let mut hard_stop: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = sleep.as_mut() => {
+                    let now = Instant::now();
+                    if hard_stop.is_some_and(|t| t <= now) {
+                        return;
+                    }
+                    match self.clock.deadline(&self.limits) {
+                        None => sleep.as_mut().reset((now + slack).into()),
+                        Some((at, _)) if at > now => sleep.as_mut().reset(at.min(now + slack).into()),
+                        Some((_, Wait::Headers)) => {
+                            tracing::debug!("request headers not received within the header timeout; closing the connection");
+                            return;
+                        }
+                        Some((_, Wait::Idle)) => {
+                            if !finishing {
+                                finishing = true;
+                                finish(conn.as_mut());
+                            }
+                            let stop = now + CLOSE_WAIT.min(self.limits.header_timeout);
+                            hard_stop = Some(stop);
+                            sleep.as_mut().reset(stop.into());
+                        }
+                    }
+                }
+                () = self.full.notified(), if !finishing => {
+                    if self.clock.is_idle() {
+                        finishing = true;
+                        finish(conn.as_mut());
+                        let stop = Instant::now() + CLOSE_WAIT.min(self.limits.header_timeout);
+                        hard_stop = Some(stop);
+                        sleep.as_mut().reset(stop.into());
+                    }
+                }
+                changed = self.lifecycle.changed() => {
+                    let now = *self.lifecycle.borrow_and_update();
+                    if changed.is_err() || now == Lifecycle::Closing {
+                        return;
+                    }
+                    if now == Lifecycle::Draining && !finishing {
+                        finishing = true;
+                        finish(conn.as_mut());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One served connection.
+type Connection = hyper_util::server::conn::auto::UpgradeableConnection<
+    'static,
+    TokioIo<TrackedIo>,
+    TrackedService,
+    TokioExecutor,
+>;
+
+/// Asks `conn` to finish cleanly: HTTP/1 closes after the response in
+/// flight (at once when idle), HTTP/2 sends GOAWAY and closes when its
+/// open streams end.
+fn finish(conn: Pin<&mut Connection>) {
+    conn.graceful_shutdown();
+}
+
+/// The socket, noting bytes that arrive while the connection is idle.
+struct TrackedIo {
+    stream: TcpStream,
+    clock: Arc<ConnectionClock>,
+    /// The first bytes were looked at (an HTTP/2 preface or not).
+    first_read: bool,
+    /// HTTP/2: frames (pings, settings) arrive while idle; only streams count.
+    http2: bool,
+}
+
+impl TrackedIo {
+    fn new(stream: TcpStream, clock: Arc<ConnectionClock>) -> TrackedIo {
+        TrackedIo {
+            stream,
+            clock,
+            first_read: false,
+            http2: false,
+        }
+    }
+
+    fn arrived(&mut self, bytes: &[u8]) {
+        if !self.first_read {
+            self.first_read = true;
+            if bytes.starts_with(b"PRI ") {
+                // The HTTP/2 preface: the connection waits for streams, idle.
+                self.http2 = true;
+                self.clock.start_waiting(false);
+            }
+        } else if !self.http2 {
+            self.clock.bytes_arrived();
+        }
+    }
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.arrived(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The router, with each request counted in flight until its response
+/// body is done.
+struct TrackedService {
+    inner: TowerToHyperService<axum::Router>,
+    clock: Arc<ConnectionClock>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for TrackedService {
+    type Response = Response<TrackedBody>;
+    type Error = std::convert::Infallible;
+    type Future = TrackedFuture;
+
+    fn call(&self, req: Request<Incoming>) -> TrackedFuture {
+        self.clock.request_started();
+        TrackedFuture {
+            inner: self.inner.call(req),
+            guard: Some(InFlight(self.clock.clone())),
+        }
+    }
+}
+
+/// Counts one request in flight while it lives.
+struct InFlight(Arc<ConnectionClock>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// A request being answered; its guard moves into the response body.
+struct TrackedFuture {
+    inner: TowerToHyperServiceFuture<axum::Router, Request<Incoming>>,
+    guard: Option<InFlight>,
+}
+
+impl Future for TrackedFuture {
+    type Output = Result<Response<TrackedBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(resp)) => {
+                let guard = this.guard.take();
+                Poll::Ready(Ok(resp.map(|body| TrackedBody {
+                    body,
+                    _guard: guard,
+                })))
+            }
+            Poll::Ready(Err(never)) => match never {},
+        }
+    }
+}
+
+/// A response body that keeps its request counted until it is done.
+struct TrackedBody {
+    body: Body,
+    _guard: Option<InFlight>,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
