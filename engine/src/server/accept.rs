@@ -12,13 +12,17 @@
 //! - **idle** between requests on a kept-alive connection: closed (cleanly,
 //!   HTTP/2 peers get a GOAWAY) after the idle timeout;
 //! - **busy** (a request is being answered, including its response body):
-//!   no deadline; slow handlers are bounded where they wait, not here.
+//!   no deadline; slow handlers are bounded where they wait, not here. A
+//!   request body sent slowly is not cut either: the body limits bound its
+//!   size, not its pace.
 //!
-//! What the connection is doing comes from three cheap hooks: the socket
+//! What the connection is doing comes from two cheap hooks: the socket
 //! notes bytes that arrive while it is idle, and each request holds a guard
 //! from the moment its headers are parsed until its response body is done.
-//! hyper's own HTTP/1 header timeout (which starts when a connection turns
-//! idle) is kept as a backstop at idle + header timeout.
+//! The deadline is looked at when the connection's one timer fires, at
+//! least every quarter of the shorter limit, so a connection closes at most
+//! that late. hyper's own HTTP/1 header timeout (which starts when a
+//! connection turns idle) is kept as a backstop at idle + header timeout.
 //!
 //! At most `max_connections` connections are served at once: each holds a
 //! semaphore permit for its life. At the cap the loop stops accepting, so
@@ -32,14 +36,16 @@
 //! (HTTP/1 closes after the response in flight, HTTP/2 sends GOAWAY), and
 //! whatever is still open after the grace period is dropped.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use futures::task::AtomicWaker;
 use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -47,7 +53,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::Semaphore;
 
 /// How `sluice serve` limits its connections.
 #[derive(Debug, Clone, Copy)]
@@ -64,16 +70,6 @@ pub struct ConnectionLimits {
     pub grace: Duration,
 }
 
-/// What the accept loop tells every connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lifecycle {
-    Serving,
-    /// Finish the request in flight, take no more.
-    Draining,
-    /// The grace period is over: drop the connection now.
-    Closing,
-}
-
 /// Serves connections on `listener` until `shutdown` completes, then lets
 /// open ones finish for at most `limits.grace`.
 pub(super) async fn accept_loop(
@@ -86,9 +82,7 @@ pub(super) async fn accept_loop(
         .max_connections
         .clamp(1, Semaphore::MAX_PERMITS.min(1 << 24));
     let permits = Arc::new(Semaphore::new(max));
-    // Woken when the cap is reached: idle connections close to make room.
-    let full = Arc::new(Notify::new());
-    let (lifecycle_tx, lifecycle_rx) = watch::channel(Lifecycle::Serving);
+    let open = Arc::new(OpenConnections::default());
     let builder = Arc::new(builder(&limits));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -98,7 +92,7 @@ pub(super) async fn accept_loop(
             }
             // Full: idle connections close to make room. Said again every
             // second, for connections that turn idle meanwhile.
-            full.notify_waiters();
+            open.signal(Signal::SHED_IF_IDLE);
             tokio::select! {
                 p = permits.clone().acquire_owned() => break p.ok(),
                 () = &mut shutdown => break None,
@@ -128,19 +122,16 @@ pub(super) async fn accept_loop(
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        let watch = Watch {
-            clock,
-            limits,
-            full: full.clone(),
-            lifecycle: lifecycle_rx.clone(),
-        };
+        let id = open.add(clock.clone());
+        let open = open.clone();
         tokio::spawn(async move {
-            watch.run(conn).await;
+            watch(conn, &clock, limits).await;
+            open.remove(id);
             drop(permit);
         });
     }
     drop(listener);
-    let _ = lifecycle_tx.send(Lifecycle::Draining);
+    open.signal(Signal::FINISH);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(limits.grace, permits.acquire_many(all))
         .await
@@ -150,9 +141,53 @@ pub(super) async fn accept_loop(
             open = max - permits.available_permits(),
             "connections still open after the grace period; closing them"
         );
-        let _ = lifecycle_tx.send(Lifecycle::Closing);
+        open.signal(Signal::CLOSE);
         // Dropping a connection is immediate; this only lets the tasks run.
         let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
+    }
+}
+
+/// What the accept loop asks of a connection (bits).
+struct Signal;
+
+impl Signal {
+    /// The cap is reached: close if idle.
+    const SHED_IF_IDLE: u8 = 1;
+    /// Shutdown: finish the request in flight, take no more.
+    const FINISH: u8 = 2;
+    /// The grace period is over: drop the connection now.
+    const CLOSE: u8 = 4;
+}
+
+/// The open connections, for the accept loop to signal.
+#[derive(Default)]
+struct OpenConnections {
+    next: AtomicU64,
+    clocks: std::sync::Mutex<HashMap<u64, Arc<ConnectionClock>>>,
+}
+
+impl OpenConnections {
+    fn add(&self, clock: Arc<ConnectionClock>) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, clock);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn signal(&self, signal: u8) {
+        for clock in self.lock().values() {
+            if signal != Signal::SHED_IF_IDLE || clock.is_idle() {
+                clock.raise(signal);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnectionClock>>> {
+        // A panic while holding it cannot leave the map inconsistent.
+        self.clocks.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -173,8 +208,12 @@ fn builder(limits: &ConnectionLimits) -> Builder<TokioExecutor> {
     builder
 }
 
-/// What one connection is doing, shared by its socket, its requests and
-/// its watchdog.
+/// How long an idle connection asked to close may take to do so (an
+/// HTTP/2 peer must answer the GOAWAY's ping) before it is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// What one connection is doing, shared by its socket, its requests, its
+/// watchdog and the accept loop.
 struct ConnectionClock {
     started: Instant,
     /// Requests whose response is not finished.
@@ -183,6 +222,10 @@ struct ConnectionClock {
     since_ms: AtomicU64,
     /// The current wait is for a request's headers (else: idle).
     awaiting_headers: AtomicBool,
+    /// [`Signal`] bits raised by the accept loop, not yet handled.
+    signals: AtomicU8,
+    /// Wakes the connection's task when a signal is raised.
+    waker: AtomicWaker,
 }
 
 /// What a connection without a request in flight waits for.
@@ -200,6 +243,22 @@ impl ConnectionClock {
             since_ms: AtomicU64::new(0),
             // A new connection owes its first request's headers.
             awaiting_headers: AtomicBool::new(true),
+            signals: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn raise(&self, signal: u8) {
+        self.signals.fetch_or(signal, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// The signals raised since the last call; pending until there is one.
+    fn poll_signals(&self, cx: &mut Context<'_>) -> Poll<u8> {
+        self.waker.register(cx.waker());
+        match self.signals.swap(0, Ordering::AcqRel) {
+            0 => Poll::Pending,
+            bits => Poll::Ready(bits),
         }
     }
 
@@ -256,81 +315,67 @@ impl ConnectionClock {
     }
 }
 
-/// How long an idle connection asked to close may take to do so (an
-/// HTTP/2 peer must answer the GOAWAY's ping) before it is dropped.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
-
-/// A connection's watchdog: serves it, and ends it when its deadline
-/// passes, when the cap is reached while it is idle, or at shutdown.
-struct Watch {
-    clock: Arc<ConnectionClock>,
-    limits: ConnectionLimits,
-    full: Arc<Notify>,
-    lifecycle: watch::Receiver<Lifecycle>,
-}
-
-impl Watch {
-    async fn run(mut self, conn: Connection) {
-        let mut conn = std::pin::pin!(conn);
-        // The deadline is looked at lazily, at least this often, so a
-        // connection closes at most a quarter of a limit late.
-        let slack = (self.limits.header_timeout.min(self.limits.idle_timeout) / 4)
-            .max(Duration::from_millis(10));
-        let sleep = tokio::time::sleep(slack);
-        let mut sleep = std::pin::pin!(sleep);
-        // Asked to finish (idle timeout, cap reached or shutdown).
-        let mut finishing = false;
-        // After an idle close was asked for: drop it if it lingers.
-        let mut hard_stop: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
+/// Serves `conn`, and ends it when its deadline passes, when the cap is
+/// reached while it is idle, or at shutdown.
+///
+/// Only three things are polled when the connection wakes: the connection,
+/// its timer and an atomic; the deadline is looked at when the timer fires.
+async fn watch(conn: Connection, clock: &ConnectionClock, limits: ConnectionLimits) {
+    let mut conn = std::pin::pin!(conn);
+    // The deadline is looked at lazily, at least this often, so a
+    // connection closes at most a quarter of a limit late.
+    let slack = (limits.header_timeout.min(limits.idle_timeout) / 4).max(Duration::from_millis(10));
+    let sleep = tokio::time::sleep(slack);
+    let mut sleep = std::pin::pin!(sleep);
+    // Asked to finish (idle timeout, cap reached or shutdown).
+    let mut finishing = false;
+    // After an idle close was asked for: drop it if it lingers.
+    let mut hard_stop: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = sleep.as_mut() => {
+                let now = Instant::now();
+                if hard_stop.is_some_and(|t| t <= now) {
                     return;
                 }
-                () = sleep.as_mut() => {
-                    let now = Instant::now();
-                    if hard_stop.is_some_and(|t| t <= now) {
+                match clock.deadline(&limits) {
+                    None => sleep.as_mut().reset((now + slack).into()),
+                    Some((at, _)) if at > now => sleep.as_mut().reset(at.min(now + slack).into()),
+                    Some((_, Wait::Headers)) => {
+                        tracing::debug!("request headers not received within the header timeout; closing the connection");
                         return;
                     }
-                    match self.clock.deadline(&self.limits) {
-                        None => sleep.as_mut().reset((now + slack).into()),
-                        Some((at, _)) if at > now => sleep.as_mut().reset(at.min(now + slack).into()),
-                        Some((_, Wait::Headers)) => {
-                            tracing::debug!("request headers not received within the header timeout; closing the connection");
-                            return;
+                    Some((_, Wait::Idle)) => {
+                        if !finishing {
+                            finishing = true;
+                            finish(conn.as_mut());
                         }
-                        Some((_, Wait::Idle)) => {
-                            if !finishing {
-                                finishing = true;
-                                finish(conn.as_mut());
-                            }
-                            let stop = now + CLOSE_WAIT.min(self.limits.header_timeout);
-                            hard_stop = Some(stop);
-                            sleep.as_mut().reset(stop.into());
-                        }
-                    }
-                }
-                () = self.full.notified(), if !finishing => {
-                    if self.clock.is_idle() {
-                        finishing = true;
-                        finish(conn.as_mut());
-                        let stop = Instant::now() + CLOSE_WAIT.min(self.limits.header_timeout);
+                        let stop = now + CLOSE_WAIT.min(limits.header_timeout);
                         hard_stop = Some(stop);
                         sleep.as_mut().reset(stop.into());
                     }
                 }
-                changed = self.lifecycle.changed() => {
-                    let now = *self.lifecycle.borrow_and_update();
-                    if changed.is_err() || now == Lifecycle::Closing {
-                        return;
-                    }
-                    if now == Lifecycle::Draining && !finishing {
-                        finishing = true;
-                        finish(conn.as_mut());
-                    }
+            }
+            signals = std::future::poll_fn(|cx| clock.poll_signals(cx)) => {
+                if signals & Signal::CLOSE != 0 {
+                    return;
+                }
+                if signals & Signal::FINISH != 0 && !finishing {
+                    finishing = true;
+                    finish(conn.as_mut());
+                }
+                if signals & Signal::SHED_IF_IDLE != 0 && !finishing && clock.is_idle() {
+                    finishing = true;
+                    finish(conn.as_mut());
+                    let stop = Instant::now() + CLOSE_WAIT.min(limits.header_timeout);
+                    hard_stop = Some(stop);
+                    sleep.as_mut().reset(stop.into());
                 }
             }
         }
