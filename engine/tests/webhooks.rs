@@ -935,3 +935,62 @@ async fn an_endpoint_disabled_by_410_is_reported_as_a_system_error_to_another() 
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn an_endpoint_whose_connections_time_out_backs_off_too() {
+    let (store, _d) = sqlite_store().await;
+    // A listener that never accepts, its queue (backlog 1) filled by two
+    // connections of ours: the kernel drops further SYNs, so connecting
+    // hangs until the connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..2 {
+        fillers.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    add_endpoint(&store, &format!("http://{addr}/hook"), &[]).await;
+    for i in 0..20 {
+        sluice::webhooks::emit(&store, &format!("k-{i}"), "po.burst", None, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    let worker = DeliveryWorker::new(
+        store.clone(),
+        DeliveryConfig {
+            per_endpoint: 1,
+            attempt_timeout: Duration::from_secs(2),
+            ..test_config()
+        },
+    )
+    .unwrap();
+    for _ in 0..3 {
+        worker.run_once().await.unwrap();
+    }
+    let messages = store
+        .messages(&MessageFilter {
+            limit: 1000,
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    let attempted = messages.iter().filter(|m| m.attempts > 0).count();
+    assert!(
+        (1..=2).contains(&attempted),
+        "{attempted} of 20 messages spent an attempt on a connection that timed out"
+    );
+    assert!(
+        messages.iter().all(|m| m.status == MessageStatus::Pending),
+        "none given up"
+    );
+    // The attempt failed connecting (before the attempt's own deadline),
+    // which is what backs the endpoint off.
+    let first = messages.iter().find(|m| m.attempts > 0).unwrap();
+    let error = first.last_error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("request failed") && !error.contains("(connect, headers and body)"),
+        "{error}"
+    );
+    drop((fillers, listener));
+}

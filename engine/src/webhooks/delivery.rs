@@ -14,7 +14,8 @@
 //! endpoint are in flight (default 8, `SLUICE_WEBHOOK_PER_ENDPOINT`), and a
 //! claim takes at most four rounds of them per endpoint, so a backlog waits
 //! in the outbox rather than in a lease. When connecting to an endpoint
-//! fails, the endpoint backs off (1 s, doubling to 5 min): its other claimed
+//! fails or times out (after three quarters of the attempt timeout), the
+//! endpoint backs off (1 s, doubling to 5 min): its other claimed
 //! messages are given back without an attempt, due when the back-off ends, so
 //! an unreachable receiver does not burn every queued message's attempts.
 
@@ -190,7 +191,9 @@ impl DeliveryWorker {
             ))))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .connect_timeout(config.attempt_timeout)
+            // Shorter than the attempt, so an endpoint that cannot be
+            // reached fails as a connect error and backs off.
+            .connect_timeout(config.attempt_timeout.mul_f64(0.75))
             .pool_max_idle_per_host(config.per_endpoint.max(1))
             .user_agent(concat!("Sluice-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
