@@ -26,8 +26,14 @@ impl Drop for Server {
 
 impl Server {
     fn start(flows: &[(&str, &str)], extra: &[&str]) -> Server {
+        Self::start_with(flows, extra, |_| {})
+    }
+
+    /// Like [`Server::start`]; `before` gets the database URL first.
+    fn start_with(flows: &[(&str, &str)], extra: &[&str], before: impl FnOnce(&str)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}/sluice.db", dir.path().display());
+        before(&db);
         let flows_dir = dir.path().join("flows");
         std::fs::create_dir(&flows_dir).unwrap();
         for (name, yaml) in flows {
@@ -370,4 +376,66 @@ async fn http2_clients_are_served_and_their_idle_connections_closed() {
         closed_within(&mut raw, Duration::from_secs(15)).await,
         "idle HTTP/2 connection still held"
     );
+}
+
+const SLOW_FLOW: &str = r#"apiVersion: sluice/v1
+id: slow
+triggers:
+  - manual: {}
+steps:
+  - id: pause
+    wait: { duration: 2s }
+"#;
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits() {
+    let mut admin = String::new();
+    let mut s = Server::start_with(&[("slow.yaml", SLOW_FLOW)], &["--grace", "20s"], |db| {
+        let o = Command::new(BIN)
+            .args(["token", "create", "--name", "admin", "--scope", "admin"])
+            .env("SLUICE_DB", db)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        admin = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    });
+    let client = reqwest::Client::new();
+    let request = client
+        .post(format!("http://{}/v1/runs", s.addr))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"flow": "slow", "wait": true}))
+        .send();
+    let answer = tokio::spawn(request);
+    // SIGTERM while the request waits for its 2 s run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .expect("no answer")
+        .unwrap()
+        .expect("the request in flight was cut");
+    assert_eq!(answer.status(), 201);
+    let run: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    // Then the process ends, long before the grace period.
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still running {:?} after the last answer",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
