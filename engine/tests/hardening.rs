@@ -439,3 +439,34 @@ async fn sigterm_lets_a_request_in_flight_finish_then_exits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_request_body_that_stalls_is_cut_but_a_slow_steady_one_is_not() {
+    let s = Server::start(&[("open.yaml", OPEN_HOOK)], &["--header-timeout", "1s"]);
+    let head = "POST /v1/hooks/open HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n";
+    // Steady: the body in three pieces, each well within the limit.
+    let mut steady = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    steady.write_all(head.as_bytes()).await.unwrap();
+    for piece in [&b"{\"a\""[..], b": 12", b"345}"] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        steady.write_all(piece).await.unwrap();
+    }
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), steady.read_exact(&mut answer))
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 202");
+    // Stalled: two bytes of the body, then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(b"{\"").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), stalled.read_to_end(&mut answer))
+        .await
+        .expect("a stalled body still holds its connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    // 400: the body could not be read.
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}

@@ -34,7 +34,8 @@ pub(super) struct ServeArgs {
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 1000)]
     max_connections: usize,
     /// Time a client has to send a request's headers, from connecting or
-    /// from the first byte of its next request (e.g. 10s).
+    /// from the first byte of its next request; also the longest pause
+    /// inside a request body (e.g. 10s).
     #[arg(long, env = "SLUICE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     header_timeout: Duration,
     /// Time a kept-alive connection may sit idle between requests; keep it

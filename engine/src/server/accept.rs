@@ -12,9 +12,11 @@
 //! - **idle** between requests on a kept-alive connection: closed (cleanly,
 //!   HTTP/2 peers get a GOAWAY) after the idle timeout;
 //! - **busy** (a request is being answered, including its response body):
-//!   no deadline; slow handlers are bounded where they wait, not here. A
-//!   request body sent slowly is not cut either: the body limits bound its
-//!   size, not its pace.
+//!   no deadline; slow handlers are bounded where they wait, not here. Its
+//!   request body, though, must keep arriving: a wait of more than the
+//!   header timeout for the next piece fails the body (the handler answers
+//!   400 and the connection closes), so a body sent a byte now and then
+//!   cannot hold a slot for ever.
 //!
 //! What the connection is doing comes from two cheap hooks: the socket
 //! notes bytes that arrive while it is idle, and each request holds a guard
@@ -62,7 +64,8 @@ pub struct ConnectionLimits {
     /// backlog (and idle kept-alive ones are closed to make room).
     pub max_connections: usize,
     /// How long a client may take to send a request's headers, counted from
-    /// accept or from the first byte of a kept-alive connection's next request.
+    /// accept or from the first byte of a kept-alive connection's next
+    /// request; also the longest pause inside a request body.
     pub header_timeout: Duration,
     /// How long a kept-alive connection may sit idle between requests.
     pub idle_timeout: Duration,
@@ -118,6 +121,7 @@ pub(super) async fn accept_loop(
         let service = TrackedService {
             inner: TowerToHyperService::new(app.clone()),
             clock: clock.clone(),
+            body_stall: limits.header_timeout,
         };
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
@@ -478,10 +482,12 @@ impl AsyncWrite for TrackedIo {
 }
 
 /// The router, with each request counted in flight until its response
-/// body is done.
+/// body is done, and its body cut when it stalls.
 struct TrackedService {
     inner: TowerToHyperService<axum::Router>,
     clock: Arc<ConnectionClock>,
+    /// Longest wait for the next piece of a request body.
+    body_stall: Duration,
 }
 
 impl hyper::service::Service<Request<Incoming>> for TrackedService {
@@ -491,10 +497,82 @@ impl hyper::service::Service<Request<Incoming>> for TrackedService {
 
     fn call(&self, req: Request<Incoming>) -> TrackedFuture {
         self.clock.request_started();
+        let limit = self.body_stall;
         TrackedFuture {
-            inner: self.inner.call(req),
+            inner: self
+                .inner
+                .call(req.map(|body| StallingBody::new(body, limit))),
             guard: Some(InFlight(self.clock.clone())),
         }
+    }
+}
+
+/// A request body that fails when no piece of it arrives for `limit`, so a
+/// client sending its body a byte now and then cannot hold a connection
+/// (and its slot under the cap) for ever. The timer is made only when the
+/// body first has to wait.
+struct StallingBody {
+    body: Incoming,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer runs for the current wait.
+    armed: bool,
+}
+
+impl StallingBody {
+    fn new(body: Incoming, limit: Duration) -> StallingBody {
+        StallingBody {
+            body,
+            limit,
+            timer: None,
+            armed: false,
+        }
+    }
+}
+
+/// A request body stopped arriving.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled: nothing arrived for {0:?}")]
+struct BodyStalled(Duration);
+
+impl HttpBody for StallingBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if !this.armed {
+                    this.armed = true;
+                    let deadline = tokio::time::Instant::now() + this.limit;
+                    match &mut this.timer {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                }
+                let timer = this.timer.as_mut().expect("armed just above");
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(this.limit).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -509,7 +587,7 @@ impl Drop for InFlight {
 
 /// A request being answered; its guard moves into the response body.
 struct TrackedFuture {
-    inner: TowerToHyperServiceFuture<axum::Router, Request<Incoming>>,
+    inner: TowerToHyperServiceFuture<axum::Router, Request<StallingBody>>,
     guard: Option<InFlight>,
 }
 

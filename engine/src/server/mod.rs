@@ -86,7 +86,8 @@ pub struct ServeConfig {
     /// listen backlog until one closes (idle ones close to make room).
     pub max_connections: usize,
     /// How long a client may take to send a request's headers (from accept,
-    /// or from the first byte of the next request on a kept-alive connection).
+    /// or from the first byte of the next request on a kept-alive
+    /// connection); also the longest pause inside a request body.
     pub header_timeout: Duration,
     /// How long a kept-alive connection may sit idle between requests.
     pub idle_timeout: Duration,
