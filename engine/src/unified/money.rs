@@ -73,7 +73,26 @@ pub fn parse(v: &Value) -> Result<Option<Decimal>, String> {
             if let Some(u) = n.as_u64() {
                 return Ok(Some(Decimal::from(u)));
             }
-            from_f64(n.as_f64().unwrap_or(f64::NAN)).map(Some)
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Fast path: the shortest text of the double is the decimal when
+            // it has at most 15 significant digits (the mapping's hot path
+            // reads back numbers it wrote).
+            if f.is_finite() {
+                let mut buf = ryu::Buffer::new();
+                let text = buf.format_finite(f);
+                if !text.contains(['e', 'E'])
+                    && text
+                        .bytes()
+                        .filter(u8::is_ascii_digit)
+                        .skip_while(|b| *b == b'0')
+                        .count()
+                        <= JSON_DIGITS as usize
+                    && let Ok(d) = Decimal::from_str_exact(text)
+                {
+                    return Ok(Some(d.normalize()));
+                }
+            }
+            from_f64(f).map(Some)
         }
         Value::String(s) => {
             let t = s.trim();
