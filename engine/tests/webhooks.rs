@@ -836,7 +836,16 @@ async fn a_slow_receiver_with_a_small_backlog_gets_every_message_once_without_a_
         attempt_timeout: defaults.attempt_timeout,
         ..test_config()
     };
-    deliver_all(&store, config).await;
+    // The server's loop.
+    let worker = DeliveryWorker::new(store.clone(), config).unwrap();
+    let all_delivered = async {
+        while store.undelivered_count().await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), worker.run_until(all_delivered))
+        .await
+        .expect("messages still undelivered");
     let (_, most, ids) = state.lock().unwrap().clone();
     let mut unique = ids.clone();
     unique.sort();
@@ -993,4 +1002,126 @@ async fn an_endpoint_whose_connections_time_out_backs_off_too() {
         "{error}"
     );
     drop((fillers, listener));
+}
+
+#[tokio::test]
+async fn an_endpoint_that_times_out_does_not_hold_back_another_endpoints_deliveries() {
+    let (store, _d) = sqlite_store().await;
+    // Endpoint A never answers; its attempts run until the 60 s deadline.
+    let app = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        StatusCode::OK
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let a = add_endpoint(&store, &format!("http://{silent}/hook"), &["slow.*"]).await;
+    let b = Receiver::start(vec![]).await;
+    add_endpoint(&store, &b.url(), &["fast.*"]).await;
+    // A's messages are older, so they are claimed first.
+    for i in 0..60 {
+        sluice::webhooks::emit(&store, &format!("a-{i}"), "slow.e", None, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    for i in 0..200 {
+        sluice::webhooks::emit(&store, &format!("b-{i}"), "fast.e", None, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    let worker = DeliveryWorker::new(
+        store.clone(),
+        DeliveryConfig {
+            attempt_timeout: Duration::from_secs(60),
+            ..test_config()
+        },
+    )
+    .unwrap();
+    let b_done = async {
+        while b.received().len() < 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // With a batch that waits for its slowest delivery, B would get 32
+    // messages and then wait for A's 60 s deadlines.
+    tokio::time::timeout(Duration::from_secs(45), worker.run_until(b_done))
+        .await
+        .unwrap_or_else(|_| panic!("B got {} of 200 while A hung", b.received().len()));
+    let messages = store
+        .messages(&MessageFilter {
+            limit: 1000,
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    let (a_msgs, b_msgs): (Vec<_>, Vec<_>) = messages.iter().partition(|m| m.endpoint_id == a.id);
+    assert_eq!(b_msgs.len(), 200);
+    assert!(b_msgs.iter().all(|m| m.status == MessageStatus::Delivered));
+    // None of A's finished an attempt: B was never waiting behind them.
+    assert!(a_msgs.iter().all(|m| m.attempts == 0), "{a_msgs:?}");
+}
+
+#[tokio::test]
+async fn claims_on_postgres_leave_out_the_endpoints_asked_to_skip() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("skipped: SLUICE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    // A database of its own: claims take every due message, so other tests'
+    // workers on the shared one would take these too.
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let admin = sqlx::postgres::PgPool::connect(&url).await.unwrap();
+    let name = format!("sluice_claims_{unique}");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let own = match url.rfind('/') {
+        Some(i) => format!("{}/{name}", &url[..i]),
+        None => panic!("no database in {url}"),
+    };
+    let store = Store::connect(&own).await.unwrap();
+    let a = add_endpoint(
+        &store,
+        "http://127.0.0.1:1/a",
+        &[&format!("skip{unique}.a")],
+    )
+    .await;
+    let b = add_endpoint(
+        &store,
+        "http://127.0.0.1:1/b",
+        &[&format!("skip{unique}.b")],
+    )
+    .await;
+    // Messages for these two endpoints only.
+    for ty in ["a", "b"] {
+        for i in 0..3 {
+            let env = sluice::webhooks::Envelope::new(
+                &format!("{unique}-{ty}-{i}"),
+                &format!("skip{unique}.{ty}"),
+                None,
+                json!({"i": i}),
+            );
+            let messages = sluice::webhooks::route(&[a.clone(), b.clone()], &env, None);
+            store.enqueue_messages(&messages).await.unwrap();
+        }
+    }
+    let claimed = store
+        .claim_messages_except(
+            "skip-test",
+            Duration::from_secs(60),
+            100_000,
+            2,
+            std::slice::from_ref(&a.id),
+        )
+        .await
+        .unwrap();
+    let of = |id: &str| claimed.iter().filter(|m| m.endpoint_id == id).count();
+    assert_eq!((of(&a.id), of(&b.id)), (0, 2), "(A, B) claimed");
+    drop(store);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
 }

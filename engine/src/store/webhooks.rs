@@ -378,9 +378,30 @@ impl Store {
         limit: i64,
         per_endpoint: i64,
     ) -> Result<Vec<ClaimedMessage>, StoreError> {
+        self.claim_messages_except(owner, lease, limit, per_endpoint, &[])
+            .await
+    }
+
+    /// Like [`Store::claim_messages_per_endpoint`], leaving out the messages
+    /// of the endpoints in `skip` (those the caller has enough of already).
+    pub async fn claim_messages_except(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: i64,
+        per_endpoint: i64,
+        skip: &[String],
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
         let now = now_ms();
+        // `$6, $7, ...`: one placeholder per skipped endpoint.
+        let skip_sql = if skip.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 6)).collect();
+            format!(" AND endpoint_id NOT IN ({})", marks.join(", "))
+        };
         const DUE: &str = "((status = 'pending' AND next_attempt_at <= $3) OR (status = 'delivering' AND lease_expires_at < $3))";
-        let sql = if per_endpoint == i64::MAX {
+        let sql = if per_endpoint == i64::MAX && skip.is_empty() {
             match self.backend {
                 Backend::Postgres => format!(
                     "UPDATE webhook_messages SET status = 'delivering', lease_owner = $1, lease_expires_at = $2 WHERE id IN (SELECT id FROM webhook_messages WHERE {DUE} ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) AND $5 > 0 RETURNING id, event_id, endpoint_id, body, attempts, created_at"
@@ -393,19 +414,21 @@ impl Store {
             format!(
                 "UPDATE webhook_messages SET status = 'delivering', lease_owner = $1, lease_expires_at = $2 \
                  WHERE id IN (SELECT id FROM (SELECT id, next_attempt_at, ROW_NUMBER() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS n \
-                 FROM webhook_messages WHERE {DUE}) c WHERE n <= $5 ORDER BY next_attempt_at LIMIT $4) AND {DUE} \
+                 FROM webhook_messages WHERE {DUE}{skip_sql}) c WHERE n <= $5 ORDER BY next_attempt_at LIMIT $4) AND {DUE} \
                  RETURNING id, event_id, endpoint_id, body, attempts, created_at"
             )
         };
         // `$5 > 0` keeps one parameter list for every form of the query.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(owner)
             .bind(now + ms(lease))
             .bind(now)
             .bind(limit)
-            .bind(per_endpoint)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(per_endpoint);
+        for endpoint in skip {
+            query = query.bind(endpoint.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(ClaimedMessage {

@@ -277,13 +277,24 @@ impl DeliveryWorker {
     }
 
     /// Delivers until `stop` resolves, waking as soon as messages arrive.
+    ///
+    /// Unlike [`DeliveryWorker::run_once`], deliveries run as a pipeline:
+    /// messages are claimed whenever a delivery finishes, so an endpoint that
+    /// times out holds back its own messages only. An endpoint never has
+    /// more than four rounds of its cap claimed (see
+    /// [`DeliveryWorker::claim_for_pipeline`]).
     pub async fn run_until(&self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        // Per endpoint: messages claimed and not finished.
+        let mut claimed: HashMap<String, usize> = HashMap::new();
+        // After a store error, claims pause for a second.
+        let mut claim_after = Instant::now();
         loop {
-            let work = async {
-                match self.run_once().await {
-                    Ok(0) => self.store.outbox_changed(Duration::from_millis(250)).await,
-                    Ok(_) => {}
+            let room = self.config.concurrency.saturating_sub(in_flight.len());
+            if room > 0 && Instant::now() >= claim_after {
+                let next = match self.claim_for_pipeline(room, &mut claimed).await {
+                    Ok(next) => next,
                     Err(e) => {
                         tracing::error!(error = %e, "webhook delivery worker failed; retrying in 1 s");
                         // Once a minute at most (the key dedupes within it).
@@ -295,15 +306,81 @@ impl DeliveryWorker {
                             serde_json::Value::Null,
                         )
                         .await;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        claim_after = Instant::now() + Duration::from_secs(1);
+                        Vec::new()
+                    }
+                };
+                for (m, endpoints) in next {
+                    in_flight.push(async move {
+                        let endpoint = m.endpoint_id.clone();
+                        (endpoint, self.deliver(m, &endpoints).await)
+                    });
+                }
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                Some((endpoint, result)) = in_flight.next() => {
+                    if let Some(n) = claimed.get_mut(&endpoint) {
+                        *n -= 1;
+                        if *n == 0 {
+                            claimed.remove(&endpoint);
+                        }
+                    }
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "webhook delivery could not record an attempt");
                     }
                 }
-            };
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = work => {}
+                () = self.store.outbox_changed(Duration::from_millis(250)) => {}
             }
         }
+    }
+
+    /// Claims up to `room` due messages for [`DeliveryWorker::run_until`],
+    /// each with the endpoints it may be sent to. An endpoint gets at most
+    /// two rounds of its cap per claim, and none while it already has two
+    /// (so never more than four rounds waiting, well within the lease).
+    async fn claim_for_pipeline(
+        &self,
+        room: usize,
+        claimed: &mut HashMap<String, usize>,
+    ) -> Result<Vec<(ClaimedMessage, Arc<HashMap<String, Endpoint>>)>, StoreError> {
+        let rounds = self.config.per_endpoint.max(1) * 2;
+        let limit = i64::try_from(room)
+            .unwrap_or(i64::MAX)
+            .min(self.config.batch);
+        let full: Vec<String> = claimed
+            .iter()
+            .filter(|(_, n)| **n >= rounds)
+            .map(|(e, _)| e.clone())
+            .collect();
+        let batch = self
+            .store
+            .claim_messages_except(
+                &self.owner,
+                self.config.lease,
+                limit,
+                i64::try_from(rounds).unwrap_or(i64::MAX),
+                &full,
+            )
+            .await?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let endpoints: Arc<HashMap<String, Endpoint>> = Arc::new(
+            self.store
+                .endpoints()
+                .await?
+                .into_iter()
+                .map(|e| (e.id.clone(), e))
+                .collect(),
+        );
+        Ok(batch
+            .into_iter()
+            .map(|m| {
+                *claimed.entry(m.endpoint_id.clone()).or_default() += 1;
+                (m, endpoints.clone())
+            })
+            .collect())
     }
 
     /// Delivers everything due now, until nothing is due or `max` passes.
