@@ -124,10 +124,17 @@ pub fn to_json(d: Decimal) -> Result<Value, String> {
             "{d} has more than {JSON_DIGITS} significant digits, which a JSON number cannot carry exactly"
         ));
     }
-    let f: f64 = d
-        .to_string()
-        .parse()
-        .map_err(|_| format!("{d} is not a number"))?;
+    // Clinger's fast path: a mantissa below 2^53 and a power of ten up to
+    // 10^22 are exact doubles, and IEEE division rounds correctly, so this is
+    // the double nearest the decimal, as parsing its text would give.
+    let m = d.mantissa();
+    let f: f64 = if m.unsigned_abs() < (1u128 << 53) && d.scale() <= 22 {
+        m as f64 / 10f64.powi(d.scale() as i32)
+    } else {
+        d.to_string()
+            .parse()
+            .map_err(|_| format!("{d} is not a number"))?
+    };
     serde_json::Number::from_f64(f)
         .map(Value::Number)
         .ok_or_else(|| format!("{d} is not a finite number"))
@@ -292,6 +299,25 @@ mod tests {
                 .to_string(),
             "13144"
         );
+    }
+
+    #[test]
+    fn the_fast_double_is_the_parsed_double() {
+        for text in [
+            "0.1",
+            "13144.9",
+            "32.86",
+            "9999999999999.99",
+            "0.000001",
+            "-12.345",
+            "123456.789012345",
+        ] {
+            let d = dec(text);
+            let Value::Number(n) = to_json(d).unwrap() else {
+                unreachable!()
+            };
+            assert_eq!(n.as_f64().unwrap(), text.parse::<f64>().unwrap(), "{text}");
+        }
     }
 
     #[test]
