@@ -1125,3 +1125,59 @@ async fn claims_on_postgres_leave_out_the_endpoints_asked_to_skip() {
     .execute(&admin)
     .await;
 }
+
+#[tokio::test]
+async fn a_message_whose_lease_could_run_out_mid_attempt_goes_back_unattempted() {
+    let (store, _d) = sqlite_store().await;
+    // 700 ms per request.
+    let rx = Receiver::start(vec![Reply::Sleep(Duration::from_millis(700)); 8]).await;
+    add_endpoint(&store, &rx.url(), &[]).await;
+    for i in 0..4 {
+        sluice::webhooks::emit(&store, &format!("k-{i}"), "po.lease", None, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    // One at a time, 1 s per attempt, a 4 s lease: an attempt may start only
+    // within 1 s of the claim, so that it ends within half the lease. One
+    // claim takes all four, which would need 2.8 s one after another.
+    let worker = DeliveryWorker::new(
+        store.clone(),
+        DeliveryConfig {
+            per_endpoint: 1,
+            attempt_timeout: Duration::from_secs(1),
+            lease: Duration::from_secs(4),
+            ..test_config()
+        },
+    )
+    .unwrap();
+    assert_eq!(worker.run_once().await.unwrap(), 4, "claimed");
+    let messages = store
+        .messages(&MessageFilter {
+            limit: 100,
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap();
+    let attempted = messages.iter().filter(|m| m.attempts > 0).count();
+    assert!(
+        (1..=2).contains(&attempted),
+        "{attempted} of 4 attempted within one claim"
+    );
+    // The others went back without spending an attempt, due at once.
+    assert!(
+        messages
+            .iter()
+            .filter(|m| m.attempts == 0)
+            .all(|m| m.status == MessageStatus::Pending)
+    );
+    // Later claims deliver them, each once.
+    deliver_all(&store, test_config()).await;
+    let mut ids: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((rx.received().len(), ids.len()), (4, 4));
+}

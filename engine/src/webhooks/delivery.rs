@@ -18,6 +18,9 @@
 //! endpoint backs off (1 s, doubling to 5 min): its other claimed
 //! messages are given back without an attempt, due when the back-off ends, so
 //! an unreachable receiver does not burn every queued message's attempts.
+//! A message that waited for its endpoint so long that its attempt could
+//! outlast half the lease goes back too (due at once): once a lease runs out
+//! another worker may claim the message, and both would deliver it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,7 +57,9 @@ pub struct DeliveryConfig {
     pub attempt_timeout: Duration,
     /// How much of a response body is kept in the attempt log.
     pub max_response_bytes: usize,
-    /// How long a claimed message stays with this worker.
+    /// How long a claimed message stays with this worker; a worker raises
+    /// it to at least four attempt timeouts (an attempt starts only while
+    /// it can end within half the lease).
     pub lease: Duration,
     /// Messages claimed at once.
     pub batch: i64,
@@ -183,7 +188,8 @@ enum Outcome {
 
 impl DeliveryWorker {
     /// A worker on `store`.
-    pub fn new(store: Store, config: DeliveryConfig) -> Result<DeliveryWorker, String> {
+    pub fn new(store: Store, mut config: DeliveryConfig) -> Result<DeliveryWorker, String> {
+        config.lease = config.lease.max(config.attempt_timeout.saturating_mul(4));
         let config = Arc::new(config);
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver::new(Arc::new(
@@ -245,6 +251,8 @@ impl DeliveryWorker {
     /// Claims one batch of due messages and delivers it. Returns the number of attempts.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
         let per_endpoint = i64::try_from(self.config.per_endpoint.max(1) * 4).unwrap_or(i64::MAX);
+        // Taken before the claim, so it is no later than the lease's start.
+        let claimed_at = Instant::now();
         let claimed = self
             .store
             .claim_messages_per_endpoint(
@@ -266,7 +274,7 @@ impl DeliveryWorker {
             .collect();
         let n = claimed.len();
         let results: Vec<Result<(), StoreError>> = futures::stream::iter(claimed)
-            .map(|m| self.deliver(m, &endpoints))
+            .map(|m| self.deliver(m, &endpoints, claimed_at))
             .buffer_unordered(self.config.concurrency)
             .collect()
             .await;
@@ -293,6 +301,7 @@ impl DeliveryWorker {
         loop {
             let room = self.config.concurrency.saturating_sub(in_flight.len());
             if room > 0 && Instant::now() >= claim_after {
+                let claimed_at = Instant::now();
                 let next = match self.claim_for_pipeline(room, &mut claimed).await {
                     Ok(next) => next,
                     Err(e) => {
@@ -313,7 +322,7 @@ impl DeliveryWorker {
                 for (m, endpoints) in next {
                     in_flight.push(async move {
                         let endpoint = m.endpoint_id.clone();
-                        (endpoint, self.deliver(m, &endpoints).await)
+                        (endpoint, self.deliver(m, &endpoints, claimed_at).await)
                     });
                 }
             }
@@ -402,10 +411,13 @@ impl DeliveryWorker {
         Ok(report)
     }
 
+    /// Delivers `m`, claimed at `claimed_at`, once its endpoint has a free
+    /// slot.
     async fn deliver(
         &self,
         m: ClaimedMessage,
         endpoints: &HashMap<String, Endpoint>,
+        claimed_at: Instant,
     ) -> Result<(), StoreError> {
         let attempt = m.attempts + 1;
         // One endpoint's share of the in-flight requests.
@@ -413,6 +425,12 @@ impl DeliveryWorker {
         let _permit = slot.acquire().await.expect("slots are never closed");
         if let Some(until) = self.backing_off(&m.endpoint_id) {
             return self.defer(&m, until).await;
+        }
+        // An attempt that could outlast half the lease is not started: once
+        // the lease runs out another worker may claim the message, and both
+        // would deliver it. It goes back to the outbox, due now.
+        if claimed_at.elapsed() + self.config.attempt_timeout > self.config.lease / 2 {
+            return self.defer(&m, Instant::now()).await;
         }
         let started_at = now_ms();
         let t0 = Instant::now();
