@@ -23,8 +23,7 @@
 //! from the moment its headers are parsed until its response body is done.
 //! The deadline is looked at when the connection's one timer fires, at
 //! least every quarter of the shorter limit, so a connection closes at most
-//! that late. hyper's own HTTP/1 header timeout (which starts when a
-//! connection turns idle) is kept as a backstop at idle + header timeout.
+//! that late; no timer is made or reset per request.
 //!
 //! At most `max_connections` connections are served at once: each holds a
 //! semaphore permit for its life. At the cap the loop stops accepting, so
@@ -200,9 +199,10 @@ fn builder(limits: &ConnectionLimits) -> Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        // The watchdog enforces both limits; hyper's timer, which starts
-        // when a connection turns idle, is a backstop.
-        .header_read_timeout(limits.idle_timeout.saturating_add(limits.header_timeout))
+        // The watchdog enforces both limits. hyper's own header timeout
+        // (which starts when a connection turns idle, so it cannot tell idle
+        // from slow) would make and drop a timer per request: off.
+        .header_read_timeout(None)
         .keep_alive(true);
     builder
         .http2()
@@ -337,6 +337,8 @@ async fn watch(conn: Connection, clock: &ConnectionClock, limits: ConnectionLimi
     let mut hard_stop: Option<Instant> = None;
     loop {
         tokio::select! {
+            // The connection first: it is what wakes the task nearly always.
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "connection ended with an error");
