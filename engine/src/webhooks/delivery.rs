@@ -21,6 +21,8 @@
 //! A message that waited for its endpoint so long that its attempt could
 //! outlast half the lease goes back too (due at once): once a lease runs out
 //! another worker may claim the message, and both would deliver it.
+//! (A lease shorter than an attempt can still run out mid-attempt; that is
+//! the configuration's doing, and delivery stays at least once.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,9 +59,10 @@ pub struct DeliveryConfig {
     pub attempt_timeout: Duration,
     /// How much of a response body is kept in the attempt log.
     pub max_response_bytes: usize,
-    /// How long a claimed message stays with this worker; a worker raises
-    /// it to at least four attempt timeouts (an attempt starts only while
-    /// it can end within half the lease).
+    /// How long a claimed message stays with this worker. When it is over
+    /// two attempt timeouts (the default: 60 s and 10 s), a message that had
+    /// to wait for its endpoint starts an attempt only if the attempt can end
+    /// within half of it.
     pub lease: Duration,
     /// Messages claimed at once.
     pub batch: i64,
@@ -188,8 +191,7 @@ enum Outcome {
 
 impl DeliveryWorker {
     /// A worker on `store`.
-    pub fn new(store: Store, mut config: DeliveryConfig) -> Result<DeliveryWorker, String> {
-        config.lease = config.lease.max(config.attempt_timeout.saturating_mul(4));
+    pub fn new(store: Store, config: DeliveryConfig) -> Result<DeliveryWorker, String> {
         let config = Arc::new(config);
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver::new(Arc::new(
@@ -422,14 +424,23 @@ impl DeliveryWorker {
         let attempt = m.attempts + 1;
         // One endpoint's share of the in-flight requests.
         let slot = self.slot(&m.endpoint_id);
-        let _permit = slot.acquire().await.expect("slots are never closed");
+        let (_permit, waited) = match slot.try_acquire() {
+            Ok(permit) => (permit, false),
+            Err(_) => (slot.acquire().await.expect("slots are never closed"), true),
+        };
         if let Some(until) = self.backing_off(&m.endpoint_id) {
             return self.defer(&m, until).await;
         }
-        // An attempt that could outlast half the lease is not started: once
-        // the lease runs out another worker may claim the message, and both
-        // would deliver it. It goes back to the outbox, due now.
-        if claimed_at.elapsed() + self.config.attempt_timeout > self.config.lease / 2 {
+        // After waiting for the endpoint, an attempt that could outlast half
+        // the lease is not started: once the lease runs out another worker
+        // may claim the message, and both would deliver it. It goes back to
+        // the outbox, due now. (With a lease under two attempt timeouts no
+        // waiting message could ever start; then this is not checked.)
+        let half_lease = self.config.lease / 2;
+        if waited
+            && self.config.attempt_timeout < half_lease
+            && claimed_at.elapsed() + self.config.attempt_timeout > half_lease
+        {
             return self.defer(&m, Instant::now()).await;
         }
         let started_at = now_ms();
