@@ -87,6 +87,7 @@ pub(super) async fn accept_loop(
     let open = Arc::new(OpenConnections::default());
     let builder = Arc::new(builder(&limits));
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_accept_warning: Option<Instant> = None;
     loop {
         let permit = loop {
             if let Ok(p) = permits.clone().try_acquire_owned() {
@@ -106,8 +107,12 @@ pub(super) async fn accept_loop(
             r = listener.accept() => match r {
                 Ok((stream, _peer)) => stream,
                 Err(e) => {
-                    // Out of file descriptors, mostly: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed; retrying shortly");
+                    // Out of file descriptors, mostly: back off instead of
+                    // spinning, and say so once a minute, not 20 times a second.
+                    if last_accept_warning.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(error = %e, "accept failed; retrying every 50 ms (is the open-files limit below --max-connections?)");
+                        last_accept_warning = Some(Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
