@@ -278,8 +278,9 @@ async fn at_the_connection_cap_idle_connections_are_closed_to_make_room() {
     .await
     .expect("a third connection waited behind two idle ones");
     assert_eq!(status, 200);
+    // Both were idle when the third came: both were closed for it.
     for c in &mut idle {
-        assert!(closed_within(c, Duration::from_secs(5)).await);
+        assert!(closed_within(c, Duration::from_secs(15)).await);
     }
 }
 

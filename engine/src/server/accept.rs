@@ -26,10 +26,11 @@
 //! that late; no timer is made or reset per request.
 //!
 //! At most `max_connections` connections are served at once: each holds a
-//! semaphore permit for its life. At the cap the loop stops accepting, so
+//! semaphore permit for its life. At the cap the loop holds the one
+//! connection it just accepted until a permit frees and stops accepting, so
 //! new connections (a load balancer's `/healthz` among them) wait in the
-//! kernel's listen backlog rather than being refused, and idle kept-alive
-//! connections are closed at once to make room. A flood of half-sent
+//! kernel's listen backlog rather than being refused; and since someone is
+//! waiting, idle kept-alive connections are closed at once to make room. A flood of half-sent
 //! requests therefore delays a new connection by at most the header
 //! timeout; it cannot keep it out.
 //!
@@ -89,20 +90,6 @@ pub(super) async fn accept_loop(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut last_accept_warning: Option<Instant> = None;
     loop {
-        let permit = loop {
-            if let Ok(p) = permits.clone().try_acquire_owned() {
-                break Some(p);
-            }
-            // Full: idle connections close to make room. Said again every
-            // second, for connections that turn idle meanwhile.
-            open.signal(Signal::SHED_IF_IDLE);
-            tokio::select! {
-                p = permits.clone().acquire_owned() => break p.ok(),
-                () = &mut shutdown => break None,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        };
-        let Some(permit) = permit else { break };
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _peer)) => stream,
@@ -119,6 +106,22 @@ pub(super) async fn accept_loop(
             },
             () = &mut shutdown => break,
         };
+        // Accepted before its slot, so the cap is known to be in demand: at
+        // most this one connection waits accepted, the rest in the backlog.
+        let permit = loop {
+            if let Ok(p) = permits.clone().try_acquire_owned() {
+                break Some(p);
+            }
+            // Full: idle connections close to make room. Said again every
+            // second, for connections that turn idle meanwhile.
+            open.signal(Signal::SHED_IF_IDLE);
+            tokio::select! {
+                p = permits.clone().acquire_owned() => break p.ok(),
+                () = &mut shutdown => break None,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
+        let Some(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
         let clock = Arc::new(ConnectionClock::new());
         let io = TrackedIo::new(stream, clock.clone());
