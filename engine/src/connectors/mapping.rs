@@ -338,6 +338,9 @@ struct Field {
     catch_all: Option<Value>,
     /// (path, values that make it hold, the field's value then).
     cases: Vec<(FastPath, Vec<Value>, Value)>,
+    /// The model's field is a number: a value made by the exact decimal
+    /// code is already in the model's form.
+    number: bool,
 }
 
 #[derive(Debug)]
@@ -729,6 +732,11 @@ fn compile_fields(
                 default: spec.default.clone(),
                 catch_all: None,
                 cases,
+                number: shape.is_number(
+                    shape
+                        .index_of(name)
+                        .expect("the shape has every field of the schema"),
+                ),
             });
         }
     }
@@ -788,6 +796,7 @@ fn map_fields(
                         .checked_mul(factor)
                         .ok_or_else(|| fail(f, "the product is out of range".into()))?;
                 }
+                checked = f.number;
                 money::to_json(acc).map_err(|m| fail(f, m))?
             }
             Src::Sum(p) => {
@@ -797,6 +806,7 @@ fn map_fields(
                         .map_err(|m| fail(f, m))?
                         .unwrap_or(Decimal::ZERO);
                 }
+                checked = f.number;
                 money::to_json(acc).map_err(|m| fail(f, m))?
             }
             Src::FromLines(field, lines) => {
@@ -810,6 +820,7 @@ fn map_fields(
                             .unwrap_or(Decimal::ZERO);
                     }
                 }
+                checked = f.number;
                 money::to_json(acc).map_err(|m| fail(f, m))?
             }
             Src::Each(items, sub, shape) => {
@@ -855,6 +866,7 @@ fn map_fields(
             continue;
         }
         let v = if (f.divide_by.is_some() || f.round.is_some()) && !v.is_null() {
+            checked = f.number;
             arithmetic(f, v, src).map_err(|m| fail(f, m))?
         } else {
             v
@@ -865,7 +877,7 @@ fn map_fields(
                 checked = matches!(
                     c,
                     Converter::SapDate | Converter::Datetime | Converter::Date
-                );
+                ) || (c == Converter::Number && f.number);
                 convert(c, &v).map_err(|m| fail(f, m))?
             }
             _ => v,
@@ -938,11 +950,19 @@ fn arithmetic(f: &Field, v: Value, src: &Value) -> Result<Value, String> {
                 None => return Err(format!("cannot divide by `{text}`: it is missing")),
             },
         };
-        d = money::round_quotient(
-            d.checked_div(by)
-                .ok_or_else(|| format!("{d} / {by} is out of range"))?,
-            f.round.unwrap_or(money::DIVISION_SCALE),
-        );
+        // A price unit of 1 (the common case) divides nothing.
+        if by != Decimal::ONE {
+            d = money::round_quotient(
+                d.checked_div(by)
+                    .ok_or_else(|| format!("{d} / {by} is out of range"))?,
+                f.round.unwrap_or(money::DIVISION_SCALE),
+            );
+        } else if let Some(scale) = f.round {
+            d = d.round_dp_with_strategy(
+                scale,
+                rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+            );
+        }
     } else if let Some(scale) = f.round {
         d = d.round_dp_with_strategy(scale, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
     }
@@ -1221,6 +1241,7 @@ mod tests {
             divide_by: None,
             round: None,
             cases: Vec::new(),
+            number: false,
         };
         let with = [field(Some(json!("other")))];
         let before = unmapped_values();

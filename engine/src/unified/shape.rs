@@ -219,6 +219,14 @@ impl Shape {
         self.fields.iter().position(|f| f.name == name)
     }
 
+    /// Whether the field at `slot` is a non-nullable number (a value that
+    /// [`super::money::to_json`] made needs no second check there).
+    pub fn is_number(&self, slot: usize) -> bool {
+        self.fields
+            .get(slot)
+            .is_some_and(|f| matches!(f.kind, Kind::Num) && !f.nullable)
+    }
+
     /// The shape of the elements of a list field (a purchase order's `lines`).
     pub fn list_shape(&self, name: &str) -> Option<&Shape> {
         self.fields.iter().find_map(|f| match &f.kind {
