@@ -1173,3 +1173,42 @@ fn a_broken_connector_definition_is_reported_and_skipped() {
     assert!(out.contains("tiny"), "{out}");
     assert!(!out.contains("broken"), "{out}");
 }
+
+#[test]
+fn connector_validate_points_at_a_template_variable_that_does_not_exist() {
+    let (dir, db) = temp_db();
+    let file = dir.path().join("paged.yaml");
+    // An offset paginator places `offset`; `ofset` is a typo, and a
+    // next-link paginator has no `offset` at all (it would be 0 on every
+    // page, the first page over and over).
+    let def = |position: &str, paginator: &str| {
+        format!(
+            "apiVersion: sluice/connector/v1\nid: paged\nname: Paged\nparameters:\n  base_url: {{}}\nauth: {{ type: none }}\ntest: {{ path: /ping }}\nentities:\n  vendor:\n    list:\n      request:\n        method: POST\n        path: /search\n        body: {{ from: \"${{{{ {position} }}}}\", size: \"${{{{ page_size }}}}\" }}\n      records: $.items[*]\n      paginator: {paginator}\n    mapping:\n      remote_id: $.id\n      name: $.name\n      status: {{ const: active }}\n      remote_created_at: {{ path: $.created, convert: datetime }}\n      remote_updated_at: {{ path: $.changed, convert: datetime }}\n"
+        )
+    };
+    let validate = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        sluice(&["connector", "validate", file.to_str().unwrap()], &db)
+    };
+    let o = validate(&def("ofset", "{ type: offset }"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    // file:line:column of the template, the line itself, and a hint.
+    assert!(err.contains("paged.yaml:14:"), "{err}");
+    assert!(
+        err.contains("unknown variable `ofset`") && err.contains("did you mean `offset`?"),
+        "{err}"
+    );
+    assert!(err.contains("body: { from: \"${{ ofset }}\""), "{err}");
+
+    let o = validate(&def("offset", "{ type: next_link, path: $.next }"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("paged.yaml:14:") && err.contains("unknown variable `offset`"),
+        "{err}"
+    );
+
+    let o = validate(&def("offset", "{ type: offset }"));
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -1677,6 +1677,36 @@ fn templates_naming_what_does_not_exist_are_refused() {
         e.iter().any(|m| m.contains("unknown variable `offset`")),
         "{e:?}"
     );
+    // A next-link paginator has no position: `offset` would be 0 on every page.
+    let e = definition_errors(&with_query("${{ offset }}"));
+    assert!(
+        e.iter().any(|m| m.starts_with("11:")
+            && m.contains("unknown variable `offset`: it would be sent as null")),
+        "{e:?}"
+    );
+    // Each request reads what the connector fills in for it, nothing else:
+    // a list has no `remote_id`, a get no `page_size`, a detail no `offset`.
+    let e = definition_errors(&with_query("${{ remote_id }}"));
+    assert!(
+        e.iter().any(|m| m.contains("unknown variable `remote_id`")),
+        "{e:?}"
+    );
+    let e = definition_errors(&MINIMAL.replace(
+        "    mapping:\n",
+        "    get: { request: { path: \"/vendors/${{ remote_id }}?n=${{ page_size }}\" } }\n    mapping:\n",
+    ));
+    assert!(
+        e.iter().any(|m| m.contains("unknown variable `page_size`")),
+        "{e:?}"
+    );
+    let e = definition_errors(&MINIMAL.replace(
+        "      paginator: { type: next_link, path: $.next }\n",
+        "      paginator: { type: offset, offset_param: o }\n      detail: { id: $.id, request: { path: \"/vendors/${{ id }}/${{ offset }}\" } }\n",
+    ));
+    assert!(
+        e.iter().any(|m| m.contains("unknown variable `offset`")),
+        "{e:?}"
+    );
     let e = definition_errors(&with_query("${{ parms.base_url }}"));
     assert!(
         e.iter().any(|m| m.contains("did you mean `params`?")),
@@ -1709,6 +1739,16 @@ struct Rpc {
     calls_on_session: u32,
     /// (method, offset, limit) of each search_read.
     reads: Vec<(String, Value, Value)>,
+    /// Every session is refused (401), also a fresh one.
+    refuse_sessions: bool,
+    /// The password changed in the system (the login refuses `s3cret`).
+    password_changed: bool,
+    /// Non-login calls answered 401.
+    unauthorized: u32,
+    /// Logins answered 429 with `Retry-After: 30`.
+    throttle_logins: bool,
+    /// 401s after the first are answered 300 ms late.
+    slow_refusals: bool,
 }
 
 async fn json_rpc_system() -> (String, Arc<Mutex<Rpc>>) {
@@ -1722,10 +1762,18 @@ async fn json_rpc_system() -> (String, Arc<Mutex<Rpc>>) {
         axum::routing::post(move |headers: axum::http::HeaderMap, axum::Json(req): axum::Json<Value>| {
             let s = s.clone();
             async move {
+                let answer = || {
                 let mut st = s.lock().unwrap();
                 let method = req["method"].as_str().unwrap_or_default().to_string();
                 if method == "common.db.login" {
-                    if req["params"][0] == "admin" && req["params"][1]["password"] == "s3cret" {
+                    if st.throttle_logins {
+                        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "30")], "slow down")
+                            .into_response();
+                    }
+                    if req["params"][0] == "admin"
+                        && req["params"][1]["password"] == "s3cret"
+                        && !st.password_changed
+                    {
                         st.logins += 1;
                         let session = format!("sess{}", st.logins);
                         st.session = Some(session.clone());
@@ -1744,7 +1792,8 @@ async fn json_rpc_system() -> (String, Arc<Mutex<Rpc>>) {
                 let got = headers.get("authorization").and_then(|v| v.to_str().ok());
                 // The first session expires after one call.
                 let expired = st.logins == 1 && st.calls_on_session >= 1;
-                if want.is_none() || got != want.as_deref() || expired {
+                if want.is_none() || got != want.as_deref() || expired || st.refuse_sessions {
+                    st.unauthorized += 1;
                     return StatusCode::UNAUTHORIZED.into_response();
                 }
                 st.calls_on_session += 1;
@@ -1757,6 +1806,18 @@ async fn json_rpc_system() -> (String, Arc<Mutex<Rpc>>) {
                                     "write_date": "2024-01-02T00:00:00"}))
                     .collect();
                 axum::Json(json!({"id": 2, "result": rows})).into_response()
+                };
+                let resp = answer();
+                // Refusals after the first come late (a slow system), so a
+                // fresh session is in place when they arrive.
+                let slow = resp.status() == StatusCode::UNAUTHORIZED && {
+                    let st = s.lock().unwrap();
+                    st.slow_refusals && st.unauthorized > 1
+                };
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                resp
             }
         }),
     );
@@ -1863,11 +1924,92 @@ async fn a_refused_login_is_auth_required_with_the_systems_reason() {
         "{m}"
     );
     assert!(
-        !m.contains("wrong\""),
+        !m.contains("hunter2-bad"),
         "the password is not in the message: {m}"
     );
     assert_eq!(c.connector.health().await, ConnectionStatus::AuthRequired);
     assert!(state.lock().unwrap().reads.is_empty());
+}
+
+fn rpc_conn(base: &str) -> Conn {
+    let mut defs = Definitions::built_in();
+    defs.insert(definition::compile("rpc.yaml", RPC).unwrap_or_else(|e| panic!("{e}")));
+    connect_with(
+        "rpc",
+        &defs,
+        "rpc",
+        &[("base_url", base)],
+        &[("username", "admin"), ("password", "s3cret")],
+        fast_policy(),
+    )
+}
+
+#[tokio::test]
+async fn a_session_still_refused_after_one_fresh_login_is_auth_required() {
+    let (base, state) = json_rpc_system().await;
+    state.lock().unwrap().refuse_sessions = true;
+    let c = rpc_conn(&base);
+    let (engine, _dir) = engine_with(&[("rpc", &c)]).await;
+    let e = read_error(&engine, "rpc", "vendor", "").await;
+    assert_eq!(e["details"]["code"], "AUTHENTICATION_FAILED", "{e}");
+    assert_eq!(c.connector.health().await, ConnectionStatus::AuthRequired);
+    let st = state.lock().unwrap();
+    // One login, one 401, one fresh login, one more 401: then it stops.
+    assert_eq!((st.logins, st.unauthorized), (2, 2));
+    assert!(st.reads.is_empty());
+}
+
+#[tokio::test]
+async fn a_session_that_expires_after_the_password_changed_is_auth_required() {
+    let (base, state) = json_rpc_system().await;
+    let c = rpc_conn(&base);
+    c.connector.test().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state.lock().unwrap().logins, 1);
+    // The session expires (after its one call) and the password changes.
+    state.lock().unwrap().password_changed = true;
+    let (engine, _dir) = engine_with(&[("rpc", &c)]).await;
+    let e = read_error(&engine, "rpc", "vendor", "").await;
+    assert_eq!(e["details"]["code"], "AUTHENTICATION_FAILED", "{e}");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("refused the login") && m.contains("wrong password"),
+        "{m}"
+    );
+    assert_eq!(c.connector.health().await, ConnectionStatus::AuthRequired);
+    let st = state.lock().unwrap();
+    assert_eq!((st.logins, st.unauthorized), (1, 1), "no second try");
+}
+
+#[tokio::test]
+async fn a_throttled_login_is_rate_limited_not_refused_credentials() {
+    let (base, state) = json_rpc_system().await;
+    state.lock().unwrap().throttle_logins = true;
+    let c = rpc_conn(&base);
+    let e = c.connector.test().await.unwrap_err();
+    assert_eq!(e.code().as_str(), "RATE_LIMIT_EXCEEDED", "{e:?}");
+    assert_eq!(e.retry_after, Some(Duration::from_secs(30)), "{e:?}");
+    assert_eq!(c.connector.health().await, ConnectionStatus::Degraded);
+    // Once the system lets logins through, the same credentials work.
+    state.lock().unwrap().throttle_logins = false;
+    c.connector.test().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.connector.health().await, ConnectionStatus::Online);
+}
+
+#[tokio::test]
+async fn calls_refused_together_with_the_same_expired_session_log_in_once() {
+    let (base, state) = json_rpc_system().await;
+    let c = rpc_conn(&base);
+    c.connector.test().await.unwrap_or_else(|e| panic!("{e}"));
+    // The session expires; four calls sent with it are refused, three of
+    // them after the first has logged in again: they use its new session
+    // instead of throwing it away.
+    state.lock().unwrap().slow_refusals = true;
+    let calls = (0..4).map(|_| c.connector.test());
+    for r in futures::future::join_all(calls).await {
+        r.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let st = state.lock().unwrap();
+    assert_eq!((st.logins, st.unauthorized), (2, 4));
 }
 
 #[test]

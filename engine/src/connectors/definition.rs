@@ -647,6 +647,42 @@ fn request_reads(r: &RequestSpec, var: &str) -> bool {
         || r.body.as_ref().is_some_and(|b| in_value(b, var))
 }
 
+/// What a list request (and its `incremental.query`) can read beside
+/// `params` and `credentials`: the page size, the incremental bound, and the
+/// position of the page for the paginator that has one (`offset`, `page` or
+/// `cursor`; a next-link paginator has none, so `${{ offset }}` there would
+/// be the first page every time).
+fn list_vars(p: &Paginator) -> Vec<(&'static str, crate::expr::types::Type)> {
+    use crate::expr::types::Type;
+    let mut v = vec![
+        ("page_size", Type::Integer),
+        ("modified_after", Type::String),
+        ("modified_after_ms", Type::Integer),
+    ];
+    match p {
+        Paginator::Offset { .. } => v.push(("offset", Type::Integer)),
+        Paginator::PageNumber { .. } => v.push(("page", Type::Integer)),
+        Paginator::Cursor { .. } => v.push(("cursor", Type::Any)),
+        _ => {}
+    }
+    v
+}
+
+/// What a `get`, `create`, `update` or `delete` request can read beside
+/// `params` and `credentials`, as the connector fills it in.
+fn single_vars(op: &str) -> Vec<(&'static str, crate::expr::types::Type)> {
+    use crate::expr::types::Type;
+    let remote_id = ("remote_id", Type::String);
+    let record = ("record", Type::any_object());
+    let key = ("idempotency_key", Type::String);
+    match op {
+        "get" => vec![remote_id],
+        "create" => vec![record, key],
+        "update" => vec![remote_id, record, key],
+        _ => vec![remote_id, key],
+    }
+}
+
 struct DefChecker<'a> {
     root: &'a Node,
     diags: Vec<Diagnostic>,
@@ -657,6 +693,22 @@ struct DefChecker<'a> {
 }
 
 impl DefChecker<'_> {
+    /// Runs `f` with `vars` readable by templates besides the definition's
+    /// own `params` and `credentials`.
+    fn with_vars<R>(
+        &mut self,
+        vars: &[(&str, crate::expr::types::Type)],
+        f: impl FnOnce(&mut Self) -> R,
+    ) -> R {
+        let saved = self.roots.clone();
+        for (k, t) in vars {
+            self.roots.insert((*k).to_string(), t.clone());
+        }
+        let r = f(self);
+        self.roots = saved;
+        r
+    }
+
     fn error(&mut self, at: &[Seg], code: &'static str, message: impl Into<String>) {
         let loc = self.root.locate(at);
         self.diags.push(Diagnostic::at(code, loc, message));
@@ -827,12 +879,6 @@ impl DefChecker<'_> {
                         "the definition's credentials",
                     ),
                 ),
-                ("page_size", Type::Integer),
-                ("modified_after", Type::String),
-                ("modified_after_ms", Type::Integer),
-                ("remote_id", Type::String),
-                ("record", Type::any_object()),
-                ("idempotency_key", Type::String),
             ]
             .into_iter()
             .map(|(k, t)| (k.to_string(), t))
@@ -853,10 +899,9 @@ impl DefChecker<'_> {
             self.request(&path!["auth", "request"], request);
             self.query(&path!["auth", "token"], token);
             if let Some(v) = value {
-                self.roots
-                    .insert("token".into(), crate::expr::types::Type::Any);
-                self.template(&path!["auth", "value"], v);
-                self.roots.remove("token");
+                self.with_vars(&[("token", crate::expr::types::Type::Any)], |c| {
+                    c.template(&path!["auth", "value"], v)
+                });
             }
             if let Some(d) = expires_after
                 && let Err(e) = humantime::parse_duration(d)
@@ -945,6 +990,7 @@ impl DefChecker<'_> {
     }
 
     fn entity(&mut self, entity: Entity, spec: &EntitySpec) -> Option<CompiledEntity> {
+        use crate::expr::types::Type;
         let name = entity.name();
         let mut records = None;
         let mut next = None;
@@ -952,20 +998,8 @@ impl DefChecker<'_> {
         let mut detail_id = None;
         if let Some(list) = &spec.list {
             let at = |k: &str| path!["entities", name, "list", k];
-            // Where a page starts, for paginators whose position the request
-            // template places itself (in a body).
-            use crate::expr::types::Type;
-            for (k, t) in [
-                ("offset", Type::Integer),
-                ("page", Type::Integer),
-                ("cursor", Type::Any),
-            ] {
-                self.roots.insert(k.into(), t);
-            }
-            self.request(&at("request"), &list.request);
-            for k in ["offset", "page", "cursor"] {
-                self.roots.remove(k);
-            }
+            let vars = list_vars(&list.paginator);
+            self.with_vars(&vars, |c| c.request(&at("request"), &list.request));
             let placed_by_template = match &list.paginator {
                 Paginator::Offset {
                     offset_param: None, ..
@@ -1006,23 +1040,24 @@ impl DefChecker<'_> {
                 );
             }
             if let Some(inc) = &list.incremental {
-                for (k, v) in &inc.query {
-                    self.template(
-                        &path!["entities", name, "list", "incremental", "query", k.as_str()],
-                        v,
-                    );
-                }
+                self.with_vars(&vars, |c| {
+                    for (k, v) in &inc.query {
+                        c.template(
+                            &path!["entities", name, "list", "incremental", "query", k.as_str()],
+                            v,
+                        );
+                    }
+                });
             }
             if let Some(d) = &list.detail {
                 detail_id = self.query(&path!["entities", name, "list", "detail", "id"], &d.id);
-                // A detail request reads the listed record's `id`.
-                self.roots
-                    .insert("id".into(), crate::expr::types::Type::String);
-                self.request(
-                    &path!["entities", name, "list", "detail", "request"],
-                    &d.request,
-                );
-                self.roots.remove("id");
+                // A detail request reads the listed record's `id`, nothing of the page.
+                self.with_vars(&[("id", Type::String)], |c| {
+                    c.request(
+                        &path!["entities", name, "list", "detail", "request"],
+                        &d.request,
+                    )
+                });
             }
         }
         let mut record_paths = BTreeMap::new();
@@ -1034,7 +1069,10 @@ impl DefChecker<'_> {
             ("delete", &spec.delete),
         ] {
             if let Some(s) = spec {
-                self.request(&path!["entities", name, op, "request"], &s.request);
+                let vars = single_vars(op);
+                self.with_vars(&vars, |c| {
+                    c.request(&path!["entities", name, op, "request"], &s.request)
+                });
                 let p = s.record.as_deref().unwrap_or("$");
                 if let Some(q) = self.query(&path!["entities", name, op, "record"], p) {
                     record_paths.insert(op, q);

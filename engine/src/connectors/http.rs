@@ -784,7 +784,23 @@ impl HttpConnector {
                 self.redact(&msg),
             )
         };
-        if resp.status >= 500 {
+        // Throttled or down is not refused: the credentials stay good.
+        if resp.status == 429 {
+            let wait = retry_after(&resp.headers);
+            let msg = format!("{what}: the system is rate limiting (429)");
+            self.health.throttled(&msg);
+            return Err(ConnectorError {
+                retry_after: wait,
+                ..self.error(
+                    ConnectorErrorKind::RateLimited,
+                    None,
+                    "auth",
+                    Some(429),
+                    msg,
+                )
+            });
+        }
+        if resp.status >= 500 || resp.status == 408 {
             let msg = format!("{what}: {} {}", resp.status, snippet(&resp.body));
             self.health.failure(&self.redact(&msg));
             return Err(self.error(
@@ -1105,6 +1121,7 @@ impl HttpConnector {
             } else {
                 None
             };
+            let used = dynamic.as_ref().map(|(_, v)| v.clone());
             let result = self.send_once(&req, dynamic, csrf).await;
             let resp = match result {
                 Ok(r) => r,
@@ -1163,10 +1180,19 @@ impl HttpConnector {
                 return Ok(resp);
             }
             let text = String::from_utf8_lossy(&resp.body).to_string();
-            if status == 401 && !refreshed && self.token.lock().await.is_some() {
-                // An expired or revoked token: fetch a new one once.
+            if status == 401 && !refreshed && used.is_some() {
+                // An expired or revoked token or session: fetch a new one
+                // once. Only the one this call was refused with is dropped;
+                // a call refused with it at the same time may have fetched
+                // the next one already.
                 refreshed = true;
-                *self.token.lock().await = None;
+                let mut cached = self.token.lock().await;
+                if cached.as_ref().is_some_and(|(t, _)| {
+                    used.as_deref()
+                        .is_some_and(|u| u == t || u.strip_prefix("Bearer ") == Some(t))
+                }) {
+                    *cached = None;
+                }
                 attempt -= 1;
                 continue;
             }
