@@ -47,7 +47,7 @@ fn template_db() -> Option<&'static PathBuf> {
                 return None;
             }
             let dir = tempfile::tempdir().unwrap();
-            let conf = write_config(dir.path(), 0);
+            let conf = write_config(dir.path(), 0, "");
             std::fs::write(dir.path().join(format!("{DB}.sqlite")), b"").unwrap();
             let pass = dir.path().join("pass");
             std::fs::write(&pass, PASSWORD).unwrap();
@@ -88,12 +88,13 @@ fn template_db() -> Option<&'static PathBuf> {
         .map(|(_, f)| f)
 }
 
-fn write_config(dir: &Path, port: u16) -> PathBuf {
+/// `session` is more of trytond's `[session]` section.
+fn write_config(dir: &Path, port: u16, session: &str) -> PathBuf {
     let conf = dir.join("trytond.conf");
     std::fs::write(
         &conf,
         format!(
-            "[database]\nuri = sqlite://\npath = {}\n[web]\nlisten = 127.0.0.1:{port}\n[session]\nmax_attempt = 100\n",
+            "[database]\nuri = sqlite://\npath = {}\n[web]\nlisten = 127.0.0.1:{port}\n[session]\nmax_attempt = 100\n{session}",
             dir.display()
         ),
     )
@@ -116,6 +117,11 @@ impl Drop for Tryton {
 }
 
 async fn start() -> Option<Tryton> {
+    start_with("").await
+}
+
+/// [`start`], with more of trytond's `[session]` configuration.
+async fn start_with(session: &str) -> Option<Tryton> {
     let template = template_db()?;
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(template, dir.path().join(format!("{DB}.sqlite"))).unwrap();
@@ -124,7 +130,7 @@ async fn start() -> Option<Tryton> {
         .local_addr()
         .unwrap()
         .port();
-    let conf = write_config(dir.path(), port);
+    let conf = write_config(dir.path(), port, session);
     // `-d` loads the database's modules at start (without it the first
     // login finds an empty pool).
     let child = Command::new(venv().join("bin/trytond"))
@@ -289,19 +295,26 @@ async fn purchases_vendors_and_goods_read_sync_and_create_against_a_real_trytond
     let mut opts = SyncOptions {
         mode: Mode::Full,
         page_size: 2,
+        lookback: Duration::ZERO,
         ..SyncOptions::default()
     };
     let (store, _dir) = common::sqlite_store().await;
-    let r = sync::run(
-        &store,
-        c.as_ref(),
-        "erp",
-        Entity::PurchaseOrder,
-        &opts,
-        None,
-    )
-    .await
-    .unwrap();
+    let sync = |opts: &SyncOptions| {
+        let (store, c, opts) = (store.clone(), c.clone(), opts.clone());
+        async move {
+            sync::run(
+                &store,
+                c.as_ref(),
+                "erp",
+                Entity::PurchaseOrder,
+                &opts,
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = sync(&opts).await;
     assert_eq!((r.added, r.deleted, r.pages), (6, 0, 4), "{r:?}");
 
     // Incremental on the write date: one purchase changed in Tryton.
@@ -323,32 +336,47 @@ async fn purchases_vendors_and_goods_read_sync_and_create_against_a_real_trytond
     assert_eq!(changed["count"], 1, "{changed}");
     assert_eq!(changed["records"][0]["number"], "REF-3b");
     assert_eq!(changed["records"][0]["remote_id"], "3");
+    opts.mode = Mode::Incremental;
+    let r = sync(&opts).await;
+    assert_eq!((r.added, r.updated, r.deleted), (0, 1, 0), "{r:?}");
+    // The cursor is now purchase 3's write date: the next incremental sync
+    // asks Tryton for that second only, and gets purchase 3 alone.
+    let r = sync(&opts).await;
+    assert_eq!(
+        (r.added, r.updated, r.unchanged, r.deleted),
+        (0, 0, 1, 0),
+        "{r:?}"
+    );
 
     // A purchase deleted in Tryton: a full sync marks it deleted, nothing else.
     rpc(&t, "model.purchase.purchase.delete", json!([[2], {}])).await;
-    let r = sync::run(
-        &store,
-        c.as_ref(),
-        "erp",
-        Entity::PurchaseOrder,
-        &opts,
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!((r.added, r.updated, r.deleted), (0, 1, 1), "{r:?}");
     opts.mode = Mode::Full;
-    let r = sync::run(
-        &store,
-        c.as_ref(),
-        "erp",
-        Entity::PurchaseOrder,
-        &opts,
-        None,
-    )
-    .await
-    .unwrap();
+    let r = sync(&opts).await;
+    assert_eq!(
+        (r.added, r.updated, r.deleted, r.unchanged),
+        (0, 0, 1, 5),
+        "{r:?}"
+    );
+    let r = sync(&opts).await;
     assert_eq!((r.added, r.deleted, r.unchanged), (0, 0, 5), "{r:?}");
+    let mut cached: Vec<(String, bool)> = store
+        .cached_records("erp", "purchase_order")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(data, deleted)| {
+            let r: Value = serde_json::from_str(&data).unwrap();
+            (r["remote_id"].as_str().unwrap().to_string(), deleted)
+        })
+        .collect();
+    cached.sort();
+    let deleted: Vec<&str> = cached
+        .iter()
+        .filter(|(_, d)| *d)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(deleted, ["2"], "{cached:?}");
+    assert_eq!(cached.len(), 6, "{cached:?}");
 
     // Create a draft purchase; it is read back from Tryton.
     let (created, _) = run_flow(
@@ -400,4 +428,29 @@ async fn a_refused_login_makes_the_connection_auth_required() {
     assert!(e.message.contains("refused the login"), "{}", e.message);
     assert!(!e.message.contains("not-the-password"), "{}", e.message);
     assert_eq!(c.health().await, ConnectionStatus::AuthRequired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_tryton_session_is_renewed_by_one_login() {
+    // trytond refuses a session older than `[session] max_age` seconds with
+    // 401 (trytond/security.py `check`, trytond/wsgi.py `auth_required`).
+    let Some(t) = start_with("max_age = 2\n").await else {
+        return;
+    };
+    let c = connector(&t, PASSWORD);
+    c.test().await.unwrap_or_else(|e| panic!("{e}"));
+    let ours = rpc_login(&t.base_url).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let refused = reqwest::Client::new()
+        .post(format!("{}/{DB}/rpc/", t.base_url))
+        .header("authorization", ours)
+        .json(&json!({"id": 1, "method": "model.party.party.search_count", "params": [[], {}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "an old session is refused");
+    // The connector's cached session is as old: it logs in again and reads.
+    let (vendors, _) = run_flow(&c, &read("vendor", "")).await;
+    assert!(vendors["count"].as_u64().unwrap() >= 3, "{vendors}");
+    assert_eq!(c.health().await, ConnectionStatus::Online);
 }
