@@ -1438,3 +1438,490 @@ async fn the_prune_route_deletes_finished_runs_for_an_admin_only() {
     assert_eq!(v["runs"], 2);
     assert_eq!(runs_of(&s, &admin, "tiny").await.len(), 1);
 }
+
+#[path = "common/openapi.rs"]
+mod openapi;
+
+/// Answers checked against the server's own OpenAPI document, with the
+/// operations they exercised.
+struct Conformance {
+    doc: Value,
+    seen: std::collections::BTreeSet<String>,
+}
+
+impl Conformance {
+    async fn of(s: &Server) -> Conformance {
+        let (status, doc, _) = json_of(
+            client()
+                .get(s.url("/v1/openapi.json"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        Conformance {
+            doc,
+            seen: Default::default(),
+        }
+    }
+
+    /// Sends `req`, checks the answer against the document, returns it.
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let req = req.build().unwrap();
+        let method = req.method().to_string();
+        let path = req.url().path().to_string();
+        let res = client().execute(req).await.unwrap();
+        let status = res.status();
+        let ctype = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = res.bytes().await.unwrap();
+        if let Err(e) = openapi::check_answer(
+            &self.doc,
+            &method,
+            &path,
+            status.as_u16(),
+            ctype.as_deref(),
+            &body,
+        ) {
+            panic!("the answer does not conform to the OpenAPI document: {e}");
+        }
+        let (template, _) = openapi::operation(&self.doc, &method, &path).unwrap();
+        self.seen.insert(format!("{method} {template}"));
+        let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (status, v)
+    }
+}
+
+#[tokio::test]
+async fn every_openapi_operation_documents_its_parameters_bodies_answers_and_scope() {
+    let (s, _admin) = Server::start(&[], &[]);
+    let doc = Conformance::of(&s).await.doc;
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let mut ops = 0;
+    let mut queries = std::collections::BTreeMap::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let name = format!("{} {template}", method.to_uppercase());
+            ops += 1;
+            let params = op["parameters"].as_array().unwrap();
+            // Path parameters: exactly the template's, each with a schema.
+            let in_template: Vec<&str> = template
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            let declared: Vec<&str> = params
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(declared, in_template, "{name}: path parameters");
+            for p in params {
+                assert!(
+                    p["schema"].is_object(),
+                    "{name}: parameter {p} has no schema"
+                );
+            }
+            let query: Vec<String> = params
+                .iter()
+                .filter(|p| p["in"] == "query")
+                .map(|p| p["name"].as_str().unwrap().to_string())
+                .collect();
+            queries.insert(name.clone(), query);
+            // A request body has a schema that says something.
+            if let Some(body) = op.get("requestBody") {
+                let content = body["content"].as_object().unwrap();
+                assert_eq!(content.len(), 1, "{name}");
+                let schema = &content.values().next().unwrap()["schema"];
+                assert!(
+                    schema.get("$ref").is_some()
+                        || schema.get("type").is_some()
+                        || *method == "post" && template == "/v1/hooks/{path}",
+                    "{name}: request body schema {schema}"
+                );
+            }
+            // At least one success with a body schema or a 204; errors carry the error body.
+            let responses = op["responses"].as_object().unwrap();
+            let successes: Vec<_> = responses
+                .iter()
+                .filter(|(k, _)| k.starts_with('2'))
+                .collect();
+            assert!(!successes.is_empty(), "{name}: no success response");
+            for (status, r) in &successes {
+                if *status == "204" {
+                    assert!(r.get("content").is_none(), "{name}: 204 with a body");
+                } else {
+                    let content = r["content"]
+                        .as_object()
+                        .unwrap_or_else(|| panic!("{name} {status}: no content"));
+                    for media in content.values() {
+                        assert!(media["schema"].is_object(), "{name} {status}: no schema");
+                    }
+                }
+            }
+            for (status, r) in responses.iter().filter(|(k, _)| !k.starts_with('2')) {
+                assert!(status.parse::<u16>().unwrap() >= 400, "{name}: {status}");
+                assert_eq!(
+                    r["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/Error",
+                    "{name} {status}"
+                );
+            }
+            // Scope: routes under /v1 other than hooks and the document need a token.
+            let security = op["security"].as_array().unwrap();
+            let public = !template.starts_with("/v1/")
+                || template == "/v1/openapi.json"
+                || template.starts_with("/v1/hooks/");
+            if public {
+                assert!(security.is_empty(), "{name} is public");
+            } else {
+                let scope = security[0]["bearer"][0].as_str().unwrap_or("");
+                assert!(
+                    ["read", "write", "admin"].contains(&scope),
+                    "{name}: scope `{scope}`"
+                );
+                for status in ["401", "403", "429"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{name}: {status} not documented"
+                    );
+                }
+            }
+        }
+    }
+    assert!(ops >= 39, "only {ops} operations");
+    // The routes that read a query string document every parameter they read.
+    let expect = [
+        ("GET /v1/runs", &["cursor", "flow", "limit", "status"][..]),
+        (
+            "GET /v1/webhooks/messages",
+            &["endpoint", "limit", "status"],
+        ),
+        ("GET /v1/connections/{id}", &["history_limit"]),
+        (
+            "GET /v1/connections/{id}/{entity}",
+            &["cursor", "limit", "modified_after", "raw"],
+        ),
+        ("POST /v1/plugins", &["description", "name", "version"]),
+    ];
+    for (op, names) in expect {
+        let mut got = queries[op].clone();
+        got.sort();
+        assert_eq!(got, names, "{op}: query parameters");
+    }
+    // Every $ref in the document resolves.
+    let text = doc.to_string();
+    for piece in text.split("\"$ref\":\"").skip(1) {
+        let target = piece.split('"').next().unwrap();
+        let resolved = match target.strip_prefix("#/components/schemas/") {
+            Some(n) => schemas.contains_key(n),
+            None => doc["components"]["headers"]
+                .get(target.trim_start_matches("#/components/headers/"))
+                .is_some(),
+        };
+        assert!(resolved, "unresolved $ref {target}");
+    }
+    // The entity parameter is the unified model's entity enum.
+    let entity =
+        doc["paths"]["/v1/connections/{id}/{entity}"]["get"]["parameters"][1]["schema"].clone();
+    let mut e = Vec::new();
+    openapi::validate(&doc, &entity, &json!("purchase_order"), "$", &mut e);
+    assert!(e.is_empty(), "{e:?}");
+    openapi::validate(&doc, &entity, &json!("not_an_entity"), "$", &mut e);
+    assert!(
+        !e.is_empty(),
+        "the entity parameter takes any string: {entity}"
+    );
+    // The checker the conformance test relies on refuses a wrong body.
+    let mut e = Vec::new();
+    let run = json!({"$ref": "#/components/schemas/RunRecord"});
+    openapi::validate(
+        &doc,
+        &run,
+        &json!({"id": 1, "status": "sleeping"}),
+        "$",
+        &mut e,
+    );
+    assert!(
+        e.iter().any(|l| l.contains("$.id"))
+            && e.iter().any(|l| l.contains("$.status"))
+            && e.iter().any(|l| l.contains("required `flow_id`")),
+        "{e:?}"
+    );
+}
+
+const CHECKED: &str = r#"apiVersion: sluice/v1
+id: checked
+inputs:
+  po: { type: string, default: "PO-1" }
+triggers:
+  - manual: {}
+  - webhook: { path: checked }
+steps:
+  - id: note
+    set: { po: "${{ inputs.po }}" }
+  - id: tell
+    needs: [note]
+    webhook:
+      event: po.checked
+      payload: "${{ steps.note.output }}"
+"#;
+
+#[tokio::test]
+async fn real_answers_of_every_kind_conform_to_the_openapi_document() {
+    let (s, admin) = Server::start(&[], &[]);
+    let (hook_url, _got) = receiver().await;
+    let mut c = Conformance::of(&s).await;
+    let http = client();
+    let get = |p: &str| http.get(s.url(p)).bearer_auth(&admin);
+    let post = |p: &str| http.post(s.url(p)).bearer_auth(&admin);
+    let post_json = |p: &str, v: Value| http.post(s.url(p)).bearer_auth(&admin).json(&v);
+
+    for p in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
+        assert_eq!(c.send(http.get(s.url(p))).await.0, StatusCode::OK, "{p}");
+    }
+    // Webhook endpoint, flow, runs, messages.
+    let (st, ep) = c
+        .send(post_json(
+            "/v1/webhooks/endpoints",
+            json!({"url": hook_url, "event_types": ["po.*"], "description": "checks"}),
+        ))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{ep}");
+    let ep_id = ep["id"].as_str().unwrap().to_string();
+    let (st, f) = c
+        .send(
+            post("/v1/flows")
+                .header("content-type", "application/yaml")
+                .body(CHECKED),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{f}");
+    c.send(get("/v1/flows")).await;
+    c.send(get("/v1/flows/checked")).await;
+    let (st, run) = c
+        .send(
+            post_json(
+                "/v1/runs",
+                json!({"flow": "checked", "inputs": {"po": "PO-7"}, "wait": true}),
+            )
+            .header("idempotency-key", "k1"),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{run}");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let run_id = run["id"].as_str().unwrap().to_string();
+    // The same key answers the same run (200).
+    let (st, _) = c
+        .send(post_json("/v1/runs", json!({"flow": "checked"})).header("idempotency-key", "k1"))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    c.send(get(&format!("/v1/runs/{run_id}"))).await;
+    c.send(get("/v1/runs?flow=checked&status=succeeded&limit=1"))
+        .await;
+    assert_eq!(
+        c.send(post(&format!("/v1/runs/{run_id}/cancel"))).await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        c.send(post(&format!("/v1/runs/{run_id}/rerun"))).await.0,
+        StatusCode::CONFLICT
+    );
+    let (st, hook) = c
+        .send(
+            http.post(s.url("/v1/hooks/checked"))
+                .header("content-type", "application/json")
+                .body(r#"{"po": "PO-8"}"#),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{hook}");
+    wait_run(&s, &admin, hook["run_id"].as_str().unwrap()).await;
+    let (_, msgs) = c
+        .send(get(&format!(
+            "/v1/webhooks/messages?endpoint={ep_id}&limit=10"
+        )))
+        .await;
+    let msg_id = msgs["items"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message: {msgs}"))
+        .to_string();
+    c.send(get(&format!("/v1/webhooks/messages/{msg_id}")))
+        .await;
+    assert_eq!(
+        c.send(post(&format!("/v1/webhooks/messages/{msg_id}/resend")))
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    c.send(get("/v1/webhooks/endpoints")).await;
+    c.send(get(&format!("/v1/webhooks/endpoints/{ep_id}")))
+        .await;
+    c.send(
+        http.patch(s.url(&format!("/v1/webhooks/endpoints/{ep_id}")))
+            .bearer_auth(&admin)
+            .json(&json!({"enabled": true})),
+    )
+    .await;
+    c.send(post(&format!(
+        "/v1/webhooks/endpoints/{ep_id}/rotate-secret"
+    )))
+    .await;
+    assert_eq!(
+        c.send(post("/v1/runs/prune").json(&json!({"keep": 100})))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // Connections, records, syncs.
+    c.send(get("/v1/connections")).await;
+    let (_, page) = c.send(get("/v1/connections/sandbox/vendor?limit=2")).await;
+    let rid = page["items"][0]["remote_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{page}"))
+        .to_string();
+    c.send(get(&format!("/v1/connections/sandbox/vendor/{rid}")))
+        .await;
+    let (st, report) = c
+        .send(post_json(
+            "/v1/connections/sandbox/syncs",
+            json!({"entity": "vendor"}),
+        ))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{report}");
+    c.send(get("/v1/connections/sandbox/syncs")).await;
+    let (st, conn) = c
+        .send(post_json("/v1/connections", json!({"id": "mx", "definition": "maximo", "params": {"base_url": "http://127.0.0.1:9", "site": "BEDFORD"}, "credentials": {"api_key": "MX_KEY"}})))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{conn}");
+    c.send(get("/v1/connections/mx?history_limit=5")).await;
+    let (_, test) = c.send(post("/v1/connections/mx/test")).await;
+    assert_eq!(test["ok"], false, "{test}");
+    c.send(get("/v1/plugins")).await;
+    // Tokens.
+    let (st, t) = c
+        .send(post_json(
+            "/v1/tokens",
+            json!({"name": "reader", "scope": "read"}),
+        ))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{t}");
+    let reader = t["token"].as_str().unwrap().to_string();
+    c.send(get("/v1/tokens")).await;
+    // Errors, each with its documented status and the error body.
+    for (req, want) in [
+        (http.get(s.url("/v1/flows")), StatusCode::UNAUTHORIZED),
+        (
+            http.delete(s.url("/v1/flows/checked")).bearer_auth(&reader),
+            StatusCode::FORBIDDEN,
+        ),
+        (get("/v1/flows/ghost"), StatusCode::NOT_FOUND),
+        (get("/v1/runs?limit=0"), StatusCode::BAD_REQUEST),
+        (get("/v1/runs?status=sleeping"), StatusCode::BAD_REQUEST),
+        (
+            get("/v1/connections/mx?history_limit=-1"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            get("/v1/webhooks/messages?limit=x"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (get("/v1/plugins/ghost"), StatusCode::NOT_FOUND),
+        (
+            post("/v1/plugins?name=p&version=1.0.0")
+                .header("content-type", "application/wasm")
+                .body("nope"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            post("/v1/plugins")
+                .header("content-type", "application/wasm")
+                .body("\0asm"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            post("/v1/runs")
+                .header("content-type", "text/plain")
+                .body("{}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            post_json("/v1/runs", json!({"flow": "checked", "bogus": 1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            post("/v1/flows")
+                .header("content-type", "application/yaml")
+                .body("id: [unclosed"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            post_json(
+                "/v1/connections/sandbox/syncs",
+                json!({"entity": "spaceship"}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            get("/v1/connections/sandbox/spaceship"),
+            StatusCode::NOT_FOUND,
+        ),
+        (http.post(s.url("/v1/hooks/nowhere")), StatusCode::NOT_FOUND),
+    ] {
+        let what = format!("{req:?}");
+        assert_eq!(c.send(req).await.0, want, "{what}");
+    }
+    // Deletes last.
+    let token_id = t["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        c.send(
+            http.delete(s.url(&format!("/v1/tokens/{token_id}")))
+                .bearer_auth(&admin)
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        c.send(
+            http.delete(s.url(&format!("/v1/webhooks/endpoints/{ep_id}")))
+                .bearer_auth(&admin)
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        c.send(post("/v1/flows/checked/disable")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.send(post("/v1/flows/checked/enable")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.send(http.delete(s.url("/v1/flows/checked")).bearer_auth(&admin))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    // Every documented operation but the plugin upload's success was answered for real.
+    let all: std::collections::BTreeSet<String> = c.doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(t, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{} {t}", m.to_uppercase()))
+        })
+        .collect();
+    let missed: Vec<_> = all.difference(&c.seen).collect();
+    assert!(missed.is_empty(), "operations not exercised: {missed:?}");
+}

@@ -256,7 +256,7 @@ struct CompiledEntityRequests {
 }
 
 /// A connection's settings, as stored.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConnectionConfig {
     /// Definition id.
     pub definition: String,

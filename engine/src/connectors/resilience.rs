@@ -21,7 +21,7 @@ use super::ConnectionStatus;
 use super::definition::RateLimit;
 
 /// Retry, breaker and timeout settings of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Attempts per request, the first included.

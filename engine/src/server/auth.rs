@@ -18,7 +18,8 @@ use super::error::ApiError;
 use crate::store::{Store, StoreError, TokenRow, now_ms};
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema)]
+#[schemars(rename_all = "lowercase")]
 pub enum Scope {
     /// Read anything.
     Read,

@@ -11,9 +11,12 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Items;
 use super::{AppState, check_id, require_content_type};
 use crate::expr::{Scope as ExprScope, Template};
 use crate::flow::{self, CompiledFlow};
@@ -266,24 +269,78 @@ pub async fn reload(state: &AppState) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn summary(f: &LoadedFlow) -> Value {
-    let triggers: Vec<Value> = f
-        .compiled
-        .flow
-        .triggers
-        .iter()
-        .map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
-        .collect();
-    json!({
-        "id": f.compiled.id(),
-        "revision": f.revision,
-        "enabled": f.enabled,
-        "origin": f.origin,
-        "description": f.compiled.flow.description,
-        "steps": f.compiled.steps.len(),
-        "triggers": triggers,
-        "hash": f.compiled.hash,
-    })
+/// A flow as the API shows it.
+#[derive(Serialize, JsonSchema)]
+pub struct FlowSummary {
+    /// Flow id.
+    pub id: String,
+    /// Latest revision.
+    pub revision: i64,
+    /// Whether its triggers start runs.
+    pub enabled: bool,
+    /// `api` (uploaded) or `file` (from the flows directory).
+    pub origin: String,
+    /// What the flow is for.
+    pub description: Option<String>,
+    /// Number of steps.
+    pub steps: usize,
+    /// What starts the flow.
+    pub triggers: Vec<crate::flow::model::Trigger>,
+    /// sha256 of the source.
+    pub hash: String,
+}
+
+/// A flow with its source and revisions.
+#[derive(Serialize, JsonSchema)]
+pub struct FlowDetail {
+    #[serde(flatten)]
+    summary: FlowSummary,
+    /// The latest revision's YAML.
+    source: String,
+    /// Every stored revision, oldest first.
+    revisions: Vec<RevisionOut>,
+}
+
+/// One stored revision of a flow.
+#[derive(Serialize, JsonSchema)]
+pub struct RevisionOut {
+    /// Revision number.
+    revision: i64,
+    /// sha256 of its source.
+    hash: String,
+    /// Stored (ms).
+    created_at: i64,
+}
+
+/// The body of `POST /v1/flows`: the flow's YAML text.
+pub struct FlowYaml;
+
+impl JsonSchema for FlowYaml {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FlowYaml".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A flow in YAML (`apiVersion: sluice/v1`), UTF-8; its JSON Schema is `sluice schema`'s."
+        })
+    }
+}
+
+fn summary(f: &LoadedFlow) -> FlowSummary {
+    FlowSummary {
+        id: f.compiled.id().to_string(),
+        revision: f.revision,
+        enabled: f.enabled,
+        origin: f.origin.clone(),
+        description: f.compiled.flow.description.clone(),
+        steps: f.compiled.steps.len(),
+        triggers: f.compiled.flow.triggers.clone(),
+        hash: f.compiled.hash.clone(),
+    }
 }
 
 /// `POST /v1/flows`: the body is the YAML.
@@ -319,8 +376,8 @@ pub async fn upload(
 
 /// `GET /v1/flows`.
 pub async fn list(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let items: Vec<Value> = state.flows.all().iter().map(summary).collect();
-    axum::Json(json!({ "items": items }))
+    let items = state.flows.all().iter().map(summary).collect();
+    axum::Json(Items { items })
 }
 
 fn loaded(state: &AppState, id: &str) -> ApiResult<LoadedFlow> {
@@ -337,17 +394,22 @@ pub async fn get_one(
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<impl IntoResponse> {
     let f = loaded(&state, &id)?;
-    let revisions: Vec<Value> = state
+    let revisions = state
         .store
         .flow_revisions(&id)
         .await?
         .into_iter()
-        .map(|r| json!({"revision": r.revision, "hash": r.hash, "created_at": r.created_at}))
+        .map(|r| RevisionOut {
+            revision: r.revision,
+            hash: r.hash,
+            created_at: r.created_at,
+        })
         .collect();
-    let mut out = summary(&f);
-    out["source"] = Value::String(f.compiled.source.clone());
-    out["revisions"] = Value::Array(revisions);
-    Ok(axum::Json(out))
+    Ok(axum::Json(FlowDetail {
+        summary: summary(&f),
+        source: f.compiled.source.clone(),
+        revisions,
+    }))
 }
 
 /// `DELETE /v1/flows/{id}`.
@@ -361,7 +423,11 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn set_enabled(state: &AppState, id: &str, enabled: bool) -> ApiResult<axum::Json<Value>> {
+async fn set_enabled(
+    state: &AppState,
+    id: &str,
+    enabled: bool,
+) -> ApiResult<axum::Json<FlowSummary>> {
     loaded(state, id)?;
     if !state.store.set_flow_enabled(id, enabled).await? {
         return Err(ApiError::not_found(format!("no flow `{id}`")));

@@ -26,6 +26,7 @@ mod flows;
 mod metrics;
 mod resources;
 mod retention;
+mod routes;
 mod runs;
 mod triggers;
 
@@ -53,9 +54,9 @@ use crate::plugins::PluginRegistry;
 use crate::run::Engine;
 use crate::store::Store;
 use crate::webhooks::delivery::{DeliveryConfig, DeliveryWorker};
-use api::Api;
 use auth::{Authenticator, Scope};
 use error::{ApiError, ApiResult};
+pub use routes::routes;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -308,379 +309,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// Every route of the API.
-pub fn routes(state: Arc<AppState>) -> Api {
-    use axum::routing::{delete, get, patch, post};
-    const JSON_LIMIT: usize = 1 << 20;
-    const FLOW_LIMIT: usize = 1 << 20;
-    const HOOK_LIMIT: usize = 1 << 20;
-    let plugin_limit = crate::plugins::MAX_PLUGIN_BYTES + 4096;
-    let api = Api::new(state);
-    let read = Some(Scope::Read);
-    let write = Some(Scope::Write);
-    let admin = Some(Scope::Admin);
-    api.public(
-        "GET",
-        "/healthz",
-        "system",
-        "Liveness: the process answers",
-        get(health),
-    )
-    .public(
-        "GET",
-        "/readyz",
-        "system",
-        "Readiness: the database answers and runs are accepted",
-        get(ready),
-    )
-    .public(
-        "GET",
-        "/metrics",
-        "system",
-        "Prometheus metrics",
-        get(metrics::render),
-    )
-    .public(
-        "GET",
-        "/v1/openapi.json",
-        "system",
-        "This OpenAPI 3.1 document",
-        get(openapi),
-    )
-    // Flows.
-    .route(
-        "POST",
-        "/v1/flows",
-        write,
-        "flows",
-        "Upload a flow (YAML); it is validated and stored as a new revision",
-        Some(("application/yaml", FLOW_LIMIT)),
-        post(flows::upload),
-    )
-    .route(
-        "GET",
-        "/v1/flows",
-        read,
-        "flows",
-        "List flows",
-        None,
-        get(flows::list),
-    )
-    .route(
-        "GET",
-        "/v1/flows/{id}",
-        read,
-        "flows",
-        "Get a flow with its revisions",
-        None,
-        get(flows::get_one),
-    )
-    .route(
-        "DELETE",
-        "/v1/flows/{id}",
-        write,
-        "flows",
-        "Delete a flow (its revisions stay for its runs)",
-        None,
-        delete(flows::remove),
-    )
-    .route(
-        "POST",
-        "/v1/flows/{id}/enable",
-        write,
-        "flows",
-        "Enable a flow's triggers",
-        None,
-        post(flows::enable),
-    )
-    .route(
-        "POST",
-        "/v1/flows/{id}/disable",
-        write,
-        "flows",
-        "Disable a flow's triggers",
-        None,
-        post(flows::disable),
-    )
-    // Runs.
-    .route(
-        "POST",
-        "/v1/runs",
-        write,
-        "runs",
-        "Start a run: {flow, inputs, wait}; `Idempotency-Key` starts at most one run per key",
-        Some(("application/json", JSON_LIMIT)),
-        post(runs::start),
-    )
-    .route(
-        "GET",
-        "/v1/runs",
-        read,
-        "runs",
-        "List runs, newest first (filters flow, status; cursor, limit)",
-        None,
-        get(runs::list),
-    )
-    .route(
-        "GET",
-        "/v1/runs/{id}",
-        read,
-        "runs",
-        "Get a run with its steps",
-        None,
-        get(runs::get_one),
-    )
-    .route(
-        "POST",
-        "/v1/runs/prune",
-        admin,
-        "runs",
-        "Delete finished runs by age and/or count: {older_than, failed_older_than, keep, flow}",
-        Some(("application/json", JSON_LIMIT)),
-        post(retention::prune),
-    )
-    .route(
-        "POST",
-        "/v1/runs/{id}/cancel",
-        write,
-        "runs",
-        "Cancel a queued or running run",
-        None,
-        post(runs::cancel),
-    )
-    .route(
-        "POST",
-        "/v1/runs/{id}/rerun",
-        write,
-        "runs",
-        "Re-run a failed run from its failed step",
-        None,
-        post(runs::rerun),
-    )
-    // Plugins.
-    .route(
-        "POST",
-        "/v1/plugins",
-        write,
-        "plugins",
-        "Upload a WASM component (?name=&version=)",
-        Some(("application/wasm", plugin_limit)),
-        post(resources::plugin_upload),
-    )
-    .route(
-        "GET",
-        "/v1/plugins",
-        read,
-        "plugins",
-        "List plugins (all versions)",
-        None,
-        get(resources::plugin_list),
-    )
-    .route(
-        "GET",
-        "/v1/plugins/{name}",
-        read,
-        "plugins",
-        "Get a plugin's versions",
-        None,
-        get(resources::plugin_get),
-    )
-    // Connections, syncs, unified records.
-    .route(
-        "POST",
-        "/v1/connections",
-        write,
-        "connections",
-        "Create a connection: {id, definition, params, credentials}",
-        Some(("application/json", JSON_LIMIT)),
-        post(resources::connection_create),
-    )
-    .route(
-        "GET",
-        "/v1/connections",
-        read,
-        "connections",
-        "List connections with their status",
-        None,
-        get(resources::connection_list),
-    )
-    .route(
-        "GET",
-        "/v1/connections/{id}",
-        read,
-        "connections",
-        "Get a connection's status and status history",
-        None,
-        get(resources::connection_get),
-    )
-    .route(
-        "POST",
-        "/v1/connections/{id}/test",
-        write,
-        "connections",
-        "Make one cheap authenticated call",
-        None,
-        post(resources::connection_test),
-    )
-    .route(
-        "POST",
-        "/v1/connections/{id}/syncs",
-        write,
-        "syncs",
-        "Start a sync: {entity, full}; waits for it to end",
-        Some(("application/json", JSON_LIMIT)),
-        post(resources::sync_start),
-    )
-    .route(
-        "GET",
-        "/v1/connections/{id}/syncs",
-        read,
-        "syncs",
-        "Sync state per entity",
-        None,
-        get(resources::sync_status),
-    )
-    .route(
-        "GET",
-        "/v1/connections/{id}/{entity}",
-        read,
-        "records",
-        "List unified records (modified_after, filters, cursor, limit; from=cache)",
-        None,
-        get(resources::records_list),
-    )
-    .route(
-        "GET",
-        "/v1/connections/{id}/{entity}/{remote_id}",
-        read,
-        "records",
-        "Get one unified record",
-        None,
-        get(resources::record_get),
-    )
-    // Outbound webhooks.
-    .route(
-        "POST",
-        "/v1/webhooks/endpoints",
-        write,
-        "webhooks",
-        "Create an endpoint: {url, event_types, connection_id, description}",
-        Some(("application/json", JSON_LIMIT)),
-        post(resources::endpoint_create),
-    )
-    .route(
-        "GET",
-        "/v1/webhooks/endpoints",
-        read,
-        "webhooks",
-        "List endpoints",
-        None,
-        get(resources::endpoint_list),
-    )
-    .route(
-        "GET",
-        "/v1/webhooks/endpoints/{id}",
-        read,
-        "webhooks",
-        "Get an endpoint",
-        None,
-        get(resources::endpoint_get),
-    )
-    .route(
-        "PATCH",
-        "/v1/webhooks/endpoints/{id}",
-        write,
-        "webhooks",
-        "Enable or disable an endpoint: {enabled}",
-        Some(("application/json", JSON_LIMIT)),
-        patch(resources::endpoint_update),
-    )
-    .route(
-        "DELETE",
-        "/v1/webhooks/endpoints/{id}",
-        write,
-        "webhooks",
-        "Disable an endpoint for good (its messages stay)",
-        None,
-        delete(resources::endpoint_delete),
-    )
-    .route(
-        "POST",
-        "/v1/webhooks/endpoints/{id}/rotate-secret",
-        write,
-        "webhooks",
-        "Rotate the signing secret (the old one signs too for 24 h)",
-        None,
-        post(resources::endpoint_rotate),
-    )
-    .route(
-        "GET",
-        "/v1/webhooks/messages",
-        read,
-        "webhooks",
-        "List outbox messages (endpoint, status, limit)",
-        None,
-        get(resources::message_list),
-    )
-    .route(
-        "GET",
-        "/v1/webhooks/messages/{id}",
-        read,
-        "webhooks",
-        "Get a message with its delivery attempts",
-        None,
-        get(resources::message_get),
-    )
-    .route(
-        "POST",
-        "/v1/webhooks/messages/{id}/resend",
-        write,
-        "webhooks",
-        "Deliver a message again",
-        None,
-        post(resources::message_resend),
-    )
-    // Tokens.
-    .route(
-        "POST",
-        "/v1/tokens",
-        admin,
-        "tokens",
-        "Create an API token: {name, scope, rate_per_sec}",
-        Some(("application/json", JSON_LIMIT)),
-        post(resources::token_create),
-    )
-    .route(
-        "GET",
-        "/v1/tokens",
-        admin,
-        "tokens",
-        "List API tokens (never their secrets)",
-        None,
-        get(resources::token_list),
-    )
-    .route(
-        "DELETE",
-        "/v1/tokens/{id}",
-        admin,
-        "tokens",
-        "Revoke an API token",
-        None,
-        delete(resources::token_revoke),
-    )
-    // Inbound webhooks (authenticated by their signature, if the trigger has a secret).
-    .public_with_body(
-        "POST",
-        "/v1/hooks/{*path}",
-        "triggers",
-        "Inbound webhook: starts the flow whose webhook trigger has this path; 202 + run id",
-        HOOK_LIMIT,
-        post(triggers::inbound_hook),
-    )
+/// The answer of `/healthz` and `/readyz`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Status {
+    /// `ok` (healthz) or `ready` (readyz).
+    pub status: &'static str,
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+async fn health() -> axum::Json<Status> {
+    axum::Json(Status { status: "ok" })
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> ApiResult<impl IntoResponse> {
@@ -692,7 +329,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> ApiResult<impl IntoRespons
         .ping()
         .await
         .map_err(|e| ApiError::unavailable(format!("the database does not answer: {e}"), 5))?;
-    Ok(axum::Json(serde_json::json!({"status": "ready"})))
+    Ok(axum::Json(Status { status: "ready" }))
 }
 
 async fn openapi(State(state): State<Arc<AppState>>) -> impl IntoResponse {

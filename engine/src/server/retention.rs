@@ -94,9 +94,9 @@ fn add(total: &mut PruneReport, r: PruneReport) {
 }
 
 /// Body of `POST /v1/runs/prune`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PruneBody {
+pub struct PruneBody {
     /// Delete runs that finished longer ago than this, e.g. `30d`.
     #[serde(default)]
     older_than: Option<String>,

@@ -11,7 +11,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -20,7 +21,7 @@ use super::error::{ApiError, ApiResult};
 use super::flows::LoadedFlow;
 use super::{AppState, check_id, json_body};
 use crate::run::{RunError, RunOutcome};
-use crate::store::{RunFilter, RunStatus};
+use crate::store::{RunFilter, RunRecord, RunStatus, StepRecord};
 
 /// How long a request key (Idempotency-Key, webhook-id) holds.
 pub const KEY_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -92,17 +93,60 @@ pub async fn start_run(
     Ok((id, new))
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/runs`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct StartBody {
+pub struct StartBody {
+    /// The flow to run.
     flow: String,
+    /// The flow's inputs by name (defaults fill the rest).
     #[serde(default)]
     inputs: Map<String, Value>,
     /// Wait for the run to end (up to `timeout_s`, default 30).
     #[serde(default)]
     wait: bool,
+    /// How long `wait` waits, in seconds (1 to 600).
     #[serde(default)]
     timeout_s: Option<u64>,
+}
+
+/// A run with its steps.
+#[derive(Serialize, JsonSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    run: RunRecord,
+    /// Its steps' results, in the order they started.
+    steps: Vec<StepRecord>,
+    /// Whether this request started it (`POST /v1/runs` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<bool>,
+}
+
+/// A page of runs.
+#[derive(Serialize, JsonSchema)]
+pub struct RunPage {
+    /// Runs, newest first.
+    items: Vec<RunRecord>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    next_cursor: Option<String>,
+}
+
+/// The answer of `POST /v1/runs/{id}/cancel`.
+#[derive(Serialize, JsonSchema)]
+pub struct CancelAnswer {
+    /// The run.
+    run_id: String,
+    /// Always true: the run stops at its next step boundary.
+    cancel_requested: bool,
+}
+
+/// The answer of `POST /v1/runs/{id}/rerun`.
+#[derive(Serialize, JsonSchema)]
+pub struct RerunAnswer {
+    /// The run.
+    run_id: String,
+    /// `running`.
+    status: RunStatus,
 }
 
 /// `POST /v1/runs`.
@@ -139,7 +183,7 @@ pub async fn start(
             .await?
     {
         let mut out = run_json(&state, &first).await?;
-        out["created"] = Value::Bool(false);
+        out.created = Some(false);
         return Ok((StatusCode::OK, Json(out)).into_response());
     }
     let permit = slot(&state, Some(SLOT_WAIT)).await?;
@@ -159,7 +203,7 @@ pub async fn start(
         let _ = tokio::time::timeout(limit, rx).await;
     }
     let mut out = run_json(&state, &run_id).await?;
-    out["created"] = Value::Bool(new);
+    out.created = Some(new);
     let mut res = (
         if new {
             StatusCode::CREATED
@@ -185,12 +229,14 @@ async fn stored_run(state: &AppState, id: &str) -> ApiResult<crate::store::RunRe
         .ok_or_else(|| ApiError::not_found(format!("no run `{id}`")))
 }
 
-async fn run_json(state: &AppState, id: &str) -> ApiResult<Value> {
+async fn run_json(state: &AppState, id: &str) -> ApiResult<RunDetail> {
     let run = stored_run(state, id).await?;
     let steps = state.store.steps(id).await?;
-    let mut out = serde_json::to_value(&run).map_err(ApiError::internal)?;
-    out["steps"] = serde_json::to_value(&steps).map_err(ApiError::internal)?;
-    Ok(out)
+    Ok(RunDetail {
+        run,
+        steps,
+        created: None,
+    })
 }
 
 /// `GET /v1/runs/{id}`: the run with its steps.
@@ -201,12 +247,19 @@ pub async fn get_one(
     Ok(Json(run_json(&state, &id).await?))
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/runs`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only this flow's runs.
     flow: Option<String>,
+    /// Only runs in this status.
+    #[schemars(with = "Option<RunStatus>")]
     status: Option<String>,
+    /// Runs per page (1 to 500, default 50).
+    #[schemars(range(min = 1, max = 500))]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -258,7 +311,10 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(json!({"items": items, "next_cursor": next})))
+    Ok(Json(RunPage {
+        items,
+        next_cursor: next,
+    }))
 }
 
 /// `POST /v1/runs/{id}/cancel`.
@@ -275,7 +331,10 @@ pub async fn cancel(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"run_id": id, "cancel_requested": true})),
+        Json(CancelAnswer {
+            run_id: id,
+            cancel_requested: true,
+        }),
     ))
 }
 
@@ -307,6 +366,9 @@ pub async fn rerun(
     });
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"run_id": id, "status": "running"})),
+        Json(RerunAnswer {
+            run_id: id,
+            status: RunStatus::Running,
+        }),
     ))
 }

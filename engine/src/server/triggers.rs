@@ -40,6 +40,30 @@ use crate::sync::{SyncOptions, SyncSchedule};
 /// Headers not copied into a run's trigger data.
 const HIDDEN_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
 
+/// The path after `/v1/hooks/`: a flow's webhook trigger `path`.
+pub struct HookPath;
+
+impl schemars::JsonSchema for HookPath {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HookPath".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "minLength": 1})
+    }
+}
+
+/// The answer of an inbound hook.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct HookAnswer {
+    /// The run it started (or, for a repeated `webhook-id`, the run the first delivery started).
+    pub run_id: String,
+    /// Whether this `webhook-id` had already started a run.
+    pub duplicate: bool,
+}
+
 /// `POST /v1/hooks/{*path}`.
 pub async fn inbound_hook(
     State(state): State<Arc<AppState>>,
@@ -181,7 +205,10 @@ pub async fn inbound_hook(
         } else {
             StatusCode::OK
         },
-        Json(json!({"run_id": run_id, "duplicate": !new})),
+        Json(HookAnswer {
+            run_id,
+            duplicate: !new,
+        }),
     ))
 }
 

@@ -27,7 +27,7 @@ pub struct ConnectionRow {
 }
 
 /// One status change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct StatusEvent {
     /// Connection id.
     pub connection_id: String,

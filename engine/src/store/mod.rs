@@ -78,7 +78,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// Status of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Waiting to start.
@@ -129,7 +129,7 @@ impl FromStr for RunStatus {
 }
 
 /// Status of a step in a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepStatus {
     /// Not started.
@@ -187,7 +187,7 @@ pub struct FlowRevision {
 }
 
 /// A stored run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunRecord {
     /// Run id (UUID v7).
     pub id: String,
@@ -220,7 +220,7 @@ pub struct RunRecord {
 }
 
 /// A stored step result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct StepRecord {
     /// Step id.
     pub step_id: String,

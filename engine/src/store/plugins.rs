@@ -7,7 +7,7 @@ use sqlx::Row;
 use super::{Store, StoreError, now_ms};
 
 /// A registered plugin version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PluginRecord {
     /// Plugin name.
     pub name: String,

@@ -28,7 +28,7 @@ pub struct Prune {
 }
 
 /// What a prune did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct PruneReport {
     /// Runs deleted.
     pub runs: u64,

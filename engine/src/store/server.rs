@@ -9,7 +9,7 @@ use sqlx::Row;
 use super::{Store, StoreError, now_ms};
 
 /// A stored API token. The secret itself is never stored, only its sha256.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct TokenRow {
     /// Token id (the part of the token before the secret).
     pub id: String,

@@ -9,7 +9,7 @@ use sqlx::Row;
 use super::{Backend, Store, StoreError, now_ms};
 
 /// The sync state of one connection and entity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SyncStateRow {
     /// Connection id.
     pub connection_id: String,

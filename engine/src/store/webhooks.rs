@@ -14,7 +14,7 @@ use crate::webhooks::endpoints::Endpoint;
 use crate::webhooks::signing::Secret;
 
 /// State of an outbox message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageStatus {
     /// Waiting for its next attempt.
@@ -66,7 +66,7 @@ pub struct NewMessage {
 }
 
 /// A stored outbox message.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct MessageRecord {
     /// Message id (one per event and endpoint).
     pub id: String,
@@ -110,7 +110,7 @@ pub struct ClaimedMessage {
 }
 
 /// One logged delivery attempt.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct AttemptLog {
     /// Message id.
     pub message_id: String,

@@ -33,7 +33,7 @@ use crate::unified::Entity;
 pub const PER_RECORD_EVENTS: usize = 100;
 
 /// Incremental or full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Records changed after the cursor.
@@ -56,7 +56,7 @@ impl Mode {
 /// (set with `sluice connection add --sync ENTITY=CRON`, or `"syncs"` in the
 /// API's connection body). `sluice serve` fires it; each tick syncs once
 /// however many processes share the database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncSchedule {
     /// Entity synced, e.g. `purchase_order`.
@@ -165,7 +165,7 @@ impl Default for SyncOptions {
 }
 
 /// What a sync did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SyncReport {
     /// Sync id.
     pub sync_id: String,

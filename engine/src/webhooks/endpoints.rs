@@ -15,7 +15,7 @@ use crate::store::{Store, StoreError, now_ms};
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 
 /// A receiver of events.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Endpoint {
     /// `ep_` + UUID v7.
     pub id: String,
