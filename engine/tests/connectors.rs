@@ -2012,6 +2012,66 @@ async fn calls_refused_together_with_the_same_expired_session_log_in_once() {
     assert_eq!((st.logins, st.unauthorized), (2, 4));
 }
 
+/// A search API that pages with a numeric cursor inside the JSON body
+/// (`{"after": null}` first, then the `next` it answered), five records in
+/// pages of two. Records the `after` of each request.
+async fn body_cursor_system() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/search",
+        axum::routing::post(move |axum::Json(req): axum::Json<Value>| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(req["after"].clone());
+                let after = req["after"].as_u64().unwrap_or(0);
+                let ids: Vec<u64> = (after + 1..=5).take(2).collect();
+                let items: Vec<Value> = ids
+                    .iter()
+                    .map(|i| json!({"id": format!("V-{i}"), "name": format!("Vendor {i}"), "state": "A",
+                                    "created": "2024-01-01T00:00:00Z", "changed": "2024-01-02T00:00:00Z"}))
+                    .collect();
+                let next = ids.last().filter(|l| **l < 5);
+                axum::Json(json!({"items": items, "next": next}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn a_numeric_cursor_in_the_json_body_pages_to_the_end() {
+    let (base, seen) = body_cursor_system().await;
+    let text = MINIMAL
+        .replace(
+            "request: { path: /vendors }",
+            "request: { method: POST, path: /search, body: { after: \"${{ cursor }}\", size: \"${{ page_size }}\" } }",
+        )
+        .replace(
+            "paginator: { type: next_link, path: $.next }",
+            "paginator: { type: cursor, path: $.next }\n      page_size: 2",
+        );
+    let mut defs = Definitions::built_in();
+    defs.insert(definition::compile("tiny.yaml", &text).unwrap_or_else(|e| panic!("{e}")));
+    let c = connect_with(
+        "tiny",
+        &defs,
+        "tiny",
+        &[("base_url", &base)],
+        &[],
+        fast_policy(),
+    );
+    let (engine, _dir) = engine_with(&[("tiny", &c)]).await;
+    let o = read_all(&engine, "tiny", "vendor", "").await;
+    assert_eq!(o["count"], 5, "{o}");
+    assert_eq!(o["records"][4]["name"], "Vendor 5");
+    // The cursor went back as the number it was, null on the first page.
+    assert_eq!(*seen.lock().unwrap(), vec![Value::Null, json!(2), json!(4)]);
+}
+
 #[test]
 fn a_paginator_without_a_parameter_needs_the_request_to_place_the_position() {
     let e = definition_errors(&RPC.replace("\"${{ offset }}\"", "0"));

@@ -226,8 +226,10 @@ struct PageToken {
     offset: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     page: Option<u64>,
+    /// The system's cursor as it gave it: text, a number, or a list or
+    /// object (`search_after`), so a body template sends it back as it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    cursor: Option<String>,
+    cursor: Option<Value>,
     /// Records of the page at `url` already returned: the server sent more
     /// than the caller's limit (server-driven paging has no page size the
     /// client can impose), so the rest of that page comes next.
@@ -1477,7 +1479,11 @@ impl HttpConnector {
                     }
                     Paginator::Cursor { param, .. } => {
                         if let (Some(p), Some(c)) = (param, &token.cursor) {
-                            extra.push((p.clone(), c.clone()));
+                            let text = match c {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            };
+                            extra.push((p.clone(), text));
                         }
                     }
                     _ => {}
@@ -1644,14 +1650,14 @@ impl HttpConnector {
                     _ => None,
                 }
             }
+            // No cursor (absent, null, false, empty) or the same one again
+            // ends the listing; a number is a cursor as much as a text.
             Paginator::Cursor { .. } => match ce.next.as_ref().and_then(|q| q.first(&body)) {
-                Some(Value::String(s)) if !s.is_empty() && Some(s) != token.cursor.as_ref() => {
-                    Some(PageToken {
-                        cursor: Some(s.clone()),
-                        n: page_no,
-                        ..PageToken::default()
-                    })
-                }
+                Some(c) if is_cursor(c) && Some(c) != token.cursor.as_ref() => Some(PageToken {
+                    cursor: Some(c.clone()),
+                    n: page_no,
+                    ..PageToken::default()
+                }),
                 _ => None,
             },
             Paginator::Offset { .. } => {
@@ -2054,6 +2060,17 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 #[async_trait]
 impl Connector for HttpConnector {
+/// Whether a value a system gave as its next cursor is one.
+fn is_cursor(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(_) => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::Number(_) => true,
+    }
+}
+
     async fn list(&self, entity: Entity, query: &ListQuery) -> Result<Page, ConnectorError> {
         let (records, next_cursor) = self.list_page(entity, query).await?;
         Ok(Page {
