@@ -1091,7 +1091,26 @@ fn the_sandbox_syncs_full_and_incremental_and_feeds_cache_reads() {
     let r = json_out(&o);
     assert_eq!(r["added"], DATA.purchase_orders.len(), "{r}");
     assert_eq!(r["mode"], "incremental");
-    // Nothing changed: the incremental sync adds and updates nothing.
+    // The cursor is the newest record's timestamp.
+    let newest = DATA
+        .purchase_orders
+        .iter()
+        .filter_map(|p| p["remote_updated_at"].as_str())
+        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .max()
+        .unwrap();
+    let cursor = chrono::DateTime::parse_from_rfc3339(r["cursor"].as_str().unwrap()).unwrap();
+    assert_eq!(cursor, newest, "{r}");
+    // Nothing changed: the incremental sync asks only for what changed
+    // since the cursor (less the 5-minute lookback), so it sees the newest
+    // record(s) again, not all of them, and adds and updates nothing.
+    let within_lookback = DATA
+        .purchase_orders
+        .iter()
+        .filter_map(|p| p["remote_updated_at"].as_str())
+        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .filter(|t| *t > newest - chrono::Duration::minutes(5))
+        .count();
     let r = json_out(&sluice(
         &["sync", "start", "sandbox", "purchase_order", "--json"],
         &db,
@@ -1101,6 +1120,10 @@ fn the_sandbox_syncs_full_and_incremental_and_feeds_cache_reads() {
         (Some(0), Some(0)),
         "{r}"
     );
+    assert_eq!(r["unchanged"], within_lookback, "{r}");
+    assert!(within_lookback < DATA.purchase_orders.len());
+    // A full sync pages through all of them (the sandbox's own cursor) and
+    // deletes none.
     let r = json_out(&sluice(
         &[
             "sync",
@@ -1108,12 +1131,25 @@ fn the_sandbox_syncs_full_and_incremental_and_feeds_cache_reads() {
             "sandbox",
             "purchase_order",
             "--full",
+            "--page-size",
+            "7",
             "--json",
         ],
         &db,
     ));
     assert_eq!(r["unchanged"], DATA.purchase_orders.len(), "{r}");
     assert_eq!(r["deleted"], 0, "{r}");
+    assert_eq!(r["pages"], DATA.purchase_orders.len().div_ceil(7), "{r}");
+    // `sync status` shows the sandbox's state.
+    let o = sluice(&["sync", "status"], &db);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        status.lines().any(|l| l.starts_with("sandbox")
+            && l.contains("purchase_order")
+            && l.contains("idle")),
+        "{status}"
+    );
 
     let flow = dir.path().join("cache.yaml");
     std::fs::write(

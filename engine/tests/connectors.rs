@@ -2081,3 +2081,117 @@ fn a_paginator_without_a_parameter_needs_the_request_to_place_the_position() {
         "{e:?}"
     );
 }
+
+const NETSUITE_CREATE: &str = r#"
+apiVersion: sluice/v1
+id: ns-create
+steps:
+  - id: create
+    write:
+      connection: ns
+      entity: purchase_order
+      op: create
+      data:
+        vendor_id: "100002"
+        order_date: "2026-02-02"
+        expected_date: "2026-02-16"
+        lines:
+          - { line_number: 1, item_id: MAT-1003, description: Gear oil, quantity: 20, unit_of_measure: L, unit_price: 7.9, amount: 158 }
+  - id: update
+    needs: [create]
+    write:
+      connection: ns
+      entity: purchase_order
+      op: update
+      id: "${{ steps.create.output.remote_id }}"
+      data: { expected_date: "2026-03-01" }
+output: { created: "${{ steps.create.output }}", updated: "${{ steps.update.output }}" }
+"#;
+
+#[tokio::test]
+async fn a_netsuite_create_answered_204_with_location_is_read_back_and_carries_a_uuid_idempotency_key()
+ {
+    let emu = netsuite::start(2, 1).await;
+    let c = netsuite_conn(&emu, netsuite::CLIENT_SECRET);
+    let (engine, _dir) = engine_with(&[("ns", &c)]).await;
+    let out = common::run(&engine, NETSUITE_CREATE, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let o = out.output.unwrap();
+    // 204 + Location: the record was read back and mapped.
+    let created = &o["created"];
+    let id = created["remote_id"].as_str().unwrap();
+    assert_eq!(
+        emu.record("purchaseOrder", id).unwrap()["tranId"],
+        created["number"],
+        "the record NetSuite made: {o}"
+    );
+    assert_eq!(created["vendor_name"], "Nordic Bearings AB");
+    assert_eq!(created["status"], "pending_approval");
+    assert_eq!(created["lines"][0]["item_id"], "MAT-1003");
+    assert_eq!(created["total"].as_f64(), Some(158.0), "{created}");
+    assert!(created.get("mapped").is_none(), "{created}");
+    assert_eq!(o["updated"]["expected_date"], "2026-03-01", "{o}");
+
+    let writes: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            (r.method == "POST" && r.path.ends_with("/purchaseOrder")) || r.method == "PATCH"
+        })
+        .collect();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    let keys: Vec<&str> = writes
+        .iter()
+        .map(|r| {
+            r.header(netsuite::IDEMPOTENCY_HEADER)
+                .expect("each write carries a key")
+        })
+        .collect();
+    assert_ne!(keys[0], keys[1], "create and update are different writes");
+    for k in &keys {
+        assert!(
+            uuid::Uuid::parse_str(k).is_ok(),
+            "a UUID, as NetSuite wants: {k}"
+        );
+    }
+    let body: Value = serde_json::from_str(&writes[0].body).unwrap();
+    assert_eq!(body["entity"]["id"], "100002");
+    assert_eq!(body["item"]["items"][0]["rate"], 7.9);
+}
+
+#[tokio::test]
+async fn a_netsuite_create_whose_answer_was_lost_is_retried_with_the_same_key_and_made_once() {
+    let emu = netsuite::start(2, 1).await;
+    let c = netsuite_conn(&emu, netsuite::CLIENT_SECRET);
+    let (engine, _dir) = engine_with(&[("ns", &c)]).await;
+    // A token first, so the fault below hits the create.
+    c.connector
+        .list(Entity::Vendor, &ListQuery::default())
+        .await
+        .unwrap();
+    let before = emu.count("purchaseOrder");
+    // NetSuite creates the order, then the gateway answers 504.
+    emu.inject([Fault::LostAnswer(504)]);
+    let out = common::run(&engine, NETSUITE_CREATE, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let o = out.output.unwrap();
+    let posts: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/purchaseOrder"))
+        .collect();
+    assert_eq!(posts.len(), 2, "the create was retried after the 504");
+    assert_eq!(
+        posts[0].header(netsuite::IDEMPOTENCY_HEADER),
+        posts[1].header(netsuite::IDEMPOTENCY_HEADER),
+        "with the same key"
+    );
+    assert_eq!(
+        emu.count("purchaseOrder"),
+        before + 1,
+        "one order, not two: the retry was recognised by its key"
+    );
+    let id = o["created"]["remote_id"].as_str().unwrap();
+    assert!(emu.record("purchaseOrder", id).is_some(), "{o}");
+    assert!(o["created"].get("mapped").is_none(), "{o}");
+}

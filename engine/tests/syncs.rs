@@ -733,3 +733,73 @@ async fn a_sync_failing_three_times_in_a_row_raises_one_system_error() {
     .unwrap();
     assert_eq!(store.sync_failures("flaky", "vendor").await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_flow_syncs_the_sandbox_and_reads_the_cache_with_no_system() {
+    use sluice::connectors::sandbox::DATA;
+    let (store, _dir) = store_with_endpoint().await;
+    let engine = common::engine(store.clone(), vec![], vec![]);
+    let flow = r#"
+apiVersion: sluice/v1
+id: sandbox-cache
+steps:
+  - id: first
+    sync: { connection: sandbox, entity: work_order }
+  - id: again
+    needs: [first]
+    sync: { connection: sandbox, entity: work_order }
+  - id: cached
+    needs: [again]
+    read: { connection: sandbox, entity: work_order, from: cache, filter: { status: completed } }
+output:
+  first: "${{ steps.first.output }}"
+  again: "${{ steps.again.output }}"
+  cached: "${{ steps.cached.output.records }}"
+"#;
+    let out = common::run(&engine, flow, serde_json::json!({})).await;
+    assert_eq!(
+        out.status,
+        sluice::store::RunStatus::Succeeded,
+        "{:?}",
+        out.error
+    );
+    let o = out.output.unwrap();
+    let all = DATA.work_orders.len();
+    assert_eq!(o["first"]["added"], all, "{o}");
+    // The second sync is incremental from the newest record's timestamp:
+    // it reads only what the lookback covers and changes nothing.
+    assert_eq!(o["again"]["added"], 0, "{o}");
+    assert_eq!(o["again"]["updated"], 0, "{o}");
+    assert!(
+        o["again"]["unchanged"].as_u64().unwrap() < all as u64,
+        "{o}"
+    );
+    // The cache answers with the synced records, filtered.
+    let completed: Vec<&str> = DATA
+        .work_orders
+        .iter()
+        .filter(|w| w["status"] == "completed")
+        .map(|w| w["remote_id"].as_str().unwrap())
+        .collect();
+    assert!(!completed.is_empty());
+    let mut got: Vec<&str> = o["cached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["remote_id"].as_str().unwrap())
+        .collect();
+    got.sort_unstable();
+    let mut want = completed.clone();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    // Each sync announced itself with its counts.
+    let done: Vec<Value> = events(&store)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "sync.completed")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert_eq!(done[0]["connection_id"], "sandbox");
+    assert_eq!(done[0]["entity"], "work_order");
+}

@@ -1181,3 +1181,235 @@ async fn a_message_whose_lease_could_run_out_mid_attempt_goes_back_unattempted()
     ids.dedup();
     assert_eq!((rx.received().len(), ids.len()), (4, 4));
 }
+
+/// Delivers (as `sluice serve`'s worker does) until `receiver` got `n`
+/// requests or 20 s pass; events emitted from a background task arrive
+/// while it runs.
+async fn deliver_until_received(store: &Store, receiver: &Receiver, n: usize) -> Vec<Received> {
+    let worker = DeliveryWorker::new(store.clone(), test_config()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.received().len() < n {
+        assert!(Instant::now() < deadline, "got {:?}", receiver.received());
+        if worker.run_once().await.unwrap() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    receiver.received()
+}
+
+/// A stored NetSuite connection on `emu` whose status changes go through
+/// the store (as under `sluice serve`).
+async fn stored_netsuite(
+    store: &Store,
+    emu: &sluice_emulators::Emulator,
+) -> sluice::connectors::http::HttpConnector {
+    use sluice::connectors::connection::{self, StoreSink};
+    use sluice::connectors::definition::Definitions;
+    use sluice::connectors::http::ConnectionConfig;
+    use sluice::connectors::resilience::StatusSink;
+    let defs = Definitions::built_in();
+    let config = ConnectionConfig {
+        definition: "netsuite".into(),
+        params: [("base_url".to_string(), emu.base_url.clone())].into(),
+        credentials: [
+            ("client_id".to_string(), "NS_CLIENT_ID".to_string()),
+            ("client_secret".to_string(), "NS_CLIENT_SECRET".to_string()),
+        ]
+        .into(),
+        policy: sluice::connectors::resilience::Policy {
+            base_delay_ms: 5,
+            max_delay_ms: 20,
+            ..Default::default()
+        },
+        ..ConnectionConfig::default()
+    };
+    connection::add(store, &defs, "ns", &config, false)
+        .await
+        .unwrap();
+    let secrets = sluice::expr::secrets::Secrets::from_pairs([
+        (
+            "NS_CLIENT_ID".to_string(),
+            sluice_emulators::netsuite::CLIENT_ID.to_string(),
+        ),
+        (
+            "NS_CLIENT_SECRET".to_string(),
+            sluice_emulators::netsuite::CLIENT_SECRET.to_string(),
+        ),
+    ]);
+    let row = store.connection("ns").await.unwrap().unwrap();
+    let sink: Arc<dyn StatusSink> = StoreSink::start(store.clone());
+    connection::build(&row, &defs, &secrets, Some(sink)).unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_token_refresh_reaches_an_endpoint_as_connection_auth_required() {
+    use sluice::connectors::{Connector, ListQuery};
+    let (store, _d) = sqlite_store().await;
+    let ops = Receiver::start(vec![]).await;
+    add_endpoint(&store, &ops.url(), &["connection.auth_required"]).await;
+    let emu = sluice_emulators::netsuite::start(2, 1).await;
+    // Tokens good for one second (61 s, refreshed 60 s early).
+    emu.set_token_ttl(61);
+    let c = stored_netsuite(&store, &emu).await;
+    c.list(sluice::unified::Entity::Vendor, &ListQuery::default())
+        .await
+        .unwrap();
+    // The client secret is rotated in NetSuite; the next token refresh is
+    // refused.
+    emu.set_secret("rotated-secret");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = c
+        .list(sluice::unified::Entity::Vendor, &ListQuery::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "AUTHENTICATION_FAILED", "{e:?}");
+    assert_eq!(emu.token_requests(), 2, "the refresh was asked for");
+
+    let got = deliver_until_received(&store, &ops, 1).await;
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["type"], "connection.auth_required", "{body}");
+    assert_eq!(body["connection_id"], "ns", "{body}");
+    assert_eq!(body["data"]["connection_id"], "ns", "{body}");
+    let reason = body["data"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("refused the client credentials"),
+        "{reason}"
+    );
+    assert!(
+        !got[0]
+            .body
+            .contains(sluice_emulators::netsuite::CLIENT_SECRET),
+        "no secret in the event"
+    );
+    assert_eq!(
+        store.connection("ns").await.unwrap().unwrap().status,
+        "auth_required"
+    );
+    // Refused again: the connection is already auth_required, no second event.
+    c.list(sluice::unified::Entity::Vendor, &ListQuery::default())
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    deliver_all(&store, test_config()).await;
+    assert_eq!(ops.received().len(), 1, "{:?}", ops.received());
+}
+
+#[tokio::test]
+async fn a_system_that_stays_down_raises_system_error_after_the_configured_failed_syncs() {
+    use sluice::sync::{self, Mode, SyncOptions};
+    let (store, _d) = sqlite_store().await;
+    let ops = Receiver::start(vec![]).await;
+    add_endpoint(&store, &ops.url(), &["system.error"]).await;
+    let emu = sluice_emulators::netsuite::start(2, 1).await;
+    let c = stored_netsuite(&store, &emu).await;
+    let opts = SyncOptions {
+        mode: Mode::Incremental,
+        alert_after_failures: 2,
+        ..SyncOptions::default()
+    };
+    let vendor = sluice::unified::Entity::Vendor;
+    sync::run(&store, &c, "ns", vendor, &opts, None)
+        .await
+        .unwrap();
+    // NetSuite goes away: nothing listens on its port any more.
+    drop(emu);
+    for n in 1..=3 {
+        let e = sync::run(&store, &c, "ns", vendor, &opts, None)
+            .await
+            .unwrap_err();
+        assert!(!e.to_string().is_empty(), "sync {n} fails");
+    }
+    // One alert for the streak, after the second failure.
+    let got = deliver_until_received(&store, &ops, 1).await;
+    deliver_all(&store, test_config()).await;
+    assert_eq!(ops.received().len(), 1, "{got:?}");
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["type"], "system.error", "{body}");
+    assert_eq!(body["data"]["source"], "sync");
+    assert_eq!(body["data"]["details"]["connection_id"], "ns");
+    assert_eq!(body["data"]["details"]["failures"], 2);
+    let message = body["data"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the vendor sync of connection ns failed 2 times in a row"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_the_delivery_workers_writes_is_reported_as_a_system_error() {
+    let (store, dir) = sqlite_store().await;
+    let ops = Receiver::start(vec![]).await;
+    add_endpoint(&store, &ops.url(), &["system.error"]).await;
+    // A second connection to the database: claims (which mark messages
+    // `delivering`) fail as a full or damaged disk would make them fail.
+    let url = format!("sqlite://{}", dir.path().join("sluice.db").display());
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_claims BEFORE UPDATE OF status ON webhook_messages \
+         WHEN NEW.status = 'delivering' BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    // A message to deliver: claiming it is what the store refuses.
+    let orders = Receiver::start(vec![]).await;
+    add_endpoint(&store, &orders.url(), &["po.*"]).await;
+    sluice::webhooks::emit(&store, "k-po", "po.created", None, json!({}))
+        .await
+        .unwrap();
+    let worker = DeliveryWorker::new(store.clone(), test_config()).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        worker
+            .run_until(async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    // The worker's loop hits the error; its alert waits in the outbox.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alerts = || async {
+        store
+            .messages(&MessageFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.event_type == "system.error")
+            .count()
+    };
+    while alerts().await == 0 {
+        assert!(Instant::now() < deadline, "no system.error queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ops.received().is_empty() && orders.received().is_empty());
+    // The worker keeps retrying (every second) while the store refuses.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The disk is fixed; the alert is delivered.
+    sqlx::query("DROP TRIGGER refuse_claims")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ops.received().is_empty() || orders.received().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered after the store recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+    let got = ops.received();
+    // One alert a minute at most, not one per retry (two when the test
+    // straddles a minute).
+    assert!((1..=2).contains(&got.len()), "{got:?}");
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["type"], "system.error", "{body}");
+    assert_eq!(body["data"]["source"], "store");
+    let message = body["data"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("webhook delivery cannot read or write the store")
+            && message.contains("database or disk is full"),
+        "{message}"
+    );
+}

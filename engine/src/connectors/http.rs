@@ -1776,6 +1776,12 @@ impl HttpConnector {
         let accepted = matches!(op, "create" | "update");
         if resp.body.iter().all(u8::is_ascii_whitespace) {
             if op == "create" {
+                // `204` + `Location` (NetSuite, OData `return=minimal`):
+                // the record is read back by the id in the URL.
+                let can_get = self.requests[&entity].ops.contains_key("get");
+                if let Some(id) = remote_id_in_headers(&resp).filter(|_| can_get) {
+                    return Ok(Some(self.read_back(ce, entity, op, &resp, id).await));
+                }
                 return Ok(Some(self.unmapped_write(
                     ce,
                     entity,
@@ -1813,22 +1819,7 @@ impl HttpConnector {
                     why,
                 )));
             };
-            return match self.get(entity, &id).await {
-                Ok(r) => Ok(Some(r)),
-                Err(e) => {
-                    let mut out = self.unmapped_write(
-                        ce,
-                        entity,
-                        op,
-                        &resp,
-                        None,
-                        format!("reading the record back failed: {}", e.message),
-                    );
-                    out["remote_id"] = json!(id);
-                    out["id"] = json!(format!("{}:{id}", self.id));
-                    Ok(Some(out))
-                }
-            };
+            return Ok(Some(self.read_back(ce, entity, op, &resp, id).await));
         }
         let Some(src) = ce.record_paths.get(op).and_then(|q| q.first(&body)) else {
             let why = format!("the {op} response has no record: {}", snippet(&resp.body));
@@ -1864,6 +1855,35 @@ impl HttpConnector {
         }
     }
 
+    /// The record a create or update the system accepted made, read back
+    /// with `get` by the id its answer gave; when that read fails, the id
+    /// and the answer with a warning (the record exists all the same).
+    async fn read_back(
+        &self,
+        ce: &CompiledEntity,
+        entity: Entity,
+        op: &'static str,
+        resp: &Resp,
+        id: String,
+    ) -> Value {
+        match self.get(entity, &id).await {
+            Ok(r) => r,
+            Err(e) => {
+                let mut out = self.unmapped_write(
+                    ce,
+                    entity,
+                    op,
+                    resp,
+                    None,
+                    format!("reading the record back failed: {}", e.message),
+                );
+                out["remote_id"] = json!(id);
+                out["id"] = json!(format!("{}:{id}", self.id));
+                out
+            }
+        }
+    }
+
     /// What a create or update the system accepted returns when its response
     /// cannot be mapped: the remote id (from the mapping's `remote_id` path in
     /// the response, else the `Location` or `OData-EntityId` header), the raw
@@ -1887,13 +1907,7 @@ impl HttpConnector {
                     _ => None,
                 })
         });
-        let from_header = || {
-            ["location", "odata-entityid"].iter().find_map(|h| {
-                let v = resp.headers.get(*h)?.to_str().ok()?;
-                remote_id_in_url(v)
-            })
-        };
-        let remote_id = from_body.or_else(from_header);
+        let remote_id = from_body.or_else(|| remote_id_in_headers(resp));
         let warning = format!(
             "{} accepted the {op} of {entity} (HTTP {}) but its response could not be mapped: {why}",
             self.id, resp.status
@@ -1909,6 +1923,15 @@ impl HttpConnector {
                 .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&resp.body).into_owned())),
         })
     }
+}
+
+/// The id of the record a write made, from the answer's `Location` or
+/// `OData-EntityId` header.
+fn remote_id_in_headers(resp: &Resp) -> Option<String> {
+    ["location", "odata-entityid"].iter().find_map(|h| {
+        let v = resp.headers.get(*h)?.to_str().ok()?;
+        remote_id_in_url(v)
+    })
 }
 
 /// The key at the end of an entity URL: `.../purchaseOrders(abc)` → `abc`,

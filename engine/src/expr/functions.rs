@@ -18,6 +18,7 @@
 //! | `b64encode`, `b64decode` | filter | standard base64 with padding (decode gives UTF-8 text) |
 //! | `hexencode`, `hexdecode` | filter | lowercase hex of UTF-8 text, and back |
 //! | `sha256` | filter | hex SHA-256 of the text |
+//! | `as_uuid` | filter | a UUID derived from the text (RFC 9562 version 8 over its SHA-256): the same text gives the same UUID, for systems whose idempotency keys must be UUIDs (`${{ idempotency_key \| as_uuid }}`) |
 //! | `urlencode` | filter | percent-encoding (minijinja builtin) |
 //! | `coalesce(a, b, ...)` | function | the first argument that is defined, not none and not an empty string |
 //! | `sum` | filter | the exact decimal sum of a list of numbers (`[0.1, 0.2] \| sum` is `0.3`; minijinja's own adds doubles) |
@@ -41,6 +42,7 @@ pub const FILTERS: &[&str] = &[
     "hexencode",
     "hexdecode",
     "sha256",
+    "as_uuid",
 ];
 
 /// Names of the functions added here.
@@ -208,6 +210,15 @@ pub fn register(env: &mut Environment<'static>) {
             .map_err(|e| invalid(format!("b64decode: {e}")))?;
         String::from_utf8(bytes).map_err(|_| invalid("b64decode: the bytes are not UTF-8 text"))
     });
+    env.add_filter("as_uuid", |v: &Value| -> Result<String, Error> {
+        let digest = Sha256::digest(text_arg(v, "as_uuid")?.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Ok(uuid::Builder::from_custom_bytes(bytes)
+            .into_uuid()
+            .hyphenated()
+            .to_string())
+    });
     env.add_filter("hexencode", |v: &Value| -> Result<String, Error> {
         Ok(hex::encode(text_arg(v, "hexencode")?))
     });
@@ -328,6 +339,14 @@ mod tests {
         assert_eq!(eval("'dXNlcjpwdw==' | b64decode").unwrap(), "user:pw");
         assert_eq!(eval("'hi' | hexencode").unwrap(), "6869");
         assert_eq!(eval("'6869' | hexdecode").unwrap(), "hi");
+        // The same key, the same UUID (a retried write is recognised); a
+        // valid RFC 9562 UUID of version 8.
+        let a = eval("'run-1:create' | as_uuid").unwrap();
+        assert_eq!(a, eval("'run-1:create' | as_uuid").unwrap());
+        assert_ne!(a, eval("'run-1:create:1' | as_uuid").unwrap());
+        let u = uuid::Uuid::parse_str(a.as_str().unwrap()).unwrap();
+        assert_eq!(u.get_version_num(), 8, "{u}");
+        assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
         assert_eq!(
             eval("'abc' | sha256").unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

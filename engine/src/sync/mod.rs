@@ -150,6 +150,10 @@ pub struct SyncOptions {
     pub history_window: Option<Duration>,
     /// How long a running sync holds its claim without progress.
     pub lease: Duration,
+    /// Failed syncs of a connection's entity in a row after which
+    /// `system.error` is emitted, once per streak (default
+    /// `SLUICE_SYNC_ALERT_AFTER`, else 3).
+    pub alert_after_failures: u32,
 }
 
 impl Default for SyncOptions {
@@ -160,6 +164,7 @@ impl Default for SyncOptions {
             lookback: Duration::from_secs(300),
             history_window: None,
             lease: Duration::from_secs(120),
+            alert_after_failures: failure_alert_after(),
         }
     }
 }
@@ -271,12 +276,24 @@ fn rfc3339(ms: i64) -> Option<String> {
 
 /// Failed syncs in a row after which `system.error` is emitted
 /// (`SLUICE_SYNC_ALERT_AFTER`, default 3).
-fn failure_alert_after() -> i64 {
-    std::env::var("SLUICE_SYNC_ALERT_AFTER")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|n: &i64| *n > 0)
-        .unwrap_or(3)
+/// A value that is not a positive whole number is named in one warning and
+/// the default used.
+fn failure_alert_after() -> u32 {
+    static AFTER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *AFTER.get_or_init(|| {
+        let Ok(v) = std::env::var("SLUICE_SYNC_ALERT_AFTER") else {
+            return 3;
+        };
+        match v.trim().parse::<u32>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                tracing::warn!(
+                    "SLUICE_SYNC_ALERT_AFTER=`{v}` is not a positive whole number of failed syncs; using 3"
+                );
+                3
+            }
+        }
+    })
 }
 
 async fn emit(store: &Store, key: &str, kind: &str, connection: &str, data: Value) {
@@ -479,7 +496,7 @@ pub async fn run(
             json!({"connection_id": connection, "entity": ename, "mode": opts.mode, "error": e.to_string(), "details": e.details(), "pages": cp.pages})).await;
         // A sync that keeps failing needs a person: `system.error` once per streak.
         let failures = store.sync_failures(connection, ename).await.unwrap_or(0);
-        if failures == failure_alert_after() {
+        if failures == i64::from(opts.alert_after_failures.max(1)) {
             crate::webhooks::system_error(
                 store,
                 &format!("sync:{connection}:{ename}:failing:{sync_id}"),

@@ -25,6 +25,10 @@ pub enum Fault {
     NotJson,
     /// Serve this request normally (to place faults after some requests).
     Pass,
+    /// Do what the request asks, then answer this status instead (e.g. a
+    /// gateway timing out after the system created the record): the
+    /// client cannot tell that the write was done.
+    LostAnswer(u16),
 }
 
 /// A logged request.
@@ -133,6 +137,9 @@ pub struct Shared {
     pub secret: Mutex<String>,
     /// Counter for created ids and tokens.
     pub seq: Mutex<u64>,
+    /// Idempotency keys of writes already done, and the answer each got
+    /// (the `Location` of the record), so a repeated write is not done twice.
+    pub idempotency: Mutex<BTreeMap<String, String>>,
 }
 
 impl Shared {
@@ -482,6 +489,18 @@ async fn faults(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> 
                 StatusCode::OK,
                 [("content-type", "text/html")],
                 "<html><body>Maintenance in progress</body></html>",
+            )
+                .into_response();
+        }
+        Some(Fault::LostAnswer(s)) => {
+            let _done = next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
+            return (
+                status,
+                [("content-type", "application/json")],
+                format!(r#"{{"error":"injected {s} after the request was done"}}"#),
             )
                 .into_response();
         }

@@ -5,6 +5,15 @@
 //! and `q=lastModifiedDate AFTER "…"`; `GET .../purchaseOrder/{id}` answers
 //! the full record with `custbody_*` fields and `item.items` lines. OAuth 2.0
 //! client credentials at `/services/rest/auth/oauth2/v1/token`.
+//!
+//! `POST .../purchaseOrder` creates an order and answers `204 No Content`
+//! with the new record's URL in `Location` (no body, as NetSuite does);
+//! `PATCH .../purchaseOrder/{id}` updates one and answers `204`. Both honour
+//! `X-NetSuite-Idempotency-Key`, which must be a UUID: a write whose key was
+//! already used is not done again and gets the first one's answer. (NetSuite
+//! documents the key for asynchronous requests, answering a repeat with `400
+//! IDEMPOTENCY_ERROR` and a `Location`; this emulator replays the first
+//! answer instead, the behaviour the engine relies on.)
 
 use std::sync::Arc;
 
@@ -122,8 +131,11 @@ pub async fn start_on(n: usize, lines: usize, port: u16) -> Emulator {
     shared.seed("vendor", VENDORS.len(), vendor);
     let router = Router::new()
         .route(TOKEN_PATH, post(token))
-        .route(&format!("{RECORDS}/{{record}}"), get(list))
-        .route(&format!("{RECORDS}/{{record}}/{{id}}"), get(one));
+        .route(&format!("{RECORDS}/{{record}}"), get(list).post(create))
+        .route(
+            &format!("{RECORDS}/{{record}}/{{id}}"),
+            get(one).patch(update),
+        );
     Emulator::serve_on(router, shared, stamp, "id", port).await
 }
 
@@ -260,4 +272,200 @@ async fn one(
             ),
         ),
     }
+}
+
+/// The header NetSuite reads an idempotency key from.
+pub const IDEMPOTENCY_HEADER: &str = "x-netsuite-idempotency-key";
+
+/// Checks a write's idempotency key: `Ok(None)` without one, `Ok(Some(key))`
+/// with a UUID, an error answer otherwise.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
+    let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = v.to_str().unwrap_or_default().to_string();
+    let uuid = key.len() == 36
+        && key.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if uuid {
+        Ok(Some(key))
+    } else {
+        Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_HEADER",
+            &format!("Invalid X-NetSuite-Idempotency-Key header value {key}: a UUID is expected."),
+        )))
+    }
+}
+
+fn no_content(location: &str) -> Response {
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header("location", location)
+        .body(axum::body::Body::empty())
+        .expect("a valid response")
+}
+
+/// `POST .../purchaseOrder`: a new order from `entity`, `tranDate`,
+/// `dueDate`, `memo`, `custbody_*` and `item.items` (`item.id`, `quantity`,
+/// `rate`, `description`); `204` with its URL in `Location`.
+async fn create(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(record): Path<String>,
+    body: String,
+) -> Response {
+    if !shared.bearer_ok(&headers) {
+        return unauthorized();
+    }
+    if record != "purchaseOrder" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_RCRD_TYPE",
+            &format!("Creating {record} records is not supported here"),
+        );
+    }
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(e) => return *e,
+    };
+    if let Some(k) = &key
+        && let Some(location) = lock(&shared.idempotency).get(k)
+    {
+        return no_content(location);
+    }
+    let Ok(input) = serde_json::from_str::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_CONTENT",
+            "The request body is not JSON.",
+        );
+    };
+    let vendor_id = input["entity"]["id"].as_str().unwrap_or_default();
+    let Some((_, vendor_name)) = VENDORS.iter().find(|(id, _)| *id == vendor_id) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "USER_ERROR",
+            &format!(
+                "Error while accessing a resource. Invalid value {vendor_id} for field entity."
+            ),
+        );
+    };
+    let now = crate::common::now_ms();
+    let seq = shared.next_seq();
+    let id = format!("{}", 20_000 + seq);
+    let mut total = 0.0;
+    let items: Vec<Value> = input["item"]["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(n, l)| {
+            let qty = l["quantity"].as_f64().unwrap_or(0.0);
+            let rate = l["rate"].as_f64().unwrap_or(0.0);
+            let amount = (qty * rate * 100.0).round() / 100.0;
+            total += amount;
+            json!({
+                "line": n + 1,
+                "item": {"id": l["item"]["id"], "refName": l["description"]},
+                "description": l["description"],
+                "quantity": qty,
+                "units": l["units"].as_str().unwrap_or("EA"),
+                "rate": rate,
+                "amount": amount,
+                "quantityReceived": 0.0,
+            })
+        })
+        .collect();
+    let lines = items.len();
+    let mut po = json!({
+        "links": [{"rel": "self", "href": format!("{RECORDS}/purchaseOrder/{id}")}],
+        "id": id,
+        "tranId": format!("PO{:06}", 50_000 + seq),
+        "entity": {"id": vendor_id, "refName": vendor_name},
+        "status": {"id": "A", "refName": "Pending Supervisor Approval"},
+        "currency": {"id": "1", "refName": "USD"},
+        "total": (total * 100.0_f64).round() / 100.0,
+        "tranDate": input["tranDate"].as_str().map_or_else(|| date(now), str::to_string),
+        "dueDate": input["dueDate"],
+        "employee": {"id": "77", "refName": "Dana Buyer"},
+        "createdDate": rfc3339(now),
+        "lastModifiedDate": rfc3339(now),
+        "item": {"links": [], "count": lines, "hasMore": false, "items": items, "offset": 0, "totalResults": lines},
+    });
+    if let (Some(obj), Some(inp)) = (po.as_object_mut(), input.as_object()) {
+        for (k, v) in inp {
+            if k.starts_with("custbody_") || k == "memo" {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    shared.push("purchaseOrder", now, po);
+    let location = format!(
+        "{}{RECORDS}/purchaseOrder/{id}",
+        link_base(&shared, &headers)
+    );
+    if let Some(k) = key {
+        lock(&shared.idempotency).insert(k, location.clone());
+    }
+    no_content(&location)
+}
+
+/// `PATCH .../purchaseOrder/{id}`: sets `memo`, `dueDate` and `custbody_*`
+/// fields; `204`.
+async fn update(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((record, id)): Path<(String, String)>,
+    body: String,
+) -> Response {
+    if !shared.bearer_ok(&headers) {
+        return unauthorized();
+    }
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(e) => return *e,
+    };
+    let location = format!("{}{RECORDS}/{record}/{id}", link_base(&shared, &headers));
+    if let Some(k) = &key
+        && lock(&shared.idempotency).contains_key(k)
+    {
+        return no_content(&location);
+    }
+    let Ok(Value::Object(patch)) = serde_json::from_str::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_CONTENT",
+            "The request body is not a JSON object.",
+        );
+    };
+    let now = crate::common::now_ms();
+    let mut data = lock(&shared.data);
+    let Some(r) = data
+        .get_mut(&record)
+        .and_then(|rs| rs.iter_mut().find(|r| r.value()["id"] == id.as_str()))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NONEXISTENT_ID",
+            &format!(
+                "The record instance does not exist. Provide a valid record instance ID. ({record} {id})"
+            ),
+        );
+    };
+    r.change(now, |v| {
+        for (k, val) in &patch {
+            if k.starts_with("custbody_") || k == "memo" || k == "dueDate" {
+                v[k] = val.clone();
+            }
+        }
+        stamp(v, now);
+    });
+    drop(data);
+    if let Some(k) = key {
+        lock(&shared.idempotency).insert(k, location.clone());
+    }
+    no_content(&location)
 }
