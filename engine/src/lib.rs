@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod connectors;
+pub mod events;
 pub mod expr;
 pub mod flow;
 pub mod plugins;

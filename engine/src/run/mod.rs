@@ -217,6 +217,12 @@ impl Engine {
         }
     }
 
+    /// How long a claim by this engine lasts (runs' leases; the server's
+    /// event claims too).
+    pub fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
     /// Sets the run lease (before any run starts).
     pub fn with_lease(self, lease: Duration) -> Engine {
         let inner = Arc::try_unwrap(self.inner)
@@ -777,17 +783,19 @@ impl Engine {
         // is the connection's user). Errors may quote a system's answer, so
         // they are still redacted.
         let error = error.map(|e| inner.secrets.redact_json(&e));
+        // `run.succeeded` / `run.failed` / `run.cancelled` commit with the run's end.
+        let fired = self.run_event(&flow, &run, status, error.as_ref()).await;
         inner
             .store
-            .finish_run(&run_id, status, output.as_ref(), error.as_ref())
+            .finish_run_with_effects(&run_id, status, output.as_ref(), error.as_ref(), &fired)
             .await?;
+        crate::events::committed(&inner.store, &fired);
         match status {
             RunStatus::Succeeded => tracing::info!("run succeeded"),
             _ => {
                 tracing::warn!(status = status.as_str(), error = %error.as_ref().map(|e| e.to_string()).unwrap_or_default(), "run did not succeed")
             }
         }
-        self.announce(&flow, &run, status, error.as_ref()).await;
         Ok(RunOutcome {
             run_id,
             flow_id: flow.id().to_string(),
@@ -797,30 +805,46 @@ impl Engine {
         })
     }
 
-    /// Fires `run.succeeded`, `run.failed` or `run.cancelled` for a finished
-    /// run: endpoints subscribed to it get it, and `event` triggers start
-    /// flows on it (a failure handler). A run started by a run event does not
-    /// announce itself, so a handler that fails cannot trigger itself forever.
-    async fn announce(
+    /// What a finished run fires: `run.succeeded`, `run.failed` or
+    /// `run.cancelled`, to the endpoints subscribed to it and the `event`
+    /// triggers listening (a failure handler). A run started by a run event
+    /// does not announce itself, so a handler that fails cannot trigger
+    /// itself forever.
+    async fn run_event(
         &self,
         flow: &CompiledFlow,
         run: &RunRecord,
         status: RunStatus,
         error: Option<&Value>,
-    ) {
+    ) -> crate::store::Effects {
         let started_by_run_event = run.trigger["type"] == "event"
             && run.trigger["event"]["type"]
                 .as_str()
                 .is_some_and(|t| t.starts_with("run."));
         if started_by_run_event {
-            return;
+            return Default::default();
         }
         let event_type = match status {
             RunStatus::Succeeded => "run.succeeded",
             RunStatus::Failed => "run.failed",
             RunStatus::Cancelled => "run.cancelled",
-            _ => return,
+            _ => return Default::default(),
         };
+        let store = &self.inner.store;
+        let endpoints = match crate::events::endpoints_recent(store).await {
+            Ok(endpoints) => endpoints,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read webhook endpoints for {event_type}");
+                Default::default()
+            }
+        };
+        let wanted = crate::events::logged(store, event_type)
+            || endpoints
+                .iter()
+                .any(|e| e.enabled && e.accepts(event_type, None));
+        if !wanted {
+            return Default::default(); // the hot path: nobody listens
+        }
         let data = json!({
             "flow_id": flow.id(),
             "run_id": run.id,
@@ -828,26 +852,13 @@ impl Engine {
             "step": error.and_then(|e| e.get("step")).cloned().unwrap_or(Value::Null),
             "error": error.and_then(|e| e.get("message")).cloned().unwrap_or(Value::Null),
         });
-        let store = &self.inner.store;
-        let env = crate::webhooks::Envelope::new(
+        let env = crate::events::Envelope::new(
             &format!("run:{}:{event_type}", run.id),
             event_type,
             None,
             data,
         );
-        let routed = match store.endpoints_recent().await {
-            Ok(endpoints) => crate::webhooks::route(&endpoints, &env, None),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read webhook endpoints for {event_type}");
-                Vec::new()
-            }
-        };
-        if !routed.is_empty()
-            && let Err(e) = store.enqueue_messages(&routed).await
-        {
-            tracing::warn!(error = %e, "cannot enqueue {event_type}");
-        }
-        store.publish(&env);
+        crate::events::effects(store, &endpoints, &[(env, None)])
     }
 
     /// The scheduling loop. Returns the run's final status, output and error.
@@ -1000,22 +1011,16 @@ impl Engine {
             let step = &flow.steps[i];
             match (&step.kind, &stored.output) {
                 (CompiledKind::Webhook(_), Some(out)) if rec.status == StepStatus::Succeeded => {
-                    // The outbox messages commit with the step result, or neither does.
-                    let endpoints = inner.store.endpoints_recent().await?;
+                    // Outbox messages and logged events commit with the step
+                    // result, or none of them does.
+                    let endpoints = crate::events::endpoints_recent(&inner.store).await?;
                     let fired = crate::steps::webhook::envelopes(out);
-                    let messages: Vec<_> = fired
-                        .iter()
-                        .flat_map(|(env, only)| {
-                            crate::webhooks::route(&endpoints, env, only.as_deref())
-                        })
-                        .collect();
+                    let effects = crate::events::effects(&inner.store, &endpoints, &fired);
                     inner
                         .store
-                        .save_step_with_messages(&run.id, &stored, &messages)
+                        .save_step_with_effects(&run.id, &stored, &effects)
                         .await?;
-                    for (env, _) in &fired {
-                        inner.store.publish(env);
-                    }
+                    crate::events::committed(&inner.store, &effects);
                 }
                 _ => inner.store.save_step(&run.id, &stored).await?,
             }

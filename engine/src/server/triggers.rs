@@ -9,8 +9,10 @@
 //!   together with the key `tick:<flow>:<trigger>:<time>`, so one tick fires
 //!   once however many processes share the database; after downtime only
 //!   the latest missed tick fires.
-//! - `event`: engine and custom events published in this process start the
-//!   flows whose trigger matches (type, connection, entity).
+//! - `event`: events in the durable event log (fired by any process sharing
+//!   the database, `sluice run` included) start the flows whose trigger
+//!   matches (type, connection, entity): one run per event and flow, under
+//!   the request key `event:<flow>:<event id>` (see [`crate::events`]).
 //! - connection sync schedules (`syncs` in a connection's config): each tick
 //!   is claimed in `schedule_ticks` under `sync:<connection>` before the sync
 //!   starts, so it runs once however many processes share the database.
@@ -520,7 +522,7 @@ pub async fn sync_schedule_loop(state: Arc<AppState>, mut stop: watch::Receiver<
     }
 }
 
-fn event_matches(t: &crate::flow::model::Trigger, env: &crate::webhooks::Envelope) -> bool {
+fn event_matches(t: &crate::flow::model::Trigger, env: &crate::events::Envelope) -> bool {
     t.event.as_deref() == Some(env.event_type.as_str())
         && t.connection
             .as_ref()
@@ -530,52 +532,130 @@ fn event_matches(t: &crate::flow::model::Trigger, env: &crate::webhooks::Envelop
             .is_none_or(|e| env.data.get("entity").and_then(Value::as_str) == Some(e.as_str()))
 }
 
-/// Starts the flows whose event triggers match the events published in this process.
+/// Events claimed at once from the log.
+const EVENT_BATCH: i64 = 256;
+
+/// Events dispatched at once (each waits for a run slot).
+const EVENT_CONCURRENCY: usize = 32;
+
+/// How one event's dispatch ended.
+enum Dispatched {
+    /// Every matching flow has its run.
+    Done,
+    /// Not now (shutting down, or a run could not be stored): left for later.
+    Later,
+}
+
+/// Consumes the event log (see [`crate::events`]): claims undispatched
+/// events (this process's, other processes', `sluice run`'s), starts one run
+/// per event and matching enabled flow, marks them dispatched.
 pub async fn event_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
-    let mut events = state.store.subscribe();
+    let owner = format!("events:{}", uuid::Uuid::now_v7());
+    // A claim lasts a run lease (`--lease`); a killed process's claims are
+    // taken over after it. A claim outlasted by a slow batch only costs
+    // repeated work: the request key keeps one run per event and flow.
+    let lease = state.engine.lease();
+    let mut wakeup = crate::events::Wakeup::new(&state.store).await;
     loop {
-        let env = tokio::select! {
-            r = events.recv() => r,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let env = match env {
-            Ok(e) => e,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    missed = n,
-                    "event triggers fell behind; {n} event(s) started no flow"
-                );
-                continue;
+        if *stop.borrow() {
+            return;
+        }
+        crate::events::set_interest(&state.store, Some(listened_event_types(&state)));
+        let claimed = match state.store.claim_events(&owner, lease, EVENT_BATCH).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim events");
+                Vec::new()
             }
-            Err(_) => return,
         };
-        for f in state.flows.all().into_iter().filter(|f| f.enabled) {
-            if !f
-                .compiled
-                .flow
-                .triggers
-                .iter()
-                .any(|t| event_matches(t, &env))
-            {
-                continue;
-            }
-            let Ok(permit) = slot(&state, None).await else {
-                return;
-            };
-            let key = format!("event:{}:{}", f.compiled.id(), env.id);
-            let trigger = json!({"type": "event", "event": env});
-            if let Err(e) =
-                start_run(&state, &f, &Map::new(), trigger, Some(&key), permit, None).await
-            {
-                tracing::warn!(flow_id = %f.compiled.id(), error = %e, "event trigger could not start a run");
+        let full = claimed.len() as i64 == EVENT_BATCH;
+        if !claimed.is_empty() {
+            dispatch_events(&state, claimed).await;
+        }
+        if !full {
+            tokio::select! {
+                _ = wakeup.wait() => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
     }
 }
 
+/// The event types the enabled flows' `event` triggers listen to.
+fn listened_event_types(state: &AppState) -> std::collections::HashSet<String> {
+    state
+        .flows
+        .all()
+        .iter()
+        .filter(|f| f.enabled)
+        .flat_map(|f| f.compiled.flow.triggers.iter())
+        .filter_map(|t| t.event.clone())
+        .collect()
+}
+
+async fn dispatch_events(state: &Arc<AppState>, claimed: Vec<crate::store::StoredEvent>) {
+    use futures::StreamExt as _;
+    let results: Vec<(String, Dispatched)> = futures::stream::iter(claimed)
+        .map(|e| async move {
+            let outcome = dispatch_event(state, &e).await;
+            (e.id, outcome)
+        })
+        .buffer_unordered(EVENT_CONCURRENCY)
+        .collect()
+        .await;
+    let (done, later): (Vec<_>, Vec<_>) = results
+        .into_iter()
+        .partition(|(_, d)| matches!(d, Dispatched::Done));
+    let ids = |v: Vec<(String, Dispatched)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    if let Err(e) = state.store.mark_events_dispatched(&ids(done)).await {
+        // Left claimed: redispatched after the lease, starting no second run.
+        tracing::warn!(error = %e, "cannot mark events dispatched");
+    }
+    if !later.is_empty() && !state.accepting.load(std::sync::atomic::Ordering::SeqCst) {
+        // Shutting down: let another process take them at once.
+        if let Err(e) = state.store.release_events(&ids(later)).await {
+            tracing::warn!(error = %e, "cannot release events");
+        }
+    }
+}
+
+async fn dispatch_event(state: &Arc<AppState>, e: &crate::store::StoredEvent) -> Dispatched {
+    let env: crate::events::Envelope = match serde_json::from_str(&e.body) {
+        Ok(env) => env,
+        Err(err) => {
+            tracing::error!(event_id = %e.id, error = %err, "stored event does not parse; dropped");
+            return Dispatched::Done;
+        }
+    };
+    let mut outcome = Dispatched::Done;
+    for f in state.flows.all().into_iter().filter(|f| f.enabled) {
+        if !f
+            .compiled
+            .flow
+            .triggers
+            .iter()
+            .any(|t| event_matches(t, &env))
+        {
+            continue;
+        }
+        let Ok(permit) = slot(state, None).await else {
+            return Dispatched::Later;
+        };
+        let key = format!("event:{}:{}", f.compiled.id(), env.id);
+        let trigger = json!({"type": "event", "event": env});
+        if let Err(err) = start_run(state, &f, &Map::new(), trigger, Some(&key), permit, None).await
+        {
+            tracing::warn!(flow_id = %f.compiled.id(), event_id = %env.id, error = %err, "event trigger could not start a run; retried later");
+            outcome = Dispatched::Later;
+        }
+    }
+    outcome
+}
+
 /// Periodically: reload flows from the store (other processes' uploads),
 /// resume runs whose process died, forget request keys older than 24 h,
-/// apply retention (see [`super::retention`]).
+/// apply retention (see [`super::retention`]) and the event log's
+/// (`SLUICE_EVENT_RETENTION`, see [`crate::events`]).
 pub async fn maintenance_loop(
     state: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
@@ -587,6 +667,10 @@ pub async fn maintenance_loop(
         None
     });
     let retention_every = super::retention::every();
+    let event_retention = crate::events::retention_from_env().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "event retention default used");
+        crate::events::DEFAULT_RETENTION
+    });
     let mut retained_at: Option<std::time::Instant> = None;
     loop {
         if retained_at.is_none_or(|t| t.elapsed() >= retention_every) {
@@ -594,6 +678,7 @@ pub async fn maintenance_loop(
             if let Err(e) = super::retention::apply(&state, defaults.as_ref()).await {
                 tracing::warn!(error = %e, "retention not applied");
             }
+            prune_events(&state, event_retention).await;
         }
         if let Err(e) = flows::reload(&state).await {
             tracing::warn!(error = %e, "flows not reloaded");
@@ -612,6 +697,21 @@ pub async fn maintenance_loop(
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// Deletes events older than the event log's retention.
+async fn prune_events(state: &AppState, retention: Duration) {
+    let before = now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    match state.store.prune_events(before).await {
+        Ok((0, _)) => {}
+        Ok((n, 0)) => tracing::info!(events = n, "pruned events past their retention"),
+        Ok((n, never)) => tracing::warn!(
+            events = n,
+            undispatched = never,
+            "pruned events past their retention; {never} of them never started their flows"
+        ),
+        Err(e) => tracing::warn!(error = %e, "events not pruned"),
     }
 }
 

@@ -17,18 +17,21 @@ use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
 mod connections;
+mod events;
 mod plugins;
 mod retention;
 mod server;
 mod syncs;
 mod webhooks;
 pub use connections::{ConnectionRow, StatusEvent};
+pub use events::{EVENTS_CHANNEL, Effects, NewEvent, StoredEvent};
 pub use plugins::PluginRecord;
 pub use retention::{Prune, PruneReport};
 pub use server::{FlowSettings, TokenRow};
 pub use syncs::{CachedRecord, PageChanges, SyncStateRow};
 pub use webhooks::{
-    AttemptEnd, AttemptLog, ClaimedMessage, MessageFilter, MessageRecord, MessageStatus, NewMessage,
+    AttemptEnd, AttemptLog, ClaimedMessage, Endpoint, MessageFilter, MessageRecord, MessageStatus,
+    NewMessage, SECRET_PREFIX, Secret, SecretError,
 };
 
 /// The default database: a SQLite file in the working directory.
@@ -301,21 +304,15 @@ pub struct Store {
     writer: Option<mpsc::Sender<WriteJob>>,
     /// Woken when messages enter the outbox, so in-process delivery workers start at once.
     outbox_signal: std::sync::Arc<tokio::sync::Notify>,
-    /// Events fired in this process, for event triggers (see [`Store::publish`]).
-    events: tokio::sync::broadcast::Sender<crate::webhooks::Envelope>,
-    /// Webhook endpoints as last read, for the hot path of `webhook` steps
-    /// (see [`Store::endpoints_recent`]).
-    endpoint_cache: EndpointCache,
+    /// Changes to webhook endpoints made through this store (see [`Store::endpoint_generation`]).
+    endpoint_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// State higher layers keep per store (see [`Store::attached`]).
+    attached: std::sync::Arc<std::sync::Mutex<Vec<Attachment>>>,
+    /// The URL it was opened with (PostgreSQL listeners open their own connection).
+    url: std::sync::Arc<str>,
 }
 
-type EndpointCache = std::sync::Arc<
-    std::sync::Mutex<
-        Option<(
-            std::time::Instant,
-            std::sync::Arc<Vec<crate::webhooks::endpoints::Endpoint>>,
-        )>,
-    >,
->;
+type Attachment = std::sync::Arc<dyn std::any::Any + Send + Sync>;
 
 /// A bind parameter of a queued write.
 #[derive(Debug, Clone)]
@@ -346,9 +343,6 @@ fn bind_all<'q>(
     }
     q
 }
-
-/// Events a slow event-trigger listener may fall behind by before it misses some.
-const EVENT_BUFFER: usize = 4096;
 
 /// Most writes one SQLite transaction takes.
 const MAX_BATCH: usize = 256;
@@ -514,8 +508,9 @@ impl Store {
             backend,
             writer,
             outbox_signal: std::sync::Arc::new(tokio::sync::Notify::new()),
-            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
-            endpoint_cache: Default::default(),
+            endpoint_changes: Default::default(),
+            attached: Default::default(),
+            url: url.into(),
         })
     }
 
@@ -869,17 +864,8 @@ impl Store {
         output: Option<&Value>,
         error: Option<&Value>,
     ) -> Result<(), StoreError> {
-        self.write(
-            "UPDATE runs SET status = $1, output = $2, error = $3, finished_at = $4, lease_owner = NULL, lease_expires_at = NULL WHERE id = $5",
-            vec![
-                Arg::Text(Some(status.as_str().to_string())),
-                Arg::Text(output.map(json_text)),
-                Arg::Text(error.map(json_text)),
-                Arg::Int(Some(now_ms())),
-                Arg::Text(Some(run_id.to_string())),
-            ],
-        )
-        .await?;
+        self.write_all(vec![finish_run_stmt(run_id, status, output, error)])
+            .await?;
         Ok(())
     }
 
@@ -1040,15 +1026,25 @@ impl Store {
             .collect()
     }
 
-    /// Announces an event that was fired (and committed) in this process to
-    /// the event triggers listening through [`Store::subscribe`].
-    pub fn publish(&self, event: &crate::webhooks::Envelope) {
-        let _ = self.events.send(event.clone());
+    /// The value of type `T` attached to this store (and its clones),
+    /// created with `T::default()` on first use. Higher layers keep their
+    /// per-store state here without the store knowing their types: the
+    /// events module's wake-up and endpoint cache (see `crate::events`).
+    pub fn attached<T: std::any::Any + Send + Sync + Default>(&self) -> std::sync::Arc<T> {
+        let mut list = self.attached.lock().expect("attachment lock");
+        for a in list.iter() {
+            if let Ok(t) = a.clone().downcast::<T>() {
+                return t;
+            }
+        }
+        let t = std::sync::Arc::new(T::default());
+        list.push(t.clone());
+        t
     }
 
-    /// Listens to the events published in this process.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::webhooks::Envelope> {
-        self.events.subscribe()
+    /// The URL the store was opened with (with its password).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     /// Closes the pool.
@@ -1087,6 +1083,25 @@ fn new_run_args(run: &NewRun<'_>) -> Vec<Arg> {
         Arg::Text(owner),
         Arg::Int(expires),
     ]
+}
+
+/// The update that ends a run and releases its lease.
+fn finish_run_stmt(
+    run_id: &str,
+    status: RunStatus,
+    output: Option<&Value>,
+    error: Option<&Value>,
+) -> Stmt {
+    (
+        "UPDATE runs SET status = $1, output = $2, error = $3, finished_at = $4, lease_owner = NULL, lease_expires_at = NULL WHERE id = $5",
+        vec![
+            Arg::Text(Some(status.as_str().to_string())),
+            Arg::Text(output.map(json_text)),
+            Arg::Text(error.map(json_text)),
+            Arg::Int(Some(now_ms())),
+            Arg::Text(Some(run_id.to_string())),
+        ],
+    )
 }
 
 /// The upsert of a step result.

@@ -7,11 +7,114 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{
-    Arg, Backend, StepRecord, Stmt, Store, StoreError, json_text, ms, now_ms, save_step_stmt,
-};
-use crate::webhooks::endpoints::Endpoint;
-use crate::webhooks::signing::Secret;
+use super::{Arg, Backend, Stmt, Store, StoreError, json_text, ms, now_ms};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// A receiver of events: a webhook endpoint as stored. Managed through
+/// `crate::webhooks::endpoints`, which also signs with its secrets.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Endpoint {
+    /// `ep_` + UUID v7.
+    pub id: String,
+    /// Where to POST.
+    pub url: String,
+    /// What it is for.
+    pub description: Option<String>,
+    /// Signing secret.
+    #[serde(skip)]
+    pub secret: Secret,
+    /// The secret before the last rotation, still signing until it expires.
+    #[serde(skip)]
+    pub previous_secret: Option<Secret>,
+    /// When the previous secret stops signing (ms).
+    pub previous_secret_expires_at: Option<i64>,
+    /// Event types accepted: exact (`sync.completed`) or wildcard (`sync.*`,
+    /// `*`); empty accepts all.
+    pub event_types: Vec<String>,
+    /// Only events about this connection (events without one always pass).
+    pub connection_id: Option<String>,
+    /// Disabled endpoints get nothing.
+    pub enabled: bool,
+    /// Why it was disabled (e.g. the receiver answered 410).
+    pub disabled_reason: Option<String>,
+    /// Created (ms).
+    pub created_at: i64,
+    /// Last changed (ms).
+    pub updated_at: i64,
+}
+
+impl Endpoint {
+    /// Whether the endpoint takes an event of this type and connection.
+    pub fn accepts(&self, event_type: &str, connection: Option<&str>) -> bool {
+        let type_ok = self.event_types.is_empty()
+            || self.event_types.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => event_type.starts_with(prefix),
+                None => p == event_type,
+            });
+        let conn_ok = match (&self.connection_id, connection) {
+            (Some(want), Some(got)) => want == got,
+            _ => true,
+        };
+        type_ok && conn_ok
+    }
+}
+
+/// The prefix of a webhook secret.
+pub const SECRET_PREFIX: &str = "whsec_";
+
+/// A webhook signing secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// A secret that is not `whsec_` + base64.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid webhook secret: {0}")]
+pub struct SecretError(String);
+
+impl Secret {
+    /// Parses `whsec_<base64>`.
+    pub fn parse(text: &str) -> Result<Secret, SecretError> {
+        let b64 = text
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or_else(|| SecretError(format!("it must start with `{SECRET_PREFIX}`")))?;
+        let key = STANDARD.decode(b64).map_err(|e| {
+            SecretError(format!(
+                "the part after `{SECRET_PREFIX}` is not base64: {e}"
+            ))
+        })?;
+        if !(24..=64).contains(&key.len()) {
+            return Err(SecretError(format!(
+                "the key is {} bytes; use 24 to 64",
+                key.len()
+            )));
+        }
+        Ok(Secret { key })
+    }
+
+    /// `whsec_<base64>`.
+    pub fn to_text(&self) -> String {
+        format!("{SECRET_PREFIX}{}", STANDARD.encode(&self.key))
+    }
+
+    /// A secret of these key bytes.
+    pub(crate) fn from_key(key: Vec<u8>) -> Secret {
+        Secret { key }
+    }
+
+    /// The key bytes.
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
 
 /// State of an outbox message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -139,9 +242,6 @@ pub struct MessageFilter {
     pub limit: i64,
 }
 
-/// How long [`Store::endpoints_recent`] trusts its copy.
-pub const ENDPOINT_CACHE_TTL: Duration = Duration::from_secs(1);
-
 const ENDPOINT_COLUMNS: &str = "SELECT id, url, description, secret, previous_secret, previous_secret_expires_at, event_types, connection_id, enabled, disabled_reason, created_at, updated_at FROM webhook_endpoints";
 const MESSAGE_COLUMNS: &str = "SELECT id, event_id, endpoint_id, event_type, status, attempts, next_attempt_at, last_error, created_at, delivered_at, body FROM webhook_messages";
 
@@ -186,7 +286,7 @@ fn message_from_row(r: &AnyRow) -> Result<MessageRecord, StoreError> {
     })
 }
 
-fn insert_message_stmt(m: &NewMessage, now: i64) -> Stmt {
+pub(super) fn insert_message_stmt(m: &NewMessage, now: i64) -> Stmt {
     (
         "INSERT INTO webhook_messages (id, event_id, endpoint_id, event_type, body, status, attempts, next_attempt_at, created_at) \
          VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) ON CONFLICT (event_id, endpoint_id) DO NOTHING",
@@ -230,8 +330,21 @@ impl Store {
             .bind(e.updated_at)
             .execute(&self.pool)
             .await?;
-        self.forget_endpoints();
+        self.endpoints_changed();
         Ok(())
+    }
+
+    /// Counts a change to the endpoints, so caches of them (see
+    /// `crate::events::endpoints_recent`) read them again.
+    fn endpoints_changed(&self) {
+        self.endpoint_changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many times endpoints were changed through this store (and its clones).
+    pub fn endpoint_generation(&self) -> u64 {
+        self.endpoint_changes
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// All endpoints, oldest first.
@@ -242,24 +355,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(endpoint_from_row).collect()
-    }
-
-    /// All endpoints, read at most [`ENDPOINT_CACHE_TTL`] ago (changes made
-    /// through this store are seen at once; other processes' within the TTL).
-    pub async fn endpoints_recent(&self) -> Result<std::sync::Arc<Vec<Endpoint>>, StoreError> {
-        if let Some((at, list)) = &*self.endpoint_cache.lock().expect("endpoint cache lock")
-            && at.elapsed() < ENDPOINT_CACHE_TTL
-        {
-            return Ok(list.clone());
-        }
-        let list = std::sync::Arc::new(self.endpoints().await?);
-        *self.endpoint_cache.lock().expect("endpoint cache lock") =
-            Some((std::time::Instant::now(), list.clone()));
-        Ok(list)
-    }
-
-    fn forget_endpoints(&self) {
-        *self.endpoint_cache.lock().expect("endpoint cache lock") = None;
     }
 
     /// One endpoint.
@@ -288,7 +383,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
-        self.forget_endpoints();
+        self.endpoints_changed();
         Ok(done.rows_affected() == 1)
     }
 
@@ -310,25 +405,8 @@ impl Store {
                 ],
             )
             .await?;
-        self.forget_endpoints();
+        self.endpoints_changed();
         Ok(n == 1)
-    }
-
-    /// Stores a step's result and its outbox messages in one transaction.
-    pub async fn save_step_with_messages(
-        &self,
-        run_id: &str,
-        step: &StepRecord,
-        messages: &[NewMessage],
-    ) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut stmts = vec![save_step_stmt(run_id, step)];
-        stmts.extend(messages.iter().map(|m| insert_message_stmt(m, now)));
-        self.write_all(stmts).await?;
-        if !messages.is_empty() {
-            self.outbox_signal.notify_waiters();
-        }
-        Ok(())
     }
 
     /// Puts messages in the outbox (system events). Duplicates of an

@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::signing::Secret;
 use super::ssrf::{GuardError, GuardPolicy};
 use crate::store::{Store, StoreError, now_ms};
@@ -14,53 +12,9 @@ use crate::store::{Store, StoreError, now_ms};
 /// How long the old secret stays valid after a rotation.
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 
-/// A receiver of events.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct Endpoint {
-    /// `ep_` + UUID v7.
-    pub id: String,
-    /// Where to POST.
-    pub url: String,
-    /// What it is for.
-    pub description: Option<String>,
-    /// Signing secret.
-    #[serde(skip)]
-    pub secret: Secret,
-    /// The secret before the last rotation, still signing until it expires.
-    #[serde(skip)]
-    pub previous_secret: Option<Secret>,
-    /// When the previous secret stops signing (ms).
-    pub previous_secret_expires_at: Option<i64>,
-    /// Event types accepted: exact (`sync.completed`) or wildcard (`sync.*`,
-    /// `*`); empty accepts all.
-    pub event_types: Vec<String>,
-    /// Only events about this connection (events without one always pass).
-    pub connection_id: Option<String>,
-    /// Disabled endpoints get nothing.
-    pub enabled: bool,
-    /// Why it was disabled (e.g. the receiver answered 410).
-    pub disabled_reason: Option<String>,
-    /// Created (ms).
-    pub created_at: i64,
-    /// Last changed (ms).
-    pub updated_at: i64,
-}
+pub use crate::store::Endpoint;
 
 impl Endpoint {
-    /// Whether the endpoint takes an event of this type and connection.
-    pub fn accepts(&self, event_type: &str, connection: Option<&str>) -> bool {
-        let type_ok = self.event_types.is_empty()
-            || self.event_types.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => event_type.starts_with(prefix),
-                None => p == event_type,
-            });
-        let conn_ok = match (&self.connection_id, connection) {
-            (Some(want), Some(got)) => want == got,
-            _ => true,
-        };
-        type_ok && conn_ok
-    }
-
     /// The secrets that sign now: the current one, and the previous one while
     /// the rotation overlap lasts.
     pub fn signing_secrets(&self, now: i64) -> Vec<&Secret> {

@@ -10,61 +10,19 @@ use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-/// The prefix of a webhook secret.
-pub const SECRET_PREFIX: &str = "whsec_";
-
-/// A webhook signing secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret {
-    key: Vec<u8>,
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-/// A secret that is not `whsec_` + base64.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid webhook secret: {0}")]
-pub struct SecretError(String);
+pub use crate::store::{SECRET_PREFIX, Secret, SecretError};
 
 impl Secret {
     /// 32 random bytes.
     pub fn generate() -> Secret {
         let mut key = vec![0u8; 32];
         rand::rng().fill_bytes(&mut key);
-        Secret { key }
-    }
-
-    /// Parses `whsec_<base64>`.
-    pub fn parse(text: &str) -> Result<Secret, SecretError> {
-        let b64 = text
-            .strip_prefix(SECRET_PREFIX)
-            .ok_or_else(|| SecretError(format!("it must start with `{SECRET_PREFIX}`")))?;
-        let key = STANDARD.decode(b64).map_err(|e| {
-            SecretError(format!(
-                "the part after `{SECRET_PREFIX}` is not base64: {e}"
-            ))
-        })?;
-        if !(24..=64).contains(&key.len()) {
-            return Err(SecretError(format!(
-                "the key is {} bytes; use 24 to 64",
-                key.len()
-            )));
-        }
-        Ok(Secret { key })
-    }
-
-    /// `whsec_<base64>`.
-    pub fn to_text(&self) -> String {
-        format!("{SECRET_PREFIX}{}", STANDARD.encode(&self.key))
+        Secret::from_key(key)
     }
 
     /// `v1,<base64 signature>` of a message.
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.key())
             .expect("HMAC takes keys of any length");
         mac.update(msg_id.as_bytes());
         mac.update(b".");
@@ -130,7 +88,7 @@ impl Secret {
             let Ok(given) = STANDARD.decode(b64) else {
                 continue;
             };
-            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.key())
                 .expect("HMAC takes keys of any length");
             mac.update(msg_id.as_bytes());
             mac.update(b".");

@@ -1,0 +1,333 @@
+//! The durable event log (issue 17): an event fired anywhere (a server, a
+//! second server, `sluice run`) starts exactly one run per matching `event`
+//! trigger, across processes, kill -9 and bursts. Real `sluice serve`
+//! processes on one database; the counts are read from the store.
+//!
+//! PostgreSQL cases read `SLUICE_TEST_POSTGRES_URL`; without it they print
+//! that they skipped.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice::store::{RunFilter, RunStatus, Store};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A `sluice serve` child process; killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// `sluice serve` on `db` with the flows in `flows`, a run lease of `lease`.
+    fn start(db: &str, flows: &Path, lease: &str) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--flows"])
+            .arg(flows)
+            .env("SLUICE_DB", db)
+            .env("SLUICE_RUN_LEASE", lease)
+            .env("SLUICE_LOG", "sluice=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let a = addr.split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(a.trim_start_matches("http://").to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("server did not start");
+        Server { child, addr }
+    }
+
+    /// Starts the `burst` flow through its hook: it fires `n` events.
+    async fn burst(&self, path: &str, n: u32) {
+        let res = reqwest::Client::new()
+            .post(format!("http://{}/v1/hooks/{path}", self.addr))
+            .json(&json!({ "n": n }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 202, "{}", res.text().await.unwrap());
+    }
+
+    /// SIGKILL: no shutdown, no lease released.
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A flow that fires `n` events of `event_type` from one step (one
+/// transaction), and one started by each such event.
+fn write_flows(dir: &Path, tag: &str, event_type: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("burst.yaml"),
+        format!(
+            r#"apiVersion: sluice/v1
+id: burst-{tag}
+inputs:
+  n: {{ type: number, default: 10 }}
+triggers:
+  - webhook: {{ path: burst-{tag} }}
+steps:
+  - id: fire
+    for_each: "${{{{ range(inputs.n) }}}}"
+    webhook:
+      event: {event_type}
+      payload: {{ i: "${{{{ item }}}}" }}
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("on-burst.yaml"),
+        format!(
+            r#"apiVersion: sluice/v1
+id: on-burst-{tag}
+triggers:
+  - event: {event_type}
+steps:
+  - id: seen
+    set: {{ at: "${{{{ now }}}}" }}
+"#
+        ),
+    )
+    .unwrap();
+}
+
+/// The runs of a flow: how many, and how many distinct events started them.
+async fn runs_of(store: &Store, flow: &str) -> (usize, usize, usize) {
+    let runs = store
+        .list_runs(&RunFilter {
+            flow_id: Some(flow.to_string()),
+            limit: 1_000_000,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    let events: HashSet<String> = runs
+        .iter()
+        .filter_map(|r| r.trigger["event"]["id"].as_str().map(str::to_string))
+        .collect();
+    let succeeded = runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Succeeded)
+        .count();
+    (runs.len(), events.len(), succeeded)
+}
+
+/// Waits (generously: a slow machine is not a failure) until `want` runs of
+/// `flow` succeeded, then checks no event started a second run.
+async fn expect_one_run_per_event(store: &Store, flow: &str, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last = (0, 0, 0);
+    while Instant::now() < deadline {
+        last = runs_of(store, flow).await;
+        if last.2 >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        last.2, want,
+        "{flow}: {} runs, {} distinct events, {} succeeded; wanted {want} succeeded",
+        last.0, last.1, last.2
+    );
+    // Late duplicates would come from redispatched events: give them time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (runs, events, _) = runs_of(store, flow).await;
+    assert_eq!(
+        (runs, events),
+        (want, want),
+        "{flow}: every event starts exactly one run"
+    );
+}
+
+fn sqlite_db(dir: &Path) -> String {
+    format!("sqlite://{}/sluice.db", dir.display())
+}
+
+#[tokio::test]
+async fn events_fired_by_sluice_run_start_their_flows_in_the_next_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_db(dir.path());
+    let flows = dir.path().join("flows");
+    write_flows(&flows, "cli", "cli.burst");
+    // No server yet: the CLI run's events wait in the log.
+    let out = Command::new(BIN)
+        .args(["run", "--json", "-i", "n=40"])
+        .arg(flows.join("burst.yaml"))
+        .env("SLUICE_DB", &db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = Store::connect(&db).await.unwrap();
+    assert_eq!(store.undispatched_events().await.unwrap(), 41); // 40 + run.succeeded
+    let _server = Server::start(&db, &flows, "30s");
+    expect_one_run_per_event(&store, "on-burst-cli", 40).await;
+}
+
+#[tokio::test]
+async fn two_servers_on_one_sqlite_file_start_one_run_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_db(dir.path());
+    let flows = dir.path().join("flows");
+    write_flows(&flows, "two", "two.burst");
+    let a = Server::start(&db, &flows, "30s");
+    let b = Server::start(&db, &flows, "30s");
+    // Both consume the log, each fires half of the events.
+    for _ in 0..3 {
+        a.burst("burst-two", 200).await;
+        b.burst("burst-two", 200).await;
+    }
+    let store = Store::connect(&db).await.unwrap();
+    expect_one_run_per_event(&store, "on-burst-two", 1_200).await;
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_burst_leaves_no_event_without_its_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_db(dir.path());
+    let flows = dir.path().join("flows");
+    write_flows(&flows, "kill", "kill.burst");
+    let store = Store::connect(&db).await.unwrap();
+    let a = Server::start(&db, &flows, "3s");
+    a.burst("burst-kill", 2_000).await;
+    // Kill it once the burst is logged and its runs are starting.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while runs_of(&store, "on-burst-kill").await.0 < 50 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill9();
+    let (started, _, done) = runs_of(&store, "on-burst-kill").await;
+    let pending = store.undispatched_events().await.unwrap();
+    eprintln!(
+        "killed with {started} runs started ({done} succeeded), {pending} events undispatched"
+    );
+    assert!(started > 0, "the burst never started a run before the kill");
+    let _b = Server::start(&db, &flows, "3s");
+    expect_one_run_per_event(&store, "on-burst-kill", 2_000).await;
+    assert_eq!(store.undispatched_events().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_burst_of_6000_events_starts_6000_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_db(dir.path());
+    let flows = dir.path().join("flows");
+    write_flows(&flows, "six", "six.burst");
+    let s = Server::start(&db, &flows, "30s");
+    for _ in 0..6 {
+        s.burst("burst-six", 1_000).await;
+    }
+    let store = Store::connect(&db).await.unwrap();
+    expect_one_run_per_event(&store, "on-burst-six", 6_000).await;
+}
+
+#[tokio::test]
+async fn two_servers_on_postgres_start_one_run_per_event_and_survive_a_kill() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!(
+            "skipped: SLUICE_TEST_POSTGRES_URL is not set, so the two-process PostgreSQL event test did not run"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    // Unique names: the database is shared with other tests and earlier runs.
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let tag = &tag[tag.len() - 10..];
+    write_flows(&flows, tag, &format!("pg.burst_{tag}"));
+    let store = Store::connect(&url).await.unwrap();
+    let a = Server::start(&url, &flows, "3s");
+    let b = Server::start(&url, &flows, "3s");
+    let hook = format!("burst-{tag}");
+    let flow = format!("on-burst-{tag}");
+    // Events fired in A start runs in B and the other way round; then A dies mid-burst.
+    a.burst(&hook, 500).await;
+    b.burst(&hook, 500).await;
+    a.burst(&hook, 1_000).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while runs_of(&store, &flow).await.0 < 600 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill9();
+    expect_one_run_per_event(&store, &flow, 2_000).await;
+    drop(b);
+}
+
+#[tokio::test]
+async fn an_idle_consumer_is_woken_by_events_logged_in_its_process() {
+    use sluice::events::{Wakeup, Woken};
+    let (store, _dir) = common::sqlite_store().await;
+    let mut wakeup = Wakeup::new(&store).await;
+    let waiter = tokio::spawn(async move { wakeup.wait().await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    sluice::webhooks::emit(&store, "k", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    // Either the emit woke it, or (on a machine slower than the poll) the poll did.
+    let woken = waiter.await.unwrap();
+    assert!(matches!(woken, Woken::InProcess | Woken::Poll), "{woken:?}");
+    // Without a waiter the wake-up is kept for the next wait, not lost.
+    let mut wakeup = Wakeup::new(&store).await;
+    sluice::webhooks::emit(&store, "k2", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(wakeup.wait().await, Woken::InProcess);
+}
+
+#[tokio::test]
+async fn a_postgres_consumer_is_woken_by_a_notification_from_another_connection() {
+    use sluice::events::{Wakeup, Woken};
+    let Some(url) = common::postgres_url() else {
+        eprintln!("skipped: SLUICE_TEST_POSTGRES_URL is not set, so LISTEN/NOTIFY was not tested");
+        return;
+    };
+    let listening = Store::connect(&url).await.unwrap();
+    let firing = Store::connect(&url).await.unwrap(); // another pool: like another process
+    let mut wakeup = Wakeup::new(&listening).await;
+    let key = format!("notify-{}", uuid::Uuid::now_v7());
+    // Notifications before this are other tests'; wait for ours (polls say nothing).
+    let waiter = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if wakeup.wait().await == Woken::Notified {
+                return true;
+            }
+        }
+        false
+    });
+    sluice::webhooks::emit(&firing, &key, "system.error", None, json!({}))
+        .await
+        .unwrap();
+    assert!(waiter.await.unwrap(), "no notification arrived");
+}
