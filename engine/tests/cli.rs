@@ -1247,4 +1247,48 @@ fn connector_validate_points_at_a_template_variable_that_does_not_exist() {
 
     let o = validate(&def("offset", "{ type: offset }"));
     assert!(o.status.success(), "{}", stderr(&o));
+
+    // A directory is every definition in it: the broken one beside good
+    // ones is named, the good ones pass, and the exit code says it failed.
+    let connectors = dir.path().join("connectors");
+    std::fs::create_dir(&connectors).unwrap();
+    std::fs::copy(&file, connectors.join("paged.yaml")).unwrap();
+    std::fs::copy(
+        repo("engine/connectors/tryton.yaml"),
+        connectors.join("tryton.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        connectors.join("broken.yml"),
+        def("offset", "{ type: next_link, path: $.next }").replace("id: paged", "id: broken"),
+    )
+    .unwrap();
+    let o = sluice(
+        &["connector", "validate", connectors.to_str().unwrap()],
+        &db,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("broken.yml:14:"), "{err}");
+    assert!(
+        err.contains("ok: ") && err.contains("(tryton: 3 entities)"),
+        "{err}"
+    );
+    assert!(err.contains("(paged: 1 entities)"), "{err}");
+    std::fs::remove_file(connectors.join("broken.yml")).unwrap();
+    let o = sluice(
+        &["connector", "validate", connectors.to_str().unwrap()],
+        &db,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = sluice(&["connector", "validate", empty.to_str().unwrap()], &db);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no connector definitions"),
+        "{}",
+        stderr(&o)
+    );
+}
 }

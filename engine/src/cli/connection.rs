@@ -140,7 +140,8 @@ pub(super) enum ConnectorCommand {
     },
     /// Check definition files; exit 2 on any problem.
     Validate {
-        /// Definition files.
+        /// Definition files, or directories of them (every `*.yaml` and
+        /// `*.yml` below, e.g. `connectors/`).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -224,7 +225,25 @@ pub(super) async fn dispatch_connector(cmd: ConnectorCommand) -> Result<i32, Cli
         }
         ConnectorCommand::Validate { files } => {
             let mut failed = false;
+            let mut expanded = Vec::new();
             for f in files {
+                if f.is_dir() {
+                    let found = crate::flow::files_under(&f, &|p| {
+                        p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                    });
+                    if found.is_empty() {
+                        failed = true;
+                        eprintln!(
+                            "{}: no connector definitions (*.yaml, *.yml) in this directory",
+                            f.display()
+                        );
+                    }
+                    expanded.extend(found);
+                } else {
+                    expanded.push(f);
+                }
+            }
+            for f in expanded {
                 match definition::load_file(&f) {
                     Ok(d) => eprintln!(
                         "ok: {} ({}: {} entities)",
