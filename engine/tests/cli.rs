@@ -1164,6 +1164,17 @@ fn the_sandbox_syncs_full_and_incremental_and_feeds_cache_reads() {
         .filter(|p| p["status"] == "approved")
         .count();
     assert_eq!(out["output"], approved, "{out}");
+
+    // The other connection commands know the sandbox too.
+    let o = sluice(&["connection", "test", "sandbox", "--json"], &db);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_out(&o)["ok"], true);
+    let o = sluice(&["connection", "status", "sandbox", "--json"], &db);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_out(&o)["status"], "online");
+    let o = sluice(&["connection", "remove", "sandbox"], &db);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("built-in connection"), "{}", stderr(&o));
 }
 
 #[test]
@@ -1291,4 +1302,92 @@ fn connector_validate_points_at_a_template_variable_that_does_not_exist() {
         stderr(&o)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_the_system_made_but_that_could_not_be_read_back_is_a_warning_of_the_run() {
+    let emu = sluice_emulators::netsuite::start(1, 1).await;
+    let (dir, db) = temp_db();
+    let secrets = [
+        ("SLUICE_SECRET_NS_ID", sluice_emulators::netsuite::CLIENT_ID),
+        (
+            "SLUICE_SECRET_NS_SECRET",
+            sluice_emulators::netsuite::CLIENT_SECRET,
+        ),
+    ];
+    let flow = dir.path().join("create.yaml");
+    std::fs::write(
+        &flow,
+        r#"apiVersion: sluice/v1
+id: ns-create
+steps:
+  - id: create
+    write:
+      connection: ns
+      entity: purchase_order
+      op: create
+      data:
+        vendor_id: "100001"
+        lines:
+          - { line_number: 1, item_id: MAT-1001, description: Bearing, quantity: 4, unit_of_measure: EA, unit_price: 4.85, amount: 19.4 }
+output: "${{ steps.create.output }}"
+"#,
+    )
+    .unwrap();
+    let base = emu.base_url.clone();
+    let (db2, flow2) = (db.clone(), flow.to_str().unwrap().to_string());
+    let run = move |args: Vec<String>| {
+        let db = db2.clone();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            sluice_env(&a, &db, &secrets)
+        })
+    };
+    let o = run([
+        "connection",
+        "add",
+        "ns",
+        "--definition",
+        "netsuite",
+        "-p",
+        &format!("base_url={base}"),
+        "-c",
+        "client_id=NS_ID",
+        "-c",
+        "client_secret=NS_SECRET",
+    ]
+    .map(String::from)
+    .to_vec())
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Token, create (NetSuite makes the order), then the read-back fails.
+    emu.inject([
+        sluice_emulators::Fault::Pass,
+        sluice_emulators::Fault::Pass,
+        sluice_emulators::Fault::Status(404),
+    ]);
+    let o = run(["run", &flow2, "--json"].map(String::from).to_vec())
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = json_out(&o);
+    assert_eq!(out["status"], "succeeded", "{out}");
+    let rec = &out["output"];
+    assert_eq!(rec["mapped"], false, "{out}");
+    let id = rec["remote_id"].as_str().unwrap();
+    assert!(
+        emu.record("purchaseOrder", id).is_some(),
+        "the id of the order NetSuite made: {out}"
+    );
+    // The run says so on stderr, naming the step.
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("warning: step `create`: "))
+        .unwrap_or_else(|| panic!("no warning line: {err}"));
+    assert!(
+        line.contains("ns accepted the create of purchase_order (HTTP 204)")
+            && line.contains("reading the record back failed"),
+        "{line}"
+    );
 }

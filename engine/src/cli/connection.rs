@@ -376,6 +376,9 @@ pub(super) async fn dispatch(cmd: ConnectionCommand) -> Result<i32, CliError> {
             json: as_json,
             db,
         } => {
+            if id == SANDBOX {
+                return test_sandbox(as_json).await;
+            }
             let store = Store::connect(&db.db).await?;
             let defs = definitions()?;
             let row = store
@@ -434,6 +437,18 @@ pub(super) async fn dispatch(cmd: ConnectionCommand) -> Result<i32, CliError> {
             json: as_json,
             db,
         } => {
+            if id == SANDBOX {
+                // Built-in sample data: always online, no history.
+                if as_json {
+                    print_json(&json!({
+                        "id": SANDBOX, "definition": "sandbox", "status": "online",
+                        "reason": null, "since": null, "history": [],
+                    }));
+                } else {
+                    outln!("{SANDBOX}: online (built-in sample data; its status never changes)");
+                }
+                return Ok(EXIT_OK);
+            }
             let store = Store::connect(&db.db).await?;
             let row = store
                 .connection(&id)
@@ -473,6 +488,12 @@ pub(super) async fn dispatch(cmd: ConnectionCommand) -> Result<i32, CliError> {
             Ok(EXIT_OK)
         }
         ConnectionCommand::Remove { id, db } => {
+            if id == SANDBOX {
+                return Err(CliError {
+                    message: "`sandbox` is the built-in connection; it cannot be removed".into(),
+                    code: EXIT_INVALID,
+                });
+            }
             let store = Store::connect(&db.db).await?;
             if store.remove_connection(&id).await? {
                 eprintln!("removed connection `{id}`");
@@ -482,4 +503,31 @@ pub(super) async fn dispatch(cmd: ConnectionCommand) -> Result<i32, CliError> {
             }
         }
     }
+}
+
+/// The built-in sandbox connection's id.
+const SANDBOX: &str = crate::connectors::sandbox::CONNECTION;
+
+/// `connection test sandbox`: lists one record of the sample data, as a
+/// live check of another connection would.
+async fn test_sandbox(as_json: bool) -> Result<i32, CliError> {
+    use crate::connectors::Connector;
+    let started = std::time::Instant::now();
+    let query = crate::connectors::ListQuery {
+        limit: Some(1),
+        ..Default::default()
+    };
+    crate::connectors::sandbox::SandboxConnector::new()
+        .list(crate::unified::Entity::PurchaseOrder, &query)
+        .await
+        .map_err(|e| CliError::failed(e.message))?;
+    let ms = started.elapsed().as_millis() as u64;
+    if as_json {
+        print_json(
+            &json!({"ok": true, "connection": SANDBOX, "latency_ms": ms, "status": "online"}),
+        );
+    } else {
+        outln!("ok: {SANDBOX} answered in {ms} ms (status online; built-in sample data)");
+    }
+    Ok(EXIT_OK)
 }

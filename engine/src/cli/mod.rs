@@ -529,7 +529,30 @@ async fn run(
         Err(_) => return Err(CliError::failed("the run's task ended without a result")),
     };
     deliver_fired_webhooks(engine.store(), json_out).await?;
+    print_step_warnings(engine.store(), &outcome.run_id).await?;
     report(&outcome, json_out)
+}
+
+/// Prints, on stderr, the warnings the run's steps returned in their
+/// outputs: a write the system accepted but whose answer did not map
+/// (`mapped: false` with a `warning`), so the record it made is not missed
+/// in a run that otherwise succeeded.
+async fn print_step_warnings(store: &Store, run_id: &str) -> Result<(), CliError> {
+    for step in store.steps(run_id).await? {
+        let outputs: Vec<&Value> = match &step.output {
+            Some(Value::Array(items)) => items.iter().collect(),
+            Some(one) => vec![one],
+            None => Vec::new(),
+        };
+        for o in outputs {
+            if o.get("mapped") == Some(&Value::Bool(false))
+                && let Some(w) = o.get("warning").and_then(Value::as_str)
+            {
+                eprintln!("warning: step `{}`: {w}", step.step_id);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Delivers the webhooks that are due (those the run fired, and any left
