@@ -189,6 +189,11 @@ async fn rpc(t: &Tryton, method: &str, params: Value) -> Value {
 }
 
 fn connector(t: &Tryton, password: &str) -> Arc<HttpConnector> {
+    connector_with(t, password, &[])
+}
+
+/// [`connector`] with more of the definition's parameters.
+fn connector_with(t: &Tryton, password: &str, more: &[(&str, &str)]) -> Arc<HttpConnector> {
     let policy = Policy {
         base_delay_ms: 5,
         max_delay_ms: 20,
@@ -200,7 +205,9 @@ fn connector(t: &Tryton, password: &str) -> Arc<HttpConnector> {
             ("base_url".to_string(), t.base_url.clone()),
             ("database".to_string(), DB.to_string()),
         ]
-        .into(),
+        .into_iter()
+        .chain(more.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect(),
         credentials: [
             ("username".to_string(), "TRY_USER".to_string()),
             ("password".to_string(), "TRY_PASSWORD".to_string()),
@@ -415,6 +422,51 @@ output: "${{ steps.c.output }}"
     assert_eq!(stored[0]["state"], "draft");
     assert_eq!(stored[0]["party"], 4);
     assert_eq!(stored[0]["total_amount"]["decimal"], "194.00");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_trytond_answers_inside_http_200_is_a_validation_failure_with_its_message() {
+    let Some(t) = start().await else {
+        return;
+    };
+    // Lines in kilograms of a product counted in units: the line's `unit`
+    // domain (same category as the product's) refuses it, and trytond
+    // answers HTTP 200 with `{"error": ["UserError", [message, description,
+    // domain]]}` (trytond/protocols/jsonrpc.py `response`, trytond/exceptions.py).
+    let kg = rpc(
+        &t,
+        "model.product.uom.search",
+        json!([[["symbol", "=", "kg"]], 0, 1, null, {}]),
+    )
+    .await;
+    let kg = kg[0]
+        .as_i64()
+        .expect("trytond has a kilogram unit")
+        .to_string();
+    let c = connector_with(&t, PASSWORD, &[("unit_id", &kg)]);
+    let data = json!({"vendor_id": "4", "currency": "EUR", "lines": [
+        {"line_number": 1, "item_id": "3", "description": "Bearings", "quantity": 40,
+         "unit_of_measure": "kg", "unit_price": 4.85, "amount": 194}]});
+    let e = c
+        .create(sluice::connectors::WriteRequest {
+            entity: Entity::PurchaseOrder,
+            remote_id: None,
+            data: &data,
+            idempotency_key: "k1",
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "VALIDATION_FAILED", "{e:?}");
+    assert_eq!(e.upstream_status, Some(200), "{e:?}");
+    assert!(!e.is_retryable(), "{e:?}");
+    assert!(e.message.contains("Unit"), "{}", e.message);
+    assert!(
+        !e.message.contains("UserError"),
+        "the message, not the class: {}",
+        e.message
+    );
+    // The system answered: the connection stays online.
+    assert_eq!(c.health().await, ConnectionStatus::Online);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
