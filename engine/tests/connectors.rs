@@ -1749,6 +1749,8 @@ struct Rpc {
     throttle_logins: bool,
     /// 401s after the first are answered 300 ms late.
     slow_refusals: bool,
+    /// Sessions never expire (the first one otherwise lasts one call).
+    keep_sessions: bool,
 }
 
 async fn json_rpc_system() -> (String, Arc<Mutex<Rpc>>) {
@@ -1791,7 +1793,7 @@ async fn json_rpc_system() -> (String, Arc<Mutex<Rpc>>) {
                 });
                 let got = headers.get("authorization").and_then(|v| v.to_str().ok());
                 // The first session expires after one call.
-                let expired = st.logins == 1 && st.calls_on_session >= 1;
+                let expired = st.logins == 1 && st.calls_on_session >= 1 && !st.keep_sessions;
                 if want.is_none() || got != want.as_deref() || expired || st.refuse_sessions {
                     st.unauthorized += 1;
                     return StatusCode::UNAUTHORIZED.into_response();
@@ -2070,6 +2072,51 @@ async fn a_numeric_cursor_in_the_json_body_pages_to_the_end() {
     assert_eq!(o["records"][4]["name"], "Vendor 5");
     // The cursor went back as the number it was, null on the first page.
     assert_eq!(*seen.lock().unwrap(), vec![Value::Null, json!(2), json!(4)]);
+}
+
+#[tokio::test]
+async fn a_session_is_cached_per_connection_and_renewed_before_expires_after() {
+    let (base, state) = json_rpc_system().await;
+    state.lock().unwrap().keep_sessions = true;
+    let c = rpc_conn(&base);
+    let (engine, _dir) = engine_with(&[("rpc", &c)]).await;
+    for _ in 0..3 {
+        let o = read_all(&engine, "rpc", "vendor", "").await;
+        assert_eq!(o["count"], 5, "{o}");
+    }
+    assert_eq!(
+        state.lock().unwrap().logins,
+        1,
+        "nine calls in three runs on one connection, one login"
+    );
+
+    // `expires_after`: the session is renewed before it is used again, so
+    // no call is refused first.
+    let mut defs = Definitions::built_in();
+    let text = RPC.replace(
+        "  token: $.result\n",
+        "  token: $.result\n  expires_after: 300ms\n",
+    );
+    defs.insert(definition::compile("rpc.yaml", &text).unwrap_or_else(|e| panic!("{e}")));
+    let c = connect_with(
+        "rpc",
+        &defs,
+        "rpc",
+        &[("base_url", &base)],
+        &[("username", "admin"), ("password", "s3cret")],
+        fast_policy(),
+    );
+    c.connector.test().await.unwrap_or_else(|e| panic!("{e}"));
+    c.connector.test().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        state.lock().unwrap().logins,
+        2,
+        "still within expires_after"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.connector.test().await.unwrap_or_else(|e| panic!("{e}"));
+    let st = state.lock().unwrap();
+    assert_eq!((st.logins, st.unauthorized), (3, 0));
 }
 
 #[test]
