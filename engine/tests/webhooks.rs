@@ -1335,28 +1335,38 @@ async fn a_system_that_stays_down_raises_system_error_after_the_configured_faile
     );
 }
 
-#[tokio::test]
-async fn a_store_that_refuses_the_delivery_workers_writes_is_reported_as_a_system_error() {
+/// Runs the delivery worker's loop through a store outage made by a second
+/// connection to the database: it refuses claims (which mark messages
+/// `delivering`) and, with `refuse_new_messages`, any new message, as a full
+/// disk would. Returns the bodies the `system.error` endpoint received once
+/// the store works again and the order's message was delivered.
+async fn alerts_after_a_store_outage(refuse_new_messages: bool) -> Vec<Value> {
     let (store, dir) = sqlite_store().await;
     let ops = Receiver::start(vec![]).await;
     add_endpoint(&store, &ops.url(), &["system.error"]).await;
-    // A second connection to the database: claims (which mark messages
-    // `delivering`) fail as a full or damaged disk would make them fail.
-    let url = format!("sqlite://{}", dir.path().join("sluice.db").display());
-    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
-    sqlx::query(
-        "CREATE TRIGGER refuse_claims BEFORE UPDATE OF status ON webhook_messages \
-         WHEN NEW.status = 'delivering' BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
-    )
-    .execute(&raw)
-    .await
-    .unwrap();
     // A message to deliver: claiming it is what the store refuses.
     let orders = Receiver::start(vec![]).await;
     add_endpoint(&store, &orders.url(), &["po.*"]).await;
     sluice::webhooks::emit(&store, "k-po", "po.created", None, json!({}))
         .await
         .unwrap();
+    let url = format!("sqlite://{}", dir.path().join("sluice.db").display());
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mut triggers = vec![(
+        "DROP TRIGGER refuse_claims",
+        "CREATE TRIGGER refuse_claims BEFORE UPDATE OF status ON webhook_messages \
+         WHEN NEW.status = 'delivering' BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    )];
+    if refuse_new_messages {
+        triggers.push((
+            "DROP TRIGGER refuse_messages",
+            "CREATE TRIGGER refuse_messages BEFORE INSERT ON webhook_messages \
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+        ));
+    }
+    for (_, create) in &triggers {
+        sqlx::query(*create).execute(&raw).await.unwrap();
+    }
     let worker = DeliveryWorker::new(store.clone(), test_config()).unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -1366,50 +1376,88 @@ async fn a_store_that_refuses_the_delivery_workers_writes_is_reported_as_a_syste
             })
             .await;
     });
-    // The worker's loop hits the error; its alert waits in the outbox.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let alerts = || async {
-        store
-            .messages(&MessageFilter::default())
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|m| m.event_type == "system.error")
-            .count()
-    };
-    while alerts().await == 0 {
-        assert!(Instant::now() < deadline, "no system.error queued");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The worker retries every second while the store refuses.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(ops.received().is_empty() && orders.received().is_empty());
-    // The worker keeps retrying (every second) while the store refuses.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // The disk is fixed; the alert is delivered.
-    sqlx::query("DROP TRIGGER refuse_claims")
-        .execute(&raw)
+    let alerts_stored = store
+        .messages(&MessageFilter::default())
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.event_type == "system.error")
+        .count();
+    if refuse_new_messages {
+        assert_eq!(alerts_stored, 0, "the store took no alert");
+    } else {
+        assert!(
+            alerts_stored >= 1,
+            "the failure's alert waits in the outbox"
+        );
+    }
+    // The disk is fixed (every trigger at once).
+    let mut tx = raw.begin().await.unwrap();
+    for (drop, _) in &triggers {
+        sqlx::query(*drop).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let want = if refuse_new_messages { 1 } else { 2 };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ops.received().is_empty() || orders.received().is_empty() {
+    while ops.received().len() < want || orders.received().is_empty() {
         assert!(
             Instant::now() < deadline,
-            "not delivered after the store recovered"
+            "not delivered after the store recovered: {:?}",
+            ops.received()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = stop_tx.send(());
     task.await.unwrap();
-    let got = ops.received();
-    // One alert a minute at most, not one per retry (two when the test
-    // straddles a minute).
-    assert!((1..=2).contains(&got.len()), "{got:?}");
-    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    ops.received()
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect()
+}
+
+fn alert_message(body: &Value) -> &str {
     assert_eq!(body["type"], "system.error", "{body}");
-    assert_eq!(body["data"]["source"], "store");
-    let message = body["data"]["message"].as_str().unwrap();
+    assert_eq!(body["data"]["source"], "store", "{body}");
+    body["data"]["message"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_the_delivery_workers_claims_is_reported_then_reported_recovered() {
+    let got = alerts_after_a_store_outage(false).await;
+    // One alert a minute at most while it fails, not one per retry (two
+    // when the outage straddles a minute), then one when it works again.
+    assert!((2..=3).contains(&got.len()), "{got:?}");
+    let messages: Vec<&str> = got.iter().map(alert_message).collect();
     assert!(
-        message.starts_with("webhook delivery cannot read or write the store")
-            && message.contains("database or disk is full"),
+        messages[..messages.len() - 1].iter().all(|m| m
+            .starts_with("webhook delivery cannot read or write the store")
+            && m.contains("database or disk is full")),
+        "{messages:?}"
+    );
+    assert!(
+        messages[messages.len() - 1].ends_with("it works again"),
+        "{messages:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_store_too_broken_to_take_the_alert_is_reported_once_it_works_again() {
+    let got = alerts_after_a_store_outage(true).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let message = alert_message(&got[0]);
+    assert!(
+        message.starts_with("webhook delivery could not use the store for ")
+            && message.contains("database or disk is full")
+            && message.ends_with("it works again"),
         "{message}"
+    );
+    assert!(
+        got[0]["data"]["details"]["failed_claims"].as_u64().unwrap() >= 2,
+        "{}",
+        got[0]
     );
 }

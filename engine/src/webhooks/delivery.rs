@@ -286,6 +286,22 @@ impl DeliveryWorker {
         Ok(n)
     }
 
+    /// Raises `system.error` for a store that failed the worker from
+    /// `since` (ms) for `failures` claims and works again.
+    async fn store_recovered(&self, since: i64, failures: u32, last: &str) {
+        let secs = (now_ms() - since).max(0) as f64 / 1000.0;
+        super::system_error(
+            &self.store,
+            &format!("store:delivery:recovered:{since}"),
+            "store",
+            &format!(
+                "webhook delivery could not use the store for {secs:.1} s ({failures} failed claims; last error: {last}); it works again"
+            ),
+            serde_json::json!({"failed_claims": failures, "last_error": last, "since_ms": since}),
+        )
+        .await;
+    }
+
     /// Delivers until `stop` resolves, waking as soon as messages arrive.
     ///
     /// Unlike [`DeliveryWorker::run_once`], deliveries run as a pipeline:
@@ -300,13 +316,26 @@ impl DeliveryWorker {
         let mut claimed: HashMap<String, usize> = HashMap::new();
         // After a store error, claims pause for a second.
         let mut claim_after = Instant::now();
+        // While the store fails: since when (ms), how many claims failed,
+        // the last error. The alert raised at the failure is written to the
+        // failing store and may be lost with it; the one raised when the
+        // store works again is not.
+        let mut store_down: Option<(i64, u32, String)> = None;
         loop {
             let room = self.config.concurrency.saturating_sub(in_flight.len());
             if room > 0 && Instant::now() >= claim_after {
                 let claimed_at = Instant::now();
                 let next = match self.claim_for_pipeline(room, &mut claimed).await {
-                    Ok(next) => next,
+                    Ok(next) => {
+                        if let Some((since, failures, last)) = store_down.take() {
+                            self.store_recovered(since, failures, &last).await;
+                        }
+                        next
+                    }
                     Err(e) => {
+                        let down = store_down.get_or_insert_with(|| (now_ms(), 0, String::new()));
+                        down.1 += 1;
+                        down.2 = e.to_string();
                         tracing::error!(error = %e, "webhook delivery worker failed; retrying in 1 s");
                         // Once a minute at most (the key dedupes within it).
                         super::system_error(
