@@ -2119,6 +2119,66 @@ async fn a_session_is_cached_per_connection_and_renewed_before_expires_after() {
     assert_eq!((st.logins, st.unauthorized), (3, 0));
 }
 
+#[tokio::test]
+async fn request_templates_parse_compose_and_encode_dates_and_secrets() {
+    // A system that wants its date as `dd.mm.yyyy HH:MM` an hour early, the
+    // day of the week as a number, and a key it hands out base64-encoded.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/vendors",
+        axum::routing::get(move |uri: axum::http::Uri| {
+            let s = s.clone();
+            async move {
+                s.lock()
+                    .unwrap()
+                    .push(uri.query().unwrap_or_default().to_string());
+                axum::Json(json!({"items": []}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let text = MINIMAL
+        .replace(
+            "parameters:\n  base_url: {}\n",
+            "parameters:\n  base_url: {}\n  fallback_since: { default: \"2024-02-29 23:30:00\" }\ncredentials: [key_b64]\n",
+        )
+        .replace(
+            "request: { path: /vendors }",
+            "request: { path: /vendors, query: { since: \"${{ coalesce(modified_after, params.fallback_since | parse_datetime) | sub_duration('1h') | format_datetime('%d.%m.%Y %H:%M') }}\", dow: \"${{ coalesce(modified_after, params.fallback_since | parse_datetime) | format_datetime('%u') }}\", key: \"${{ credentials.key_b64 | b64decode }}\" } }",
+        );
+    let mut defs = Definitions::built_in();
+    defs.insert(definition::compile("tiny.yaml", &text).unwrap_or_else(|e| panic!("{e}")));
+    let c = connect_with(
+        "tiny",
+        &defs,
+        "tiny",
+        &[("base_url", &format!("http://{addr}"))],
+        &[("key_b64", "czNjcmV0LWtleQ==")],
+        fast_policy(),
+    );
+    let (engine, _dir) = engine_with(&[("tiny", &c)]).await;
+    read_all(&engine, "tiny", "vendor", "").await;
+    read_all(
+        &engine,
+        "tiny",
+        "vendor",
+        "      filter: { modified_after: \"2026-01-01T00:15:00+01:00\" }",
+    )
+    .await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            // No bound: the parameter's text, parsed, an hour early (Thursday).
+            "dow=4&key=s3cret-key&since=29.02.2024%2022:30",
+            // 2025-12-31T23:15Z, an hour early (Wednesday).
+            "dow=3&key=s3cret-key&since=31.12.2025%2022:15",
+        ]
+    );
+}
+
 #[test]
 fn a_paginator_without_a_parameter_needs_the_request_to_place_the_position() {
     let e = definition_errors(&RPC.replace("\"${{ offset }}\"", "0"));
