@@ -823,3 +823,71 @@ fn bc_emulator_connector(emu: &sluice_emulators::Emulator) -> Arc<HttpConnector>
         .unwrap(),
     )
 }
+
+#[tokio::test]
+async fn cap_v4_a_create_answered_204_return_minimal_is_read_back_by_its_odata_entityid() {
+    let Some(cap) = start("bc").await else { return };
+    // Business Central's definition asking for `Prefer: return=minimal`:
+    // the service answers 204 with the new entity's URL in OData-EntityId
+    // (OData v4.01 Part 1 §8.2.8.7 and §11.4.2), no body.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/business_central.yaml"),
+    )
+    .unwrap();
+    let minimal = text.replacen(
+        "    create:\n      request:\n        method: POST\n",
+        "    create:\n      request:\n        method: POST\n        headers:\n          Prefer: return=minimal\n",
+        1,
+    );
+    assert_ne!(minimal, text, "the create request was found");
+    let mut defs = Definitions::built_in();
+    defs.insert(
+        definition::compile("business_central.yaml", &minimal).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let (engine, _dir) = engine_with(bc_connector(&cap, &defs)).await;
+    let flow = r#"
+apiVersion: sluice/v1
+id: bc-minimal
+steps:
+  - id: create
+    write:
+      connection: bc
+      entity: purchase_order
+      op: create
+      data:
+        vendor_id: "e0000000-0000-4000-8000-000000000001"
+        currency: EUR
+        order_date: "2024-06-03"
+        lines:
+          - { line_number: 1, item_id: "d0000000-0000-4000-8000-000000000001", description: Gear oil, quantity: 20, unit_of_measure: L, unit_price: 7.9, amount: 158 }
+output: "${{ steps.create.output }}"
+"#;
+    let out = common::run(&engine, flow, json!({})).await;
+    assert_eq!(
+        out.status,
+        RunStatus::Succeeded,
+        "{:?}\n{}",
+        out.error,
+        cap.log()
+    );
+    let created = out.output.unwrap();
+    // Read back and mapped: not an unmapped answer with a warning.
+    assert!(created.get("mapped").is_none(), "{created}");
+    assert_eq!(created["vendor_name"], "O'Brien & Sons #2", "{created}");
+    assert_eq!(created["lines"][0]["amount"], 158.0);
+    let id = created["remote_id"].as_str().unwrap();
+    let reqs = cap.requests().await;
+    let post = reqs
+        .iter()
+        .position(|r| r["method"] == "POST")
+        .expect("a POST");
+    assert_eq!(reqs[post]["headers"]["prefer"], "return=minimal");
+    assert!(
+        reqs[post + 1..].iter().any(|r| r["method"] == "GET"
+            && r["url"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("purchaseOrders({id})"))),
+        "read back by the id in OData-EntityId: {reqs:?}"
+    );
+}
