@@ -1461,3 +1461,61 @@ async fn a_store_too_broken_to_take_the_alert_is_reported_once_it_works_again() 
         got[0]
     );
 }
+
+#[tokio::test]
+async fn a_store_failure_in_sluice_serves_maintenance_loop_reaches_an_endpoint_as_system_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    let ops = Receiver::start(vec![]).await;
+    add_endpoint(&store, &ops.url(), &["system.error"]).await;
+    // A request key older than a day, which the maintenance loop deletes;
+    // the database refuses that delete, as a damaged one would.
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("INSERT INTO request_keys (request_key, run_id, created_at) VALUES ('idem:old', 'r-old', 0)")
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_prune BEFORE DELETE ON request_keys \
+         BEGIN SELECT RAISE(ABORT, 'database disk image is malformed'); END",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--flows"])
+        .arg(&flows)
+        .env("SLUICE_DB", &url)
+        .env("SLUICE_WEBHOOK_ALLOW", "127.0.0.1")
+        .env("SLUICE_RUN_LEASE", "2s")
+        .env_remove("RUST_LOG")
+        .env_remove("SLUICE_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ops.received().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The loop runs every second: a few more rounds, still one alert.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = ops.received();
+    // At most one a minute (two when the test straddles a minute).
+    assert!((1..=2).contains(&got.len()), "{got:?}");
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["type"], "system.error", "{body}");
+    assert_eq!(body["data"]["source"], "store", "{body}");
+    assert_eq!(body["data"]["details"]["task"], "maintenance", "{body}");
+    let message = body["data"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("maintenance: request keys not pruned")
+            && message.contains("database disk image is malformed"),
+        "{message}"
+    );
+}

@@ -351,7 +351,13 @@ async fn sync_schedules(state: &AppState) -> Vec<(String, SyncSchedule)> {
     let rows = match state.store.connections().await {
         Ok(rows) => rows,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read connections for their sync schedules");
+            store_failed(
+                state,
+                "sync schedules",
+                "cannot read connections for their sync schedules",
+                &e,
+            )
+            .await;
             return Vec::new();
         }
     };
@@ -406,7 +412,7 @@ async fn fire_sync(state: &Arc<AppState>, t: &SyncTick, tick: DateTime<Utc>, mis
         Ok(true) => {}
         Ok(false) => return,
         Err(e) => {
-            tracing::warn!(connection = %t.connection, error = %e, "cannot claim a sync tick");
+            store_failed(state, "sync schedules", "cannot claim a sync tick", &e).await;
             return;
         }
     }
@@ -564,7 +570,7 @@ pub async fn event_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
         let claimed = match state.store.claim_events(&owner, lease, EVENT_BATCH).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot claim events");
+                store_failed(&state, "event dispatch", "cannot claim events", &e).await;
                 Vec::new()
             }
         };
@@ -676,7 +682,7 @@ pub async fn maintenance_loop(
         if retained_at.is_none_or(|t| t.elapsed() >= retention_every) {
             retained_at = Some(std::time::Instant::now());
             if let Err(e) = super::retention::apply(&state, defaults.as_ref()).await {
-                tracing::warn!(error = %e, "retention not applied");
+                store_failed(&state, "maintenance", "retention not applied", &e).await;
             }
             prune_events(&state, event_retention).await;
         }
@@ -684,20 +690,34 @@ pub async fn maintenance_loop(
             tracing::warn!(error = %e, "flows not reloaded");
         }
         if let Err(e) = resume_orphans(&state, lease).await {
-            tracing::warn!(error = %e, "orphaned runs not resumed");
+            store_failed(&state, "maintenance", "orphaned runs not resumed", &e).await;
         }
         if let Err(e) = state
             .store
             .prune_request_keys(now_ms() - super::runs::KEY_WINDOW.as_millis() as i64)
             .await
         {
-            tracing::warn!(error = %e, "request keys not pruned");
+            store_failed(&state, "maintenance", "request keys not pruned", &e).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// A background loop's store failure: logged, and `system.error` (someone
+/// has to look at the database) at most once a minute per loop, since the
+/// loop retries every few seconds.
+async fn store_failed(state: &AppState, task: &str, what: &str, e: &crate::store::StoreError) {
+    crate::webhooks::system_error(
+        &state.store,
+        &format!("store:{task}:{}", now_ms() / 60_000),
+        "store",
+        &format!("{task}: {what}: {e}"),
+        json!({"task": task}),
+    )
+    .await;
 }
 
 /// Deletes events older than the event log's retention.
@@ -711,7 +731,7 @@ async fn prune_events(state: &AppState, retention: Duration) {
             undispatched = never,
             "pruned events past their retention; {never} of them never started their flows"
         ),
-        Err(e) => tracing::warn!(error = %e, "events not pruned"),
+        Err(e) => store_failed(state, "maintenance", "events not pruned", &e).await,
     }
 }
 
