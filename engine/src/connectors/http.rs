@@ -2060,6 +2060,17 @@ const QUERY_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPH
     .remove(b'@')
     .remove(b'!');
 
+/// Whether a value a system gave as its next cursor is one.
+fn is_cursor(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(_) => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::Number(_) => true,
+    }
+}
+
 fn encode_query_component(s: &str, out: &mut String) {
     out.extend(percent_encoding::utf8_percent_encode(s, QUERY_COMPONENT));
 }
@@ -2083,17 +2094,6 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 #[async_trait]
 impl Connector for HttpConnector {
-/// Whether a value a system gave as its next cursor is one.
-fn is_cursor(v: &Value) -> bool {
-    match v {
-        Value::Null | Value::Bool(_) => false,
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-        Value::Number(_) => true,
-    }
-}
-
     async fn list(&self, entity: Entity, query: &ListQuery) -> Result<Page, ConnectorError> {
         let (records, next_cursor) = self.list_page(entity, query).await?;
         Ok(Page {
