@@ -1240,8 +1240,12 @@ fn connector_validate_points_at_a_template_variable_that_does_not_exist() {
     let o = validate(&def("ofset", "{ type: offset }"));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
-    // file:line:column of the template, the line itself, and a hint.
-    assert!(err.contains("paged.yaml:14:"), "{err}");
+    // file:line:column of the name inside the template, the line itself,
+    // and a hint.
+    assert!(
+        err.contains("paged.yaml:14:28: error[unknown-variable]"),
+        "{err}"
+    );
     assert!(
         err.contains("unknown variable `ofset`") && err.contains("did you mean `offset`?"),
         "{err}"

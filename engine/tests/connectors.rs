@@ -1714,9 +1714,18 @@ fn templates_naming_what_does_not_exist_are_refused() {
     );
     let e = definition_errors(&with_query("${{ params.base_ur }}"));
     assert!(e.iter().any(|m| m.contains("base_url")), "{e:?}");
+    // Each problem at its own column inside the template string:
+    // `      request: { path: /vendors, query: { q: "${{ page_size | frobnicate }}" } }`
     let e = definition_errors(&with_query("${{ page_size | frobnicate }}"));
     assert!(
-        e.iter().any(|m| m.contains("unknown filter `frobnicate`")),
+        e.iter()
+            .any(|m| m.starts_with("11:63:") && m.contains("unknown filter `frobnicate`")),
+        "{e:?}"
+    );
+    let e = definition_errors(&with_query("${{ page_size + ofset }}"));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("11:63:") && m.contains("unknown variable `ofset`")),
         "{e:?}"
     );
     // What a request can read is accepted, `item` inside `$for` too.

@@ -611,6 +611,7 @@ pub fn compile(file: &str, text: &str) -> Result<CompiledDefinition, FlowErrors>
     };
     let mut c = DefChecker {
         root: &root,
+        text,
         diags: Vec::new(),
         roots: BTreeMap::new(),
     };
@@ -645,6 +646,23 @@ fn request_reads(r: &RequestSpec, var: &str) -> bool {
         || r.query.values().any(|v| reads(v, var))
         || r.headers.values().any(|v| reads(v, var))
         || r.body.as_ref().is_some_and(|b| in_value(b, var))
+}
+
+/// The byte offset of the first use of variable `name` inside an
+/// expression of `text` (a whole word, not a field after a dot).
+fn name_offset(text: &str, name: &str) -> Option<usize> {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    crate::expr::embedded_expressions(text)
+        .into_iter()
+        .find_map(|(base, expr)| {
+            expr.match_indices(name).find_map(|(i, _)| {
+                let before = expr[..i].chars().next_back();
+                let after = expr[i + name.len()..].chars().next();
+                let whole =
+                    !before.is_some_and(|c| word(c) || c == '.') && !after.is_some_and(word);
+                whole.then_some(base + i)
+            })
+        })
 }
 
 /// What a list request (and its `incremental.query`) can read beside
@@ -685,6 +703,8 @@ fn single_vars(op: &str) -> Vec<(&'static str, crate::expr::types::Type)> {
 
 struct DefChecker<'a> {
     root: &'a Node,
+    /// The definition's text, to point inside template strings.
+    text: &'a str,
     diags: Vec<Diagnostic>,
     /// What request templates can read, typed: the declared `params` and
     /// `credentials` (closed, so a typo is caught), and what the engine
@@ -734,7 +754,8 @@ impl DefChecker<'_> {
 
     /// Reports variables, fields of `params`/`credentials`, filters and
     /// functions that do not exist in the expressions of `text` (a template
-    /// naming `${{ offset }}` would otherwise send `null`).
+    /// naming `${{ offset }}` would otherwise send `null`), each at its own
+    /// line:column inside the string, with a hint.
     fn check_names(&mut self, at: &[Seg], text: &str, item: Option<()>) {
         use crate::expr::types::Type;
         let mut roots = self.roots.clone();
@@ -756,28 +777,62 @@ impl DefChecker<'_> {
                 let hint = crate::yaml::diagnostic::did_you_mean(&name, known.iter().copied())
                     .map(|s| format!("did you mean `{s}`? "))
                     .unwrap_or_default();
-                self.error(
+                let offset = name_offset(text, &name).unwrap_or(0);
+                self.error_in(
                     at,
+                    text,
+                    offset,
+                    name.len(),
                     "unknown-variable",
-                    format!(
-                        "unknown variable `{name}`: it would be sent as null ({hint}request templates can read: {})",
-                        known.join(", ")
-                    ),
+                    format!("unknown variable `{name}`: it would be sent as null"),
+                    Some(format!("{hint}this request can read: {}", known.join(", "))),
                 );
             }
         }
-        for (_, expr) in crate::expr::embedded_expressions(text) {
+        for (offset, expr) in crate::expr::embedded_expressions(text) {
             if let Ok((_, issues)) = crate::expr::types::check_expression(expr, &roots) {
                 for i in issues {
-                    let hint = i.hint.map(|h| format!(" ({h})")).unwrap_or_default();
-                    self.error(
+                    self.error_in(
                         at,
+                        text,
+                        offset + i.offset,
+                        i.len,
                         i.code,
-                        format!("in `${{{{ {} }}}}`: {}{hint}", expr.trim(), i.message),
+                        format!("in `${{{{ {} }}}}`: {}", expr.trim(), i.message),
+                        i.hint,
                     );
                 }
             }
         }
+    }
+
+    /// Reports a problem at bytes `offset..offset+len` of the template
+    /// string `value` at `at`.
+    #[allow(clippy::too_many_arguments)]
+    fn error_in(
+        &mut self,
+        at: &[Seg],
+        value: &str,
+        offset: usize,
+        len: usize,
+        code: &'static str,
+        message: String,
+        hint: Option<String>,
+    ) {
+        let start = self.root.locate(at);
+        let loc = crate::flow::check::locate_in_scalar(self.text, start, value, offset, len);
+        let mut d = Diagnostic::at(code, loc, message);
+        d.hint = hint;
+        d.length = Some(
+            value
+                .get(offset.min(value.len())..)
+                .unwrap_or("")
+                .chars()
+                .take(len)
+                .count()
+                .max(1),
+        );
+        self.diags.push(d);
     }
 
     /// Checks the expressions of a body template (`$for`/`$do` add `item`).

@@ -252,27 +252,7 @@ impl<'a> Checker<'a> {
     /// The location of bytes `offset..offset+len` of the string value at `rel`.
     fn locate_in(&self, rel: &[Seg], value: &str, offset: usize, len: usize) -> Loc {
         let start = self.source.locate(&self.full(rel));
-        let Some(base) = byte_offset(self.text, start) else {
-            return start;
-        };
-        let fragment = value.get(offset..offset + len).unwrap_or("");
-        let rest = &self.text[base..];
-        let quote = usize::from(rest.starts_with(['"', '\'']));
-        let direct = base + quote + offset;
-        if !fragment.is_empty() && self.text.get(direct..direct + fragment.len()) == Some(fragment)
-        {
-            return loc_of(self.text, direct);
-        }
-        // Escapes or a block scalar moved the text: find the fragment with
-        // what precedes it in the value, near the scalar.
-        let lead = value[..offset].chars().rev().take(12).collect::<Vec<_>>();
-        let lead: String = lead.into_iter().rev().collect();
-        let probe = format!("{lead}{fragment}");
-        let window = &rest[..rest.len().min(value.len() * 2 + 256)];
-        match window.find(&probe) {
-            Some(p) => loc_of(self.text, base + p + lead.len()),
-            None => start,
-        }
+        locate_in_scalar(self.text, start, value, offset, len)
     }
 
     /// Reports a problem at bytes `offset..offset+len` of the string at `rel`.
@@ -625,6 +605,44 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+}
+
+/// The location, in the YAML `text`, of bytes `offset..offset+len` of the
+/// string `value` whose scalar starts at `start` (quoted or plain; escapes
+/// and block scalars are found near it, else the scalar's start).
+pub(crate) fn locate_in_scalar(
+    text: &str,
+    start: Loc,
+    value: &str,
+    offset: usize,
+    len: usize,
+) -> Loc {
+    let Some(base) = byte_offset(text, start) else {
+        return start;
+    };
+    let fragment = value.get(offset..offset + len).unwrap_or("");
+    let rest = &text[base..];
+    let quote = usize::from(rest.starts_with(['"', '\'']));
+    let direct = base + quote + offset;
+    if !fragment.is_empty() && text.get(direct..direct + fragment.len()) == Some(fragment) {
+        return loc_of(text, direct);
+    }
+    // Escapes or a block scalar moved the text: find the fragment with
+    // what precedes it in the value, near the scalar.
+    let lead = value
+        .get(..offset)
+        .unwrap_or("")
+        .chars()
+        .rev()
+        .take(12)
+        .collect::<Vec<_>>();
+    let lead: String = lead.into_iter().rev().collect();
+    let probe = format!("{lead}{fragment}");
+    let window = &rest[..rest.len().min(value.len() * 2 + 256)];
+    match window.find(&probe) {
+        Some(p) => loc_of(text, base + p + lead.len()),
+        None => start,
     }
 }
 
