@@ -2311,3 +2311,38 @@ async fn a_netsuite_create_whose_answer_was_lost_is_retried_with_the_same_key_an
     assert!(emu.record("purchaseOrder", id).is_some(), "{o}");
     assert!(o["created"].get("mapped").is_none(), "{o}");
 }
+
+#[tokio::test]
+async fn a_netsuite_update_applied_but_not_read_back_succeeds_with_its_id_and_a_warning() {
+    let emu = netsuite::start(2, 1).await;
+    let c = netsuite_conn(&emu, netsuite::CLIENT_SECRET);
+    let (engine, _dir) = engine_with(&[("ns", &c)]).await;
+    // Token, create, its read-back, the update (204): then reading the
+    // updated order back fails.
+    emu.inject([
+        Fault::Pass,
+        Fault::Pass,
+        Fault::Pass,
+        Fault::Pass,
+        Fault::Status(404),
+    ]);
+    let out = common::run(&engine, NETSUITE_CREATE, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let o = out.output.unwrap();
+    let id = o["created"]["remote_id"].as_str().unwrap();
+    let updated = &o["updated"];
+    assert_eq!(updated["mapped"], false, "{o}");
+    assert_eq!(updated["remote_id"], id, "{o}");
+    assert_eq!(updated["id"], format!("ns:{id}"));
+    let w = updated["warning"].as_str().unwrap();
+    assert!(
+        w.starts_with("ns accepted the update of purchase_order (HTTP 204)")
+            && w.contains("reading the record back failed"),
+        "{w}"
+    );
+    // The update was applied in NetSuite.
+    assert_eq!(
+        emu.record("purchaseOrder", id).unwrap()["dueDate"],
+        "2026-03-01"
+    );
+}

@@ -1775,23 +1775,32 @@ impl HttpConnector {
         // we cannot read must not hide that the record exists (an orphan).
         let accepted = matches!(op, "create" | "update");
         if resp.body.iter().all(u8::is_ascii_whitespace) {
-            if op == "create" {
-                // `204` + `Location` (NetSuite, OData `return=minimal`):
-                // the record is read back by the id in the URL.
-                let can_get = self.requests[&entity].ops.contains_key("get");
-                if let Some(id) = remote_id_in_headers(&resp).filter(|_| can_get) {
-                    return Ok(Some(self.read_back(ce, entity, op, &resp, id).await));
-                }
-                return Ok(Some(self.unmapped_write(
-                    ce,
-                    entity,
-                    op,
-                    &resp,
-                    None,
-                    "the create response is empty".into(),
-                )));
+            if !accepted {
+                return Ok(None);
             }
-            return Ok(None);
+            // `204`: the record is read back, a created one by the id in
+            // `Location` (NetSuite, OData `return=minimal`).
+            let id = match op {
+                "update" => remote_id.map(str::to_string),
+                _ => remote_id_in_headers(&resp),
+            };
+            let can_get = self.requests[&entity].ops.contains_key("get");
+            if let Some(id) = id.clone().filter(|_| can_get) {
+                return Ok(Some(self.read_back(ce, entity, op, &resp, id).await));
+            }
+            let mut out = self.unmapped_write(
+                ce,
+                entity,
+                op,
+                &resp,
+                None,
+                format!("the {op} response is empty"),
+            );
+            if let Some(id) = id {
+                out["id"] = json!(format!("{}:{id}", self.id));
+                out["remote_id"] = json!(id);
+            }
+            return Ok(Some(out));
         }
         let body = match self.parse_json(&resp, entity, op, &format!("the {op} response")) {
             Ok(b) => b,
