@@ -297,6 +297,33 @@ async fn purchases_vendors_and_goods_read_sync_and_create_against_a_real_trytond
     assert_eq!(items["count"], 4, "{items}");
     assert_eq!(items["records"][0]["sku"], "ITM1");
     assert_eq!(items["records"][0]["name"], "[ITM1] Pump seal kit");
+    // Stock on hand is per location: the warehouse's (an inventory of its
+    // storage counted 25 seal kits and 120 bearings).
+    let wh = rpc(
+        &t,
+        "model.stock.location.search",
+        json!([[["type", "=", "warehouse"]], 0, 1, null, {}]),
+    )
+    .await;
+    let wh = wh[0].as_i64().expect("trytond has a warehouse").to_string();
+    let stocked = connector_with(&t, PASSWORD, &[("warehouse_id", &wh)]);
+    let (items, _) = run_flow(&stocked, &read("inventory_item", "")).await;
+    let on_hand: Vec<(&str, &Value)> = items["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["sku"].as_str().unwrap(), &r["quantity_on_hand"]))
+        .collect();
+    assert_eq!(
+        on_hand,
+        [
+            ("ITM1", &json!(25)),
+            ("ITM2", &json!(0)),
+            ("ITM3", &json!(120)),
+            ("ITM4", &json!(0))
+        ],
+        "{items}"
+    );
 
     // Pages of 2 put offsets in the JSON-RPC body: every purchase, once.
     let mut opts = SyncOptions {

@@ -1,6 +1,6 @@
 """Seeds a Tryton database for the connector tests: a company (EUR), three
-suppliers, four goods, and six purchases of two lines each (quantities and
-prices as decimals). Run with the venv's python after `trytond-admin` has
+suppliers, four goods (two of them in stock), and six purchases of two lines
+each (quantities and prices as decimals). Run with the venv's python after `trytond-admin` has
 installed `purchase` and `stock`:
 
     python seed.py CONFIG_FILE DATABASE
@@ -52,6 +52,19 @@ for n, (name, price) in enumerate(
     t.code = f'ITM{n}'
     t.save()
     products.append(t.products[0])
+
+# Stock on hand: an inventory of the warehouse's storage counts 25 pump seal
+# kits and 120 bearings.
+Location = Model.get('stock.location')
+storage, = Location.find([('code', '=', 'STO')])
+Inventory = Model.get('stock.inventory')
+inventory = Inventory(location=storage)
+for product, quantity in [(products[0], 25), (products[2], 120)]:
+    line = inventory.lines.new()
+    line.product = product
+    line.quantity = quantity
+inventory.save()
+inventory.click('confirm')
 
 Purchase = Model.get('purchase.purchase')
 for n in range(6):
