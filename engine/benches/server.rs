@@ -6,9 +6,15 @@
 //! finished per second, and the latency from sending the request to the
 //! receiver's 200 (p50/p99).
 //!
+//! Then events through the durable event log: a flow fires
+//! `SLUICE_BENCH_EVENTS` events (default 6,000; from steps of 1,000 events
+//! each) that an `event` trigger listens to; reported as events/s from the
+//! first hook to the last event-triggered run started (claimed from the log,
+//! run stored), and to every one of those runs finished.
+//!
 //! Run: `cargo bench -p sluice --bench server`. Prints figures; asserts
 //! nothing about speed. `SLUICE_BENCH_SECONDS` / `SLUICE_BENCH_CONNECTIONS`
-//! change the load.
+//! / `SLUICE_BENCH_EVENTS` change the load.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -34,6 +40,31 @@ steps:
     webhook:
       event: po.large
       payload: "${{ steps.check.output }}"
+"#;
+
+/// Fires `n` events of type `bench.tick` from one step.
+const BURST_FLOW: &str = r#"apiVersion: sluice/v1
+id: bench-burst
+inputs:
+  n: { type: number, default: 1000 }
+triggers:
+  - webhook: { path: bench/burst }
+steps:
+  - id: fire
+    for_each: "${{ range(inputs.n) }}"
+    webhook:
+      event: bench.tick
+      payload: { i: "${{ item }}" }
+"#;
+
+/// One run per `bench.tick` event.
+const ON_EVENT_FLOW: &str = r#"apiVersion: sluice/v1
+id: bench-on-event
+triggers:
+  - event: bench.tick
+steps:
+  - id: seen
+    set: { i: "${{ trigger.event.data.i }}" }
 "#;
 
 type Seen = Arc<Mutex<HashMap<u64, Instant>>>;
@@ -89,6 +120,8 @@ async fn run(seconds: u64, connections: usize) {
     let flows = dir.path().join("flows");
     std::fs::create_dir(&flows).unwrap();
     std::fs::write(flows.join("bench.yaml"), FLOW).unwrap();
+    std::fs::write(flows.join("bench-burst.yaml"), BURST_FLOW).unwrap();
+    std::fs::write(flows.join("bench-on-event.yaml"), ON_EVENT_FLOW).unwrap();
     let o = Command::new(BIN)
         .args(["token", "create", "--name", "bench", "--scope", "admin"])
         .env("SLUICE_DB", &db)
@@ -182,34 +215,124 @@ async fn run(seconds: u64, connections: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let all_done = start.elapsed();
-    let delivered = seen.lock().unwrap().len();
-    let sent = sent.lock().unwrap();
-    let seen = seen.lock().unwrap();
-    let mut lat: Vec<Duration> = sent
-        .iter()
-        .filter_map(|(n, t)| seen.get(n).map(|r| r.duration_since(*t)))
-        .collect();
-    lat.sort();
-    println!(
-        "server: webhook -> 3-step flow -> receiver, SQLite, {connections} connections, {seconds} s of load"
-    );
-    println!(
-        "  durable starts: {accepted} accepted (202) in {:.2} s = {:.0} starts/s; {} refused or failed",
-        load_time.as_secs_f64(),
-        accepted as f64 / load_time.as_secs_f64(),
-        refused.load(Ordering::Relaxed)
-    );
-    println!(
-        "  end to end: {delivered} events at the receiver after {:.2} s = {:.0} runs/s through to the receiver",
-        all_done.as_secs_f64(),
-        delivered as f64 / all_done.as_secs_f64()
-    );
-    println!(
-        "  request sent -> receiver's 200: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        percentile(&lat, 0.5).as_secs_f64() * 1000.0,
-        percentile(&lat, 0.99).as_secs_f64() * 1000.0,
-        lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
-    );
+    {
+        let delivered = seen.lock().unwrap().len();
+        let sent = sent.lock().unwrap();
+        let seen = seen.lock().unwrap();
+        let mut lat: Vec<Duration> = sent
+            .iter()
+            .filter_map(|(n, t)| seen.get(n).map(|r| r.duration_since(*t)))
+            .collect();
+        lat.sort();
+        println!(
+            "server: webhook -> 3-step flow -> receiver, SQLite, {connections} connections, {seconds} s of load"
+        );
+        println!(
+            "  durable starts: {accepted} accepted (202) in {:.2} s = {:.0} starts/s; {} refused or failed",
+            load_time.as_secs_f64(),
+            accepted as f64 / load_time.as_secs_f64(),
+            refused.load(Ordering::Relaxed)
+        );
+        println!(
+            "  end to end: {delivered} events at the receiver after {:.2} s = {:.0} runs/s through to the receiver",
+            all_done.as_secs_f64(),
+            delivered as f64 / all_done.as_secs_f64()
+        );
+        println!(
+            "  request sent -> receiver's 200: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            percentile(&lat, 0.5).as_secs_f64() * 1000.0,
+            percentile(&lat, 0.99).as_secs_f64() * 1000.0,
+            lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
+        );
+    }
+    events_phase(&http, &base, &token).await;
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A counter of `/metrics`, e.g. `sluice_runs_started_total{trigger="event"}`.
+async fn metric(http: &reqwest::Client, base: &str, token: &str, name: &str) -> u64 {
+    let Ok(r) = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+    else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).map(str::trim))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+/// Events/s through the durable log (see the module docs).
+async fn events_phase(http: &reqwest::Client, base: &str, token: &str) {
+    let events = env_or("SLUICE_BENCH_EVENTS", 6_000);
+    const STARTED: &str = "sluice_runs_started_total{trigger=\"event\"}";
+    let before = metric(http, base, token, STARTED).await;
+    let finished_before = metric(
+        http,
+        base,
+        token,
+        "sluice_runs_finished_total{status=\"succeeded\"}",
+    )
+    .await;
+    let start = Instant::now();
+    let mut left = events;
+    while left > 0 {
+        let n = left.min(1_000);
+        let r = http
+            .post(format!("{base}/v1/hooks/bench/burst"))
+            .json(&json!({ "n": n }))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 503 {
+            // Run slots full: the previous bursts' runs; try again shortly.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+        left -= n;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut started_at = None;
+    while Instant::now() < deadline {
+        let started = metric(http, base, token, STARTED).await - before;
+        if started >= events && started_at.is_none() {
+            started_at = Some(start.elapsed());
+        }
+        // The bursts' own runs finish too: `events / 1000` more.
+        let finished = metric(
+            http,
+            base,
+            token,
+            "sluice_runs_finished_total{status=\"succeeded\"}",
+        )
+        .await
+            - finished_before;
+        if started_at.is_some() && finished >= events + events.div_ceil(1_000) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = start.elapsed();
+    let started = metric(http, base, token, STARTED).await - before;
+    println!("events: {events} events fired by steps -> event-triggered runs, SQLite, one process");
+    match started_at {
+        Some(t) => println!(
+            "  durable event log: {started} runs started in {:.2} s = {:.0} events/s; all finished after {:.2} s = {:.0} events/s",
+            t.as_secs_f64(),
+            events as f64 / t.as_secs_f64(),
+            all.as_secs_f64(),
+            events as f64 / all.as_secs_f64()
+        ),
+        None => println!(
+            "  durable event log: only {started} of {events} runs started within {:.0} s",
+            all.as_secs_f64()
+        ),
+    }
 }

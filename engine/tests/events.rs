@@ -53,6 +53,8 @@ impl Server {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let a = addr.split_whitespace().next().unwrap_or("");
                     let _ = tx.send(a.trim_start_matches("http://").to_string());
+                } else if line.contains("ERROR") {
+                    eprintln!("server: {line}");
                 }
             }
         });
@@ -63,14 +65,24 @@ impl Server {
     }
 
     /// Starts the `burst` flow through its hook: it fires `n` events.
+    /// A busy server answers 503 (its run slots are full): try again, as a client would.
     async fn burst(&self, path: &str, n: u32) {
-        let res = reqwest::Client::new()
-            .post(format!("http://{}/v1/hooks/{path}", self.addr))
-            .json(&json!({ "n": n }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status().as_u16(), 202, "{}", res.text().await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let res = reqwest::Client::new()
+                .post(format!("http://{}/v1/hooks/{path}", self.addr))
+                .json(&json!({ "n": n }))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            if status == 503 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            assert_eq!(status, 202, "{}", res.text().await.unwrap());
+            return;
+        }
     }
 
     /// SIGKILL: no shutdown, no lease released.
@@ -330,4 +342,102 @@ async fn a_postgres_consumer_is_woken_by_a_notification_from_another_connection(
         .await
         .unwrap();
     assert!(waiter.await.unwrap(), "no notification arrived");
+}
+
+const FIRES_TWO: &str = r#"apiVersion: sluice/v1
+id: fires-two
+steps:
+  - id: fire
+    for_each: "${{ [1, 2] }}"
+    webhook:
+      event: po.checked
+      payload: { i: "${{ item }}" }
+"#;
+
+#[tokio::test]
+async fn events_nobody_listens_to_are_not_logged_and_listened_ones_are_logged_once() {
+    let (store, _dir) = common::sqlite_store().await;
+    let engine = common::engine(store.clone(), vec![], vec![]);
+    // A server whose triggers listen to nothing: neither the custom events
+    // nor the run's `run.succeeded` cost a row.
+    sluice::events::set_interest(&store, Some(HashSet::new()));
+    let out = common::run(&engine, FIRES_TWO, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded);
+    assert_eq!(store.undispatched_events().await.unwrap(), 0);
+    // Listening to the custom type: its two events, not `run.succeeded`.
+    sluice::events::set_interest(&store, Some(HashSet::from(["po.checked".to_string()])));
+    common::run(&engine, FIRES_TWO, json!({})).await;
+    let claimed = store
+        .claim_events("t", Duration::from_secs(30), 100)
+        .await
+        .unwrap();
+    let types: Vec<&str> = claimed.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["po.checked", "po.checked"]);
+    // Claimed events are not claimed again by another consumer while leased,
+    // and dispatched ones never again.
+    assert!(
+        store
+            .claim_events("u", Duration::from_secs(30), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ids: Vec<String> = claimed.iter().map(|e| e.id.clone()).collect();
+    store.mark_events_dispatched(&ids).await.unwrap();
+    assert_eq!(store.undispatched_events().await.unwrap(), 0);
+    // Nobody said (a CLI process): every event is logged, `run.succeeded` too.
+    sluice::events::set_interest(&store, None);
+    common::run(&engine, FIRES_TWO, json!({})).await;
+    assert_eq!(store.undispatched_events().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_killed_consumers_claims_are_taken_over_once_its_lease_expires() {
+    let (store, _dir) = common::sqlite_store().await;
+    for i in 0..5 {
+        sluice::webhooks::emit(&store, &format!("k{i}"), "system.error", None, json!({}))
+            .await
+            .unwrap();
+    }
+    let dead = store
+        .claim_events("dead", Duration::from_millis(200), 100)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 5);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut taken = Vec::new();
+    while taken.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        taken = store
+            .claim_events("alive", Duration::from_secs(30), 100)
+            .await
+            .unwrap();
+    }
+    assert_eq!(taken.len(), 5);
+}
+
+#[tokio::test]
+async fn pruning_deletes_events_older_than_the_retention() {
+    let (store, _dir) = common::sqlite_store().await;
+    sluice::webhooks::emit(&store, "old", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    let cutoff = sluice::store::now_ms() + 1;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    sluice::webhooks::emit(&store, "new", "system.error", None, json!({}))
+        .await
+        .unwrap();
+    assert_eq!(store.prune_events(cutoff).await.unwrap(), (1, 1));
+    assert_eq!(store.undispatched_events().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_event_fired_twice_with_one_key_is_logged_once() {
+    let (store, _dir) = common::sqlite_store().await;
+    for _ in 0..2 {
+        sluice::webhooks::emit(&store, "same", "system.error", None, json!({}))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.undispatched_events().await.unwrap(), 1);
 }

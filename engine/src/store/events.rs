@@ -143,6 +143,15 @@ impl Store {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        if self.backend == Backend::Sqlite {
+            // An idle poll reads; only a claim takes the write lock.
+            let any = sqlx::query("SELECT 1 FROM events WHERE dispatched_at IS NULL LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+            if any.is_none() {
+                return Ok(Vec::new());
+            }
+        }
         let now = now_ms();
         const FREE: &str =
             "dispatched_at IS NULL AND (lease_expires_at IS NULL OR lease_expires_at < $3)";
