@@ -1519,3 +1519,74 @@ async fn a_store_failure_in_sluice_serves_maintenance_loop_reaches_an_endpoint_a
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_scheduled_sync_whose_connection_cannot_be_opened_reaches_an_endpoint_as_system_error() {
+    let bin = env!("CARGO_BIN_EXE_sluice");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    let ops = Receiver::start(vec![]).await;
+    add_endpoint(&store, &ops.url(), &["system.error"]).await;
+    // A connection added with a definition from the CLI's ./connectors,
+    // synced every second...
+    let added_in = dir.path().join("laptop");
+    std::fs::create_dir_all(added_in.join("connectors")).unwrap();
+    std::fs::write(
+        added_in.join("connectors/tiny.yaml"),
+        "apiVersion: sluice/connector/v1\nid: tiny\nname: Tiny\nparameters:\n  base_url: {}\nauth: { type: none }\ntest: { path: /ping }\nentities:\n  vendor:\n    list:\n      request: { path: /vendors }\n      records: $.items[*]\n      paginator: { type: next_link, path: $.next }\n    mapping:\n      remote_id: $.id\n      name: $.name\n      status: { const: active }\n      remote_created_at: { path: $.created, convert: datetime }\n      remote_updated_at: { path: $.changed, convert: datetime }\n",
+    )
+    .unwrap();
+    let o = std::process::Command::new(bin)
+        .current_dir(&added_in)
+        .args([
+            "connection",
+            "add",
+            "shop",
+            "--definition",
+            "tiny",
+            "-p",
+            "base_url=http://127.0.0.1:9",
+            "--sync",
+            "vendor=* * * * * *",
+        ])
+        .env("SLUICE_DB", &url)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // ... served from a directory without that definition.
+    let served_in = dir.path().join("server");
+    std::fs::create_dir_all(served_in.join("flows")).unwrap();
+    let mut child = std::process::Command::new(bin)
+        .current_dir(&served_in)
+        .args(["serve", "--listen", "127.0.0.1:0", "--flows", "flows"])
+        .env("SLUICE_DB", &url)
+        .env("SLUICE_WEBHOOK_ALLOW", "127.0.0.1")
+        .env_remove("RUST_LOG")
+        .env_remove("SLUICE_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ops.received().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ticks every second fail the same way: still one alert.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = ops.received();
+    // Once an hour (twice when the test straddles an hour).
+    assert!((1..=2).contains(&got.len()), "{got:?}");
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["type"], "system.error", "{body}");
+    assert_eq!(body["data"]["source"], "sync", "{body}");
+    assert_eq!(body["data"]["details"]["connection_id"], "shop", "{body}");
+    let message = body["data"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the scheduled vendor sync of connection shop cannot run")
+            && message.contains("tiny"),
+        "{message}"
+    );
+}

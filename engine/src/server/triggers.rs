@@ -425,7 +425,23 @@ async fn fire_sync(state: &Arc<AppState>, t: &SyncTick, tick: DateTime<Utc>, mis
         None => match open_connection(state, &t.connection).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(connection = %t.connection, error = %e, "scheduled sync of a connection this process cannot open");
+                // Every tick fails the same way until someone fixes the
+                // connection (its definition or secrets): an hourly alert.
+                crate::webhooks::system_error(
+                    &state.store,
+                    &format!(
+                        "sync-schedule:{}:cannot-open:{}",
+                        t.connection,
+                        now_ms() / 3_600_000
+                    ),
+                    "sync",
+                    &format!(
+                        "the scheduled {entity} sync of connection {} cannot run: {e}",
+                        t.connection
+                    ),
+                    json!({"connection_id": t.connection, "entity": entity.to_string()}),
+                )
+                .await;
                 return;
             }
         },
