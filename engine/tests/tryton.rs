@@ -428,6 +428,7 @@ steps:
         vendor_id: "4"
         currency: EUR
         order_date: "2024-03-01"
+        expected_date: "2024-03-15"
         lines:
           - { line_number: 1, item_id: "3", description: Bearings for pump 7, quantity: 40, unit_of_measure: u, unit_price: 4.85, amount: 194 }
 output: "${{ steps.c.output }}"
@@ -437,18 +438,27 @@ output: "${{ steps.c.output }}"
     assert_eq!(created["status"], "draft", "{created}");
     assert_eq!(created["vendor_name"], "Supplier 3");
     assert_eq!(created["order_date"], "2024-03-01");
+    assert_eq!(created["expected_date"], "2024-03-15");
+    assert_eq!(created["lines"][0]["received_quantity"], 0);
     assert_eq!(created["total"], 194);
     assert_eq!(created["lines"][0]["description"], "Bearings for pump 7");
     let id: i64 = created["remote_id"].as_str().unwrap().parse().unwrap();
     let stored = rpc(
         &t,
         "model.purchase.purchase.read",
-        json!([[id], ["state", "party", "total_amount"], {}]),
+        json!(
+            [[id], ["state", "party", "total_amount", "delivery_date"], {
+            }]
+        ),
     )
     .await;
     assert_eq!(stored[0]["state"], "draft");
     assert_eq!(stored[0]["party"], 4);
     assert_eq!(stored[0]["total_amount"]["decimal"], "194.00");
+    assert_eq!(
+        stored[0]["delivery_date"],
+        json!({"__class__": "date", "year": 2024, "month": 3, "day": 15})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
