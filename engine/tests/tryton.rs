@@ -370,6 +370,27 @@ async fn purchases_vendors_and_goods_read_sync_and_create_against_a_real_trytond
     assert_eq!(changed["count"], 1, "{changed}");
     assert_eq!(changed["records"][0]["number"], "REF-3b");
     assert_eq!(changed["records"][0]["remote_id"], "3");
+    // Vendors too: one party renamed since (the company's own, which no
+    // purchase names, so the purchases below stay as they were).
+    let party = rpc(
+        &t,
+        "model.party.party.search",
+        json!([[["name", "=", "Sluice Test Plant"]], 0, 1, null, {}]),
+    )
+    .await;
+    rpc(
+        &t,
+        "model.party.party.write",
+        json!([[party[0]], {"name": "Sluice Test Plant 2"}, {}]),
+    )
+    .await;
+    let (renamed, _) = run_flow(
+        &c,
+        &read("vendor", &format!(", modified_after: \"{since}\"")),
+    )
+    .await;
+    assert_eq!(renamed["count"], 1, "{renamed}");
+    assert_eq!(renamed["records"][0]["name"], "Sluice Test Plant 2");
     opts.mode = Mode::Incremental;
     let r = sync(&opts).await;
     assert_eq!((r.added, r.updated, r.deleted), (0, 1, 0), "{r:?}");
