@@ -36,9 +36,15 @@ impl Drop for Server {
 impl Server {
     /// `sluice serve` on `db` with the flows in `flows`, a run lease of `lease`.
     fn start(db: &str, flows: &Path, lease: &str) -> Server {
+        Self::start_with(db, flows, lease, &[])
+    }
+
+    /// Like [`Server::start`], with more `sluice serve` arguments.
+    fn start_with(db: &str, flows: &Path, lease: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--flows"])
             .arg(flows)
+            .args(extra)
             .env("SLUICE_DB", db)
             .env("SLUICE_RUN_LEASE", lease)
             .env("SLUICE_LOG", "sluice=info")
@@ -279,8 +285,10 @@ async fn two_servers_on_postgres_start_one_run_per_event_and_survive_a_kill() {
     let tag = &tag[tag.len() - 10..];
     write_flows(&flows, tag, &format!("pg.burst_{tag}"));
     let store = Store::connect(&url).await.unwrap();
-    let a = Server::start(&url, &flows, "3s");
-    let b = Server::start(&url, &flows, "3s");
+    // 64 run slots: the default 512 runs in flight share 8 pool connections,
+    // and on a loaded machine an API request then waits out the pool's 30 s.
+    let a = Server::start_with(&url, &flows, "5s", &["--max-runs", "64"]);
+    let b = Server::start_with(&url, &flows, "5s", &["--max-runs", "64"]);
     let hook = format!("burst-{tag}");
     let flow = format!("on-burst-{tag}");
     // Events fired in A start runs in B and the other way round; then A dies mid-burst.
