@@ -1395,3 +1395,97 @@ output: "${{ steps.create.output }}"
         "{line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_run_announces_a_connection_whose_credentials_were_refused_before_it_exits() {
+    let emu = sluice_emulators::netsuite::start(1, 1).await;
+    // The endpoint's receiver.
+    let got: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let g = got.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let g = g.clone();
+        async move {
+            g.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (dir, db) = temp_db();
+    let flow = dir.path().join("read.yaml");
+    std::fs::write(
+        &flow,
+        "apiVersion: sluice/v1\nid: ns-read\nsteps:\n  - id: r\n    read: { connection: ns, entity: vendor }\n",
+    )
+    .unwrap();
+    let base = emu.base_url.clone();
+    let flow = flow.to_str().unwrap().to_string();
+    let cmds: Vec<Vec<String>> = vec![
+        vec![
+            "connection".into(),
+            "add".into(),
+            "ns".into(),
+            "--definition".into(),
+            "netsuite".into(),
+            "-p".into(),
+            format!("base_url={base}"),
+            "-c".into(),
+            "client_id=NS_ID".into(),
+            "-c".into(),
+            "client_secret=NS_SECRET".into(),
+        ],
+        vec![
+            "webhook".into(),
+            "endpoint".into(),
+            "add".into(),
+            hook,
+            "--events".into(),
+            "connection.*".into(),
+        ],
+        vec!["run".into(), flow, "--json".into()],
+    ];
+    let outs = tokio::task::spawn_blocking(move || {
+        cmds.iter()
+            .map(|c| {
+                let a: Vec<&str> = c.iter().map(String::as_str).collect();
+                sluice_env(
+                    &a,
+                    &db,
+                    &[
+                        ("SLUICE_WEBHOOK_ALLOW", "127.0.0.1"),
+                        ("SLUICE_SECRET_NS_ID", sluice_emulators::netsuite::CLIENT_ID),
+                        ("SLUICE_SECRET_NS_SECRET", "rotated-away"),
+                    ],
+                )
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(outs[0].status.success(), "{}", stderr(&outs[0]));
+    assert!(outs[1].status.success(), "{}", stderr(&outs[1]));
+    let run = &outs[2];
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(run));
+    assert!(
+        stderr(run).contains("AUTHENTICATION_FAILED"),
+        "{}",
+        stderr(run)
+    );
+    // Written and delivered by the command itself, before it exited.
+    let got = got.lock().unwrap().clone();
+    let types: Vec<&str> = got.iter().filter_map(|b| b["type"].as_str()).collect();
+    assert!(
+        types.contains(&"connection.auth_required") && types.contains(&"connection.status_changed"),
+        "{got:?}"
+    );
+    let auth = got
+        .iter()
+        .find(|b| b["type"] == "connection.auth_required")
+        .unwrap();
+    assert_eq!(auth["data"]["connection_id"], "ns");
+    assert!(!auth.to_string().contains("rotated-away"), "{auth}");
+}

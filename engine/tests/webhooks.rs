@@ -1246,7 +1246,7 @@ async fn a_refused_token_refresh_reaches_an_endpoint_as_connection_auth_required
     use sluice::connectors::{Connector, ListQuery};
     let (store, _d) = sqlite_store().await;
     let ops = Receiver::start(vec![]).await;
-    add_endpoint(&store, &ops.url(), &["connection.auth_required"]).await;
+    add_endpoint(&store, &ops.url(), &["connection.*"]).await;
     let emu = sluice_emulators::netsuite::start(2, 1).await;
     // Tokens good for one second (61 s, refreshed 60 s early).
     emu.set_token_ttl(61);
@@ -1265,9 +1265,23 @@ async fn a_refused_token_refresh_reaches_an_endpoint_as_connection_auth_required
     assert_eq!(e.code().as_str(), "AUTHENTICATION_FAILED", "{e:?}");
     assert_eq!(emu.token_requests(), 2, "the refresh was asked for");
 
-    let got = deliver_until_received(&store, &ops, 1).await;
-    let body: Value = serde_json::from_str(&got[0].body).unwrap();
-    assert_eq!(body["type"], "connection.auth_required", "{body}");
+    // Both events of the change reach an endpoint that takes both.
+    let got = deliver_until_received(&store, &ops, 2).await;
+    let bodies: Vec<Value> = got
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let mut types: Vec<&str> = bodies.iter().map(|b| b["type"].as_str().unwrap()).collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        ["connection.auth_required", "connection.status_changed"],
+        "{bodies:?}"
+    );
+    let body = bodies
+        .iter()
+        .find(|b| b["type"] == "connection.auth_required")
+        .unwrap();
     assert_eq!(body["connection_id"], "ns", "{body}");
     assert_eq!(body["data"]["connection_id"], "ns", "{body}");
     let reason = body["data"]["reason"].as_str().unwrap();
@@ -1291,7 +1305,7 @@ async fn a_refused_token_refresh_reaches_an_endpoint_as_connection_auth_required
         .unwrap_err();
     tokio::time::sleep(Duration::from_millis(200)).await;
     deliver_all(&store, test_config()).await;
-    assert_eq!(ops.received().len(), 1, "{:?}", ops.received());
+    assert_eq!(ops.received().len(), 2, "{:?}", ops.received());
 }
 
 #[tokio::test]

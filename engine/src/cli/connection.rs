@@ -396,9 +396,9 @@ pub(super) async fn dispatch(cmd: ConnectionCommand) -> Result<i32, CliError> {
             let result = c.test().await;
             let status = c.health_state().status();
             drop(c);
-            // Let the status writer finish.
-            drop(sink);
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            // The status change and its events are written before the
+            // command exits.
+            sink.flush().await;
             match result {
                 Ok(latency) => {
                     if as_json {

@@ -528,6 +528,9 @@ async fn run(
         Ok(Err(e)) => return Err(CliError::failed(e)),
         Err(_) => return Err(CliError::failed("the run's task ended without a result")),
     };
+    // A connection that entered `auth_required` during the run is recorded
+    // and announced before the process exits.
+    crate::connectors::connection::flush_status_writes().await;
     deliver_fired_webhooks(engine.store(), json_out).await?;
     print_step_warnings(engine.store(), &outcome.run_id).await?;
     report(&outcome, json_out)

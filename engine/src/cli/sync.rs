@@ -113,6 +113,9 @@ pub(super) async fn dispatch(cmd: SyncCommand) -> Result<i32, CliError> {
             };
             let result =
                 sync::run(&store, c.as_ref(), &conn_id, entity, &opts, Some(&report)).await;
+            // A connection that entered `auth_required` is recorded and
+            // announced before the process exits.
+            crate::connectors::connection::flush_status_writes().await;
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }

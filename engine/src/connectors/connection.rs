@@ -38,15 +38,56 @@ pub fn parse_status(s: &str) -> ConnectionStatus {
 
 /// Writes status changes to the store, in order, from a background task.
 pub struct StoreSink {
-    tx: mpsc::UnboundedSender<StatusChange>,
+    tx: mpsc::UnboundedSender<SinkMessage>,
+}
+
+enum SinkMessage {
+    Change(StatusChange),
+    /// Answered once every change sent before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The sinks of this process, for [`flush_status_writes`].
+static SINKS: std::sync::Mutex<Vec<std::sync::Weak<StoreSink>>> = std::sync::Mutex::new(Vec::new());
+
+/// Waits until every status change reported so far is written, with its
+/// events (`connection.status_changed`, `connection.auth_required`). A
+/// command that exits after a run calls it, so a connection that entered
+/// `auth_required` during the run is recorded and announced.
+pub async fn flush_status_writes() {
+    let sinks: Vec<Arc<StoreSink>> = {
+        let mut all = SINKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.retain(|w| w.strong_count() > 0);
+        all.iter().filter_map(std::sync::Weak::upgrade).collect()
+    };
+    for sink in sinks {
+        sink.flush().await;
+    }
 }
 
 impl StoreSink {
+    /// Waits until every change sent before is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(SinkMessage::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Starts the writer task (needs a tokio runtime).
     pub fn start(store: Store) -> Arc<StoreSink> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<StatusChange>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<SinkMessage>();
         tokio::spawn(async move {
-            while let Some(c) = rx.recv().await {
+            while let Some(m) = rx.recv().await {
+                let c = match m {
+                    SinkMessage::Change(c) => c,
+                    SinkMessage::Flush(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
                 let at = c.at.timestamp_millis();
                 let event = StatusEvent {
                     connection_id: c.connection_id.clone(),
@@ -87,7 +128,10 @@ impl StoreSink {
                     });
                     if let Err(e) = crate::webhooks::emit(
                         &store,
-                        &format!("connection:{}:auth_required:{at}", c.connection_id),
+                        // Not the status_changed key (`connection:ID:auth_required:AT`):
+                        // the same key is the same event id, and an endpoint
+                        // taking both would get only the first.
+                        &format!("connection-auth:{}:{at}", c.connection_id),
                         "connection.auth_required",
                         Some(&c.connection_id),
                         data,
@@ -99,13 +143,18 @@ impl StoreSink {
                 }
             }
         });
-        Arc::new(StoreSink { tx })
+        let sink = Arc::new(StoreSink { tx });
+        SINKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::downgrade(&sink));
+        sink
     }
 }
 
 impl StatusSink for StoreSink {
     fn changed(&self, change: StatusChange) {
-        let _ = self.tx.send(change);
+        let _ = self.tx.send(SinkMessage::Change(change));
     }
 }
 
