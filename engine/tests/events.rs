@@ -209,8 +209,35 @@ async fn events_fired_by_sluice_run_start_their_flows_in_the_next_serve() {
     );
     let store = Store::connect(&db).await.unwrap();
     assert_eq!(store.undispatched_events().await.unwrap(), 41); // 40 + run.succeeded
-    let _server = Server::start(&db, &flows, "30s");
+    let server = Server::start(&db, &flows, "30s");
     expect_one_run_per_event(&store, "on-burst-cli", 40).await;
+    // The log's queue depth is a metric; it drains to 0.
+    let token = Command::new(BIN)
+        .args(["token", "create", "--name", "t", "--scope", "admin"])
+        .env("SLUICE_DB", &db)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let metrics = reqwest::Client::new()
+            .get(format!("http://{}/metrics", server.addr))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("\nsluice_events_undispatched 0\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the event log did not drain: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -253,6 +280,11 @@ async fn a_server_killed_mid_burst_leaves_no_event_without_its_one_run() {
     assert!(started > 0, "the burst never started a run before the kill");
     let _b = Server::start(&db, &flows, "3s");
     expect_one_run_per_event(&store, "on-burst-kill", 2_000).await;
+    // And the log knows it: every event ends up dispatched.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while store.undispatched_events().await.unwrap() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(store.undispatched_events().await.unwrap(), 0);
 }
 

@@ -180,6 +180,12 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             let _ = writeln!(out, "sluice_webhook_messages{{status=\"{status}\"}} {n}");
         }
     }
+    if let Ok(n) = state.store.undispatched_events().await {
+        let _ = writeln!(
+            out,
+            "# HELP sluice_events_undispatched Events in the log not yet dispatched to event triggers (their queue depth).\n# TYPE sluice_events_undispatched gauge\nsluice_events_undispatched {n}"
+        );
+    }
     let (calls, failed) = state.plugins.call_counts();
     let _ = writeln!(
         out,
