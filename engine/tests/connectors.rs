@@ -2346,3 +2346,60 @@ async fn a_netsuite_update_applied_but_not_read_back_succeeds_with_its_id_and_a_
         "2026-03-01"
     );
 }
+
+#[tokio::test]
+async fn a_create_without_an_idempotency_key_whose_answer_was_lost_is_not_sent_again() {
+    let emu = bc::start(2, 1).await;
+    let c = bc_conn(&emu);
+    let (engine, _dir) = engine_with(&[("bc", &c)]).await;
+    // A token first, so the faults below hit the creates.
+    c.connector
+        .list(Entity::Vendor, &ListQuery::default())
+        .await
+        .unwrap();
+    let flow = format!(
+        r#"
+apiVersion: sluice/v1
+id: bc-create
+steps:
+  - id: create
+    write:
+      connection: bc
+      entity: purchase_order
+      op: create
+      data:
+        vendor_id: "{vendor}"
+        currency: EUR
+        lines:
+          - {{ line_number: 1, item_id: MAT-1003, description: Gear oil, quantity: 20, unit_of_measure: L, unit_price: 7.9, amount: 158 }}
+    retry: {{ max_attempts: 3, backoff: constant, initial: 10ms }}
+output: "${{{{ steps.create.output }}}}"
+"#,
+        vendor = bc::vendor_id(2)
+    );
+    let before = emu.count("purchaseOrders");
+    // Business Central makes the order, then the gateway answers 504.
+    emu.inject([Fault::LostAnswer(504)]);
+    let out = common::run(&engine, &flow, json!({})).await;
+    assert_eq!(out.status, RunStatus::Failed, "{:?}", out.output);
+    let err = out.error.unwrap();
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("504")
+            && message
+                .contains("the create was not sent again: the system may have made the record")
+            && message.contains("`business_central` sends no idempotency key"),
+        "{message}"
+    );
+    assert_eq!(err["retryable"], false, "{err}");
+    assert_eq!(
+        emu.count("purchaseOrders"),
+        before + 1,
+        "one order, not one per retry"
+    );
+    // A 503 (not done, by definition) is still retried.
+    emu.inject([Fault::Status(503)]);
+    let out = common::run(&engine, &flow, json!({})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(emu.count("purchaseOrders"), before + 2);
+}

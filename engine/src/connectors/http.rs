@@ -208,6 +208,10 @@ struct Req {
     headers: Vec<(String, String)>,
     body: Option<Value>,
     write: bool,
+    /// A create without an idempotency key: when its answer is lost (a
+    /// timeout, a 500/502/504) it is not sent again, since the system may
+    /// have made the record and could not tell a repeat from a new one.
+    once: bool,
 }
 
 /// A response.
@@ -660,6 +664,7 @@ impl HttpConnector {
             headers,
             body,
             write,
+            once: false,
         })
     }
 
@@ -979,6 +984,7 @@ impl HttpConnector {
             headers,
             body: None,
             write: false,
+            once: false,
         };
         let resp = Box::pin(self.execute(req, None, "auth")).await?;
         let token = resp
@@ -1145,6 +1151,9 @@ impl HttpConnector {
                         }
                     );
                     self.health.failure(&reason);
+                    if req.once && e.is_timeout() {
+                        return Err(self.not_sent_again(entity, op, None, reason));
+                    }
                     if attempt < self.policy.max_attempts {
                         troubled = Some(reason);
                         tokio::time::sleep(self.policy.backoff(attempt)).await;
@@ -1273,6 +1282,9 @@ impl HttpConnector {
             } else {
                 self.health.answered();
             }
+            if req.once && matches!(status, 500 | 502 | 504) {
+                return Err(self.not_sent_again(entity, op, Some(status), message));
+            }
             if retryable && attempt < self.policy.max_attempts {
                 troubled = Some(message);
                 tokio::time::sleep(self.policy.backoff(attempt)).await;
@@ -1288,6 +1300,40 @@ impl HttpConnector {
             }
             return Err(e);
         }
+    }
+
+    /// Whether the definition's create request sends the step's
+    /// idempotency key (in a header or the body), so that the system can
+    /// recognise a create sent again.
+    fn create_carries_key(&self, entity: Entity) -> bool {
+        self.def
+            .def
+            .entities
+            .get(&entity.to_string())
+            .and_then(|e| e.create.as_ref())
+            .and_then(|c| serde_json::to_string(&c.request).ok())
+            .is_some_and(|t| t.contains("idempotency_key"))
+    }
+
+    /// The error of a create whose answer was lost and that is not sent
+    /// again (see [`Req::once`]): not retryable, saying why.
+    fn not_sent_again(
+        &self,
+        entity: Option<Entity>,
+        op: &'static str,
+        status: Option<u16>,
+        why: String,
+    ) -> ConnectorError {
+        self.error(
+            ConnectorErrorKind::Permanent,
+            entity,
+            op,
+            status,
+            format!(
+                "{why}; the create was not sent again: the system may have made the record, and `{}` sends no idempotency key it could recognise a repeat by (look for the record before running this again)",
+                self.def.def.id
+            ),
+        )
     }
 
     fn parse_json(
@@ -1429,6 +1475,7 @@ impl HttpConnector {
                     headers: self.headers(list_req, &from_json(&ctx), Some(entity), "list")?,
                     body: None,
                     write: false,
+                    once: false,
                 }
             }
             None => {
@@ -1769,7 +1816,8 @@ impl HttpConnector {
             ctx["idempotency_key"] = json!(k);
         }
         let write = op != "get";
-        let req = self.render(r, &ctx, write, Some(entity), op)?;
+        let mut req = self.render(r, &ctx, write, Some(entity), op)?;
+        req.once = op == "create" && !self.create_carries_key(entity);
         let resp = self.execute(req, Some(entity), op).await?;
         // The system accepted a create or update: from here on, a response
         // we cannot read must not hide that the record exists (an orphan).
