@@ -79,6 +79,9 @@ fn durable(c: &mut Criterion, name: &str, url: &str) {
         .build()
         .expect("runtime");
     let store = rt.block_on(Store::connect(url)).expect("store");
+    // As under `sluice serve` with no `event` trigger: `run.succeeded` is not
+    // logged (a process that does not say logs every event, see `sluice::events`).
+    sluice::events::set_interest(&store, Some(Default::default()));
     let engine = Engine::new(store, ConnectorRegistry::new(), Secrets::default());
     let f = flow();
     let inputs = Map::new();

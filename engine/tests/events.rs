@@ -481,3 +481,46 @@ async fn an_event_fired_twice_with_one_key_is_logged_once() {
     }
     assert_eq!(store.undispatched_events().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_flow_uploaded_to_one_server_gets_the_events_another_server_dispatches() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_db(dir.path());
+    let flows = dir.path().join("flows");
+    write_flows(&flows, "up", "up.burst");
+    // The servers start without the event-triggered flow...
+    let on_burst = std::fs::read_to_string(flows.join("on-burst.yaml")).unwrap();
+    std::fs::remove_file(flows.join("on-burst.yaml")).unwrap();
+    let token = Command::new(BIN)
+        .args(["token", "create", "--name", "t", "--scope", "admin"])
+        .env("SLUICE_DB", &db)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let _a = Server::start(&db, &flows, "30s");
+    let b = Server::start(&db, &flows, "30s");
+    // ...which is uploaded to B; A has not reloaded its flows (it does every
+    // 5 s) when the 2,000 events come, and dispatches batches of them too.
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/flows", b.addr))
+        .bearer_auth(&token)
+        .header("content-type", "application/yaml")
+        .body(on_burst)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201, "{}", res.text().await.unwrap());
+    let out = Command::new(BIN)
+        .args(["run", "--json", "-i", "n=2000"])
+        .arg(flows.join("burst.yaml"))
+        .env("SLUICE_DB", &db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = Store::connect(&db).await.unwrap();
+    expect_one_run_per_event(&store, "on-burst-up", 2_000).await;
+}

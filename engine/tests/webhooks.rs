@@ -1037,8 +1037,23 @@ async fn an_endpoint_that_times_out_does_not_hold_back_another_endpoints_deliver
         },
     )
     .unwrap();
+    // Done when the store has every B message delivered: the receiver
+    // counting 200 is not enough, as the worker stops with the last
+    // attempt's answer not yet recorded.
+    let b_delivered = || async {
+        store
+            .messages(&MessageFilter {
+                limit: 1000,
+                ..MessageFilter::default()
+            })
+            .await
+            .unwrap()
+            .iter()
+            .filter(|m| m.endpoint_id != a.id && m.status == MessageStatus::Delivered)
+            .count()
+    };
     let b_done = async {
-        while b.received().len() < 200 {
+        while b_delivered().await < 200 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };

@@ -577,6 +577,7 @@ pub async fn event_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     // taken over after it. A claim outlasted by a slow batch only costs
     // repeated work: the request key keeps one run per event and flow.
     let lease = state.engine.lease();
+    let mut flows_mark = None;
     let mut wakeup = crate::events::Wakeup::new(&state.store).await;
     loop {
         if *stop.borrow() {
@@ -592,6 +593,21 @@ pub async fn event_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
         };
         let full = claimed.len() as i64 == EVENT_BATCH;
         if !claimed.is_empty() {
+            // Match against the flows as they are now: a flow another process
+            // just stored (and already logs events for) must not miss them
+            // here because this process has not reloaded yet.
+            match state.store.flows_mark().await {
+                Ok(mark) if flows_mark == Some(mark) => {}
+                Ok(mark) => match flows::reload(&state).await {
+                    Ok(()) => flows_mark = Some(mark),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "flows not reloaded before dispatching events")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check the flows before dispatching events")
+                }
+            }
             dispatch_events(&state, claimed).await;
         }
         if !full {

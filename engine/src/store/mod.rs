@@ -514,6 +514,20 @@ impl Store {
         })
     }
 
+    /// A transaction that reads and then writes. On SQLite it takes the
+    /// write lock up front (`BEGIN IMMEDIATE`), waiting for it under the
+    /// busy timeout: a deferred transaction that read first and then writes
+    /// after another connection committed fails at once with "database is
+    /// locked" (SQLITE_BUSY_SNAPSHOT), which no timeout retries.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Runs a write: through the group-commit writer on SQLite, directly on PostgreSQL.
     async fn write(&self, sql: &'static str, args: Vec<Arg>) -> Result<u64, StoreError> {
         Ok(self
@@ -624,6 +638,19 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(flow_from_row).collect()
+    }
+
+    /// A mark that changes whenever a flow revision is stored or a flow is
+    /// enabled, disabled or deleted, by any process: a process compares it
+    /// with the mark of its loaded flows to know they are current.
+    pub async fn flows_mark(&self) -> Result<(i64, i64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM flows), (SELECT COUNT(*) FROM flow_settings), \
+             (SELECT CAST(COALESCE(SUM(updated_at % 1000000007), 0) AS BIGINT) FROM flow_settings)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
     }
 
     /// Inserts a run: `running` and leased when `lease` is given, else `queued`.

@@ -199,7 +199,7 @@ impl Store {
         checkpoint: impl FnOnce(&PageChanges) -> String,
         lease_until: i64,
     ) -> Result<PageChanges, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut known = HashMap::new();
         for chunk in records.chunks(500) {
             let sql = in_order(
@@ -317,7 +317,7 @@ impl Store {
         since_ms: Option<i64>,
     ) -> Result<Vec<String>, StoreError> {
         let since = since_ms.unwrap_or(i64::MIN);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let rows = sqlx::query("SELECT remote_id FROM synced_records WHERE connection_id = $1 AND entity = $2 AND seen_sync <> $3 AND deleted = 0 AND remote_updated_at > $4 ORDER BY remote_id")
             .bind(connection)
             .bind(entity)
