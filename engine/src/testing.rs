@@ -288,6 +288,7 @@ pub async fn run_case(
         secrets: Some(Secrets::from_pairs(case.secrets.clone())),
         plugin_versions: BTreeMap::new(),
         operations: BTreeMap::new(),
+        flows: None,
     };
     let compiled = flow::compile(flow_file, flow_text, &catalog).map_err(|e| {
         let mut msg = format!(
@@ -643,6 +644,7 @@ pub async fn export_run(store: &Store, run_id: &str) -> Result<(String, TestFile
             secrets: None,
             plugin_versions: BTreeMap::new(),
             operations: BTreeMap::new(),
+            flows: None,
         },
     );
     let flow: flow::Flow = match &compiled {

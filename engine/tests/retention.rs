@@ -183,6 +183,7 @@ async fn only_finished_runs_are_pruned_and_other_flows_are_spared() {
         inputs: &json!({}),
         trigger: &json!({}),
         lease: None,
+        parent: None,
     };
     store.create_run(queued).await.unwrap();
     let r = store

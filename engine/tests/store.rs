@@ -43,6 +43,7 @@ async fn leases_keep_other_processes_out_until_they_expire(store: &Store) {
             inputs: &json!({"a": 1}),
             trigger: &json!({}),
             lease: Some(("p1", Duration::from_millis(300))),
+            parent: None,
         })
         .await
         .unwrap();
@@ -121,6 +122,7 @@ async fn step_results_upsert_and_reset(store: &Store) {
             inputs: &json!({}),
             trigger: &json!({}),
             lease: None,
+            parent: None,
         })
         .await
         .unwrap();
@@ -178,6 +180,7 @@ async fn runs_list_by_flow_and_status_newest_first(store: &Store) {
                 inputs: &json!({}),
                 trigger: &json!({}),
                 lease: None,
+                parent: None,
             })
             .await
             .unwrap();
@@ -264,6 +267,7 @@ async fn a_flow_runs_and_an_interrupted_run_resumes(store: Store) {
             inputs: &json!({}),
             trigger: &json!({}),
             lease: Some(("dead-process", Duration::from_millis(100))),
+            parent: None,
         })
         .await
         .unwrap();
@@ -284,6 +288,7 @@ async fn a_request_key_starts_one_run_and_a_tick_is_claimed_once(store: &Store) 
         inputs: &serde_json::Value::Null,
         trigger: &serde_json::Value::Null,
         lease: None,
+        parent: None,
     };
     let first = uuid::Uuid::now_v7().to_string();
     let second = uuid::Uuid::now_v7().to_string();

@@ -473,10 +473,21 @@ async fn run(
     db: &DbArgs,
 ) -> Result<i32, CliError> {
     let engine = engine(db).await?;
-    let flow = Arc::new(compile_or_report(
-        file,
-        &engine.catalog_with_plugins().await?,
-    )?);
+    // The flow files beside this one are the flows its `flow` steps and
+    // `on_failure` may name (as the server's flows directory is), besides
+    // the flows already stored.
+    let siblings = sibling_flow_files(file);
+    let mut catalog = engine.catalog_with_plugins().await?;
+    let mut known = stored_flows(engine.store()).await?;
+    known.extend(flow::known_flows(&siblings));
+    catalog.flows = Some(known);
+    let flow = Arc::new(compile_or_report(file, &catalog)?);
+    catalog.flows = None;
+    engine.set_flows(Arc::new(SiblingFlows {
+        files: siblings,
+        catalog,
+        compiled: Default::default(),
+    }));
     let inputs = parse_inputs(&flow, raw_inputs)?;
     let (events, display) = if json_out {
         (None, None)
@@ -534,6 +545,69 @@ async fn run(
     deliver_fired_webhooks(engine.store(), json_out).await?;
     print_step_warnings(engine.store(), &outcome.run_id).await?;
     report(&outcome, json_out)
+}
+
+/// The flow files in the directory of `file` (itself included).
+fn sibling_flow_files(file: &Path) -> Vec<PathBuf> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && flow::is_flow_file(p))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The flows stored (run or uploaded before), with their declared inputs.
+async fn stored_flows(store: &Store) -> Result<flow::KnownFlows, CliError> {
+    let mut known = flow::KnownFlows::new();
+    for id in store.flow_ids().await? {
+        if let Some(rev) = store.flow_revisions(&id).await?.pop()
+            && let Some((id, inputs)) = flow::flow_signature(&rev.source)
+        {
+            known.insert(id, inputs);
+        }
+    }
+    Ok(known)
+}
+
+/// The flows `sluice run` finds by id: the files beside the one it runs,
+/// compiled when first called.
+struct SiblingFlows {
+    files: Vec<PathBuf>,
+    catalog: flow::Catalog,
+    compiled: std::sync::Mutex<BTreeMap<String, Arc<CompiledFlow>>>,
+}
+
+impl crate::run::FlowLibrary for SiblingFlows {
+    fn flow(&self, id: &str) -> Result<Option<Arc<CompiledFlow>>, String> {
+        if let Some(f) = self.compiled.lock().expect("flow cache lock").get(id) {
+            return Ok(Some(f.clone()));
+        }
+        for file in &self.files {
+            let Ok(text) = std::fs::read_to_string(file) else {
+                continue;
+            };
+            if flow::flow_signature(&text).is_none_or(|(fid, _)| fid != id) {
+                continue;
+            }
+            let compiled = flow::compile(&file.display().to_string(), &text, &self.catalog)
+                .map_err(|e| e.to_string())?;
+            let compiled = Arc::new(compiled);
+            self.compiled
+                .lock()
+                .expect("flow cache lock")
+                .insert(id.to_string(), compiled.clone());
+            return Ok(Some(compiled));
+        }
+        Ok(None)
+    }
 }
 
 /// Prints, on stderr, the warnings the run's steps returned in their
@@ -688,6 +762,17 @@ fn validate(paths: &[PathBuf], json_out: bool, catalog: &flow::Catalog) -> i32 {
         }
         report.push(json!({"file": p.display().to_string(), "ok": false, "diagnostics": [{"code": "no-flow-file", "message": format!("{} {why}", p.display())}]}));
     }
+    // The flows being validated, and those beside each file, are the flows
+    // `flow` steps and `on_failure` may name.
+    let mut catalog = catalog.clone();
+    let mut around: Vec<PathBuf> = files.clone();
+    for f in &files {
+        around.extend(sibling_flow_files(f));
+    }
+    let mut known = catalog.flows.take().unwrap_or_default();
+    known.extend(flow::known_flows(&around));
+    catalog.flows = Some(known);
+    let catalog = &catalog;
     // Flow ids must be unique across the files (the server keys flows by id).
     let mut ids: BTreeMap<String, String> = BTreeMap::new();
     for file in &files {
@@ -758,6 +843,11 @@ fn validate(paths: &[PathBuf], json_out: bool, catalog: &flow::Catalog) -> i32 {
         }
     }
     if failed > 0 { EXIT_INVALID } else { EXIT_OK }
+}
+
+/// A child run as `runs show --json` lists it.
+fn child_summary(r: &crate::store::RunRecord) -> Value {
+    json!({"id": r.id, "flow_id": r.flow_id, "status": r.status, "parent_step": r.parent_step})
 }
 
 async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
@@ -839,8 +929,12 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                 .ok_or_else(|| CliError::invalid(format!("no run with id `{id}`")))?;
             let steps = store.steps(&id).await?;
             let attempts = store.attempts(&id).await?;
+            let children = store.child_runs(&id).await?;
             if json {
-                print_json(&json!({"run": run, "steps": steps, "attempts": attempts}));
+                let children: Vec<Value> = children.iter().map(child_summary).collect();
+                print_json(
+                    &json!({"run": run, "steps": steps, "attempts": attempts, "children": children}),
+                );
             } else {
                 outln!(
                     "run {}  flow {}@{}  {}",
@@ -849,6 +943,12 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                     run.flow_revision,
                     run.status.as_str()
                 );
+                if let Some(parent) = &run.parent_run_id {
+                    outln!(
+                        "parent: run {parent} (step {})",
+                        run.parent_step.as_deref().unwrap_or("?")
+                    );
+                }
                 outln!("inputs: {}", run.inputs);
                 for s in &steps {
                     let took = s
@@ -868,6 +968,18 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                         s.status.as_str(),
                         s.attempts
                     );
+                }
+                if !children.is_empty() {
+                    outln!("children:");
+                    for c in &children {
+                        outln!(
+                            "  {:<24} run {}  flow {}  {}",
+                            c.parent_step.as_deref().unwrap_or("?"),
+                            c.id,
+                            c.flow_id,
+                            c.status.as_str()
+                        );
+                    }
                 }
                 if let Some(o) = &run.output {
                     outln!("output:");

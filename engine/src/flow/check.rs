@@ -33,6 +33,8 @@ pub struct RefScope {
     pub secrets: Option<BTreeSet<String>>,
     /// Registered versions per plugin, where known.
     pub plugin_versions: std::sync::Arc<BTreeMap<String, Vec<semver::Version>>>,
+    /// Flows that `flow` steps may call, with their declared inputs, where known.
+    pub flows: Option<std::sync::Arc<super::KnownFlows>>,
     /// Operations per connection and entity, where known.
     pub operations: std::sync::Arc<BTreeMap<String, BTreeMap<Entity, Vec<&'static str>>>>,
     /// The static type of each variable an expression may read (`inputs`,

@@ -161,6 +161,34 @@ pub struct Catalog {
     /// Per connection, the operations it supports per entity; a connection
     /// missing here is not checked.
     pub operations: BTreeMap<String, BTreeMap<crate::unified::Entity, Vec<&'static str>>>,
+    /// The flows that `flow` steps and `on_failure` may name, with their
+    /// declared inputs; `None` when unknown (not checked). The flow being
+    /// compiled is added to it (a flow may call itself).
+    pub flows: Option<KnownFlows>,
+}
+
+/// Flow ids with their declared inputs.
+pub type KnownFlows = BTreeMap<String, BTreeMap<String, InputSpec>>;
+
+/// A flow's id and declared inputs, read from its text without validating
+/// the rest (for [`Catalog::flows`]); `None` when it does not parse.
+pub fn flow_signature(text: &str) -> Option<(String, BTreeMap<String, InputSpec>)> {
+    let node = source::parse_yaml(text).ok()?;
+    let inputs = match node.get("inputs") {
+        Some(i) => serde_json::from_value(i.to_json()).ok()?,
+        None => BTreeMap::new(),
+    };
+    let id = node.get("id")?.to_json().as_str()?.to_string();
+    Some((id, inputs))
+}
+
+/// The flows in `files` (those that parse), by id.
+pub fn known_flows(files: &[std::path::PathBuf]) -> KnownFlows {
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|text| flow_signature(&text))
+        .collect()
 }
 
 impl Default for Catalog {
@@ -171,6 +199,7 @@ impl Default for Catalog {
             secrets: None,
             plugin_versions: BTreeMap::new(),
             operations: BTreeMap::new(),
+            flows: None,
         }
     }
 }
@@ -442,6 +471,7 @@ fn check_meaning(
         }
     }
     check_triggers(flow, root, catalog, diags);
+    check_on_failure(flow, root, catalog, diags);
     if let Some(r) = &flow.retention {
         for (key, value) in [
             ("max_age", &r.max_age),
@@ -587,6 +617,11 @@ fn check_meaning(
             .map(|s| s.names().map(str::to_string).collect()),
         operations: std::sync::Arc::new(catalog.operations.clone()),
         plugin_versions: std::sync::Arc::new(catalog.plugin_versions.clone()),
+        flows: catalog.flows.as_ref().map(|known| {
+            let mut known = known.clone();
+            known.insert(flow.id.clone(), flow.inputs.clone());
+            std::sync::Arc::new(known)
+        }),
         types: root_types(flow),
         ..RefScope::default()
     };
@@ -655,6 +690,85 @@ fn check_meaning(
         .collect();
     Some((steps, topo, output, sinks))
 }
+
+/// `on_failure` names a flow (checked where flows are known) that can take
+/// the `run.failed` data as its inputs: every input it requires is one of
+/// them, and they are strings.
+fn check_on_failure(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<Diagnostic>) {
+    let Some(handler) = &flow.on_failure else {
+        return;
+    };
+    let id = handler.flow_id();
+    let at = match handler {
+        OnFailure::Flow(_) => root.locate(&path!["on_failure"]),
+        OnFailure::Handler(_) => root.locate(&path!["on_failure", "flow"]),
+    };
+    if !is_slug(id) {
+        diags.push(
+            Diagnostic::at("invalid-id", at, format!("invalid flow id `{id}`"))
+                .with_hint("use letters, digits, `-` and `_`"),
+        );
+        return;
+    }
+    let Some(known) = &catalog.flows else {
+        return;
+    };
+    let declared = if id == flow.id {
+        Some(&flow.inputs)
+    } else {
+        known.get(id)
+    };
+    let Some(declared) = declared else {
+        let hint = match did_you_mean(id, known.keys().map(String::as_str)) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None if known.is_empty() => "no other flow is known here".to_string(),
+            None => format!(
+                "known flows: {}",
+                known.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        diags.push(
+            Diagnostic::at(
+                "unknown-flow",
+                at,
+                format!("`on_failure` names unknown flow `{id}`"),
+            )
+            .with_hint(hint),
+        );
+        return;
+    };
+    for (name, spec) in declared {
+        let given = FAILURE_INPUTS.contains(&name.as_str());
+        if !given && spec.required && spec.default.is_none() {
+            diags.push(
+                Diagnostic::at(
+                    "missing-input",
+                    at,
+                    format!("flow `{id}` requires input `{name}`, which a failure does not give"),
+                )
+                .with_hint(format!(
+                    "a failure handler gets {}; give `{name}` a default or make it optional",
+                    FAILURE_INPUTS.join(", ")
+                )),
+            );
+        } else if given && spec.kind != InputType::String {
+            diags.push(
+                Diagnostic::at(
+                    "wrong-type",
+                    at,
+                    format!(
+                        "flow `{id}` declares input `{name}` as {}, but a failure gives a string",
+                        spec.kind.name()
+                    ),
+                )
+                .with_hint(format!("declare `{name}: {{ type: string }}`")),
+            );
+        }
+    }
+}
+
+/// The inputs an `on_failure` flow is given (the `run.failed` event's data).
+pub const FAILURE_INPUTS: &[&str] = &["flow_id", "run_id", "status", "step", "error"];
 
 /// A webhook trigger's secret must be a Standard Webhooks secret
 /// (`whsec_` + base64 of 24 to 64 bytes): checked when written in the file,
@@ -1019,6 +1133,7 @@ fn compile_step(
         Some(StepKind::Sync(s)) => steps::sync::compile(s, &mut c).map(CompiledKind::Sync),
         Some(StepKind::Webhook(s)) => steps::webhook::compile(s, &mut c).map(CompiledKind::Webhook),
         Some(StepKind::Http(s)) => steps::http::compile(s, &mut c).map(CompiledKind::Http),
+        Some(StepKind::Flow(s)) => steps::flow::compile(s, &mut c).map(CompiledKind::Flow),
         Some(StepKind::Plugin(s)) => {
             steps::plugin::compile(s, step.with.as_ref(), timeout, &mut c).map(CompiledKind::Plugin)
         }

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::steps::{
-    HttpStep, PluginStep, ReadStep, SelectStep, SyncStep, WaitStep, WebhookStep, WriteStep,
+    FlowStep, HttpStep, PluginStep, ReadStep, SelectStep, SyncStep, WaitStep, WebhookStep,
+    WriteStep,
 };
 
 /// A flow: a DAG of steps started by triggers.
@@ -47,6 +48,39 @@ pub struct Flow {
     /// steps nothing depends on, keyed by step id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// A flow to run when a run of this flow fails, with the `run.failed`
+    /// event's data (`flow_id`, `run_id`, `status`, `step`, `error`) as its
+    /// inputs (those it declares).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+}
+
+/// `on_failure:` a flow id, or `{flow: ID}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OnFailure {
+    /// `on_failure: notify-ops`
+    Flow(String),
+    /// `on_failure: {flow: notify-ops}`
+    Handler(FailureHandler),
+}
+
+/// The long form of `on_failure:`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailureHandler {
+    /// The id of the flow to run.
+    pub flow: String,
+}
+
+impl OnFailure {
+    /// The id of the flow to run.
+    pub fn flow_id(&self) -> &str {
+        match self {
+            OnFailure::Flow(id) => id,
+            OnFailure::Handler(h) => &h.flow,
+        }
+    }
 }
 
 /// The only format version so far.
@@ -243,7 +277,7 @@ pub enum OnError {
     Continue,
 }
 
-/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`, `webhook`, `plugin`, `sync`, `http`).
+/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`, `webhook`, `plugin`, `sync`, `http`, `flow`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -303,6 +337,9 @@ pub struct Step {
     /// Call an HTTP API (Slack, Teams, a partner's REST API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpStep>,
+    /// Run another flow as a child run and wait for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowStep>,
     /// The plugin's input (for `plugin` steps).
     #[serde(rename = "with", default, skip_serializing_if = "Option::is_none")]
     pub with: Option<Value>,
@@ -329,6 +366,8 @@ pub enum StepKind<'a> {
     Sync(&'a SyncStep),
     /// `http`
     Http(&'a HttpStep),
+    /// `flow`
+    Flow(&'a FlowStep),
 }
 
 impl StepKind<'_> {
@@ -344,6 +383,7 @@ impl StepKind<'_> {
             StepKind::Plugin(_) => "plugin",
             StepKind::Sync(_) => "sync",
             StepKind::Http(_) => "http",
+            StepKind::Flow(_) => "flow",
         }
     }
 
@@ -388,6 +428,9 @@ impl Step {
         if let Some(k) = &self.http {
             kinds.push(StepKind::Http(k));
         }
+        if let Some(k) = &self.flow {
+            kinds.push(StepKind::Flow(k));
+        }
         kinds
     }
 
@@ -399,7 +442,7 @@ impl Step {
 
 /// Names of the step kinds, for hints.
 pub const STEP_KINDS: &[&str] = &[
-    "read", "write", "select", "set", "wait", "webhook", "plugin", "sync", "http",
+    "read", "write", "select", "set", "wait", "webhook", "plugin", "sync", "http", "flow",
 ];
 
 /// Retry policy of a step.

@@ -64,6 +64,7 @@ pub async fn evaluate(
                             store: None,
                             plugins: None,
                             plugin_outputs: None,
+                            children: None,
                         })
                         .await?,
                 );
@@ -78,6 +79,7 @@ pub async fn evaluate(
                     store: None,
                     plugins: None,
                     plugin_outputs: None,
+                    children: None,
                 })
                 .await?
         };

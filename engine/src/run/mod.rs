@@ -146,6 +146,8 @@ struct Created {
     limited: bool,
     /// The run the request key already started; nothing was created.
     first: Option<String>,
+    /// The run and step that started it (a child run).
+    parent: Option<(String, String)>,
 }
 
 struct CancelSignal {
@@ -182,6 +184,18 @@ struct Inner {
     /// Pinned plugin results by plugin name (`sluice test`): used instead of
     /// calling the plugin.
     plugin_outputs: Option<Arc<BTreeMap<String, Result<Value, String>>>>,
+    /// Where `flow` steps and `on_failure` find flows by id.
+    flows: std::sync::RwLock<Option<Arc<dyn FlowLibrary>>>,
+}
+
+/// Where the engine finds the flows that `flow` steps and `on_failure` name
+/// (the server's loaded flows; the flow files beside the one `sluice run`
+/// runs). A flow it does not have is looked up in the store (its latest
+/// revision), unless the server deleted it.
+pub trait FlowLibrary: Send + Sync {
+    /// The flow with this id, compiled, if there is one; an error when it
+    /// exists but does not validate.
+    fn flow(&self, id: &str) -> Result<Option<Arc<CompiledFlow>>, String>;
 }
 
 /// Runs flows durably. Cheap to clone.
@@ -213,8 +227,50 @@ impl Engine {
                 revisions: std::sync::Mutex::new(HashMap::new()),
                 plugins: None,
                 plugin_outputs: None,
+                flows: std::sync::RwLock::new(None),
             }),
         }
+    }
+
+    /// Sets where `flow` steps and `on_failure` find flows by id.
+    pub fn set_flows(&self, library: Arc<dyn FlowLibrary>) {
+        *self.inner.flows.write().expect("flow library lock") = Some(library);
+    }
+
+    /// The flow `id` for a child or failure-handler run: from the flow
+    /// library, else the latest stored revision (not of a flow the server
+    /// deleted).
+    async fn find_flow(&self, id: &str) -> Result<Option<Arc<CompiledFlow>>, String> {
+        let library = self.inner.flows.read().expect("flow library lock").clone();
+        if let Some(f) = library.map(|l| l.flow(id)).transpose()?.flatten() {
+            return Ok(Some(f));
+        }
+        let store = &self.inner.store;
+        let deleted = store
+            .flow_settings()
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|s| s.id == id && s.deleted_at.is_some());
+        let latest = store
+            .flow_revisions(id)
+            .await
+            .map_err(|e| e.to_string())?
+            .pop();
+        let Some(latest) = latest.filter(|_| !deleted) else {
+            return Ok(None);
+        };
+        let catalog = self
+            .catalog_with_plugins()
+            .await
+            .map_err(|e| e.to_string())?;
+        flow::compile(
+            &format!("{id}@{}", latest.revision),
+            &latest.source,
+            &catalog,
+        )
+        .map(|c| Some(Arc::new(c)))
+        .map_err(|e| format!("stored flow `{id}` does not validate now: {e}"))
     }
 
     /// How long a claim by this engine lasts (runs' leases; the server's
@@ -333,6 +389,7 @@ impl Engine {
             secrets: Some(self.inner.secrets.clone()),
             plugin_versions: BTreeMap::new(),
             operations,
+            flows: None,
         }
     }
 
@@ -390,7 +447,7 @@ impl Engine {
         trigger: Value,
         events: Events,
     ) -> Result<RunOutcome, RunError> {
-        let created = self.create(&flow, inputs, &trigger, None).await?;
+        let created = self.create(&flow, inputs, &trigger, None, None).await?;
         self.execute_started(flow, created, trigger, events).await
     }
 
@@ -402,6 +459,7 @@ impl Engine {
         inputs: &Map<String, Value>,
         trigger: &Value,
         key: Option<(&str, Duration)>,
+        parent: Option<(&str, &str)>,
     ) -> Result<Created, RunError> {
         let inputs = Self::resolve_inputs(flow, inputs)?;
         let revision = self.revision_of(flow).await?;
@@ -414,6 +472,7 @@ impl Engine {
             inputs: &inputs,
             trigger,
             lease: (!limited).then_some((self.inner.owner.as_str(), self.inner.lease)),
+            parent,
         };
         let first = match key {
             Some((key, window)) => self.inner.store.create_run_once(new, key, window).await?,
@@ -428,6 +487,7 @@ impl Engine {
             inputs,
             limited,
             first,
+            parent: parent.map(|(r, s)| (r.to_string(), s.to_string())),
         })
     }
 
@@ -445,7 +505,7 @@ impl Engine {
         events: Events,
         done: impl FnOnce(&Result<RunOutcome, RunError>) + Send + 'static,
     ) -> Result<(String, bool), RunError> {
-        let created = self.create(&flow, inputs, &trigger, key).await?;
+        let created = self.create(&flow, inputs, &trigger, key, None).await?;
         if let Some(first) = created.first {
             return Ok((first, false));
         }
@@ -474,6 +534,7 @@ impl Engine {
             revision,
             inputs,
             limited,
+            parent,
             ..
         } = created;
         if limited && !self.admit(&flow, &run_id).await? {
@@ -495,6 +556,8 @@ impl Engine {
             lease_owner: Some(self.inner.owner.clone()),
             lease_expires_at: None,
             resumes: 0,
+            parent_step: parent.as_ref().map(|p| p.1.clone()),
+            parent_run_id: parent.map(|p| p.0),
         };
         self.execute(flow, record, true, events).await
     }
@@ -783,6 +846,16 @@ impl Engine {
         // is the connection's user). Errors may quote a system's answer, so
         // they are still redacted.
         let error = error.map(|e| inner.secrets.redact_json(&e));
+        // The failure handler's run is stored before the run ends, so a
+        // crash in between starts it when the run is resumed (once: its
+        // request key is the run's).
+        let handler = match status {
+            RunStatus::Failed => {
+                self.create_failure_handler(&flow, &run, error.as_ref())
+                    .await
+            }
+            _ => None,
+        };
         // `run.succeeded` / `run.failed` / `run.cancelled` commit with the run's end.
         let fired = self.run_event(&flow, &run, status, error.as_ref()).await;
         inner
@@ -790,6 +863,17 @@ impl Engine {
             .finish_run_with_effects(&run_id, status, output.as_ref(), error.as_ref(), &fired)
             .await?;
         crate::events::committed(&inner.store, &fired);
+        if let Some((handler_flow, created, trigger)) = handler {
+            let id = created.run_id.clone();
+            match Box::pin(self.execute_started(handler_flow, created, trigger, None)).await {
+                Ok(o) => {
+                    tracing::info!(handler_run_id = %id, status = o.status.as_str(), "on_failure flow ran")
+                }
+                Err(e) => {
+                    tracing::warn!(handler_run_id = %id, error = %e, "on_failure flow did not run")
+                }
+            }
+        }
         match status {
             RunStatus::Succeeded => tracing::info!("run succeeded"),
             _ => {
@@ -845,13 +929,7 @@ impl Engine {
         if !wanted {
             return Default::default(); // the hot path: nobody listens
         }
-        let data = json!({
-            "flow_id": flow.id(),
-            "run_id": run.id,
-            "status": status.as_str(),
-            "step": error.and_then(|e| e.get("step")).cloned().unwrap_or(Value::Null),
-            "error": error.and_then(|e| e.get("message")).cloned().unwrap_or(Value::Null),
-        });
+        let data = run_event_data(flow, run, status, error);
         let env = crate::events::Envelope::new(
             &format!("run:{}:{event_type}", run.id),
             event_type,
@@ -859,6 +937,66 @@ impl Engine {
             data,
         );
         crate::events::effects(store, &endpoints, &[(env, None)])
+    }
+
+    /// Stores the run of the flow's `on_failure` handler for a failed run
+    /// (once per run: request key `on_failure:<run id>`), with the
+    /// `run.failed` data as its inputs. Nothing when the flow has no handler,
+    /// when the run is itself a handler's (a failing handler does not start
+    /// handlers), or when it already started one.
+    async fn create_failure_handler(
+        &self,
+        flow: &CompiledFlow,
+        run: &RunRecord,
+        error: Option<&Value>,
+    ) -> Option<(Arc<CompiledFlow>, Created, Value)> {
+        let handler_id = flow.flow.on_failure.as_ref()?.flow_id();
+        if run.trigger["type"] == "on_failure" {
+            return None;
+        }
+        let handler = match self.find_flow(handler_id).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                tracing::warn!(
+                    on_failure = handler_id,
+                    "the on_failure flow is unknown; not run"
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(on_failure = handler_id, error = %e, "the on_failure flow could not be loaded");
+                return None;
+            }
+        };
+        let data = run_event_data(flow, run, RunStatus::Failed, error);
+        // The handler gets the data it declares as inputs (nulls left out,
+        // so a missing failing step does not break a string input).
+        let inputs: Map<String, Value> = data
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| !v.is_null() && handler.flow.inputs.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let trigger = json!({"type": "on_failure", "event": {"type": "run.failed", "data": data}});
+        let key = format!("on_failure:{}", run.id);
+        match self
+            .create(
+                &handler,
+                &inputs,
+                &trigger,
+                Some((&key, CHILD_KEY_WINDOW)),
+                None,
+            )
+            .await
+        {
+            Ok(created) if created.first.is_none() => Some((handler, created, trigger)),
+            Ok(_) => None, // started before this run was resumed
+            Err(e) => {
+                tracing::warn!(on_failure = handler_id, error = %e, "the on_failure flow could not start");
+                None
+            }
+        }
     }
 
     /// The scheduling loop. Returns the run's final status, output and error.
@@ -909,6 +1047,12 @@ impl Engine {
             },
         );
 
+        let children = Arc::new(ChildLauncher {
+            engine: self.clone(),
+            run_id: run.id.clone(),
+            flow_id: flow.id().to_string(),
+            chain: call_chain(flow.id(), &run.trigger),
+        });
         let mut running = vec![false; n];
         let mut tasks: JoinSet<(usize, StepRecord, Option<Value>)> = JoinSet::new();
         let mut failure: Option<Value> = None;
@@ -967,6 +1111,7 @@ impl Engine {
                         index: i,
                         run_id: run.id.clone(),
                         scope: scope.clone(),
+                        children: children.clone(),
                     };
                     let span = info_span!("step", run_id = %run.id, flow_id = %flow.id(), step_id = %step.id);
                     tasks.spawn(task.run().instrument(span));
@@ -1209,6 +1354,7 @@ struct StepTask {
     index: usize,
     run_id: String,
     scope: Scope,
+    children: Arc<ChildLauncher>,
 }
 
 impl StepTask {
@@ -1389,6 +1535,7 @@ impl StepTask {
                 store: Some(&self.inner.store),
                 plugins: self.inner.plugins.as_deref(),
                 plugin_outputs: self.inner.plugin_outputs.as_deref(),
+                children: Some(&*self.children),
             };
             let fut = step.kind.execute(&rt);
             // A plugin enforces the step's timeout itself (and says so in its
@@ -1431,6 +1578,264 @@ impl StepTask {
                     return (Err(e), attempt);
                 }
             }
+        }
+    }
+}
+
+/// How long the request key of a child or failure-handler run holds: as
+/// long as its parent may be resumed.
+const CHILD_KEY_WINDOW: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The data of `run.succeeded` / `run.failed` / `run.cancelled`, which is
+/// also what an `on_failure` flow gets.
+fn run_event_data(
+    flow: &CompiledFlow,
+    run: &RunRecord,
+    status: RunStatus,
+    error: Option<&Value>,
+) -> Value {
+    json!({
+        "flow_id": flow.id(),
+        "run_id": run.id,
+        "status": status.as_str(),
+        "step": error.and_then(|e| e.get("step")).cloned().unwrap_or(Value::Null),
+        "error": error.and_then(|e| e.get("message")).cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// The flows from the outermost run to this one: a child run's trigger
+/// carries its parent's chain; any other run starts one.
+fn call_chain(flow_id: &str, trigger: &Value) -> Vec<String> {
+    match trigger["chain"].as_array() {
+        Some(chain) if trigger["type"] == "flow" => chain
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => vec![flow_id.to_string()],
+    }
+}
+
+/// Starts and awaits the child runs of one run's `flow` steps.
+struct ChildLauncher {
+    engine: Engine,
+    run_id: String,
+    flow_id: String,
+    chain: Vec<String>,
+}
+
+impl crate::steps::ChildRuns for ChildLauncher {
+    fn run_child<'a>(
+        &'a self,
+        call: crate::steps::ChildCall<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<Value, StepError>> {
+        Box::pin(self.run_child_inner(call))
+    }
+}
+
+impl ChildLauncher {
+    async fn run_child_inner(&self, call: crate::steps::ChildCall<'_>) -> Result<Value, StepError> {
+        let flow_err = |m: String| StepError::new(StepErrorKind::Flow, m);
+        let store_err = |e: &dyn std::fmt::Display| StepError {
+            retryable: true,
+            ..flow_err(format!("the child run could not be stored: {e}"))
+        };
+        // `run:step` or `run:step:index` → `step` or `step[index]`.
+        let local = call
+            .key
+            .strip_prefix(&format!("{}:", self.run_id))
+            .unwrap_or(call.key);
+        let label = match local.split_once(':') {
+            Some((step, index)) => format!("{step}[{index}]"),
+            None => local.to_string(),
+        };
+        let store = self.engine.store();
+        // A resumed parent waits for the child this step already started.
+        if let Some(id) = store
+            .child_run(&self.run_id, &label)
+            .await
+            .map_err(|e| store_err(&e))?
+        {
+            return self.wait_existing(&id).await;
+        }
+        let max = crate::steps::flow::max_depth();
+        if self.chain.len() > max {
+            let mut chain = self.chain.clone();
+            chain.push(call.flow_id.to_string());
+            return Err(flow_err(format!(
+                "flow `{}` not started: flow calls would nest {} deep, more than the limit of {max} (SLUICE_MAX_FLOW_DEPTH): {}",
+                call.flow_id,
+                chain.len() - 1,
+                chain.join(" → ")
+            )));
+        }
+        let child = self
+            .engine
+            .find_flow(call.flow_id)
+            .await
+            .map_err(|e| flow_err(format!("flow `{}`: {e}", call.flow_id)))?
+            .ok_or_else(|| {
+                flow_err(format!(
+                    "unknown flow `{}`: neither loaded nor stored",
+                    call.flow_id
+                ))
+            })?;
+        let mut chain = self.chain.clone();
+        chain.push(child.id().to_string());
+        let trigger = json!({
+            "type": "flow",
+            "parent_run_id": self.run_id,
+            "parent_flow_id": self.flow_id,
+            "parent_step": label,
+            "chain": chain,
+        });
+        let key = format!("flow:{}", call.key);
+        let created = match self
+            .engine
+            .create(
+                &child,
+                &call.inputs,
+                &trigger,
+                Some((&key, CHILD_KEY_WINDOW)),
+                Some((&self.run_id, &label)),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(RunError::Inputs(m)) => {
+                return Err(StepError::new(
+                    StepErrorKind::Validation,
+                    format!("flow `{}`: invalid inputs: {m}", call.flow_id),
+                ));
+            }
+            Err(e) => return Err(store_err(&e)),
+        };
+        if let Some(first) = created.first {
+            return self.wait_existing(&first).await;
+        }
+        let child_id = created.run_id.clone();
+        // The child runs in its own task; if this step is dropped (the
+        // parent was cancelled) the child is cancelled too.
+        let mut guard = CancelChildOnDrop {
+            engine: self.engine.clone(),
+            run_id: Some(child_id.clone()),
+        };
+        let engine = self.engine.clone();
+        let result =
+            tokio::spawn(
+                async move { engine.execute_started(child, created, trigger, None).await },
+            )
+            .await;
+        guard.run_id = None;
+        match result {
+            Ok(Ok(o)) => child_result(o),
+            Ok(Err(e)) => Err(flow_err(format!("child run `{child_id}`: {e}"))),
+            Err(e) => Err(flow_err(format!("child run `{child_id}` crashed: {e}"))),
+        }
+    }
+
+    /// Waits for a child started before (by this step before a crash, or by
+    /// another process): takes its result when it has ended, resumes it
+    /// when its process died (or it failed: re-running the parent's step
+    /// re-runs the child from its failed step), else polls.
+    async fn wait_existing(&self, child_id: &str) -> Result<Value, StepError> {
+        let flow_err = |m: String| StepError::new(StepErrorKind::Flow, m);
+        loop {
+            let run = self
+                .engine
+                .load_run(child_id)
+                .await
+                .map_err(|e| flow_err(format!("child run `{child_id}`: {e}")))?;
+            let orphaned = match run.status {
+                RunStatus::Succeeded | RunStatus::Cancelled => {
+                    return child_result(RunOutcome {
+                        run_id: run.id,
+                        flow_id: run.flow_id,
+                        status: run.status,
+                        output: run.output,
+                        error: run.error,
+                    });
+                }
+                RunStatus::Failed => true,
+                RunStatus::Queued | RunStatus::Running => {
+                    run.lease_expires_at.is_none_or(|t| t < now_ms())
+                        && run.created_at < now_ms() - 5_000
+                }
+            };
+            if orphaned {
+                match Box::pin(self.engine.resume(child_id, None)).await {
+                    Ok(o) => return child_result(o),
+                    Err(RunError::Held { .. } | RunError::AtLimit { .. }) => {}
+                    Err(e) => return Err(flow_err(format!("child run `{child_id}`: {e}"))),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The step's result from its child's outcome: the output, or an error
+/// naming the child run and the step that failed in it.
+fn child_result(o: RunOutcome) -> Result<Value, StepError> {
+    if o.status == RunStatus::Succeeded {
+        return Ok(o.output.unwrap_or(Value::Null));
+    }
+    let step = o
+        .error
+        .as_ref()
+        .and_then(|e| e.get("step"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    // A grandchild's failure is told once, by its own run id, not nested in
+    // every level's message: the cause travels up in `details.cause`.
+    let message = o
+        .error
+        .as_ref()
+        .and_then(|e| {
+            e.pointer("/details/cause")
+                .or_else(|| e.get("message"))
+                .and_then(Value::as_str)
+        })
+        .unwrap_or("no error recorded")
+        .to_string();
+    let at = step
+        .as_ref()
+        .map(|s| format!(" at step `{s}`"))
+        .unwrap_or_default();
+    let mut e = StepError::new(
+        StepErrorKind::Flow,
+        format!(
+            "child run `{}` of flow `{}` {}{at}: {message}",
+            o.run_id,
+            o.flow_id,
+            o.status.as_str()
+        ),
+    );
+    e.details = Some(json!({
+        "child_run_id": o.run_id,
+        "child_flow_id": o.flow_id,
+        "child_status": o.status.as_str(),
+        "child_step": step,
+        "cause": message,
+    }));
+    Err(e)
+}
+
+/// Cancels a child run whose parent step stopped waiting for it.
+struct CancelChildOnDrop {
+    engine: Engine,
+    run_id: Option<String>,
+}
+
+impl Drop for CancelChildOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.run_id.take() {
+            let engine = self.engine.clone();
+            tokio::spawn(async move {
+                if let Err(e) = engine.cancel(&id).await {
+                    tracing::warn!(run_id = %id, error = %e, "could not cancel the child run");
+                }
+            });
         }
     }
 }

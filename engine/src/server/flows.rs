@@ -95,6 +95,35 @@ impl FlowSet {
     }
 }
 
+impl crate::run::FlowLibrary for FlowSet {
+    fn flow(&self, id: &str) -> Result<Option<Arc<CompiledFlow>>, String> {
+        Ok(self.get(id).map(|f| f.compiled))
+    }
+}
+
+/// The flows `flow` steps and `on_failure` may name: those loaded, those
+/// stored and not deleted (uploads not loaded yet), and `extra` (files
+/// being loaded together).
+async fn known_flows(
+    state: &AppState,
+    extra: flow::KnownFlows,
+) -> Result<flow::KnownFlows, StoreError> {
+    let mut known = flow::KnownFlows::new();
+    for s in state.store.flow_settings().await? {
+        if s.deleted_at.is_none()
+            && let Some(rev) = state.store.flow_revisions(&s.id).await?.pop()
+            && let Some((id, inputs)) = flow::flow_signature(&rev.source)
+        {
+            known.insert(id, inputs);
+        }
+    }
+    for f in state.flows.all() {
+        known.insert(f.compiled.id().to_string(), f.compiled.flow.inputs.clone());
+    }
+    known.extend(extra);
+    Ok(known)
+}
+
 /// The path of a flow's webhook trigger, without leading `/`.
 pub fn hook_path(f: &CompiledFlow) -> Option<&str> {
     f.flow
@@ -134,7 +163,8 @@ fn resolve_hook_secret(state: &AppState, f: &CompiledFlow) -> Option<Result<Secr
 }
 
 async fn compile_text(state: &AppState, file: &str, text: &str) -> ApiResult<CompiledFlow> {
-    let catalog = state.engine.catalog_with_plugins().await?;
+    let mut catalog = state.engine.catalog_with_plugins().await?;
+    catalog.flows = Some(known_flows(state, Default::default()).await?);
     flow::compile(file, text, &catalog).map_err(|e| {
         ApiError::validation(format!(
             "the flow has {} problem(s); see details.diagnostics",
@@ -196,11 +226,16 @@ pub async fn load_dir(state: &AppState, dir: &Path) -> Result<(), String> {
         .filter(|p| crate::flow::is_flow_file(p))
         .collect();
     files.sort();
-    let catalog = state
+    let mut catalog = state
         .engine
         .catalog_with_plugins()
         .await
         .map_err(|e| e.to_string())?;
+    catalog.flows = Some(
+        known_flows(state, flow::known_flows(&files))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     let settings = state
         .store
         .flow_settings()

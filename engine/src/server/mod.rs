@@ -98,7 +98,7 @@ pub struct ServeConfig {
 pub struct AppState {
     engine: Engine,
     store: Store,
-    flows: flows::FlowSet,
+    flows: Arc<flows::FlowSet>,
     auth: Authenticator,
     metrics: metrics::Metrics,
     defs: Definitions,
@@ -214,7 +214,7 @@ pub async fn state(config: &ServeConfig) -> Result<Arc<AppState>, String> {
     }
     let state = Arc::new(AppState {
         auth: Authenticator::new(store.clone(), config.token_rate),
-        flows: flows::FlowSet::default(),
+        flows: Arc::new(flows::FlowSet::default()),
         metrics: metrics::Metrics::default(),
         engine,
         store,
@@ -227,6 +227,8 @@ pub async fn state(config: &ServeConfig) -> Result<Arc<AppState>, String> {
         max_runs: config.max_runs,
         accepting: AtomicBool::new(true),
     });
+    // `flow` steps and `on_failure` run the flows this server has loaded.
+    state.engine.set_flows(state.flows.clone());
     flows::load_dir(&state, &config.flows_dir).await?;
     flows::reload(&state).await.map_err(|e| e.to_string())?;
     Ok(state)

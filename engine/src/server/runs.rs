@@ -117,9 +117,24 @@ pub struct RunDetail {
     run: RunRecord,
     /// Its steps' results, in the order they started.
     steps: Vec<StepRecord>,
+    /// The runs its `flow` steps started, oldest first.
+    children: Vec<ChildRun>,
     /// Whether this request started it (`POST /v1/runs` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     created: Option<bool>,
+}
+
+/// A run started by a `flow` step of the run shown.
+#[derive(Serialize, JsonSchema)]
+pub struct ChildRun {
+    /// Run id.
+    id: String,
+    /// Flow id.
+    flow_id: String,
+    /// Status.
+    status: RunStatus,
+    /// The step that started it (`step[index]` for a `for_each` item).
+    parent_step: Option<String>,
 }
 
 /// A page of runs.
@@ -232,9 +247,22 @@ async fn stored_run(state: &AppState, id: &str) -> ApiResult<crate::store::RunRe
 async fn run_json(state: &AppState, id: &str) -> ApiResult<RunDetail> {
     let run = stored_run(state, id).await?;
     let steps = state.store.steps(id).await?;
+    let children = state
+        .store
+        .child_runs(id)
+        .await?
+        .into_iter()
+        .map(|c| ChildRun {
+            id: c.id,
+            flow_id: c.flow_id,
+            status: c.status,
+            parent_step: c.parent_step,
+        })
+        .collect();
     Ok(RunDetail {
         run,
         steps,
+        children,
         created: None,
     })
 }

@@ -2,6 +2,7 @@
 //! compile-time checks and its execution, side by side. Adding a kind means a
 //! new module here plus one field on [`crate::flow::Step`].
 
+pub mod flow;
 pub mod http;
 pub mod plugin;
 pub mod read;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use flow::{ChildCall, ChildRuns, FlowStep};
 pub use http::HttpStep;
 pub use plugin::PluginStep;
 pub use read::ReadStep;
@@ -45,6 +47,8 @@ pub enum StepErrorKind {
     Cancelled,
     /// A plugin failed (its own error, or a limit it broke).
     Plugin,
+    /// A child run (`flow` step) failed or could not start.
+    Flow,
 }
 
 /// A failed step attempt.
@@ -119,6 +123,8 @@ pub struct StepRuntime<'a> {
     pub plugins: Option<&'a crate::plugins::PluginRegistry>,
     /// Pinned plugin results by name (`sluice test`), used instead of calling.
     pub plugin_outputs: Option<&'a std::collections::BTreeMap<String, Result<Value, String>>>,
+    /// Starts child runs (`flow` steps), when the step runs in a stored run.
+    pub children: Option<&'a dyn ChildRuns>,
 }
 
 impl StepRuntime<'_> {
@@ -156,6 +162,8 @@ pub enum CompiledKind {
     Sync(sync::CompiledSync),
     /// `http`
     Http(http::CompiledHttp),
+    /// `flow`
+    Flow(flow::CompiledFlowStep),
 }
 
 impl CompiledKind {
@@ -171,6 +179,7 @@ impl CompiledKind {
             CompiledKind::Plugin(s) => s.execute(rt).await,
             CompiledKind::Sync(s) => s.execute(rt).await,
             CompiledKind::Http(s) => s.execute(rt).await,
+            CompiledKind::Flow(s) => s.execute(rt).await,
         }
     }
 
@@ -188,6 +197,7 @@ impl CompiledKind {
             CompiledKind::Webhook(s) => s.output_type.clone(),
             CompiledKind::Sync(s) => s.output_type(),
             CompiledKind::Http(_) => http::output_type(),
+            CompiledKind::Flow(_) => Type::Any,
         }
     }
 

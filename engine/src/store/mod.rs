@@ -220,6 +220,10 @@ pub struct RunRecord {
     pub lease_expires_at: Option<i64>,
     /// How many times the run was resumed.
     pub resumes: i64,
+    /// The run whose `flow` step started this one.
+    pub parent_run_id: Option<String>,
+    /// That step's id (`step[index]` for a `for_each` item).
+    pub parent_step: Option<String>,
 }
 
 /// A stored step result.
@@ -269,6 +273,8 @@ pub struct NewRun<'a> {
     pub trigger: &'a Value,
     /// Claim it at once for this owner (skips a separate claim).
     pub lease: Option<(&'a str, Duration)>,
+    /// The run and step that started it (a `flow` step's child run).
+    pub parent: Option<(&'a str, &'a str)>,
 }
 
 /// Filters for listing runs.
@@ -944,6 +950,34 @@ impl Store {
         rows.iter().map(run_from_row).collect()
     }
 
+    /// The runs that `flow` steps of `run_id` started, oldest first.
+    pub async fn child_runs(&self, run_id: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{RUN_COLUMNS} WHERE parent_run_id = $1 ORDER BY created_at, id"
+        )))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// The run that step `parent_step` of `run_id` started, if any.
+    pub async fn child_run(
+        &self,
+        run_id: &str,
+        parent_step: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id FROM runs WHERE parent_run_id = $1 AND parent_step = $2 ORDER BY created_at LIMIT 1",
+        )
+        .bind(run_id)
+        .bind(parent_step)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get(0).map_err(StoreError::from))
+            .transpose()
+    }
+
     /// Ids of running runs of a flow, oldest first.
     pub async fn active_runs(&self, flow_id: &str) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
@@ -1080,11 +1114,11 @@ impl Store {
     }
 }
 
-const INSERT_RUN: &str = "INSERT INTO runs (id, flow_id, flow_revision, status, inputs, trigger_data, created_at, started_at, lease_owner, lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const INSERT_RUN: &str = "INSERT INTO runs (id, flow_id, flow_revision, status, inputs, trigger_data, created_at, started_at, lease_owner, lease_expires_at, parent_run_id, parent_step) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
-/// Inserts the run only when the request key `$11` is this run's.
-const INSERT_RUN_FOR_KEY: &str = "INSERT INTO runs (id, flow_id, flow_revision, status, inputs, trigger_data, created_at, started_at, lease_owner, lease_expires_at) \
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE EXISTS (SELECT 1 FROM request_keys WHERE request_key = $11 AND run_id = $1)";
+/// Inserts the run only when the request key `$13` is this run's.
+const INSERT_RUN_FOR_KEY: &str = "INSERT INTO runs (id, flow_id, flow_revision, status, inputs, trigger_data, created_at, started_at, lease_owner, lease_expires_at, parent_run_id, parent_step) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM request_keys WHERE request_key = $13 AND run_id = $1)";
 
 /// The bind parameters of [`INSERT_RUN`].
 fn new_run_args(run: &NewRun<'_>) -> Vec<Arg> {
@@ -1109,6 +1143,8 @@ fn new_run_args(run: &NewRun<'_>) -> Vec<Arg> {
         Arg::Int(started),
         Arg::Text(owner),
         Arg::Int(expires),
+        Arg::Text(run.parent.map(|p| p.0.to_string())),
+        Arg::Text(run.parent.map(|p| p.1.to_string())),
     ]
 }
 
@@ -1149,7 +1185,7 @@ fn save_step_stmt(run_id: &str, step: &StepRecord) -> Stmt {
     )
 }
 
-const RUN_COLUMNS: &str = "SELECT id, flow_id, flow_revision, status, inputs, trigger_data, output, error, created_at, started_at, finished_at, lease_owner, lease_expires_at, resumes FROM runs";
+const RUN_COLUMNS: &str = "SELECT id, flow_id, flow_revision, status, inputs, trigger_data, output, error, created_at, started_at, finished_at, lease_owner, lease_expires_at, resumes, parent_run_id, parent_step FROM runs";
 
 fn run_from_row(r: &AnyRow) -> Result<RunRecord, StoreError> {
     let status: String = r.try_get(3)?;
@@ -1170,6 +1206,8 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord, StoreError> {
         lease_owner: r.try_get(11)?,
         lease_expires_at: r.try_get(12)?,
         resumes: r.try_get(13)?,
+        parent_run_id: r.try_get(14)?,
+        parent_step: r.try_get(15)?,
     })
 }
 
