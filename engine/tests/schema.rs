@@ -84,7 +84,11 @@ steps:
   - id: t
     needs: [z]
     set: { done: true }
+  - id: child
+    needs: [t]
+    flow: { id: other, inputs: { done: "${{ steps.t.output.done }}" } }
 output: "${{ steps.t.output }}"
+on_failure: { flow: alert }
 "#;
     let f = flow::compile("everything.yaml", yaml, &Catalog::default())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -98,6 +102,7 @@ output: "${{ steps.t.output }}"
         "triggers",
         "steps",
         "output",
+        "on_failure",
     ] {
         assert!(back.get(key).is_some(), "`{key}` was lost");
     }
@@ -115,4 +120,6 @@ output: "${{ steps.t.output }}"
         assert!(s.get(key).is_some(), "step key `{key}` was lost");
     }
     assert_eq!(back["triggers"][0]["timezone"], "Europe/Berlin");
+    assert_eq!(back["steps"][5]["flow"]["id"], "other");
+    assert_eq!(back["on_failure"]["flow"], "alert");
 }

@@ -769,6 +769,17 @@ impl Engine {
         let ids = self.inner.store.orphaned_runs().await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
+            // A child run is resumed by its parent's `flow` step, which
+            // may have finished it by now.
+            if self
+                .inner
+                .store
+                .get_run(&id)
+                .await?
+                .is_some_and(|r| r.status.is_final())
+            {
+                continue;
+            }
             out.push(self.resume(&id, events.clone()).await);
         }
         Ok(out)
@@ -1757,10 +1768,11 @@ impl ChildLauncher {
                     });
                 }
                 RunStatus::Failed => true,
-                RunStatus::Queued | RunStatus::Running => {
-                    run.lease_expires_at.is_none_or(|t| t < now_ms())
-                        && run.created_at < now_ms() - 5_000
-                }
+                // As [`Store::orphaned_runs`] tells a dead process's runs.
+                RunStatus::Queued | RunStatus::Running => match run.lease_expires_at {
+                    Some(t) => t < now_ms(),
+                    None => run.created_at < now_ms() - 5_000,
+                },
             };
             if orphaned {
                 match Box::pin(self.engine.resume(child_id, None)).await {
