@@ -468,6 +468,127 @@ steps:
     assert_eq!(children[0]["parent_run_id"], parent_id.as_str());
 }
 
+#[test]
+fn cancelling_the_parent_cancels_the_child_it_waits_for() {
+    let child = r#"apiVersion: sluice/v1
+id: child
+steps:
+  - { id: slow, wait: { duration: 60s } }
+"#;
+    let parent = r#"apiVersion: sluice/v1
+id: parent
+steps:
+  - id: call
+    flow: { id: child }
+"#;
+    let ws = Workspace::new(&[("parent.yaml", parent), ("child.yaml", child)]);
+    let path = ws.flow("parent.yaml");
+    let process = ws
+        .command(&["run", path.to_str().unwrap(), "--json"])
+        .env("SLUICE_RUN_LEASE", "1s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ws.runs_of("child").is_empty() {
+        assert!(Instant::now() < deadline, "the child never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let parent_id = ws.runs_of("parent")[0]["id"].as_str().unwrap().to_string();
+    let o = ws.sluice(&["runs", "cancel", &parent_id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let started = Instant::now();
+    let o = process.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the run did not stop"
+    );
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["status"], "cancelled", "{out}");
+    let child = &ws.runs_of("child")[0];
+    assert_eq!(child["status"], "cancelled", "{child}");
+}
+
+/// A receiver on 127.0.0.1 that answers `500` to its first request and
+/// `200 {"ok": true}` after; returns its URL and the request count.
+fn flaky_receiver() -> (String, Arc<Mutex<u32>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/check", listener.local_addr().unwrap());
+    let count = Arc::new(Mutex::new(0u32));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let n = {
+                let mut c = seen.lock().unwrap();
+                *c += 1;
+                *c
+            };
+            let (status, body) = if n == 1 {
+                ("500 Internal Server Error", r#"{"ok":false}"#)
+            } else {
+                ("200 OK", r#"{"ok":true}"#)
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn resuming_a_failed_parent_re_runs_its_failed_child_instead_of_starting_another() {
+    let (url, count) = flaky_receiver();
+    let child = format!(
+        r#"apiVersion: sluice/v1
+id: child
+steps:
+  - {{ id: check, http: {{ url: "{url}", on_status: {{ "5xx": fail }} }} }}
+output: "${{{{ steps.check.output.body.ok }}}}"
+"#
+    );
+    let parent = r#"apiVersion: sluice/v1
+id: parent
+steps:
+  - id: call
+    flow: { id: child }
+"#;
+    let ws = Workspace::new(&[("parent.yaml", parent), ("child.yaml", &child)]);
+    let path = ws.flow("parent.yaml");
+    let o = ws
+        .command(&["run", path.to_str().unwrap(), "--json"])
+        .env("SLUICE_WEBHOOK_ALLOW", "127.0.0.1")
+        .output()
+        .unwrap();
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["status"], "failed", "{out}");
+    let child_id = ws.runs_of("child")[0]["id"].as_str().unwrap().to_string();
+    assert!(error_message(&out).contains(&format!("child run `{child_id}`")));
+
+    let parent_id = out["run_id"].as_str().unwrap();
+    let o = ws
+        .command(&["runs", "resume", parent_id, "--json"])
+        .env("SLUICE_WEBHOOK_ALLOW", "127.0.0.1")
+        .output()
+        .unwrap();
+    let out: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(out["status"], "succeeded", "{out}");
+    assert_eq!(out["output"], json!(true));
+    let children = ws.runs_of("child");
+    assert_eq!(children.len(), 1, "the same child, re-run: {children:?}");
+    assert_eq!(children[0]["id"], child_id.as_str());
+    assert_eq!(children[0]["status"], "succeeded");
+    assert_eq!(*count.lock().unwrap(), 2);
+}
+
 // ---- over the API ----
 
 /// A `sluice serve` child process; killed on drop.

@@ -950,6 +950,35 @@ impl Engine {
         crate::events::effects(store, &endpoints, &[(env, None)])
     }
 
+    /// Cancels the children of a cancelled run that are still going, and
+    /// waits (up to a lease) until they have ended, so a cancelled parent
+    /// leaves no child running.
+    async fn cancel_children(&self, run_id: &str) -> Result<(), RunError> {
+        let store = &self.inner.store;
+        let going: Vec<String> = store
+            .child_runs(run_id)
+            .await?
+            .into_iter()
+            .filter(|c| !c.status.is_final())
+            .map(|c| c.id)
+            .collect();
+        for id in &going {
+            self.cancel(id).await?;
+        }
+        let deadline = Instant::now() + self.inner.lease;
+        for id in &going {
+            while Instant::now() < deadline
+                && store
+                    .get_run(id)
+                    .await?
+                    .is_some_and(|r| !r.status.is_final())
+            {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Stores the run of the flow's `on_failure` handler for a failed run
     /// (once per run: request key `on_failure:<run id>`), with the
     /// `run.failed` data as its inputs. Nothing when the flow has no handler,
@@ -1223,6 +1252,7 @@ impl Engine {
             }
         }
         if cancelled || cancel.flag.load(Ordering::SeqCst) {
+            self.cancel_children(&run.id).await?;
             return Ok((
                 RunStatus::Cancelled,
                 None,
