@@ -20,6 +20,8 @@ inputs:
 steps:
   - id: double
     set: "${{ inputs.n * 2 }}"
+  - id: caller
+    set: "${{ trigger.parent_flow_id | default('none') }}"
 output: { doubled: "${{ steps.double.output }}", label: "${{ inputs.label }}" }
 "#;
 
@@ -147,6 +149,15 @@ fn a_parent_calls_a_child_with_inputs_and_outputs_its_output() {
         json!({"n": 21, "label": "from parent"})
     );
     assert_eq!(children[0]["status"], "succeeded");
+    // The child reads who called it from `trigger`.
+    let child = ws.show_json(children[0]["id"].as_str().unwrap());
+    let caller = child["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_id"] == "caller")
+        .unwrap();
+    assert_eq!(caller["output"], "parent");
 }
 
 #[test]
@@ -676,7 +687,9 @@ steps:
     for_each: [1, 2]
     flow: { id: child, inputs: { n: "${{ item }}" } }
 "#;
-    let s = Server::start(&[("parent.yaml", parent), ("child.yaml", CHILD)]);
+    // The parent's file comes first: it is checked against the child's
+    // declaration before the child is loaded.
+    let s = Server::start(&[("a-parent.yaml", parent), ("z-child.yaml", CHILD)]);
     let (status, run) = s
         .send(
             reqwest::Client::new()

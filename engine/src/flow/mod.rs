@@ -828,7 +828,7 @@ fn root_types(flow: &Flow) -> BTreeMap<String, Type> {
         .triggers
         .iter()
         .map(trigger_type)
-        .chain([manual_trigger_type()]);
+        .chain([manual_trigger_type(), child_run_trigger_type()]);
     for t in kinds {
         trigger = Some(match trigger {
             Some(prev) => crate::expr::types::join(prev, t),
@@ -954,6 +954,20 @@ fn manual_trigger_type() -> Type {
             ("type", Type::String),
             ("source", Type::String),
             ("token", Type::Any),
+        ]),
+        false,
+    )
+}
+
+/// `trigger` of a child run, started by a `flow` step (any flow can be).
+fn child_run_trigger_type() -> Type {
+    Type::object(
+        fields(&[
+            ("type", Type::String),
+            ("parent_run_id", Type::String),
+            ("parent_flow_id", Type::String),
+            ("parent_step", Type::String),
+            ("chain", Type::list(Type::String)),
         ]),
         false,
     )
