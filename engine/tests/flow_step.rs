@@ -39,9 +39,11 @@ steps:
     set: { got: "${{ steps.call.output }}" }
 "#;
 
-/// A directory of flow files and a SQLite database beside them.
+/// A directory of flow files and a database (SQLite beside them, unless
+/// another is given).
 struct Workspace {
     dir: tempfile::TempDir,
+    db: Option<String>,
 }
 
 impl Workspace {
@@ -51,7 +53,7 @@ impl Workspace {
         for (name, yaml) in flows {
             std::fs::write(dir.path().join("flows").join(name), yaml).unwrap();
         }
-        Workspace { dir }
+        Workspace { dir, db: None }
     }
 
     fn flow(&self, name: &str) -> PathBuf {
@@ -59,7 +61,10 @@ impl Workspace {
     }
 
     fn db(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("sluice.db").display())
+        match &self.db {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.dir.path().join("sluice.db").display()),
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -158,6 +163,35 @@ fn a_parent_calls_a_child_with_inputs_and_outputs_its_output() {
         .find(|s| s["step_id"] == "caller")
         .unwrap();
     assert_eq!(caller["output"], "parent");
+}
+
+#[test]
+fn a_parent_and_its_child_link_on_postgres() {
+    let Some(url) = std::env::var("SLUICE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!(
+            "skipped: SLUICE_TEST_POSTGRES_URL is not set, so the PostgreSQL case did not run"
+        );
+        return;
+    };
+    // Flow ids of their own: the database is shared with other tests.
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let child = CHILD.replace("id: child", &format!("id: child-{tag}"));
+    let parent = PARENT
+        .replace("id: parent", &format!("id: parent-{tag}"))
+        .replace("id: child\n", &format!("id: child-{tag}\n"));
+    let mut ws = Workspace::new(&[("parent.yaml", &parent), ("child.yaml", &child)]);
+    ws.db = Some(url);
+    let (code, out) = ws.run("parent.yaml", &["n=4"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["output"]["got"]["doubled"], 8);
+    let children = ws.runs_of(&format!("child-{tag}"));
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0]["parent_run_id"], out["run_id"]);
+    let parent = ws.show_json(out["run_id"].as_str().unwrap());
+    assert_eq!(parent["children"][0]["id"], children[0]["id"]);
 }
 
 #[test]
