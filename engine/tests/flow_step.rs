@@ -803,3 +803,53 @@ async fn an_upload_naming_an_unknown_flow_is_refused_and_a_known_one_runs() {
     assert_eq!(status, 201, "{run}");
     assert_eq!(run["output"]["doubled"], 10, "{run}");
 }
+
+#[tokio::test]
+async fn on_failure_runs_the_handler_on_the_server() {
+    let alert = r#"apiVersion: sluice/v1
+id: alert
+inputs:
+  run_id: { type: string }
+  step: { type: string }
+steps:
+  - { id: note, set: "${{ inputs.run_id }} failed at ${{ inputs.step }}" }
+"#;
+    let fragile = r#"apiVersion: sluice/v1
+id: fragile
+on_failure: alert
+steps:
+  - { id: divide, set: "${{ 1 // 0 }}" }
+"#;
+    let s = Server::start(&[("alert.yaml", alert), ("fragile.yaml", fragile)]);
+    let (status, run) = s
+        .send(
+            reqwest::Client::new()
+                .post(format!("{}/v1/runs", s.base))
+                .json(&json!({"flow": "fragile", "wait": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{run}");
+    assert_eq!(run["status"], "failed", "{run}");
+    let failed_id = run["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let handler = loop {
+        let page = s.get("/v1/runs?flow=alert").await;
+        if let Some(h) = page["items"]
+            .as_array()
+            .and_then(|i| i.first())
+            .filter(|h| h["status"] == "succeeded")
+        {
+            break h.clone();
+        }
+        assert!(Instant::now() < deadline, "no handler run: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        handler["inputs"],
+        json!({"run_id": failed_id, "step": "divide"})
+    );
+    assert_eq!(
+        handler["output"],
+        json!(format!("{failed_id} failed at divide"))
+    );
+}

@@ -1676,11 +1676,6 @@ impl crate::steps::ChildRuns for ChildLauncher {
 
 impl ChildLauncher {
     async fn run_child_inner(&self, call: crate::steps::ChildCall<'_>) -> Result<Value, StepError> {
-        let flow_err = |m: String| StepError::new(StepErrorKind::Flow, m);
-        let store_err = |e: &dyn std::fmt::Display| StepError {
-            retryable: true,
-            ..flow_err(format!("the child run could not be stored: {e}"))
-        };
         // `run:step` or `run:step:index` → `step` or `step[index]`.
         let local = call
             .key
@@ -1690,19 +1685,31 @@ impl ChildLauncher {
             Some((step, index)) => format!("{step}[{index}]"),
             None => local.to_string(),
         };
-        let store = self.engine.store();
         // A resumed parent waits for the child this step already started.
-        if let Some(id) = store
+        let existing = self
+            .engine
+            .store()
             .child_run(&self.run_id, &label)
             .await
-            .map_err(|e| store_err(&e))?
-        {
+            .map_err(|e| child_store_error(&e))?;
+        if let Some(id) = existing {
             return self.wait_existing(&id).await;
         }
+        self.start_child(call, &label).await
+    }
+
+    /// Stores the child run (once per step key), executes it in a task of
+    /// its own and gives its result.
+    async fn start_child(
+        &self,
+        call: crate::steps::ChildCall<'_>,
+        label: &str,
+    ) -> Result<Value, StepError> {
+        let flow_err = |m: String| StepError::new(StepErrorKind::Flow, m);
+        let mut chain = self.chain.clone();
+        chain.push(call.flow_id.to_string());
         let max = crate::steps::flow::max_depth();
-        if self.chain.len() > max {
-            let mut chain = self.chain.clone();
-            chain.push(call.flow_id.to_string());
+        if chain.len() > max + 1 {
             return Err(flow_err(format!(
                 "flow `{}` not started: flow calls would nest {} deep, more than the limit of {max} (SLUICE_MAX_FLOW_DEPTH): {}",
                 call.flow_id,
@@ -1721,8 +1728,6 @@ impl ChildLauncher {
                     call.flow_id
                 ))
             })?;
-        let mut chain = self.chain.clone();
-        chain.push(child.id().to_string());
         let trigger = json!({
             "type": "flow",
             "parent_run_id": self.run_id,
@@ -1738,7 +1743,7 @@ impl ChildLauncher {
                 &call.inputs,
                 &trigger,
                 Some((&key, CHILD_KEY_WINDOW)),
-                Some((&self.run_id, &label)),
+                Some((&self.run_id, label)),
             )
             .await
         {
@@ -1749,14 +1754,14 @@ impl ChildLauncher {
                     format!("flow `{}`: invalid inputs: {m}", call.flow_id),
                 ));
             }
-            Err(e) => return Err(store_err(&e)),
+            Err(e) => return Err(child_store_error(&e)),
         };
         if let Some(first) = created.first {
             return self.wait_existing(&first).await;
         }
         let child_id = created.run_id.clone();
-        // The child runs in its own task; if this step is dropped (the
-        // parent was cancelled) the child is cancelled too.
+        // The child runs in its own task; if this step is dropped (a
+        // timeout, or the parent's cancellation) the child is cancelled too.
         let mut guard = CancelChildOnDrop {
             engine: self.engine.clone(),
             run_id: Some(child_id.clone()),
@@ -1813,6 +1818,17 @@ impl ChildLauncher {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// A store failure around a child run: retryable, as the store may recover.
+fn child_store_error(e: &dyn std::fmt::Display) -> StepError {
+    StepError {
+        retryable: true,
+        ..StepError::new(
+            StepErrorKind::Flow,
+            format!("the child run could not be stored: {e}"),
+        )
     }
 }
 

@@ -109,90 +109,108 @@ pub fn compile(step: &FlowStep, c: &mut Checker<'_>) -> Option<CompiledFlowStep>
         }
         None => None,
     };
-    let known = c.scope.flows.clone();
-    if let Some(flows) = known {
-        match flows.get(&step.id) {
-            None => {
-                let hint = match did_you_mean(&step.id, flows.keys().map(String::as_str)) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None if flows.is_empty() => "no other flow is known here".to_string(),
-                    None => format!(
-                        "known flows: {}",
-                        flows.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                };
-                c.error(
-                    &path!["flow", "id"],
-                    "unknown-flow",
-                    format!("unknown flow `{}`", step.id),
-                )
-                .hint = Some(hint);
-                ok = false;
-            }
-            Some(declared) => {
-                for (name, ty) in &types {
-                    let Some(spec) = declared.get(name) else {
-                        let names: Vec<&str> = declared.keys().map(String::as_str).collect();
-                        c.error_at_key(
-                            &path!["flow", "inputs", name.as_str()],
-                            "unknown-input",
-                            format!("flow `{}` has no input `{name}`", step.id),
-                        )
-                        .hint = Some(match did_you_mean(name, names.iter().copied()) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None if names.is_empty() => "it declares no inputs".to_string(),
-                            None => format!("its inputs: {}", names.join(", ")),
-                        });
-                        ok = false;
-                        continue;
-                    };
-                    if !fits(ty, spec.kind) {
-                        c.error(
-                            &path!["flow", "inputs", name.as_str()],
-                            "wrong-type",
-                            format!(
-                                "step `{}`: input `{name}` of flow `{}` is {} {}, but this gives {}",
-                                c.scope.current.as_deref().unwrap_or("?"),
-                                step.id,
-                                if spec.kind == InputType::Integer || spec.kind == InputType::Array
-                                {
-                                    "an"
-                                } else {
-                                    "a"
-                                },
-                                spec.kind.name(),
-                                ty.a()
-                            ),
-                        );
-                        ok = false;
-                    }
-                }
-                let given = step.inputs.as_ref();
-                for (name, spec) in declared {
-                    if spec.required
-                        && spec.default.is_none()
-                        && !given.is_some_and(|g| g.contains_key(name))
-                    {
-                        c.error_at_key(
-                            &path!["flow", "id"],
-                            "missing-input",
-                            format!(
-                                "flow `{}` requires input `{name}` ({}), which is not given",
-                                step.id,
-                                spec.kind.name()
-                            ),
-                        )
-                        .hint = Some(format!("add it under `inputs:`, e.g. `{name}: ...`"));
-                        ok = false;
-                    }
-                }
-            }
-        }
+    let slug = !step.id.is_empty()
+        && step
+            .id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+    if !slug {
+        c.error(
+            &path!["flow", "id"],
+            "invalid-id",
+            format!("invalid flow id `{}`", step.id),
+        )
+        .hint = Some(
+            "write the flow's id (letters, digits, `-` and `_`); it cannot be an expression".into(),
+        );
+        ok = false;
+    } else if let Some(flows) = c.scope.flows.clone() {
+        ok &= check_against(step, &types, &flows, c);
     }
     ok.then(|| CompiledFlowStep {
         flow_id: step.id.clone(),
         inputs,
     })
+}
+
+/// Checks the called flow is known and the inputs against its declaration:
+/// no undeclared input, every required one given, no value of a type the
+/// input cannot take. Returns false on any problem.
+fn check_against(
+    step: &FlowStep,
+    types: &BTreeMap<String, Type>,
+    flows: &crate::flow::KnownFlows,
+    c: &mut Checker<'_>,
+) -> bool {
+    let Some(declared) = flows.get(&step.id) else {
+        let hint = match did_you_mean(&step.id, flows.keys().map(String::as_str)) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!(
+                "known flows: {}",
+                flows.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        c.error(
+            &path!["flow", "id"],
+            "unknown-flow",
+            format!("unknown flow `{}`", step.id),
+        )
+        .hint = Some(hint);
+        return false;
+    };
+    let mut ok = true;
+    for (name, ty) in types {
+        let Some(spec) = declared.get(name) else {
+            let names: Vec<&str> = declared.keys().map(String::as_str).collect();
+            c.error_at_key(
+                &path!["flow", "inputs", name.as_str()],
+                "unknown-input",
+                format!("flow `{}` has no input `{name}`", step.id),
+            )
+            .hint = Some(match did_you_mean(name, names.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None if names.is_empty() => "it declares no inputs".to_string(),
+                None => format!("its inputs: {}", names.join(", ")),
+            });
+            ok = false;
+            continue;
+        };
+        if !fits(ty, spec.kind) {
+            let article = match spec.kind {
+                InputType::Integer | InputType::Array | InputType::Object => "an",
+                _ => "a",
+            };
+            let message = format!(
+                "step `{}`: input `{name}` of flow `{}` is {article} {}, but this gives {}",
+                c.scope.current.as_deref().unwrap_or("?"),
+                step.id,
+                spec.kind.name(),
+                ty.a()
+            );
+            c.error(
+                &path!["flow", "inputs", name.as_str()],
+                "wrong-type",
+                message,
+            );
+            ok = false;
+        }
+    }
+    for (name, spec) in declared {
+        if spec.required && spec.default.is_none() && !types.contains_key(name) {
+            c.error_at_key(
+                &path!["flow", "id"],
+                "missing-input",
+                format!(
+                    "flow `{}` requires input `{name}` ({}), which is not given",
+                    step.id,
+                    spec.kind.name()
+                ),
+            )
+            .hint = Some(format!("add it under `inputs:`, e.g. `{name}: ...`"));
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// Whether a value of static type `ty` may be an input of kind `kind` (only
