@@ -631,6 +631,33 @@ impl Store {
         row.map(|r| flow_from_row(&r)).transpose()
     }
 
+    /// The latest revision of a flow.
+    pub async fn latest_flow_revision(&self, id: &str) -> Result<Option<FlowRevision>, StoreError> {
+        let row = sqlx::query("SELECT id, revision, hash, source, created_at FROM flows WHERE id = $1 ORDER BY revision DESC LIMIT 1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| flow_from_row(&r)).transpose()
+    }
+
+    /// Moves a run to another revision of its flow (a resume on the latest
+    /// revision, by the process holding the run's lease).
+    pub async fn set_run_revision(
+        &self,
+        run_id: &str,
+        owner: &str,
+        revision: i64,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE runs SET flow_revision = $1 WHERE id = $2 AND lease_owner = $3")
+                .bind(revision)
+                .bind(run_id)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Every revision of a flow, oldest first.
     pub async fn flow_revisions(&self, id: &str) -> Result<Vec<FlowRevision>, StoreError> {
         let rows = sqlx::query("SELECT id, revision, hash, source, created_at FROM flows WHERE id = $1 ORDER BY revision")
