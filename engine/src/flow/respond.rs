@@ -9,7 +9,7 @@
 //!
 //!   ```yaml
 //!   output:
-//!     status: "${{ steps.check.output.ok and 200 or 422 }}"   # 100 to 599, default 200
+//!     status: "${{ 422 if steps.check.output.reasons else 200 }}"  # 100 to 599, default 200
 //!     body: "${{ steps.check.output }}"                       # any JSON; a string is sent as text
 //!     headers: { x-partner-ref: "${{ trigger.body.ref }}" }   # optional
 //!   ```
