@@ -156,3 +156,77 @@ async fn resume_on_latest_revision_refuses_a_changed_completed_step_naming_it() 
         (&json!("failed"), &json!(1))
     );
 }
+
+/// Revision 1 waits long enough to be cancelled in `pause`.
+const SLOW_V1: &str = r#"apiVersion: sluice/v1
+id: nightly
+triggers:
+  - manual: {}
+steps:
+  - { id: start, set: { batch: 7 } }
+  - { id: pause, needs: [start], wait: { duration: 20s } }
+  - { id: finish, needs: [pause], set: "${{ steps.start.output.batch }}" }
+"#;
+
+#[tokio::test]
+async fn a_cancelled_run_resumes_on_the_latest_revision() {
+    let s = Server::start(&[]);
+    s.upload(SLOW_V1).await;
+    let (status, run, _) = json_of(
+        client()
+            .post(s.url("/v1/runs"))
+            .bearer_auth(&s.admin)
+            .json(&json!({"flow": "nightly"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    // Cancelled once `start` is done, inside `pause`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.run(&id).await["steps"]
+        .as_array()
+        .is_none_or(|a| a.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`start` never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, v, _) = json_of(
+        client()
+            .post(s.url(&format!("/v1/runs/{id}/cancel")))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(s.wait_run(&id).await["status"], "cancelled");
+
+    // The pause that was cancelled is shortened; `start` ran and is unchanged.
+    // A short lease renews (and reads the cancel flag) several times during
+    // the pause: the old cancel request must not stop the resumed run.
+    s.upload(&SLOW_V1.replace("20s", "800ms")).await;
+    let o = std::process::Command::new(serve::BIN)
+        .args(["runs", "resume", &id, "--revision", "latest", "--json"])
+        .env("SLUICE_DB", &s.db)
+        .env("SLUICE_RUN_LEASE", "300ms")
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}{err}");
+    let outcome: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&outcome["status"], &outcome["output"]),
+        (&json!("succeeded"), &json!(7))
+    );
+    assert_eq!(s.run(&id).await["flow_revision"], 2);
+}

@@ -193,8 +193,9 @@ enum RunsCommand {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Resume a run: an interrupted one after its lease expired, or a failed
-    /// one from the failed step. Without an id, resume every interrupted run.
+    /// Resume a run: an interrupted one after its lease expired, a failed
+    /// one from the failed step, a cancelled one from the steps it had not
+    /// finished. Without an id, resume every interrupted run.
     Resume {
         /// Run id.
         id: Option<String>,

@@ -130,7 +130,7 @@ pub enum RunError {
         limit: u32,
     },
     /// The run already ended.
-    #[error("run `{0}` already {1}; only failed or interrupted runs can be resumed")]
+    #[error("run `{0}` already {1}; only failed, cancelled or interrupted runs can be resumed")]
     AlreadyFinished(String, &'static str),
     /// The revision a resume asked for changed steps the run already completed.
     #[error(
@@ -678,7 +678,8 @@ impl Engine {
     }
 
     /// Continues a run that was interrupted (its process died and its lease
-    /// expired) or that failed (from the failed step on).
+    /// expired), that failed (from the failed step on) or that was cancelled
+    /// (from the steps it had not finished).
     pub async fn resume(&self, run_id: &str, events: Events) -> Result<RunOutcome, RunError> {
         self.resume_on(run_id, ResumeRevision::Own, events).await
     }
@@ -739,8 +740,10 @@ impl Engine {
             .into_iter()
             .filter(|r| match r.status {
                 StepStatus::Succeeded => true,
-                // A failed run's resume forgets these and runs them again.
-                StepStatus::Skipped | StepStatus::Failed => run.status != RunStatus::Failed,
+                // A failed or cancelled run's resume forgets these and runs them again.
+                StepStatus::Skipped | StepStatus::Failed => {
+                    !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled)
+                }
                 _ => false,
             })
             .map(|r| r.step_id)
@@ -786,14 +789,11 @@ impl Engine {
         on: ResumeRevision,
     ) -> Result<ClaimedRun, RunError> {
         let run = self.load_run(run_id).await?;
-        match run.status {
-            RunStatus::Succeeded | RunStatus::Cancelled => {
-                return Err(RunError::AlreadyFinished(
-                    run_id.to_string(),
-                    run.status.as_str(),
-                ));
-            }
-            RunStatus::Failed | RunStatus::Queued | RunStatus::Running => {}
+        if run.status == RunStatus::Succeeded {
+            return Err(RunError::AlreadyFinished(
+                run_id.to_string(),
+                run.status.as_str(),
+            ));
         }
         let (revision, compiled) = match on {
             ResumeRevision::Own => self.compile_revision(&run, Some(run.flow_revision)).await?,
@@ -814,7 +814,7 @@ impl Engine {
                 (latest, compiled)
             }
         };
-        let reopen = run.status == RunStatus::Failed;
+        let reopen = matches!(run.status, RunStatus::Failed | RunStatus::Cancelled);
         let claimed = if let Some(limit) = &compiled.flow.concurrency {
             // A resumed run takes a slot like a new one; when the flow is at
             // its limit the run stays where it is, for a later sweep.
@@ -867,7 +867,7 @@ impl Engine {
                 remaining_ms: 0,
             });
         }
-        if run.status == RunStatus::Failed {
+        if reopen {
             // Only once the run is ours: forget its failed and skipped steps.
             self.inner.store.reset_unfinished_steps(run_id).await?;
         }

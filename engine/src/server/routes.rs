@@ -212,7 +212,7 @@ pub fn routes(state: Arc<AppState>) -> Api {
             "/v1/runs/{id}/rerun",
             write,
             "runs",
-            "Re-run a failed run from its failed step (?revision=latest: on the flow's latest revision, if the steps that ran are unchanged in it)",
+            "Re-run a failed run from its failed step, or a cancelled one (?revision=latest: on the flow's latest revision, if the steps that ran are unchanged in it)",
             None,
             post(runs::rerun),
         )

@@ -361,7 +361,7 @@ enum RerunRevision {
 }
 
 /// `POST /v1/runs/{id}/rerun?revision=own|latest`: resumes a failed run
-/// from its failed step.
+/// from its failed step, or a cancelled one from the steps it had not finished.
 pub async fn rerun(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -378,9 +378,9 @@ pub async fn rerun(
         }
     };
     let run = stored_run(&state, &id).await?;
-    if run.status != RunStatus::Failed {
+    if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
         return Err(ApiError::conflict(format!(
-            "run `{id}` is {}; only failed runs can be re-run",
+            "run `{id}` is {}; only failed or cancelled runs can be re-run",
             run.status.as_str()
         )));
     }

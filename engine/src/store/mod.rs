@@ -735,7 +735,8 @@ impl Store {
     }
 
     /// Takes the lease of a run that is queued, running under an expired
-    /// lease, or (with `reopen`) failed. Returns false when another process holds it.
+    /// lease, or (with `reopen`) failed or cancelled (its cancel request is
+    /// then forgotten). Returns false when another process holds it.
     pub async fn claim_run(
         &self,
         run_id: &str,
@@ -745,13 +746,14 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let statuses = if reopen {
-            "('queued', 'running', 'failed')"
+            "('queued', 'running', 'failed', 'cancelled')"
         } else {
             "('queued', 'running')"
         };
         let sql = format!(
             "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
              started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
+             cancel_requested = CASE WHEN status = 'cancelled' THEN 0 ELSE cancel_requested END, \
              resumes = resumes + CASE WHEN started_at IS NULL THEN 0 ELSE 1 END \
              WHERE id = $4 AND status IN {statuses} \
              AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $3)"
@@ -794,12 +796,13 @@ impl Store {
                 "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < $3)"
             }
             Some(true) => {
-                "status IN ('queued', 'running', 'failed') AND (lease_expires_at IS NULL OR lease_expires_at < $3)"
+                "status IN ('queued', 'running', 'failed', 'cancelled') AND (lease_expires_at IS NULL OR lease_expires_at < $3)"
             }
         };
         let sql = format!(
             "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
              started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
+             cancel_requested = CASE WHEN status = 'cancelled' THEN 0 ELSE cancel_requested END, \
              resumes = resumes + CASE WHEN started_at IS NULL THEN 0 ELSE 1 END \
              WHERE id = $4 AND {claimable} \
              AND (SELECT COUNT(*) FROM runs r WHERE r.flow_id = $5 AND r.status = 'running' \
@@ -850,7 +853,7 @@ impl Store {
                     Some(reopen) => {
                         (status == "queued"
                             || status == "running"
-                            || (reopen && status == "failed"))
+                            || (reopen && (status == "failed" || status == "cancelled")))
                             && free
                     }
                 }
