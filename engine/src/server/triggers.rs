@@ -305,7 +305,10 @@ async fn wait_for_run(state: &AppState, run_id: &str, timeout: Duration) -> ApiR
                     Ok(id) if id == run_id => return Ok(()),
                     Ok(_) => {}
                     Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => (&mut reread).await,
+                    Err(RecvError::Closed) => {
+                        (&mut reread).await;
+                        break;
+                    }
                 },
                 _ = &mut reread => break,
             }
