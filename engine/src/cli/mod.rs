@@ -155,6 +155,15 @@ enum Command {
     },
 }
 
+/// `sluice runs resume --revision`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RevisionArg {
+    /// The revision the run started on.
+    Own,
+    /// The flow's latest stored revision.
+    Latest,
+}
+
 #[derive(Subcommand, Debug)]
 enum RunsCommand {
     /// List runs, newest first.
@@ -184,11 +193,17 @@ enum RunsCommand {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Resume a run: an interrupted one after its lease expired, or a failed
-    /// one from the failed step. Without an id, resume every interrupted run.
+    /// Resume a run: an interrupted one after its lease expired, a failed
+    /// one from the failed step, a cancelled one from the steps it had not
+    /// finished. Without an id, resume every interrupted run.
     Resume {
         /// Run id.
         id: Option<String>,
+        /// The flow revision to continue on: the run's own (default), or the
+        /// flow's latest stored one, when the steps the run already completed
+        /// are unchanged in it (else the differing steps are named).
+        #[arg(long, value_enum, default_value_t = RevisionArg::Own, requires = "id")]
+        revision: RevisionArg,
         /// Print only the result as JSON.
         #[arg(long)]
         json: bool,
@@ -331,9 +346,10 @@ impl From<StoreError> for CliError {
 impl From<RunError> for CliError {
     fn from(e: RunError) -> Self {
         match e {
-            RunError::Inputs(_) | RunError::NotFound(_) | RunError::AlreadyFinished(..) => {
-                CliError::invalid(e.to_string())
-            }
+            RunError::Inputs(_)
+            | RunError::NotFound(_)
+            | RunError::AlreadyFinished(..)
+            | RunError::StepsChanged { .. } => CliError::invalid(e.to_string()),
             other => CliError::failed(other.to_string()),
         }
     }
@@ -991,7 +1007,12 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
             }
             Ok(EXIT_OK)
         }
-        RunsCommand::Resume { id, json, db } => {
+        RunsCommand::Resume {
+            id,
+            revision,
+            json,
+            db,
+        } => {
             let engine = engine(&db).await?;
             match id {
                 Some(id) => {
@@ -1000,7 +1021,11 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                     } else {
                         progress::start_untitled()
                     };
-                    let outcome = engine.resume(&id, events).await;
+                    let on = match revision {
+                        RevisionArg::Own => crate::run::ResumeRevision::Own,
+                        RevisionArg::Latest => crate::run::ResumeRevision::Latest,
+                    };
+                    let outcome = engine.resume_on(&id, on, events).await;
                     if let Some(d) = display {
                         let _ = d.await;
                     }

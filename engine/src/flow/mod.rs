@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod model;
+pub mod respond;
 
 pub use crate::yaml::{diagnostic, shape, source};
 
@@ -1297,6 +1298,19 @@ fn check_triggers(flow: &Flow, root: &Node, catalog: &Catalog, diags: &mut Vec<D
         }
         if let Some(secret) = t.webhook.as_ref().and_then(|w| w.secret.as_ref()) {
             check_webhook_secret(secret, catalog, here(&path!["webhook", "secret"]), diags);
+        }
+        if let Some(w) = &t.webhook {
+            respond::check(
+                flow,
+                w,
+                root,
+                |rel| {
+                    let mut p = path!["webhook"].to_vec();
+                    p.extend_from_slice(rel);
+                    here(&p)
+                },
+                diags,
+            );
         }
         if let Some(w) = &t.webhook
             && !w.path.split('/').all(is_slug)

@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use super::respond::Respond;
 use crate::steps::{
     FlowStep, HttpStep, PluginStep, ReadStep, SelectStep, SyncStep, WaitStep, WebhookStep,
     WriteStep,
@@ -259,6 +260,20 @@ pub struct WebhookTrigger {
     /// with 422 before any run starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_schema: Option<Value>,
+    /// What the caller gets: `accepted` (default: `202` + run id once the
+    /// run is stored) or `output` (wait for the run and answer with the
+    /// flow's `output:` read as `status`, `body` and `headers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<Respond>,
+    /// With `respond: output`: how long to wait before answering `202` +
+    /// run id (the run goes on), e.g. `10s`; default `30s`, at most `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond_timeout: Option<String>,
+    /// With `respond: output`: the status answered when the run fails or is
+    /// cancelled (400 to 599, default 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 400, max = 599))]
+    pub failure_status: Option<u16>,
 }
 
 /// A manual trigger (API or CLI).

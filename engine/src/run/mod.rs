@@ -41,6 +41,10 @@ use crate::store::{
 /// Default lease of a run: how long a dead process keeps others from resuming it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
+/// Run ends a slow [`Engine::finished_runs`] receiver may fall behind by
+/// before it is told it lagged (and re-reads the store).
+const FINISHED_BACKLOG: usize = 1024;
+
 /// Progress of a run, for live display.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -126,8 +130,24 @@ pub enum RunError {
         limit: u32,
     },
     /// The run already ended.
-    #[error("run `{0}` already {1}; only failed or interrupted runs can be resumed")]
+    #[error("run `{0}` already {1}; only failed, cancelled or interrupted runs can be resumed")]
     AlreadyFinished(String, &'static str),
+    /// The revision a resume asked for changed steps the run already completed.
+    #[error(
+        "run `{run_id}` cannot resume on revision {revision} of flow `{flow_id}`: these steps already ran and differ in it: {}; resume it on its own revision (without `--revision latest`) or start a new run",
+        steps.join(", ")
+    )]
+    StepsChanged {
+        /// Run id.
+        run_id: String,
+        /// Flow id.
+        flow_id: String,
+        /// The revision asked for.
+        revision: i64,
+        /// Completed steps whose definition (or whose dependencies') differs,
+        /// or that the revision no longer has.
+        steps: Vec<String>,
+    },
     /// The stored flow revision is missing or no longer compiles.
     #[error("flow of run `{run_id}`: {message}")]
     Flow {
@@ -136,6 +156,36 @@ pub enum RunError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// Which revision of its flow a resumed run continues on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ResumeRevision {
+    /// The revision it started on.
+    #[default]
+    Own,
+    /// The flow's latest stored revision, provided the steps the run already
+    /// completed are defined the same in it (else [`RunError::StepsChanged`]).
+    Latest,
+}
+
+/// A run claimed for a resume by [`Engine::claim_resume`], ready for
+/// [`Engine::execute_claimed`].
+pub struct ClaimedRun {
+    flow: Arc<CompiledFlow>,
+    record: RunRecord,
+}
+
+impl ClaimedRun {
+    /// The run's id.
+    pub fn run_id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// The flow revision it continues on.
+    pub fn revision(&self) -> i64 {
+        self.record.flow_revision
+    }
 }
 
 /// A run [`Engine::create`] stored (or the first run of its request key).
@@ -186,6 +236,9 @@ struct Inner {
     plugin_outputs: Option<Arc<BTreeMap<String, Result<Value, String>>>>,
     /// Where `flow` steps and `on_failure` find flows by id.
     flows: std::sync::RwLock<Option<Arc<dyn FlowLibrary>>>,
+    /// The id of every run that ends here, for waiters such as a
+    /// `respond: output` hook (see [`Engine::finished_runs`]).
+    finished: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Where the engine finds the flows that `flow` steps and `on_failure` name
@@ -228,6 +281,7 @@ impl Engine {
                 plugins: None,
                 plugin_outputs: None,
                 flows: std::sync::RwLock::new(None),
+                finished: tokio::sync::broadcast::channel(FINISHED_BACKLOG).0,
             }),
         }
     }
@@ -355,6 +409,13 @@ impl Engine {
         let mut next = ConnectorRegistry::clone(&guard);
         next.insert(name, connector);
         *guard = Arc::new(next);
+    }
+
+    /// The ids of runs this process ends from now on (succeeded, failed or
+    /// cancelled), as they end: wakes a waiter without polling the store.
+    /// Runs ended by another process are not announced here.
+    pub fn finished_runs(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.finished.subscribe()
     }
 
     /// The store.
@@ -639,6 +700,7 @@ impl Engine {
                             .store
                             .finish_run(run_id, RunStatus::Cancelled, None, Some(&error))
                             .await?;
+                        let _ = self.inner.finished.send(run_id.to_string());
                         return Ok(false);
                     }
                     OnLimit::CancelOldest => {
@@ -679,40 +741,143 @@ impl Engine {
     }
 
     /// Continues a run that was interrupted (its process died and its lease
-    /// expired) or that failed (from the failed step on).
+    /// expired), that failed (from the failed step on) or that was cancelled
+    /// (from the steps it had not finished).
     pub async fn resume(&self, run_id: &str, events: Events) -> Result<RunOutcome, RunError> {
-        let run = self.load_run(run_id).await?;
-        match run.status {
-            RunStatus::Succeeded | RunStatus::Cancelled => {
-                return Err(RunError::AlreadyFinished(
-                    run_id.to_string(),
-                    run.status.as_str(),
-                ));
-            }
-            RunStatus::Failed | RunStatus::Queued | RunStatus::Running => {}
+        self.resume_on(run_id, ResumeRevision::Own, events).await
+    }
+
+    /// The stored revision `revision` of a run's flow, compiled.
+    async fn compile_revision(
+        &self,
+        run: &RunRecord,
+        revision: Option<i64>,
+    ) -> Result<(i64, CompiledFlow), RunError> {
+        let stored = match revision {
+            Some(r) => self.inner.store.flow_revision(&run.flow_id, r).await?,
+            None => self.inner.store.latest_flow_revision(&run.flow_id).await?,
         }
-        let revision = self
-            .inner
-            .store
-            .flow_revision(&run.flow_id, run.flow_revision)
-            .await?
-            .ok_or_else(|| RunError::Flow {
-                run_id: run_id.to_string(),
-                message: format!(
-                    "revision {} of flow `{}` is not in the store",
-                    run.flow_revision, run.flow_id
-                ),
-            })?;
+        .ok_or_else(|| RunError::Flow {
+            run_id: run.id.clone(),
+            message: match revision {
+                Some(r) => format!("revision {r} of flow `{}` is not in the store", run.flow_id),
+                None => format!("flow `{}` has no revision in the store", run.flow_id),
+            },
+        })?;
         let compiled = flow::compile(
-            &format!("{}@{}", run.flow_id, run.flow_revision),
-            &revision.source,
+            &format!("{}@{}", run.flow_id, stored.revision),
+            &stored.source,
             &self.catalog(),
         )
         .map_err(|e: FlowErrors| RunError::Flow {
-            run_id: run_id.to_string(),
+            run_id: run.id.clone(),
             message: e.to_string(),
         })?;
-        let reopen = run.status == RunStatus::Failed;
+        Ok((stored.revision, compiled))
+    }
+
+    /// The run's completed steps (those a resume keeps: succeeded ones, and
+    /// of an interrupted run also skipped ones and failed ones that let the
+    /// run continue) that `latest` defines differently from `own`, or not at all.
+    async fn changed_completed_steps(
+        &self,
+        run: &RunRecord,
+        own: &CompiledFlow,
+        latest: &CompiledFlow,
+    ) -> Result<Vec<String>, RunError> {
+        let definition = |f: &CompiledFlow, id: &str| {
+            f.flow.steps.iter().find(|s| s.id == id).map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+                // A description is not part of what a step does.
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("description");
+                }
+                v
+            })
+        };
+        let completed: Vec<String> = self
+            .inner
+            .store
+            .steps(&run.id)
+            .await?
+            .into_iter()
+            .filter(|r| match r.status {
+                StepStatus::Succeeded => true,
+                // A failed or cancelled run's resume forgets these and runs them again.
+                StepStatus::Skipped | StepStatus::Failed => {
+                    !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled)
+                }
+                _ => false,
+            })
+            .map(|r| r.step_id)
+            .collect();
+        // A completed step's dependencies completed before it, so comparing
+        // every completed step compares each one's dependencies too.
+        Ok(completed
+            .into_iter()
+            .filter(|id| {
+                let old = definition(own, id);
+                old.is_none() || old != definition(latest, id)
+            })
+            .collect())
+    }
+
+    /// [`Engine::resume`] on the run's own revision or its flow's latest one.
+    pub async fn resume_on(
+        &self,
+        run_id: &str,
+        on: ResumeRevision,
+        events: Events,
+    ) -> Result<RunOutcome, RunError> {
+        let claimed = self.claim_resume(run_id, on).await?;
+        self.execute_claimed(claimed, events).await
+    }
+
+    /// Executes a run [`Engine::claim_resume`] claimed, to its end.
+    pub async fn execute_claimed(
+        &self,
+        claimed: ClaimedRun,
+        events: Events,
+    ) -> Result<RunOutcome, RunError> {
+        self.execute(claimed.flow, claimed.record, false, events)
+            .await
+    }
+
+    /// The first half of a resume: checks the run can resume (on `on`),
+    /// claims it (its lease, and a slot under the flow's concurrency limit)
+    /// and prepares its steps; every refusal is known when this returns.
+    pub async fn claim_resume(
+        &self,
+        run_id: &str,
+        on: ResumeRevision,
+    ) -> Result<ClaimedRun, RunError> {
+        let run = self.load_run(run_id).await?;
+        if run.status == RunStatus::Succeeded {
+            return Err(RunError::AlreadyFinished(
+                run_id.to_string(),
+                run.status.as_str(),
+            ));
+        }
+        let (revision, compiled) = match on {
+            ResumeRevision::Own => self.compile_revision(&run, Some(run.flow_revision)).await?,
+            ResumeRevision::Latest => {
+                let (latest, compiled) = self.compile_revision(&run, None).await?;
+                if latest != run.flow_revision {
+                    let (_, own) = self.compile_revision(&run, Some(run.flow_revision)).await?;
+                    let steps = self.changed_completed_steps(&run, &own, &compiled).await?;
+                    if !steps.is_empty() {
+                        return Err(RunError::StepsChanged {
+                            run_id: run_id.to_string(),
+                            flow_id: run.flow_id.clone(),
+                            revision: latest,
+                            steps,
+                        });
+                    }
+                }
+                (latest, compiled)
+            }
+        };
+        let reopen = matches!(run.status, RunStatus::Failed | RunStatus::Cancelled);
         let claimed = if let Some(limit) = &compiled.flow.concurrency {
             // A resumed run takes a slot like a new one; when the flow is at
             // its limit the run stays where it is, for a later sweep.
@@ -752,13 +917,28 @@ impl Engine {
                 remaining_ms: run.lease_expires_at.map(|t| t - now_ms()).unwrap_or(0),
             });
         }
-        if run.status == RunStatus::Failed {
+        if revision != run.flow_revision
+            && !self
+                .inner
+                .store
+                .set_run_revision(run_id, &self.inner.owner, revision)
+                .await?
+        {
+            return Err(RunError::Held {
+                run_id: run_id.to_string(),
+                owner: "another process".into(),
+                remaining_ms: 0,
+            });
+        }
+        if reopen {
             // Only once the run is ours: forget its failed and skipped steps.
             self.inner.store.reset_unfinished_steps(run_id).await?;
         }
         let record = self.load_run(run_id).await?;
-        self.execute(Arc::new(compiled), record, false, events)
-            .await
+        Ok(ClaimedRun {
+            flow: Arc::new(compiled),
+            record,
+        })
     }
 
     /// Resumes every run whose process died (lease expired).
@@ -874,6 +1054,8 @@ impl Engine {
             .finish_run_with_effects(&run_id, status, output.as_ref(), error.as_ref(), &fired)
             .await?;
         crate::events::committed(&inner.store, &fired);
+        // Nobody listening is the usual case, and not an error.
+        let _ = inner.finished.send(run_id.clone());
         if let Some((handler_flow, created, trigger)) = handler {
             let id = created.run_id.clone();
             match Box::pin(self.execute_started(handler_flow, created, trigger, None)).await {

@@ -119,6 +119,19 @@ impl ApiError {
         }
     }
 
+    /// The answer of a `respond: output` hook whose run did not give one
+    /// (failed, cancelled, or an output that is not a response), at the
+    /// trigger's `failure_status`.
+    pub fn hook_failed(
+        status: u16,
+        code: &'static str,
+        message: impl Into<String>,
+        details: Value,
+    ) -> ApiError {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self::new(status, code, message).with_details(details)
+    }
+
     /// Adds structured details (`error.details`).
     pub fn with_details(self, details: Value) -> ApiError {
         ApiError {
@@ -213,7 +226,9 @@ impl From<RunError> for ApiError {
             RunError::AlreadyFinished(..) | RunError::Held { .. } | RunError::AtLimit { .. } => {
                 ApiError::conflict(e.to_string())
             }
-            RunError::Flow { .. } => ApiError::conflict(e.to_string()),
+            RunError::Flow { .. } | RunError::StepsChanged { .. } => {
+                ApiError::conflict(e.to_string())
+            }
             RunError::Store(s) => ApiError::internal(s),
         }
     }

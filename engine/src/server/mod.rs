@@ -354,8 +354,16 @@ fn request_id_of(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
+/// Marks a response a flow wrote (a `respond: output` hook's answer): its
+/// 4xx or 5xx is the flow's own answer, not an error to re-render.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowAnswer;
+
+/// The header naming the run that answered a `respond: output` hook.
+pub const RUN_ID_HEADER: &str = "sluice-run-id";
+
 /// Middleware: request id (header, log span, error bodies), access log,
-/// uniform error bodies, request metrics.
+/// uniform error bodies (except a flow's own answer), request metrics.
 pub async fn request_id(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let id = request_id_of(req.headers());
     let method = req.method().clone();
@@ -364,7 +372,8 @@ pub async fn request_id(State(state): State<Arc<AppState>>, req: Request, next: 
     let started = std::time::Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status();
-    if status.is_client_error() || status.is_server_error() {
+    let flow_answer = res.extensions().get::<FlowAnswer>().is_some();
+    if (status.is_client_error() || status.is_server_error()) && !flow_answer {
         let err = res.extensions().get::<ApiError>().cloned().unwrap_or_else(|| {
             let mut e = ApiError::for_status(status);
             if status == axum::http::StatusCode::METHOD_NOT_ALLOWED {
@@ -377,7 +386,11 @@ pub async fn request_id(State(state): State<Arc<AppState>>, req: Request, next: 
         });
         let headers = res.headers().clone();
         res = (status, axum::Json(err.body(&id))).into_response();
-        for name in [header::RETRY_AFTER, header::ALLOW] {
+        for name in [
+            header::RETRY_AFTER,
+            header::ALLOW,
+            header::HeaderName::from_static(RUN_ID_HEADER),
+        ] {
             for v in headers.get_all(&name) {
                 res.headers_mut().append(name.clone(), v.clone());
             }

@@ -212,10 +212,11 @@ pub fn routes(state: Arc<AppState>) -> Api {
             "/v1/runs/{id}/rerun",
             write,
             "runs",
-            "Re-run a failed run from its failed step",
+            "Re-run a failed run from its failed step, or a cancelled one (?revision=latest: on the flow's latest revision, if the steps that ran are unchanged in it)",
             None,
             post(runs::rerun),
         )
+        .query::<runs::RerunQuery>()
         .reply::<runs::RerunAnswer>(202, "Resumed from the failed step")
         .errors(&[409, 503])
         // Plugins.
@@ -483,7 +484,7 @@ pub fn routes(state: Arc<AppState>) -> Api {
             "POST",
             "/v1/hooks/{*path}",
             "triggers",
-            "Inbound webhook: starts the flow whose webhook trigger has this path; 202 + run id",
+            "Inbound webhook: starts the flow whose webhook trigger has this path; 202 + run id, or with `respond: output` the flow's output as the answer (its `status`, `body`, `headers`)",
             HOOK_LIMIT,
             post(triggers::inbound_hook),
         )

@@ -20,7 +20,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::flows::LoadedFlow;
 use super::{AppState, check_id, json_body};
-use crate::run::{RunError, RunOutcome};
+use crate::run::{ResumeRevision, RunError, RunOutcome};
 use crate::store::{RunFilter, RunRecord, RunStatus, StepRecord};
 
 /// How long a request key (Idempotency-Key, webhook-id) holds.
@@ -162,6 +162,8 @@ pub struct RerunAnswer {
     run_id: String,
     /// `running`.
     status: RunStatus,
+    /// The flow revision it continues on.
+    revision: i64,
 }
 
 /// `POST /v1/runs`.
@@ -366,25 +368,60 @@ pub async fn cancel(
     ))
 }
 
-/// `POST /v1/runs/{id}/rerun`: resumes a failed run from its failed step.
+/// The query of `POST /v1/runs/{id}/rerun`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunQuery {
+    /// `own` (default): the revision the run started on; `latest`: the
+    /// flow's latest stored revision, refused (409, naming the steps) when a
+    /// step the run already completed differs in it.
+    #[schemars(with = "Option<RerunRevision>")]
+    revision: Option<String>,
+}
+
+/// The values of `revision` in [`RerunQuery`].
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // documents the query's values
+enum RerunRevision {
+    Own,
+    Latest,
+}
+
+/// `POST /v1/runs/{id}/rerun?revision=own|latest`: resumes a failed run
+/// from its failed step, or a cancelled one from the steps it had not finished.
 pub async fn rerun(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    query: Result<Query<RerunQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let on = match q.revision.as_deref() {
+        None | Some("own") => ResumeRevision::Own,
+        Some("latest") => ResumeRevision::Latest,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "revision must be `own` or `latest`, not `{other}`"
+            )));
+        }
+    };
     let run = stored_run(&state, &id).await?;
-    if run.status != RunStatus::Failed {
+    if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
         return Err(ApiError::conflict(format!(
-            "run `{id}` is {}; only failed runs can be re-run",
+            "run `{id}` is {}; only failed or cancelled runs can be re-run",
             run.status.as_str()
         )));
     }
     let permit = slot(&state, Some(SLOT_WAIT)).await?;
+    // Refusals (a changed step, another holder) answer here, not in a log.
+    let claimed = state.engine.claim_resume(&id, on).await?;
+    let revision = claimed.revision();
     let s = state.clone();
     let run_id = id.clone();
     tokio::spawn(async move {
         let result = s
             .engine
-            .resume(&run_id, Some(s.metrics.step_events()))
+            .execute_claimed(claimed, Some(s.metrics.step_events()))
             .await;
         drop(permit);
         if let Err(e) = &result {
@@ -397,6 +434,7 @@ pub async fn rerun(
         Json(RerunAnswer {
             run_id: id,
             status: RunStatus::Running,
+            revision,
         }),
     ))
 }

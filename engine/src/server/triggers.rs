@@ -4,7 +4,12 @@
 //!   query as `trigger`) is stored before `202` + run id is returned; an
 //!   optional Standard Webhooks signature is checked with the trigger's
 //!   secret; a repeated `webhook-id` within 24 h starts nothing new and
-//!   returns the first run's id.
+//!   returns the first run's id. With `respond: output` the answer waits for
+//!   the run and is the flow's output (see [`crate::flow::respond`]); a
+//!   repeated `webhook-id` waits for (or reads) the first run and gets the
+//!   same answer. The wait holds no database connection: the run's end
+//!   wakes it in-process ([`crate::run::Engine::finished_runs`]), and a run
+//!   another process executes is re-read once a second.
 //! - `schedule`: cron with an optional time zone. Each tick's run is created
 //!   together with the key `tick:<flow>:<trigger>:<time>`, so one tick fires
 //!   once however many processes share the database; after downtime only
@@ -35,6 +40,7 @@ use super::error::{ApiError, ApiResult};
 use super::flows::{self, LoadedFlow};
 use super::runs::{slot, start_run};
 use crate::connectors::http::ConnectionConfig;
+use crate::flow::respond::{self, HookReply, ReplyBody, Respond, ResponseSpec};
 use crate::schedule::{self, next_after};
 use crate::store::now_ms;
 use crate::sync::{SyncOptions, SyncSchedule};
@@ -73,7 +79,7 @@ pub async fn inbound_hook(
     RawQuery(raw_query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<axum::response::Response> {
     let path = path.trim_start_matches('/').to_string();
     let flow = state
         .flows
@@ -136,16 +142,16 @@ pub async fn inbound_hook(
                 .map_err(|_| ApiError::invalid("the body is neither JSON nor UTF-8 text"))?,
         )
     };
-    // A body that does not match the hook's declared schema starts nothing.
-    if let Some(schema) = flow
+    let hook = flow
         .compiled
         .flow
         .triggers
         .iter()
         .filter_map(|t| t.webhook.as_ref())
-        .find(|w| w.path == path)
-        .and_then(|w| w.body_schema.as_ref())
-    {
+        .find(|w| w.path == path);
+    let spec = hook.map(ResponseSpec::of);
+    // A body that does not match the hook's declared schema starts nothing.
+    if let Some(schema) = hook.and_then(|w| w.body_schema.as_ref()) {
         let ty = crate::expr::types::Type::from_schema(schema, schema);
         crate::expr::types::conforms(&body_value, &ty, "body").map_err(|why| {
             ApiError::validation(format!(
@@ -191,6 +197,8 @@ pub async fn inbound_hook(
         "received_at": Utc::now().to_rfc3339(),
     });
     let permit = slot(&state, Some(Duration::from_secs(1))).await?;
+    let sync = spec.filter(|s| s.respond == Respond::Output);
+    let (tx, rx) = tokio::sync::oneshot::channel();
     let (run_id, new) = start_run(
         &state,
         &flow,
@@ -198,20 +206,163 @@ pub async fn inbound_hook(
         trigger,
         key.as_deref(),
         permit,
-        None,
+        sync.is_some().then_some(tx),
     )
     .await?;
-    Ok((
-        if new {
-            StatusCode::ACCEPTED
-        } else {
-            StatusCode::OK
-        },
-        Json(HookAnswer {
+    let Some(spec) = sync else {
+        return Ok((
+            if new {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            },
+            Json(HookAnswer {
+                run_id,
+                duplicate: !new,
+            }),
+        )
+            .into_response());
+    };
+    let ended = if new {
+        match tokio::time::timeout(spec.timeout, rx).await {
+            Ok(Ok(Ok(o))) => Some(respond::reply(
+                &spec,
+                &o.run_id,
+                o.status,
+                o.output.as_ref(),
+                o.error.as_ref(),
+            )),
+            // Not executed to its end here (its lease was lost, the store
+            // failed): answer what the store says, or 202 if it goes on.
+            Ok(_) => ended_run(&state, &spec, &run_id).await?,
+            Err(_) => None,
+        }
+    } else {
+        wait_for_run(&state, &run_id, spec.timeout).await?;
+        ended_run(&state, &spec, &run_id).await?
+    };
+    match ended {
+        Some(reply) => hook_reply(reply, &run_id),
+        None => {
+            let mut res = (
+                StatusCode::ACCEPTED,
+                Json(HookAnswer {
+                    run_id: run_id.clone(),
+                    duplicate: !new,
+                }),
+            )
+                .into_response();
+            set_run_header(&mut res, &run_id);
+            Ok(res)
+        }
+    }
+}
+
+/// The answer of a `respond: output` hook whose run ended (`None`: still going).
+async fn ended_run(
+    state: &AppState,
+    spec: &ResponseSpec,
+    run_id: &str,
+) -> ApiResult<Option<HookReply>> {
+    let run = state
+        .store
+        .get_run(run_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("run `{run_id}` was deleted")))?;
+    Ok(run.status.is_final().then(|| {
+        respond::reply(
+            spec,
             run_id,
-            duplicate: !new,
-        }),
-    ))
+            run.status,
+            run.output.as_ref(),
+            run.error.as_ref(),
+        )
+    }))
+}
+
+/// Waits up to `timeout` for a run to end: woken when this process ends it,
+/// and re-reading the store once a second for a run another process executes.
+async fn wait_for_run(state: &AppState, run_id: &str, timeout: Duration) -> ApiResult<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    const REREAD: Duration = Duration::from_secs(1);
+    // Subscribed before the first read, so an end between the two is not missed.
+    let mut finished = state.engine.finished_runs();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match state.store.get_run(run_id).await? {
+            Some(run) if !run.status.is_final() => {}
+            _ => return Ok(()),
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(());
+        }
+        let reread = tokio::time::sleep_until(deadline.min(now + REREAD));
+        tokio::pin!(reread);
+        loop {
+            tokio::select! {
+                ended = finished.recv() => match ended {
+                    Ok(id) if id == run_id => return Ok(()),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => {
+                        (&mut reread).await;
+                        break;
+                    }
+                },
+                _ = &mut reread => break,
+            }
+        }
+    }
+}
+
+/// A run's result as the hook's HTTP answer.
+fn hook_reply(reply: HookReply, run_id: &str) -> ApiResult<axum::response::Response> {
+    let mut res = match reply {
+        HookReply::Failed {
+            status,
+            code,
+            message,
+            details,
+        } => ApiError::hook_failed(status, code, message, details).into_response(),
+        HookReply::Output {
+            status,
+            headers,
+            body,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut res = match body {
+                ReplyBody::Empty => status.into_response(),
+                ReplyBody::Text(t) => (
+                    status,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    t,
+                )
+                    .into_response(),
+                ReplyBody::Json(v) => (status, Json(v)).into_response(),
+            };
+            for (name, value) in headers {
+                // Validated in `respond::reply`.
+                if let (Ok(n), Ok(v)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    header::HeaderValue::from_str(&value),
+                ) {
+                    res.headers_mut().insert(n, v);
+                }
+            }
+            res.extensions_mut().insert(super::FlowAnswer);
+            res
+        }
+    };
+    set_run_header(&mut res, run_id);
+    Ok(res)
+}
+
+/// `sluice-run-id`: which run answered a `respond: output` hook.
+fn set_run_header(res: &mut axum::response::Response, run_id: &str) {
+    if let Ok(v) = header::HeaderValue::from_str(run_id) {
+        res.headers_mut().insert(super::RUN_ID_HEADER, v);
+    }
 }
 
 /// One schedule trigger of a flow.

@@ -637,6 +637,33 @@ impl Store {
         row.map(|r| flow_from_row(&r)).transpose()
     }
 
+    /// The latest revision of a flow.
+    pub async fn latest_flow_revision(&self, id: &str) -> Result<Option<FlowRevision>, StoreError> {
+        let row = sqlx::query("SELECT id, revision, hash, source, created_at FROM flows WHERE id = $1 ORDER BY revision DESC LIMIT 1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| flow_from_row(&r)).transpose()
+    }
+
+    /// Moves a run to another revision of its flow (a resume on the latest
+    /// revision, by the process holding the run's lease).
+    pub async fn set_run_revision(
+        &self,
+        run_id: &str,
+        owner: &str,
+        revision: i64,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE runs SET flow_revision = $1 WHERE id = $2 AND lease_owner = $3")
+                .bind(revision)
+                .bind(run_id)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Every revision of a flow, oldest first.
     pub async fn flow_revisions(&self, id: &str) -> Result<Vec<FlowRevision>, StoreError> {
         let rows = sqlx::query("SELECT id, revision, hash, source, created_at FROM flows WHERE id = $1 ORDER BY revision")
@@ -714,7 +741,8 @@ impl Store {
     }
 
     /// Takes the lease of a run that is queued, running under an expired
-    /// lease, or (with `reopen`) failed. Returns false when another process holds it.
+    /// lease, or (with `reopen`) failed or cancelled (its cancel request is
+    /// then forgotten). Returns false when another process holds it.
     pub async fn claim_run(
         &self,
         run_id: &str,
@@ -724,13 +752,14 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let statuses = if reopen {
-            "('queued', 'running', 'failed')"
+            "('queued', 'running', 'failed', 'cancelled')"
         } else {
             "('queued', 'running')"
         };
         let sql = format!(
             "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
              started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
+             cancel_requested = CASE WHEN status = 'cancelled' THEN 0 ELSE cancel_requested END, \
              resumes = resumes + CASE WHEN started_at IS NULL THEN 0 ELSE 1 END \
              WHERE id = $4 AND status IN {statuses} \
              AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $3)"
@@ -773,12 +802,13 @@ impl Store {
                 "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < $3)"
             }
             Some(true) => {
-                "status IN ('queued', 'running', 'failed') AND (lease_expires_at IS NULL OR lease_expires_at < $3)"
+                "status IN ('queued', 'running', 'failed', 'cancelled') AND (lease_expires_at IS NULL OR lease_expires_at < $3)"
             }
         };
         let sql = format!(
             "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
              started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
+             cancel_requested = CASE WHEN status = 'cancelled' THEN 0 ELSE cancel_requested END, \
              resumes = resumes + CASE WHEN started_at IS NULL THEN 0 ELSE 1 END \
              WHERE id = $4 AND {claimable} \
              AND (SELECT COUNT(*) FROM runs r WHERE r.flow_id = $5 AND r.status = 'running' \
@@ -829,7 +859,7 @@ impl Store {
                     Some(reopen) => {
                         (status == "queued"
                             || status == "running"
-                            || (reopen && status == "failed"))
+                            || (reopen && (status == "failed" || status == "cancelled")))
                             && free
                     }
                 }

@@ -1,0 +1,190 @@
+//! A real `sluice serve` child process on 127.0.0.1 for tests that drive the
+//! server over HTTP (as `tests/server.rs` starts it), with the helpers they
+//! share. Included with `#[path = "common/serve.rs"] mod serve;`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A `sluice serve` child process; killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    log: Arc<Mutex<String>>,
+    /// Its database URL.
+    pub db: String,
+    /// Its flows directory.
+    pub flows: std::path::PathBuf,
+    /// The admin token.
+    pub admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `sluice` binary on `db`; returns (exit code, stdout, stderr).
+pub fn sluice(db: &str, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(BIN)
+        .args(args)
+        .env("SLUICE_DB", db)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+impl Server {
+    /// A fresh database and flows directory with `flows` (file name, YAML).
+    pub fn start(flows: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}/sluice.db", dir.path().display());
+        let flows_dir = dir.path().join("flows");
+        std::fs::create_dir(&flows_dir).unwrap();
+        for (name, yaml) in flows {
+            std::fs::write(flows_dir.join(name), yaml).unwrap();
+        }
+        let (code, admin, err) = sluice(
+            &db,
+            &["token", "create", "--name", "admin", "--scope", "admin"],
+        );
+        assert_eq!(code, 0, "{err}");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--flows"])
+            .arg(&flows_dir)
+            .env("SLUICE_DB", &db)
+            .env("SLUICE_LOG", "sluice=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
+        Server {
+            child,
+            base,
+            log,
+            db,
+            flows: flows_dir,
+            admin: admin.trim().to_string(),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `GET /v1/runs/{id}`.
+    pub async fn run(&self, id: &str) -> Value {
+        let (status, run, _) = json_of(
+            client()
+                .get(self.url(&format!("/v1/runs/{id}")))
+                .bearer_auth(&self.admin)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{run}");
+        run
+    }
+
+    /// Polls a run until it is final.
+    pub async fn wait_run(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let run = self.run(id).await;
+            if matches!(
+                run["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return run;
+            }
+            assert!(Instant::now() < deadline, "run {id} did not finish: {run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The runs of a flow, newest first.
+    pub async fn runs_of(&self, flow: &str) -> Vec<Value> {
+        let (_, v, _) = json_of(
+            client()
+                .get(self.url(&format!("/v1/runs?flow={flow}")))
+                .bearer_auth(&self.admin)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Uploads a flow (a new revision when it changed); returns its revision.
+    pub async fn upload(&self, yaml: &str) -> i64 {
+        let (status, v, _) = json_of(
+            client()
+                .post(self.url("/v1/flows"))
+                .bearer_auth(&self.admin)
+                .header("content-type", "application/yaml")
+                .body(yaml.to_string())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(status.is_success(), "upload refused: {v}");
+        v["revision"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no revision in {v}"))
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Status, JSON body (or the text as a JSON string) and headers.
+pub async fn json_of(res: reqwest::Response) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let text = res.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v, headers)
+}
