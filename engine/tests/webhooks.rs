@@ -1619,3 +1619,79 @@ async fn a_scheduled_sync_whose_connection_cannot_be_opened_reaches_an_endpoint_
         "{message}"
     );
 }
+
+/// Found by the API fuzz: deliveries to endpoints that refuse connections
+/// back off and hand their messages back, each through one of the store's
+/// pool connections. The worker used to await its next claim without
+/// polling those deliveries; the pool handed every freed connection to one
+/// of them, nobody polled it, and the claim and the whole server waited out
+/// the pool's 30 s acquire timeout. A healthy endpoint's messages must keep
+/// flowing, well inside that timeout.
+#[tokio::test]
+async fn deliveries_handing_messages_back_do_not_starve_the_workers_claims() {
+    let (store, _d) = sqlite_store().await;
+    let mut refusing = Vec::new();
+    for _ in 0..12 {
+        // Ports that were just free: nothing listens, connections are refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        refusing.push(
+            add_endpoint(
+                &store,
+                &format!("http://127.0.0.1:{port}/hook"),
+                &["down.*"],
+            )
+            .await
+            .id,
+        );
+    }
+    let b = Receiver::start(vec![]).await;
+    add_endpoint(&store, &b.url(), &["up.*"]).await;
+    for i in 0..40 {
+        sluice::webhooks::emit(
+            &store,
+            &format!("down-{i}"),
+            "down.e",
+            None,
+            json!({"i": i}),
+        )
+        .await
+        .unwrap();
+    }
+    for i in 0..150 {
+        sluice::webhooks::emit(&store, &format!("up-{i}"), "up.e", None, json!({"i": i}))
+            .await
+            .unwrap();
+    }
+    let worker = DeliveryWorker::new(store.clone(), test_config()).unwrap();
+    let up_delivered = || async {
+        store
+            .messages(&MessageFilter {
+                limit: 10_000,
+                ..MessageFilter::default()
+            })
+            .await
+            .unwrap()
+            .iter()
+            .filter(|m| !refusing.contains(&m.endpoint_id) && m.status == MessageStatus::Delivered)
+            .count()
+    };
+    let up_done = async {
+        while up_delivered().await < 150 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(25), worker.run_until(up_done))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the healthy endpoint got {} of 150 in 25 s while 12 others refused connections",
+                b.received().len()
+            )
+        });
+    eprintln!("150 delivered in {:?}", started.elapsed());
+}

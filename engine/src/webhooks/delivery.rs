@@ -189,6 +189,47 @@ enum Outcome {
     Refused(String),
 }
 
+/// Awaits `fut` while still driving the deliveries in `in_flight`, keeping
+/// the ones that end in `ended`. A delivery parked there may be queued for
+/// one of the store's few pool connections (SQLite has four); the pool hands
+/// a freed connection to the first waiter, so while the loop awaited a claim
+/// without polling them, every connection went to deliveries nobody polled
+/// and the claim waited out the pool's 30 s acquire timeout: a stall of the
+/// whole server that the API fuzz found.
+async fn polling<T, D>(
+    fut: impl std::future::Future<Output = T>,
+    in_flight: &mut futures::stream::FuturesUnordered<D>,
+    ended: &mut Vec<D::Output>,
+) -> T
+where
+    D: std::future::Future,
+{
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            Some(done) = in_flight.next() => ended.push(done),
+        }
+    }
+}
+
+/// Books a delivery's end: its endpoint has one claimed message less.
+fn delivery_ended(
+    claimed: &mut HashMap<String, usize>,
+    endpoint: &str,
+    result: Result<(), StoreError>,
+) {
+    if let Some(n) = claimed.get_mut(endpoint) {
+        *n -= 1;
+        if *n == 0 {
+            claimed.remove(endpoint);
+        }
+    }
+    if let Err(e) = result {
+        tracing::error!(error = %e, "webhook delivery could not record an attempt");
+    }
+}
+
 impl DeliveryWorker {
     /// A worker on `store`.
     pub fn new(store: Store, config: DeliveryConfig) -> Result<DeliveryWorker, String> {
@@ -321,14 +362,18 @@ impl DeliveryWorker {
         // failing store and may be lost with it; the one raised when the
         // store works again is not.
         let mut store_down: Option<(i64, u32, String)> = None;
+        // Deliveries that ended while the loop awaited something else.
+        let mut ended = Vec::new();
         loop {
             let room = self.config.concurrency.saturating_sub(in_flight.len());
             if room > 0 && Instant::now() >= claim_after {
                 let claimed_at = Instant::now();
-                let next = match self.claim_for_pipeline(room, &mut claimed).await {
+                let claim = self.claim_for_pipeline(room, &claimed);
+                let next = match polling(claim, &mut in_flight, &mut ended).await {
                     Ok(next) => {
                         if let Some((since, failures, last)) = store_down.take() {
-                            self.store_recovered(since, failures, &last).await;
+                            let alert = self.store_recovered(since, failures, &last);
+                            polling(alert, &mut in_flight, &mut ended).await;
                         }
                         next
                     }
@@ -338,18 +383,23 @@ impl DeliveryWorker {
                         down.2 = e.to_string();
                         tracing::error!(error = %e, "webhook delivery worker failed; retrying in 1 s");
                         // Once a minute at most (the key dedupes within it).
-                        super::system_error(
+                        let key = format!("store:delivery:{}", now_ms() / 60_000);
+                        let text = format!("webhook delivery cannot read or write the store: {e}");
+                        let alert = super::system_error(
                             &self.store,
-                            &format!("store:delivery:{}", now_ms() / 60_000),
+                            &key,
                             "store",
-                            &format!("webhook delivery cannot read or write the store: {e}"),
+                            &text,
                             serde_json::Value::Null,
-                        )
-                        .await;
+                        );
+                        polling(alert, &mut in_flight, &mut ended).await;
                         claim_after = Instant::now() + Duration::from_secs(1);
                         Vec::new()
                     }
                 };
+                for (m, _) in &next {
+                    *claimed.entry(m.endpoint_id.clone()).or_default() += 1;
+                }
                 for (m, endpoints) in next {
                     in_flight.push(async move {
                         let endpoint = m.endpoint_id.clone();
@@ -357,18 +407,13 @@ impl DeliveryWorker {
                     });
                 }
             }
+            for (endpoint, result) in ended.drain(..) {
+                delivery_ended(&mut claimed, &endpoint, result);
+            }
             tokio::select! {
                 () = &mut stop => return,
                 Some((endpoint, result)) = in_flight.next() => {
-                    if let Some(n) = claimed.get_mut(&endpoint) {
-                        *n -= 1;
-                        if *n == 0 {
-                            claimed.remove(&endpoint);
-                        }
-                    }
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "webhook delivery could not record an attempt");
-                    }
+                    delivery_ended(&mut claimed, &endpoint, result);
                 }
                 () = self.store.outbox_changed(Duration::from_millis(250)) => {}
             }
@@ -382,7 +427,7 @@ impl DeliveryWorker {
     async fn claim_for_pipeline(
         &self,
         room: usize,
-        claimed: &mut HashMap<String, usize>,
+        claimed: &HashMap<String, usize>,
     ) -> Result<Vec<(ClaimedMessage, Arc<HashMap<String, Endpoint>>)>, StoreError> {
         let rounds = self.config.per_endpoint.max(1) * 2;
         let limit = i64::try_from(room)
@@ -414,13 +459,7 @@ impl DeliveryWorker {
                 .map(|e| (e.id.clone(), e))
                 .collect(),
         );
-        Ok(batch
-            .into_iter()
-            .map(|m| {
-                *claimed.entry(m.endpoint_id.clone()).or_default() += 1;
-                (m, endpoints.clone())
-            })
-            .collect())
+        Ok(batch.into_iter().map(|m| (m, endpoints.clone())).collect())
     }
 
     /// Delivers everything due now, until nothing is due or `max` passes.
