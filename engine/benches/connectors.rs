@@ -4,7 +4,8 @@
 //! orders), with the peak heap above the starting point.
 //!
 //! Run: `cargo bench -p sluice --bench connectors`. Prints figures; asserts
-//! nothing about speed.
+//! nothing about speed. `SLUICE_BENCH_ONLY=mapping` runs the mapping alone,
+//! over `SLUICE_BENCH_PAGES` pages of 500 (default 100), for a profiler.
 
 use std::time::Instant;
 
@@ -34,7 +35,10 @@ fn mapping_alone() {
         c.map_page(Entity::PurchaseOrder, &page).unwrap().len(),
         page_size
     );
-    let pages = 100;
+    let pages: usize = std::env::var("SLUICE_BENCH_PAGES")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(100);
     let cpu0 = heap::cpu_seconds();
     let t = Instant::now();
     let mut n = 0;
@@ -137,6 +141,10 @@ async fn emulator_alone(orders: usize) {
 
 fn main() {
     mapping_alone();
+    // `SLUICE_BENCH_ONLY=mapping`: the mapping alone (for a profiler).
+    if std::env::var("SLUICE_BENCH_ONLY").as_deref() == Ok("mapping") {
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

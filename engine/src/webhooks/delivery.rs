@@ -214,20 +214,26 @@ where
 }
 
 /// Books a delivery's end: its endpoint has one claimed message less.
+/// True when that leaves the endpoint `round` claimed messages (one round
+/// of its cap), so it may be claimed for again.
 fn delivery_ended(
     claimed: &mut HashMap<String, usize>,
     endpoint: &str,
     result: Result<(), StoreError>,
-) {
-    if let Some(n) = claimed.get_mut(endpoint) {
-        *n -= 1;
-        if *n == 0 {
-            claimed.remove(endpoint);
-        }
-    }
+    round: usize,
+) -> bool {
     if let Err(e) = result {
         tracing::error!(error = %e, "webhook delivery could not record an attempt");
     }
+    let Some(n) = claimed.get_mut(endpoint) else {
+        return false;
+    };
+    *n -= 1;
+    let left = *n;
+    if left == 0 {
+        claimed.remove(endpoint);
+    }
+    left == round
 }
 
 impl DeliveryWorker {
@@ -346,9 +352,9 @@ impl DeliveryWorker {
     /// Delivers until `stop` resolves, waking as soon as messages arrive.
     ///
     /// Unlike [`DeliveryWorker::run_once`], deliveries run as a pipeline:
-    /// messages are claimed whenever a delivery finishes, so an endpoint that
-    /// times out holds back its own messages only. An endpoint never has
-    /// more than four rounds of its cap claimed (see
+    /// messages are claimed as deliveries finish, so an endpoint that times
+    /// out holds back its own messages only. An endpoint never has more than
+    /// three rounds of its cap claimed (see
     /// [`DeliveryWorker::claim_for_pipeline`]).
     pub async fn run_until(&self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
@@ -357,6 +363,13 @@ impl DeliveryWorker {
         let mut claimed: HashMap<String, usize> = HashMap::new();
         // After a store error, claims pause for a second.
         let mut claim_after = Instant::now();
+        // Whether a claim may find something: set when the outbox changed,
+        // when the poll interval passed, when an endpoint got room for a
+        // round again, and after a claim that took all it could. Claiming
+        // after every delivery instead took one message a claim from a busy
+        // endpoint, and each claim is a write: one receiver got ~140
+        // messages/s under load.
+        let mut claim_due = true;
         // While the store fails: since when (ms), how many claims failed,
         // the last error. The alert raised at the failure is written to the
         // failing store and may be lost with it; the one raised when the
@@ -366,11 +379,13 @@ impl DeliveryWorker {
         let mut ended = Vec::new();
         loop {
             let room = self.config.concurrency.saturating_sub(in_flight.len());
-            if room > 0 && Instant::now() >= claim_after {
+            if room > 0 && claim_due && Instant::now() >= claim_after {
                 let claimed_at = Instant::now();
                 let claim = self.claim_for_pipeline(room, &claimed);
                 let next = match polling(claim, &mut in_flight, &mut ended).await {
                     Ok(next) => {
+                        claim_due = next.len()
+                            >= room.min(usize::try_from(self.config.batch).unwrap_or(usize::MAX));
                         if let Some((since, failures, last)) = store_down.take() {
                             let alert = self.store_recovered(since, failures, &last);
                             polling(alert, &mut in_flight, &mut ended).await;
@@ -407,23 +422,29 @@ impl DeliveryWorker {
                     });
                 }
             }
+            let round = self.config.per_endpoint.max(1);
+            claim_due |= !ended.is_empty() && room == 0;
             for (endpoint, result) in ended.drain(..) {
-                delivery_ended(&mut claimed, &endpoint, result);
+                claim_due |= delivery_ended(&mut claimed, &endpoint, result, round);
             }
             tokio::select! {
                 () = &mut stop => return,
                 Some((endpoint, result)) = in_flight.next() => {
-                    delivery_ended(&mut claimed, &endpoint, result);
+                    claim_due |= delivery_ended(&mut claimed, &endpoint, result, round);
+                    // A pipeline that was full has room again.
+                    claim_due |= in_flight.len() + 1 >= self.config.concurrency;
                 }
-                () = self.store.outbox_changed(Duration::from_millis(250)) => {}
+                () = self.store.outbox_changed(Duration::from_millis(250)) => claim_due = true,
             }
         }
     }
 
     /// Claims up to `room` due messages for [`DeliveryWorker::run_until`],
     /// each with the endpoints it may be sent to. An endpoint gets at most
-    /// two rounds of its cap per claim, and none while it already has two
-    /// (so never more than four rounds waiting, well within the lease).
+    /// two rounds of its cap per claim, and none while it has more than one
+    /// round claimed (so never more than three rounds waiting, well within
+    /// the lease): it is topped up a round or two at a time, not a message
+    /// at a time.
     async fn claim_for_pipeline(
         &self,
         room: usize,
@@ -435,7 +456,7 @@ impl DeliveryWorker {
             .min(self.config.batch);
         let full: Vec<String> = claimed
             .iter()
-            .filter(|(_, n)| **n >= rounds)
+            .filter(|(_, n)| **n > self.config.per_endpoint.max(1))
             .map(|(e, _)| e.clone())
             .collect();
         let batch = self
@@ -492,7 +513,7 @@ impl DeliveryWorker {
         let attempt = m.attempts + 1;
         // One endpoint's share of the in-flight requests.
         let slot = self.slot(&m.endpoint_id);
-        let (_permit, waited) = match slot.try_acquire() {
+        let (permit, waited) = match slot.try_acquire() {
             Ok(permit) => (permit, false),
             Err(_) => (slot.acquire().await.expect("slots are never closed"), true),
         };
@@ -528,6 +549,9 @@ impl DeliveryWorker {
             ),
             Some(e) => self.attempt(e, &m).await,
         };
+        // The cap is on requests in flight: the next one to this endpoint
+        // need not wait for this one's attempt to be recorded.
+        drop(permit);
         let latency_ms = i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX);
         let (status_code, error, end) = match outcome {
             Outcome::Success(code) => (Some(code), None, AttemptEnd::Delivered),
