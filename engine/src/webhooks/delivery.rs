@@ -11,8 +11,8 @@
 //! (delivery is at least once; receivers deduplicate by `webhook-id`).
 //!
 //! One receiver is never flooded: at most `per_endpoint` requests to an
-//! endpoint are in flight (default 8, `SLUICE_WEBHOOK_PER_ENDPOINT`), and a
-//! claim takes at most four rounds of them per endpoint, so a backlog waits
+//! endpoint are in flight (default 8, `SLUICE_WEBHOOK_PER_ENDPOINT`), and
+//! at most three rounds of them are claimed per endpoint, so a backlog waits
 //! in the outbox rather than in a lease. When connecting to an endpoint
 //! fails or times out (after three quarters of the attempt timeout), the
 //! endpoint backs off (1 s, doubling to 5 min): its other claimed
