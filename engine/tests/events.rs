@@ -9,16 +9,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice::store::{RunFilter, RunStatus, Store};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+#[path = "common/serve.rs"]
+mod serve;
+use serve::BIN;
 
 /// A `sluice serve` child process; killed on drop.
 struct Server {
@@ -41,32 +41,15 @@ impl Server {
 
     /// Like [`Server::start`], with more `sluice serve` arguments.
     fn start_with(db: &str, flows: &Path, lease: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+        let mut serve = Command::new(BIN);
+        serve
             .args(["serve", "--listen", "127.0.0.1:0", "--flows"])
             .arg(flows)
             .args(extra)
             .env("SLUICE_DB", db)
-            .env("SLUICE_RUN_LEASE", lease)
-            .env("SLUICE_LOG", "sluice=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let a = addr.split_whitespace().next().unwrap_or("");
-                    let _ = tx.send(a.trim_start_matches("http://").to_string());
-                } else if line.contains("ERROR") {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("server did not start");
+            .env("SLUICE_RUN_LEASE", lease);
+        let (child, base, _) = serve::spawn(serve);
+        let addr = base.trim_start_matches("http://").to_string();
         Server { child, addr }
     }
 

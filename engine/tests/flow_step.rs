@@ -2,13 +2,16 @@
 //! `sluice` binary on flow files beside each other (`run`, `validate`,
 //! `runs show`, `runs resume`), and a real `sluice serve` over HTTP.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+#[path = "common/serve.rs"]
+mod serve;
+use serve::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -636,82 +639,6 @@ steps:
 
 // ---- over the API ----
 
-/// A `sluice serve` child process; killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-    token: String,
-    _ws: Workspace,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(flows: &[(&str, &str)]) -> Server {
-        let ws = Workspace::new(flows);
-        let o = ws.sluice(&["token", "create", "--name", "admin", "--scope", "admin"]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let token = String::from_utf8(o.stdout).unwrap().trim().to_string();
-        let flows_dir = ws.dir.path().join("flows");
-        let mut child = ws
-            .command(&["serve", "--listen", "127.0.0.1:0"])
-            .args(["--flows", flows_dir.to_str().unwrap()])
-            .env("SLUICE_LOG", "sluice=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
-        Server {
-            child,
-            base,
-            log,
-            token,
-            _ws: ws,
-        }
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
-        let res = req.bearer_auth(&self.token).send().await.unwrap();
-        let status = res.status().as_u16();
-        let text = res.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let (status, v) = self
-            .send(reqwest::Client::new().get(format!("{}{path}", self.base)))
-            .await;
-        assert_eq!(status, 200, "{v}");
-        v
-    }
-}
-
 #[tokio::test]
 async fn the_api_links_parent_and_child_runs_both_ways() {
     let parent = r#"apiVersion: sluice/v1
@@ -731,7 +658,7 @@ steps:
                 .json(&json!({"flow": "parent", "wait": true})),
         )
         .await;
-    assert_eq!(status, 201, "{run}\n{}", s.log.lock().unwrap());
+    assert_eq!(status, 201, "{run}\n{}", s.log());
     assert_eq!(run["status"], "succeeded", "{run}");
     let parent_id = run["id"].as_str().unwrap();
     let parent = s.get(&format!("/v1/runs/{parent_id}")).await;

@@ -1,14 +1,14 @@
 //! Hardening of `sluice serve` against hostile clients (issue 17): a real
 //! server process on 127.0.0.1.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+#[path = "common/serve.rs"]
+mod serve;
+use serve::BIN;
 
 /// A `sluice serve` child process; killed on drop.
 struct Server {
@@ -39,29 +39,14 @@ impl Server {
         for (name, yaml) in flows {
             std::fs::write(flows_dir.join(name), yaml).unwrap();
         }
-        let mut child = Command::new(BIN)
+        let mut serve = Command::new(BIN);
+        serve
             .args(["serve", "--listen", "127.0.0.1:0", "--flows"])
             .arg(&flows_dir)
             .args(extra)
-            .env("SLUICE_DB", &db)
-            .env("SLUICE_LOG", "sluice=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let a = addr.split_whitespace().next().unwrap_or("");
-                    let _ = tx.send(a.trim_start_matches("http://").to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("server did not start");
+            .env("SLUICE_DB", &db);
+        let (child, base, _) = serve::spawn(serve);
+        let addr = base.trim_start_matches("http://").to_string();
         Server {
             child,
             addr,

@@ -1,15 +1,16 @@
 //! `sluice serve` end to end: a real server process on 127.0.0.1, driven
 //! over HTTP (flows, runs, hooks, schedules, events, errors, auth, OpenAPI).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+#[path = "common/serve.rs"]
+mod serve;
+use serve::BIN;
 
 /// A `sluice serve` child process; killed on drop.
 struct Server {
@@ -58,11 +59,11 @@ impl Server {
     }
 
     fn spawn(db: &str, flows_dir: &str, extra: &[&str], dir: Option<tempfile::TempDir>) -> Server {
-        let mut child = Command::new(BIN)
+        let mut serve = Command::new(BIN);
+        serve
             .args(["serve", "--listen", "127.0.0.1:0", "--flows", flows_dir])
             .args(extra)
             .env("SLUICE_DB", db)
-            .env("SLUICE_LOG", "sluice=info")
             .env("SLUICE_WEBHOOK_ALLOW", "127.0.0.1/32")
             .env(
                 "SLUICE_SECRET_HOOK_KEY",
@@ -72,28 +73,8 @@ impl Server {
             .env(
                 "SLUICE_PLUGIN_CACHE",
                 format!("{flows_dir}/../plugin-cache"),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
+            );
+        let (child, base, log) = serve::spawn(serve);
         Server {
             child,
             base,

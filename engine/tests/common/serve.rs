@@ -48,6 +48,41 @@ pub fn sluice(db: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Spawns `serve` (a `sluice serve --listen 127.0.0.1:0 ...` command; logs at
+/// `sluice=info` unless it sets `SLUICE_LOG`) and waits for its "listening on"
+/// line: (the child, its base URL `http://127.0.0.1:PORT`, its log, kept
+/// growing). ERROR lines are echoed to the test's stderr.
+pub fn spawn(mut serve: Command) -> (Child, String, Arc<Mutex<String>>) {
+    if !serve.get_envs().any(|(k, _)| k == "SLUICE_LOG") {
+        serve.env("SLUICE_LOG", "sluice=info");
+    }
+    let mut child = serve
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            } else if line.contains(" ERROR ") {
+                eprintln!("server: {line}");
+            }
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
+    (child, base, log)
+}
+
 impl Server {
     /// A fresh database and flows directory with `flows` (file name, YAML).
     pub fn start(flows: &[(&str, &str)]) -> Server {
@@ -63,32 +98,12 @@ impl Server {
             &["token", "create", "--name", "admin", "--scope", "admin"],
         );
         assert_eq!(code, 0, "{err}");
-        let mut child = Command::new(BIN)
+        let mut serve = Command::new(BIN);
+        serve
             .args(["serve", "--listen", "127.0.0.1:0", "--flows"])
             .arg(&flows_dir)
-            .env("SLUICE_DB", &db)
-            .env("SLUICE_LOG", "sluice=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("server did not start: {}", log.lock().unwrap()));
+            .env("SLUICE_DB", &db);
+        let (child, base, log) = spawn(serve);
         Server {
             child,
             base,
@@ -106,6 +121,19 @@ impl Server {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Sends `req` with the admin token: (status, JSON body or its text as a JSON string).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        let (status, v, _) = json_of(req.bearer_auth(&self.admin).send().await.unwrap()).await;
+        (status.as_u16(), v)
+    }
+
+    /// `GET path` with the admin token, which must answer 200.
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, v) = self.send(client().get(self.url(path))).await;
+        assert_eq!(status, 200, "{v}");
+        v
     }
 
     /// `GET /v1/runs/{id}`.
