@@ -651,13 +651,7 @@ steps:
     // The parent's file comes first: it is checked against the child's
     // declaration before the child is loaded.
     let s = Server::start(&[("a-parent.yaml", parent), ("z-child.yaml", CHILD)]);
-    let (status, run) = s
-        .send(
-            reqwest::Client::new()
-                .post(format!("{}/v1/runs", s.base))
-                .json(&json!({"flow": "parent", "wait": true})),
-        )
-        .await;
+    let (status, run) = s.run_and_wait("parent").await;
     assert_eq!(status, 201, "{run}\n{}", s.log());
     assert_eq!(run["status"], "succeeded", "{run}");
     let parent_id = run["id"].as_str().unwrap();
@@ -688,45 +682,21 @@ steps:
 #[tokio::test]
 async fn an_upload_naming_an_unknown_flow_is_refused_and_a_known_one_runs() {
     let s = Server::start(&[("child.yaml", CHILD)]);
-    let upload = |yaml: &'static str| {
-        reqwest::Client::new()
-            .post(format!("{}/v1/flows", s.base))
-            .header("content-type", "application/yaml")
-            .body(yaml)
-    };
-    let (status, err) = s
-        .send(upload(
-            "apiVersion: sluice/v1\nid: fragile\non_failure: nowhere\nsteps:\n  - { id: one, set: 1 }\n",
-        ))
-        .await;
+    let (status, err) = s.post_flow("apiVersion: sluice/v1\nid: fragile\non_failure: nowhere\nsteps:\n  - { id: one, set: 1 }\n").await;
     assert_eq!(status, 422, "{err}");
     assert_eq!(
         err["error"]["details"]["diagnostics"][0]["message"],
         "`on_failure` names unknown flow `nowhere`"
     );
-    let (status, err) = s
-        .send(upload(
-            "apiVersion: sluice/v1\nid: caller\nsteps:\n  - id: call\n    flow: { id: child, inputs: { n: five } }\n",
-        ))
-        .await;
+    let (status, err) = s.post_flow("apiVersion: sluice/v1\nid: caller\nsteps:\n  - id: call\n    flow: { id: child, inputs: { n: five } }\n").await;
     assert_eq!(status, 422, "{err}");
     assert_eq!(
         err["error"]["details"]["diagnostics"][0]["message"],
         "step `call`: input `n` of flow `child` is an integer, but this gives a string"
     );
-    let (status, v) = s
-        .send(upload(
-            "apiVersion: sluice/v1\nid: caller\nsteps:\n  - id: call\n    flow: { id: child, inputs: { n: 5 } }\n",
-        ))
-        .await;
+    let (status, v) = s.post_flow("apiVersion: sluice/v1\nid: caller\nsteps:\n  - id: call\n    flow: { id: child, inputs: { n: 5 } }\n").await;
     assert_eq!(status, 201, "{v}");
-    let (status, run) = s
-        .send(
-            reqwest::Client::new()
-                .post(format!("{}/v1/runs", s.base))
-                .json(&json!({"flow": "caller", "wait": true})),
-        )
-        .await;
+    let (status, run) = s.run_and_wait("caller").await;
     assert_eq!(status, 201, "{run}");
     assert_eq!(run["output"]["doubled"], 10, "{run}");
 }
@@ -748,13 +718,7 @@ steps:
   - { id: divide, set: "${{ 1 // 0 }}" }
 "#;
     let s = Server::start(&[("alert.yaml", alert), ("fragile.yaml", fragile)]);
-    let (status, run) = s
-        .send(
-            reqwest::Client::new()
-                .post(format!("{}/v1/runs", s.base))
-                .json(&json!({"flow": "fragile", "wait": true})),
-        )
-        .await;
+    let (status, run) = s.run_and_wait("fragile").await;
     assert_eq!(status, 201, "{run}");
     assert_eq!(run["status"], "failed", "{run}");
     let failed_id = run["id"].as_str().unwrap();

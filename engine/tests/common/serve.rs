@@ -129,6 +129,23 @@ impl Server {
         (status.as_u16(), v)
     }
 
+    /// `POST /v1/flows` with `yaml`: (status, body).
+    pub async fn post_flow(&self, yaml: &str) -> (u16, Value) {
+        let req = client()
+            .post(self.url("/v1/flows"))
+            .header("content-type", "application/yaml")
+            .body(yaml.to_string());
+        self.send(req).await
+    }
+
+    /// `POST /v1/runs` of `flow` with `wait: true`: (status, the run).
+    pub async fn run_and_wait(&self, flow: &str) -> (u16, Value) {
+        let req = client()
+            .post(self.url("/v1/runs"))
+            .json(&serde_json::json!({"flow": flow, "wait": true}));
+        self.send(req).await
+    }
+
     /// `GET path` with the admin token, which must answer 200.
     pub async fn get(&self, path: &str) -> Value {
         let (status, v) = self.send(client().get(self.url(path))).await;
