@@ -149,6 +149,20 @@ async fn add_endpoint(store: &Store, url: &str, events: &[&str]) -> Endpoint {
     .unwrap()
 }
 
+/// Messages delivered to endpoints other than `except`.
+async fn delivered_except(store: &Store, except: &[String]) -> usize {
+    store
+        .messages(&MessageFilter {
+            limit: 10_000,
+            ..MessageFilter::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| !except.contains(&m.endpoint_id) && m.status == MessageStatus::Delivered)
+        .count()
+}
+
 /// Delivers until every message is delivered or failed (or 40 s pass).
 async fn deliver_all(store: &Store, config: DeliveryConfig) {
     let worker = DeliveryWorker::new(store.clone(), config).unwrap();
@@ -1040,20 +1054,8 @@ async fn an_endpoint_that_times_out_does_not_hold_back_another_endpoints_deliver
     // Done when the store has every B message delivered: the receiver
     // counting 200 is not enough, as the worker stops with the last
     // attempt's answer not yet recorded.
-    let b_delivered = || async {
-        store
-            .messages(&MessageFilter {
-                limit: 1000,
-                ..MessageFilter::default()
-            })
-            .await
-            .unwrap()
-            .iter()
-            .filter(|m| m.endpoint_id != a.id && m.status == MessageStatus::Delivered)
-            .count()
-    };
     let b_done = async {
-        while b_delivered().await < 200 {
+        while delivered_except(&store, std::slice::from_ref(&a.id)).await < 200 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
@@ -1667,20 +1669,8 @@ async fn deliveries_handing_messages_back_do_not_starve_the_workers_claims() {
             .unwrap();
     }
     let worker = DeliveryWorker::new(store.clone(), test_config()).unwrap();
-    let up_delivered = || async {
-        store
-            .messages(&MessageFilter {
-                limit: 10_000,
-                ..MessageFilter::default()
-            })
-            .await
-            .unwrap()
-            .iter()
-            .filter(|m| !refusing.contains(&m.endpoint_id) && m.status == MessageStatus::Delivered)
-            .count()
-    };
     let up_done = async {
-        while up_delivered().await < 150 {
+        while delivered_except(&store, &refusing).await < 150 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };

@@ -376,8 +376,16 @@ impl DeliveryWorker {
         // store works again is not.
         let mut store_down: Option<(i64, u32, String)> = None;
         // Deliveries that ended while the loop awaited something else.
-        let mut ended = Vec::new();
+        let mut ended: Vec<(String, Result<(), StoreError>)> = Vec::new();
         loop {
+            if !ended.is_empty() {
+                // A pipeline that was full has room again.
+                claim_due |= in_flight.len() + ended.len() >= self.config.concurrency;
+                let round = self.config.per_endpoint.max(1);
+                for (endpoint, result) in ended.drain(..) {
+                    claim_due |= delivery_ended(&mut claimed, &endpoint, result, round);
+                }
+            }
             let room = self.config.concurrency.saturating_sub(in_flight.len());
             if room > 0 && claim_due && Instant::now() >= claim_after {
                 let claimed_at = Instant::now();
@@ -412,28 +420,21 @@ impl DeliveryWorker {
                         Vec::new()
                     }
                 };
-                for (m, _) in &next {
-                    *claimed.entry(m.endpoint_id.clone()).or_default() += 1;
-                }
                 for (m, endpoints) in next {
+                    *claimed.entry(m.endpoint_id.clone()).or_default() += 1;
                     in_flight.push(async move {
                         let endpoint = m.endpoint_id.clone();
                         (endpoint, self.deliver(m, &endpoints, claimed_at).await)
                     });
                 }
             }
-            let round = self.config.per_endpoint.max(1);
-            claim_due |= !ended.is_empty() && room == 0;
-            for (endpoint, result) in ended.drain(..) {
-                claim_due |= delivery_ended(&mut claimed, &endpoint, result, round);
+            if !ended.is_empty() {
+                // Deliveries ended during the claim: book them first.
+                continue;
             }
             tokio::select! {
                 () = &mut stop => return,
-                Some((endpoint, result)) = in_flight.next() => {
-                    claim_due |= delivery_ended(&mut claimed, &endpoint, result, round);
-                    // A pipeline that was full has room again.
-                    claim_due |= in_flight.len() + 1 >= self.config.concurrency;
-                }
+                Some(done) = in_flight.next() => ended.push(done),
                 () = self.store.outbox_changed(Duration::from_millis(250)) => claim_due = true,
             }
         }
