@@ -172,6 +172,19 @@ pub enum FastPath {
         /// Ends in `[*]`.
         wildcard: bool,
     },
+    /// `$.a.b[?@.name == 'text']` or `!=`: the children of the node at
+    /// `segs` (an array's elements, an object's member values) whose member
+    /// `name` is (or is not) the string `text`.
+    Filter {
+        /// Names and indexes up to the filtered node.
+        segs: Vec<PathSeg>,
+        /// The member compared, with where it was found last.
+        name: (String, Hint),
+        /// `==` (true) or `!=` (false).
+        equal: bool,
+        /// The string compared with.
+        text: String,
+    },
     /// Anything else.
     Full(Query),
 }
@@ -197,8 +210,9 @@ impl Clone for Hint {
     }
 }
 
-/// Objects up to this size are searched key by key, larger ones by hash.
-const SCAN_LIMIT: usize = 32;
+/// Objects up to this size are searched key by key (and the position kept
+/// as the next hint), larger ones by hash.
+const SCAN_LIMIT: usize = 256;
 
 /// `obj[name]`, trying the hinted position first.
 fn member<'a>(obj: &'a Map<String, Value>, name: &str, hint: &Hint) -> Option<&'a Value> {
@@ -234,6 +248,7 @@ impl FastPath {
                     Some(v)
                 }
             }
+            FastPath::Filter { .. } => self.all(doc).into_iter().next(),
             FastPath::Full(q) => q.first(doc),
         }
     }
@@ -247,6 +262,30 @@ impl FastPath {
                 Some(v) => vec![v],
                 None => Vec::new(),
             },
+            FastPath::Filter {
+                segs,
+                name,
+                equal,
+                text,
+            } => {
+                // RFC 9535 §2.3.5.2: a filter selects among an array's elements
+                // or an object's member values; §2.3.5.2.2: a missing member
+                // (or a child that is not an object) equals nothing, so it is
+                // never `==` and always `!=` a string.
+                let holds = |child: &Value| {
+                    let found = child
+                        .as_object()
+                        .and_then(|o| member(o, &name.0, &name.1))
+                        .and_then(Value::as_str)
+                        == Some(text.as_str());
+                    found == *equal
+                };
+                match walk(doc, segs) {
+                    Some(Value::Array(items)) => items.iter().filter(|c| holds(c)).collect(),
+                    Some(Value::Object(members)) => members.values().filter(|c| holds(c)).collect(),
+                    _ => Vec::new(),
+                }
+            }
             FastPath::Full(q) => q.all(doc),
         }
     }
@@ -263,8 +302,23 @@ fn walk<'a>(doc: &'a Value, segs: &[PathSeg]) -> Option<&'a Value> {
     Some(v)
 }
 
-/// Parses `$`, `.name`, `['name']`, `[n]`, and a final `[*]`; `None` for anything else.
+/// Parses `$`, `.name`, `['name']`, `[n]`, and a final `[*]`, or a final
+/// `[?@.name == 'text']` (or `!=`); `None` for anything else.
 fn simple(text: &str) -> Option<FastPath> {
+    if let Some(open) = text.find("[?")
+        && let Some(FastPath::Simple {
+            segs,
+            wildcard: false,
+        }) = simple(&text[..open])
+    {
+        let (name, equal, text) = string_test(text[open + 2..].strip_suffix(']')?)?;
+        return Some(FastPath::Filter {
+            segs,
+            name: (name, Hint::default()),
+            equal,
+            text,
+        });
+    }
     let mut rest = text.strip_prefix('$')?;
     let mut segs = Vec::new();
     let mut wildcard = false;
@@ -308,6 +362,32 @@ fn simple(text: &str) -> Option<FastPath> {
     Some(FastPath::Simple { segs, wildcard })
 }
 
+/// `@.name == 'text'` (or `!=`, or `"text"`) with a plain name and a text
+/// without escapes: (name, whether `==`, text).
+fn string_test(expr: &str) -> Option<(String, bool, String)> {
+    let rest = expr.trim().strip_prefix("@.")?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    let name = &rest[..end];
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let rest = rest[end..].trim_start();
+    let (equal, rest) = match (rest.strip_prefix("=="), rest.strip_prefix("!=")) {
+        (Some(r), _) => (true, r),
+        (_, Some(r)) => (false, r),
+        _ => return None,
+    };
+    let rest = rest.trim();
+    let quote = rest.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let text = rest.strip_prefix(quote)?.strip_suffix(quote)?;
+    if text.contains(['\\', '\'', '"']) {
+        return None;
+    }
+    Some((name.to_string(), equal, text.to_string()))
+}
+
 #[derive(Debug)]
 enum Src {
     Path(FastPath),
@@ -316,8 +396,8 @@ enum Src {
     Coalesce(Vec<FastPath>),
     Product(Vec<FastPath>),
     Sum(FastPath),
-    /// The field summed, and the slot of `lines`.
-    FromLines(String, usize),
+    /// The field summed (with where it was found last), and the slot of `lines`.
+    FromLines(String, Hint, usize),
     Each(FastPath, Vec<Field>, &'static Shape),
     Pattern(Vec<String>),
 }
@@ -629,7 +709,7 @@ fn compile_fields(
                 ));
                 continue;
             };
-            Some(Src::FromLines(f.clone(), lines))
+            Some(Src::FromLines(f.clone(), Hint::default(), lines))
         } else if let Some(p) = &spec.each {
             let items = path(p, "each");
             let Some(line_shape) = shape.list_shape(name) else {
@@ -809,13 +889,14 @@ fn map_fields(
                 checked = f.number;
                 money::to_json(acc).map_err(|m| fail(f, m))?
             }
-            Src::FromLines(field, lines) => {
+            Src::FromLines(field, hint, lines) => {
                 let mut acc = Decimal::ZERO;
                 if let Slot::Checked(Value::Array(ls)) | Slot::Value(Value::Array(ls)) =
                     &slots[*lines]
                 {
                     for l in ls {
-                        acc += money::parse(l.get(field).unwrap_or(&Value::Null))
+                        let v = l.as_object().and_then(|l| member(l, field, hint));
+                        acc += money::parse(v.unwrap_or(&Value::Null))
                             .map_err(|m| fail(f, m))?
                             .unwrap_or(Decimal::ZERO);
                     }
@@ -1057,7 +1138,7 @@ pub fn convert(c: Converter, v: &Value) -> Result<Value, String> {
     if let (Converter::Datetime | Converter::Date | Converter::SapDate, Value::Object(o)) = (c, v) {
         let d = from_parts(o)?;
         return Ok(match c {
-            Converter::Date => Value::String(d.format("%Y-%m-%d").to_string()),
+            Converter::Date => Value::String(d.date_naive().to_string()),
             _ => rfc3339(d),
         });
     }
@@ -1083,15 +1164,11 @@ pub fn convert(c: Converter, v: &Value) -> Result<Value, String> {
             let s = text()?;
             // Already `YYYY-MM-DD` (zero-padded, so in the model's form)?
             let b = s.as_bytes();
-            if b.len() == 10
-                && b[4] == b'-'
-                && b[7] == b'-'
-                && NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
-            {
+            if b.len() == 10 && b[4] == b'-' && b[7] == b'-' && s.parse::<NaiveDate>().is_ok() {
                 Value::String(s.to_string())
             } else {
                 let d = parse_datetime(s).ok_or_else(|| format!("`{s}` is not a date"))?;
-                Value::String(d.format("%Y-%m-%d").to_string())
+                Value::String(d.date_naive().to_string())
             }
         }
         Converter::Number => money::to_json(money::parse(v)?.unwrap_or(Decimal::ZERO))?,
@@ -1142,6 +1219,43 @@ mod tests {
             let expected: Vec<Value> = full.select(&doc);
             let got: Vec<Value> = p.all(&doc).into_iter().cloned().collect();
             assert_eq!(got, expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn string_filters_take_the_fast_route_and_agree_with_the_full_engine() {
+        // Elements without the member, with a number or null in it, and
+        // children that are not objects, in an array and in an object.
+        let doc = json!({
+            "items": {"results": [
+                {"Code": "L", "n": 1}, {"Code": "", "n": 2}, {"n": 3},
+                {"Code": null, "n": 4}, {"Code": 5, "n": 5}, "L", [1], {"Code": "S", "n": 6},
+            ]},
+            "byKey": {"a": {"Code": "L"}, "b": {"Code": "S"}, "c": 7},
+        });
+        for (text, fast) in [
+            ("$.items.results[?@.Code != 'L']", true),
+            ("$.items.results[?@.Code == 'L']", true),
+            ("$.items.results[?@.Code=='S']", true),
+            ("$.items.results[?@.Code != \"\"]", true),
+            ("$['items'].results[?@.Code != 'L']", true),
+            ("$.byKey[?@.Code != 'L']", true),
+            ("$.missing[?@.Code != 'L']", true),
+            ("$.items.results[?@.Code != 'L' && @.n > 1]", false),
+            ("$.items.results[?@.Code != 1]", false),
+            ("$.items.results[?@.Code != 'it''s']", false),
+            ("$.items.results[?@.Code != 'L'].n", false),
+            ("$.items.results[*][?@.Code != 'L']", false),
+        ] {
+            let p = match FastPath::parse(text) {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            assert_eq!(matches!(p, FastPath::Filter { .. }), fast, "{text}");
+            let expected: Vec<Value> = Query::parse(text).unwrap().select(&doc);
+            let got: Vec<Value> = p.all(&doc).into_iter().cloned().collect();
+            assert_eq!(got, expected, "{text}");
+            assert_eq!(p.first(&doc), expected.first(), "{text}");
         }
     }
 

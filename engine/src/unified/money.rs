@@ -74,9 +74,11 @@ pub fn parse(v: &Value) -> Result<Option<Decimal>, String> {
                 return Ok(Some(Decimal::from(u)));
             }
             let f = n.as_f64().unwrap_or(f64::NAN);
-            // Fast path: the shortest text of the double is the decimal when
-            // it has at most 15 significant digits (the mapping's hot path
-            // reads back numbers it wrote).
+            if let Some(d) = short_decimal(f) {
+                return Ok(Some(d));
+            }
+            // The shortest text of the double is the decimal when it has at
+            // most 15 significant digits.
             if f.is_finite() {
                 let mut buf = ryu::Buffer::new();
                 let text = buf.format_finite(f);
@@ -87,9 +89,10 @@ pub fn parse(v: &Value) -> Result<Option<Decimal>, String> {
                         .skip_while(|b| *b == b'0')
                         .count()
                         <= JSON_DIGITS as usize
-                    && let Ok(d) = Decimal::from_str_exact(text)
+                    && let Some(d) = parse_plain(text)
+                        .or_else(|| Decimal::from_str_exact(text).ok().map(|d| d.normalize()))
                 {
-                    return Ok(Some(d.normalize()));
+                    return Ok(Some(d));
                 }
             }
             from_f64(f).map(Some)
@@ -99,6 +102,9 @@ pub fn parse(v: &Value) -> Result<Option<Decimal>, String> {
             if t.is_empty() {
                 return Ok(None);
             }
+            if let Some(d) = parse_plain(t) {
+                return Ok(Some(d));
+            }
             let d = Decimal::from_str_exact(t)
                 .or_else(|_| Decimal::from_scientific(t))
                 .or_else(|_| Decimal::from_str(t))
@@ -107,6 +113,73 @@ pub fn parse(v: &Value) -> Result<Option<Decimal>, String> {
         }
         other => Err(format!("{other} is not a number")),
     }
+}
+
+/// The decimal of at most 15 significant digits and at most 9 decimals that
+/// reads as `f`, found without formatting the double: the numbers the
+/// mapping writes and reads back (`1314.4`). Correct because a double holds
+/// every decimal of at most 15 significant digits exactly (two such decimals
+/// never read as the same double), and `m / 10^s` with `m < 2^53` is the
+/// correctly rounded double of the decimal `m·10^-s` (both operands are
+/// exact doubles and IEEE division rounds correctly). `None` when there is
+/// no such decimal; the general path then decides.
+fn short_decimal(f: f64) -> Option<Decimal> {
+    const LIMIT: f64 = 1e15;
+    let mut scale_pow = 1.0_f64;
+    for scale in 0..=9u32 {
+        let m = (f * scale_pow).round();
+        if m.abs() >= LIMIT {
+            return None;
+        }
+        if m / scale_pow == f {
+            return Some(Decimal::new(m as i64, scale));
+        }
+        scale_pow *= 10.0;
+    }
+    None
+}
+
+/// A plain decimal (`-12`, `3286.00`, `.5`: an optional sign, at most 18
+/// digits, an optional point) without trailing zeros, read without the
+/// general parser: the form nearly every system's amounts take. `None` for
+/// anything else (the general parser then decides).
+fn parse_plain(t: &str) -> Option<Decimal> {
+    let (negative, digits) = match t.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        rest => (false, rest),
+    };
+    let mut mantissa: i64 = 0;
+    let mut count = 0;
+    let mut scale: Option<u32> = None;
+    for &b in digits {
+        match b {
+            b'0'..=b'9' => {
+                count += 1;
+                if count > 18 {
+                    return None;
+                }
+                mantissa = mantissa * 10 + i64::from(b - b'0');
+                if let Some(s) = scale.as_mut() {
+                    *s += 1;
+                }
+            }
+            b'.' if scale.is_none() => scale = Some(0),
+            _ => return None,
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    let mut scale = scale.unwrap_or(0);
+    while scale > 0 && mantissa % 10 == 0 {
+        mantissa /= 10;
+        scale -= 1;
+    }
+    Some(Decimal::new(
+        if negative { -mantissa } else { mantissa },
+        scale,
+    ))
 }
 
 /// The JSON number of `d`; an error when it has more significant digits than
@@ -151,6 +224,9 @@ pub fn normalize_number(n: &serde_json::Number) -> Result<Value, String> {
     if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
         if f.fract() == 0.0 && f.abs() < 9.0e15 {
             return Ok(Value::from(f as i64));
+        }
+        if short_decimal(f).is_some() {
+            return Ok(Value::Number(n.clone()));
         }
         let mut buf = ryu::Buffer::new();
         let text = buf.format(f);
@@ -256,6 +332,89 @@ mod tests {
             to_json(dec("9999999999999.99")).unwrap().to_string(),
             "9999999999999.99"
         );
+    }
+
+    #[test]
+    fn doubles_read_as_the_decimal_their_shortest_text_shows() {
+        let mut f = 0.5_f64;
+        let mut samples = vec![
+            0.1,
+            0.2,
+            0.3,
+            1314.4,
+            13144.0,
+            -32.86,
+            0.1 + 0.2,
+            1e-9,
+            1.5e-10,
+            123456789.123456,
+            9.99e14,
+            1e15,
+            2.5e15,
+            1e22,
+            1.0 / 3.0,
+            -0.0,
+            5e-324,
+            f64::MAX,
+        ];
+        for _ in 0..2000 {
+            // A spread of magnitudes and digit counts.
+            f = (f * 7.31 + 0.137).fract() * 10f64.powi((samples.len() % 24) as i32 - 8);
+            samples.push(f);
+            samples.push((f * 100.0).round() / 100.0);
+        }
+        for f in samples {
+            let mut buf = ryu::Buffer::new();
+            let text = buf.format_finite(f);
+            let by_text = Decimal::from_scientific(text)
+                .or_else(|_| Decimal::from_str_exact(text))
+                .map(|d| d.normalize());
+            if let Some(d) = short_decimal(f) {
+                assert_eq!(Ok(d), by_text, "{f}: {text}");
+                assert_eq!(
+                    d.to_string(),
+                    by_text.clone().unwrap().to_string(),
+                    "{f}: scale"
+                );
+            }
+            // Through `parse`, a double reads as the decimal of its shortest
+            // text whenever that has at most 15 significant digits.
+            if let Ok(d) = by_text
+                && significant_digits(d) <= JSON_DIGITS
+                && f.is_finite()
+            {
+                let n = serde_json::Number::from_f64(f).unwrap();
+                assert_eq!(parse(&Value::Number(n)).unwrap(), Some(d), "{f}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_plain_reader_agrees_with_the_general_parser() {
+        for s in [
+            "0",
+            "-0.00",
+            "+5",
+            "007.50",
+            "3286.00",
+            "-12.345",
+            "0.000001",
+            "123456789012345678",
+            "12345678901234567.8",
+            "1234567890123456789",
+            "999999999999999999.5",
+        ] {
+            let general = Decimal::from_str_exact(s).unwrap().normalize();
+            assert_eq!(parse(&json!(s)).unwrap(), Some(general), "{s}");
+            assert_eq!(
+                parse(&json!(s)).unwrap().unwrap().to_string(),
+                general.to_string(),
+                "{s}: same scale"
+            );
+        }
+        for bad in ["1.2.3", "12a", "-", ".", "1,5", "- 1"] {
+            assert!(parse(&json!(bad)).is_err(), "{bad} is not a number");
+        }
     }
 
     #[test]

@@ -45,6 +45,10 @@ struct Field {
 #[derive(Debug)]
 pub struct Shape {
     fields: Vec<Field>,
+    /// The output's keys in the model's order (fields left out when null
+    /// excepted), each with null: a checked record is a copy of it with its
+    /// values filled in, so building it hashes no key.
+    template: Map<String, Value>,
 }
 
 fn resolve<'a>(s: &'a Value, root: &'a Value) -> &'a Value {
@@ -157,7 +161,12 @@ impl Shape {
                 default,
             });
         }
-        Shape { fields }
+        let template = fields
+            .iter()
+            .filter(|f| !f.omit_null)
+            .map(|f| (f.name.clone(), Value::Null))
+            .collect();
+        Shape { fields, template }
     }
 
     /// The shape of an entity's records.
@@ -241,98 +250,115 @@ impl Shape {
     /// converter's canonical timestamp, a list of checked lines) and are
     /// taken as they are.
     pub fn check_slots(&self, slots: Vec<Slot>) -> Result<Map<String, Value>, RecordError> {
-        let err = |m: String| RecordError { message: m };
-        let mut out = Map::with_capacity(self.fields.len());
-        for (f, slot) in self.fields.iter().zip(slots) {
-            let v = match slot {
-                Slot::Checked(v) => {
+        let omitted_has_value = self.fields.iter().zip(&slots).any(|(f, s)| {
+            f.omit_null && matches!(s, Slot::Value(v) | Slot::Checked(v) if !v.is_null())
+        });
+        if omitted_has_value {
+            let mut out = Map::with_capacity(self.fields.len());
+            for (f, slot) in self.fields.iter().zip(slots) {
+                if let Some(v) = Self::check_slot(f, slot)? {
                     out.insert(f.name.clone(), v);
-                    continue;
                 }
-                Slot::Value(v) => v,
-                Slot::Missing => match &f.default {
-                    Some(d) => d.clone(),
-                    None => return Err(err(format!("missing field `{}`", f.name))),
-                },
-            };
-            if v.is_null() {
-                if !f.nullable {
-                    return Err(err(format!(
-                        "invalid type: null, expected a value for `{}`",
-                        f.name
-                    )));
-                }
-                if !f.omit_null {
-                    out.insert(f.name.clone(), Value::Null);
-                }
+            }
+            return Ok(out);
+        }
+        // The common case: every key the output has is in the template, in order.
+        let mut out = self.template.clone();
+        let mut values = out.values_mut();
+        for (f, slot) in self.fields.iter().zip(slots) {
+            if f.omit_null {
                 continue;
             }
-            let bad = |what: &str, v: &Value| {
-                err(format!(
-                    "invalid value {v} for `{}`: expected {what}",
-                    f.name
-                ))
-            };
-            let v = match &f.kind {
-                Kind::Str => match v {
-                    Value::String(_) => v,
-                    other => return Err(bad("a string", &other)),
-                },
-                Kind::Num => match &v {
-                    Value::Number(n) => super::money::normalize_number(n)
-                        .map_err(|m| err(format!("invalid value for `{}`: {m}", f.name)))?,
-                    _ => return Err(bad("a number", &v)),
-                },
-                Kind::Int => match v.as_u64() {
-                    Some(n) if n <= u64::from(u32::MAX) => v,
-                    _ => return Err(bad("a non-negative integer", &v)),
-                },
-                Kind::Bool => match v {
-                    Value::Bool(_) => v,
-                    other => return Err(bad("a boolean", &other)),
-                },
-                Kind::DateTime => match v.as_str().and_then(|s| s.parse::<DateTime<Utc>>().ok()) {
-                    Some(d) => serde_json::to_value(d).expect("timestamps serialize"),
-                    None => return Err(bad("an RFC 3339 timestamp", &v)),
-                },
-                Kind::Date => match v.as_str().and_then(|s| s.parse::<NaiveDate>().ok()) {
-                    Some(d) => serde_json::to_value(d).expect("dates serialize"),
-                    None => return Err(bad("a YYYY-MM-DD date", &v)),
-                },
-                Kind::Enum(values) => match v.as_str() {
-                    Some(s) if values.contains(s) => v,
-                    _ => {
-                        return Err(err(format!(
-                            "unknown variant {v} for `{}`, expected one of {}",
-                            f.name,
-                            values.iter().cloned().collect::<Vec<_>>().join(", ")
-                        )));
-                    }
-                },
-                Kind::Object => match v {
-                    Value::Object(_) => v,
-                    other => return Err(bad("an object", &other)),
-                },
-                Kind::Any => v,
-                Kind::List(shape) => match v {
-                    Value::Array(items) => Value::Array(
-                        items
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, item)| match item {
-                                Value::Object(m) => shape
-                                    .check(m)
-                                    .map_err(|e| err(format!("{}[{i}]: {}", f.name, e.message))),
-                                other => Err(bad("a list of objects", &other)),
-                            })
-                            .collect::<Result<_, _>>()?,
-                    ),
-                    other => return Err(bad("a list", &other)),
-                },
-            };
-            out.insert(f.name.clone(), v);
+            let v = Self::check_slot(f, slot)?;
+            *values.next().expect("the template has every field") = v.unwrap_or(Value::Null);
         }
         Ok(out)
+    }
+
+    /// One field's value as the model writes it; `None` when it is left out.
+    fn check_slot(f: &Field, slot: Slot) -> Result<Option<Value>, RecordError> {
+        let err = |m: String| RecordError { message: m };
+        let v = match slot {
+            Slot::Checked(v) => return Ok(Some(v)),
+            Slot::Value(v) => v,
+            Slot::Missing => match &f.default {
+                Some(d) => d.clone(),
+                None => return Err(err(format!("missing field `{}`", f.name))),
+            },
+        };
+        if v.is_null() {
+            if !f.nullable {
+                return Err(err(format!(
+                    "invalid type: null, expected a value for `{}`",
+                    f.name
+                )));
+            }
+            return Ok((!f.omit_null).then_some(Value::Null));
+        }
+        let bad = |what: &str, v: &Value| {
+            err(format!(
+                "invalid value {v} for `{}`: expected {what}",
+                f.name
+            ))
+        };
+        let v = match &f.kind {
+            Kind::Str => match v {
+                Value::String(_) => v,
+                other => return Err(bad("a string", &other)),
+            },
+            Kind::Num => match &v {
+                Value::Number(n) => super::money::normalize_number(n)
+                    .map_err(|m| err(format!("invalid value for `{}`: {m}", f.name)))?,
+                _ => return Err(bad("a number", &v)),
+            },
+            Kind::Int => match v.as_u64() {
+                Some(n) if n <= u64::from(u32::MAX) => v,
+                _ => return Err(bad("a non-negative integer", &v)),
+            },
+            Kind::Bool => match v {
+                Value::Bool(_) => v,
+                other => return Err(bad("a boolean", &other)),
+            },
+            Kind::DateTime => match v.as_str().and_then(|s| s.parse::<DateTime<Utc>>().ok()) {
+                Some(d) => serde_json::to_value(d).expect("timestamps serialize"),
+                None => return Err(bad("an RFC 3339 timestamp", &v)),
+            },
+            Kind::Date => match v.as_str().and_then(|s| s.parse::<NaiveDate>().ok()) {
+                Some(d) => serde_json::to_value(d).expect("dates serialize"),
+                None => return Err(bad("a YYYY-MM-DD date", &v)),
+            },
+            Kind::Enum(values) => match v.as_str() {
+                Some(s) if values.contains(s) => v,
+                _ => {
+                    return Err(err(format!(
+                        "unknown variant {v} for `{}`, expected one of {}",
+                        f.name,
+                        values.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            },
+            Kind::Object => match v {
+                Value::Object(_) => v,
+                other => return Err(bad("an object", &other)),
+            },
+            Kind::Any => v,
+            Kind::List(shape) => match v {
+                Value::Array(items) => Value::Array(
+                    items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, item)| match item {
+                            Value::Object(m) => shape
+                                .check(m)
+                                .map_err(|e| err(format!("{}[{i}]: {}", f.name, e.message))),
+                            other => Err(bad("a list of objects", &other)),
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                other => return Err(bad("a list", &other)),
+            },
+        };
+        Ok(Some(v))
     }
 }
 
