@@ -439,7 +439,75 @@ async fn outbox_claims_per_endpoint_and_runs_prune(store: &Store) {
     assert_eq!(r.runs, 0);
 }
 
+/// Writes made at once share commits (SQLite's group-commit writer); one
+/// that fails (a run id taken) fails alone, with the database's reason, and
+/// every other one is stored, the keyed ones once per key.
+async fn concurrent_writes_share_commits_and_a_failing_one_fails_alone(store: &Store) {
+    let flow = unique("burst");
+    let taken = uuid::Uuid::now_v7().to_string();
+    let ids: Vec<String> = (0..120).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let null = serde_json::Value::Null;
+    let run = |id: &'static str| NewRun {
+        id,
+        flow_id: "",
+        flow_revision: 1,
+        inputs: &null,
+        trigger: &null,
+        lease: None,
+        parent: None,
+    };
+    store
+        .create_run(NewRun {
+            id: &taken,
+            flow_id: &flow,
+            ..run("")
+        })
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    let key = unique("burst-key");
+    let writes = ids.iter().enumerate().map(|(i, id)| {
+        let r = NewRun {
+            // The same id again for write 7: refused.
+            id: if i == 7 { &taken } else { id },
+            flow_id: &flow,
+            ..run("")
+        };
+        let key = &key;
+        async move {
+            if i != 7 && i % 12 == 0 {
+                // Ten writers race for one request key: one run starts.
+                store.create_run_once(r, key, day).await
+            } else {
+                store.create_run(r).await.map(|()| None)
+            }
+        }
+    });
+    let results = futures::future::join_all(writes).await;
+    let err = results[7].as_ref().unwrap_err().to_string();
+    assert!(
+        err.to_lowercase().contains("unique") || err.contains("duplicate"),
+        "the failing write says why: {err}"
+    );
+    let mut started = Vec::new();
+    for (i, r) in results.iter().enumerate().filter(|(i, _)| *i != 7) {
+        let first = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("write {i} failed: {e}"));
+        if i % 12 == 0 && first.is_none() {
+            started.push(ids[i].clone());
+        }
+    }
+    assert_eq!(started.len(), 1, "one run per request key: {started:?}");
+    for (i, id) in ids.iter().enumerate() {
+        let stored = store.get_run(id).await.unwrap();
+        let expected = i != 7 && (i % 12 != 0 || started.contains(id));
+        assert_eq!(stored.is_some(), expected, "run {i}");
+    }
+}
+
 async fn suite(store: Store) {
+    concurrent_writes_share_commits_and_a_failing_one_fails_alone(&store).await;
     outbox_claims_per_endpoint_and_runs_prune(&store).await;
     a_request_key_starts_one_run_and_a_tick_is_claimed_once(&store).await;
     flows_get_revisions_only_when_they_change(&store).await;

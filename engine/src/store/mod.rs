@@ -358,6 +358,112 @@ const MAX_BATCH: usize = 256;
 /// takes every write waiting in its queue and commits them in one
 /// transaction ("group commit"): a caller still gets its answer only after
 /// its write is committed, and concurrent runs share commits.
+/// The group-commit writer's own connection to a SQLite file (after the
+/// migrations): `Err("")` for an in-memory database, which only the pool's
+/// connections share.
+fn open_writer(url: &str) -> Result<rusqlite::Connection, String> {
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    let path = options.get_filename();
+    if path.as_os_str() == ":memory:" || url.contains("mode=memory") {
+        return Err(String::new());
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+        .map_err(|e| e.to_string())?;
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(conn)
+}
+
+/// The group-commit writer on its own thread and connection: each batch is
+/// one transaction of cached prepared statements, with no hop between
+/// threads per statement (what [`writer_loop`] pays through the pool).
+fn writer_thread(conn: rusqlite::Connection, mut rx: mpsc::Receiver<WriteJob>) {
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = rx.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        match run_batch_direct(&conn, &batch) {
+            Ok(counts) => {
+                for (job, n) in batch.drain(..).zip(counts) {
+                    let _ = job.done.send(Ok(n));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                // Attribute the failure: replay the writes one by one.
+                for job in batch.drain(..) {
+                    let r = run_batch_direct(&conn, std::slice::from_ref(&job))
+                        .map(|mut v| v.pop().unwrap_or_default())
+                        .map_err(|e| e.to_string());
+                    let _ = job.done.send(r);
+                }
+            }
+            Err(e) => {
+                for job in batch.drain(..) {
+                    let _ = job.done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the jobs' statements in one transaction (`BEGIN IMMEDIATE`, so it
+/// waits for the write lock under the busy timeout); rolled back on error.
+fn run_batch_direct(
+    conn: &rusqlite::Connection,
+    jobs: &[WriteJob],
+) -> Result<Vec<Vec<u64>>, rusqlite::Error> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut counts = Vec::with_capacity(job.stmts.len());
+            for (sql, args) in &job.stmts {
+                let mut stmt = conn.prepare_cached(sql)?;
+                // `$n` is the n-th argument wherever it appears (as sqlx binds
+                // it); an argument not given is NULL.
+                for i in 1..=stmt.parameter_count() {
+                    let n: usize = stmt
+                        .parameter_name(i)
+                        .and_then(|name| name.strip_prefix('$'))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(i);
+                    match args.get(n.wrapping_sub(1)) {
+                        Some(Arg::Text(t)) => stmt.raw_bind_parameter(i, t)?,
+                        Some(Arg::Int(v)) => stmt.raw_bind_parameter(i, v)?,
+                        None => stmt.raw_bind_parameter(i, rusqlite::types::Null)?,
+                    }
+                }
+                counts.push(stmt.raw_execute()? as u64);
+            }
+            out.push(counts);
+        }
+        Ok(out)
+    })();
+    match result {
+        Ok(out) => match conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        },
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 async fn writer_loop(pool: AnyPool, mut rx: mpsc::Receiver<WriteJob>) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     while let Some(job) = rx.recv().await {
@@ -506,7 +612,20 @@ impl Store {
         }
         let writer = (backend == Backend::Sqlite).then(|| {
             let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-            tokio::spawn(writer_loop(pool.clone(), rx));
+            match open_writer(&conn_url) {
+                Ok(conn) => {
+                    std::thread::Builder::new()
+                        .name("sluice-sqlite-writer".into())
+                        .spawn(move || writer_thread(conn, rx))
+                        .expect("the SQLite writer thread starts");
+                }
+                Err(e) => {
+                    if !e.is_empty() {
+                        tracing::warn!(error = %e, "the SQLite writer's own connection failed to open; writing through the pool");
+                    }
+                    tokio::spawn(writer_loop(pool.clone(), rx));
+                }
+            }
             tx
         });
         Ok(Store {
