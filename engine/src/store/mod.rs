@@ -870,27 +870,28 @@ impl Store {
         reopen: bool,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
-        let statuses = if reopen {
-            "('queued', 'running', 'failed', 'cancelled')"
-        } else {
-            "('queued', 'running')"
-        };
-        let sql = format!(
-            "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
-             started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
-             cancel_requested = CASE WHEN status = 'cancelled' THEN 0 ELSE cancel_requested END, \
-             resumes = resumes + CASE WHEN started_at IS NULL THEN 0 ELSE 1 END \
-             WHERE id = $4 AND status IN {statuses} \
-             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $3)"
-        );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(owner)
-            .bind(now + ms(lease))
-            .bind(now)
-            .bind(run_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        static SQL: std::sync::LazyLock<[&'static str; 2]> = std::sync::LazyLock::new(|| {
+            ["('queued', 'running')", "('queued', 'running', 'failed', 'cancelled')"].map(
+                |statuses| {
+                    &*format!(
+                        "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
+                         started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
+                         cancel_requested = CASE WHEN status = 'cancelled' THEN 0 ELSE cancel_requested END, \
+                         resumes = resumes + CASE WHEN started_at IS NULL THEN 0 ELSE 1 END \
+                         WHERE id = $4 AND status IN {statuses} \
+                         AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $3)"
+                    )
+                    .leak()
+                },
+            )
+        });
+        let args = vec![
+            Arg::Text(Some(owner.to_string())),
+            Arg::Int(Some(now + ms(lease))),
+            Arg::Int(Some(now)),
+            Arg::Text(Some(run_id.to_string())),
+        ];
+        Ok(self.write(SQL[usize::from(reopen)], args).await? == 1)
     }
 
     /// Claims a run of a flow with a concurrency limit, atomically with the
@@ -913,44 +914,49 @@ impl Store {
         // A new run is claimed while queued (held by its waiting caller, or
         // by nobody). A resumed one (`Some(reopen)`) only once nobody holds
         // it: never a run this very process is executing or waiting for.
-        let claimable = match resume {
-            None => {
-                "status = 'queued' AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $3)"
-            }
-            Some(false) => {
-                "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < $3)"
-            }
-            Some(true) => {
-                "status IN ('queued', 'running', 'failed', 'cancelled') AND (lease_expires_at IS NULL OR lease_expires_at < $3)"
-            }
-        };
-        let sql = format!(
-            "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
-             started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
-             cancel_requested = CASE WHEN status = 'cancelled' THEN 0 ELSE cancel_requested END, \
-             resumes = resumes + CASE WHEN started_at IS NULL THEN 0 ELSE 1 END \
-             WHERE id = $4 AND {claimable} \
-             AND (SELECT COUNT(*) FROM runs r WHERE r.flow_id = $5 AND r.status = 'running' \
-                  AND r.id <> $4 AND r.lease_expires_at >= $3) < $6"
-        );
-        let update = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(owner)
-            .bind(now + ms(lease))
-            .bind(now)
-            .bind(run_id)
-            .bind(flow_id)
-            .bind(i64::from(limit));
+        const ADMIT_NEW: &str = "status = 'queued' AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $3)";
+        const ADMIT_RESUMED: &str = "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < $3)";
+        const ADMIT_REOPENED: &str = "status IN ('queued', 'running', 'failed', 'cancelled') AND (lease_expires_at IS NULL OR lease_expires_at < $3)";
+        static SQL: std::sync::LazyLock<[&'static str; 3]> = std::sync::LazyLock::new(|| {
+            [ADMIT_NEW, ADMIT_RESUMED, ADMIT_REOPENED].map(|claimable| {
+                &*format!(
+                    "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
+                     started_at = COALESCE(started_at, $3), finished_at = NULL, error = NULL, \
+                     cancel_requested = CASE WHEN status = 'cancelled' THEN 0 ELSE cancel_requested END, \
+                     resumes = resumes + CASE WHEN started_at IS NULL THEN 0 ELSE 1 END \
+                     WHERE id = $4 AND {claimable} \
+                     AND (SELECT COUNT(*) FROM runs r WHERE r.flow_id = $5 AND r.status = 'running' \
+                          AND r.id <> $4 AND r.lease_expires_at >= $3) < $6"
+                )
+                .leak()
+            })
+        });
+        let sql = SQL[match resume {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        }];
+        let args = vec![
+            Arg::Text(Some(owner.to_string())),
+            Arg::Int(Some(now + ms(lease))),
+            Arg::Int(Some(now)),
+            Arg::Text(Some(run_id.to_string())),
+            Arg::Text(Some(flow_id.to_string())),
+            Arg::Int(Some(i64::from(limit))),
+        ];
         let admitted = if self.backend == Backend::Postgres {
             let mut tx = self.pool.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1)::bigint)::text")
                 .bind(flow_id)
                 .fetch_one(&mut *tx)
                 .await?;
-            let done = update.execute(&mut *tx).await?;
+            let done = bind_all(sqlx::query(sql), &args).execute(&mut *tx).await?;
             tx.commit().await?;
             done.rows_affected() == 1
         } else {
-            update.execute(&self.pool).await?.rows_affected() == 1
+            // SQLite: the one statement holds the write lock, and goes
+            // through the group-commit writer like the run's other writes.
+            self.write(sql, args).await? == 1
         };
         if admitted {
             return Ok(Admission::Admitted);
