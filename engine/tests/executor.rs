@@ -704,3 +704,57 @@ steps:
         .collect();
     assert_eq!(failed, [1, 3]);
 }
+
+/// A caller that goes away while its run is being stored (an HTTP client
+/// that disconnects while its hook is answered) does not leave a stored run
+/// that nothing executes until its lease expires.
+#[tokio::test]
+async fn a_run_whose_caller_goes_away_while_it_is_stored_still_runs() {
+    let (store, _dir) = sqlite_store().await;
+    let e = engine(store, vec![], vec![]);
+    let yaml = "apiVersion: sluice/v1\nid: abandoned\nsteps:\n  - { id: a, set: { x: 1 } }\n";
+    let flow = compile(&e, yaml);
+    // Stores the flow's revision: the next starts' first wait is their run's insert.
+    assert_eq!(run(&e, yaml, json!({})).await.status, RunStatus::Succeeded);
+    let no_inputs = serde_json::Map::new();
+    for _ in 0..20 {
+        let mut start = Box::pin(e.start(
+            flow.clone(),
+            &no_inputs,
+            json!({"type": "test"}),
+            None,
+            None,
+            |_| {},
+        ));
+        // Polled once (the insert is on its way), then dropped.
+        assert!(futures::poll!(&mut start).is_pending());
+        drop(start);
+    }
+    let filter = sluice::store::RunFilter {
+        flow_id: Some("abandoned".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let runs = e.store().list_runs(&filter).await.unwrap();
+        let done = runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Succeeded)
+            .count();
+        if runs.len() == 21 && done == 21 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} stored runs succeeded; the others were left {:?}",
+            done,
+            runs.len(),
+            runs.iter()
+                .filter(|r| r.status != RunStatus::Succeeded)
+                .map(|r| r.status)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -566,20 +566,38 @@ impl Engine {
         events: Events,
         done: impl FnOnce(&Result<RunOutcome, RunError>) + Send + 'static,
     ) -> Result<(String, bool), RunError> {
-        let created = self.create(&flow, inputs, &trigger, key, None).await?;
-        if let Some(first) = created.first {
-            return Ok((first, false));
-        }
-        let run_id = created.run_id.clone();
+        // Created and executed in a task of its own: a caller that goes away
+        // (an HTTP client that disconnects while its run is being stored)
+        // cannot leave a stored run that nothing executes.
+        let (created_tx, created_rx) = tokio::sync::oneshot::channel();
         let engine = self.clone();
+        let inputs = inputs.clone();
+        let key = key.map(|(k, window)| (k.to_string(), window));
         tokio::spawn(async move {
+            let key = key.as_ref().map(|(k, window)| (k.as_str(), *window));
+            let created = match engine.create(&flow, &inputs, &trigger, key, None).await {
+                Ok(created) => created,
+                Err(e) => {
+                    let _ = created_tx.send(Err(e));
+                    return;
+                }
+            };
+            if let Some(first) = created.first {
+                let _ = created_tx.send(Ok((first, false)));
+                return;
+            }
+            let _ = created_tx.send(Ok((created.run_id.clone(), true)));
             let result = engine.execute_started(flow, created, trigger, events).await;
             if let Err(e) = &result {
                 tracing::error!(error = %e, "a started run could not be executed");
             }
             done(&result);
         });
-        Ok((run_id, true))
+        created_rx.await.map_err(|_| {
+            RunError::Store(StoreError::Write(
+                "the task starting the run ended without an answer".into(),
+            ))
+        })?
     }
 
     /// Admits (under the flow's concurrency limit) and executes a run just created.
