@@ -544,6 +544,12 @@ async fn unknown_database_scheme_is_a_clear_error() {
         err.to_string(),
         "unsupported database URL `mysql://localhost/x`: use sqlite://PATH or postgres://USER@HOST/DB"
     );
+    // An in-memory SQLite database cannot be shared by the writer's connection.
+    let err = Store::connect("sqlite::memory:").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unsupported database URL `sqlite::memory:`: use sqlite://PATH or postgres://USER@HOST/DB"
+    );
 }
 
 #[tokio::test]

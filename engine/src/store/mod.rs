@@ -306,7 +306,7 @@ pub enum Admission {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite only: the group-commit writer (see [`writer_loop`]).
+    /// SQLite only: the group-commit writer (see [`writer_thread`]).
     writer: Option<mpsc::Sender<WriteJob>>,
     /// Woken when messages enter the outbox, so in-process delivery workers start at once.
     outbox_signal: std::sync::Arc<tokio::sync::Notify>,
@@ -353,35 +353,38 @@ fn bind_all<'q>(
 /// Most writes one SQLite transaction takes.
 const MAX_BATCH: usize = 256;
 
-/// SQLite has one writer at a time, and connections waiting for the lock
-/// back off by sleeping. So all hot-path writes go through one task that
-/// takes every write waiting in its queue and commits them in one
-/// transaction ("group commit"): a caller still gets its answer only after
-/// its write is committed, and concurrent runs share commits.
 /// The group-commit writer's own connection to a SQLite file (after the
-/// migrations): `Err("")` for an in-memory database, which only the pool's
-/// connections share.
-fn open_writer(url: &str) -> Result<rusqlite::Connection, String> {
-    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+/// migrations). `Err(None)` for an in-memory database, which the writer's
+/// connection could not share.
+fn open_writer(url: &str) -> Result<rusqlite::Connection, Option<String>> {
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| Some(e.to_string()))?;
     let path = options.get_filename();
-    if path.as_os_str() == ":memory:" || url.contains("mode=memory") {
-        return Err(String::new());
+    if url.contains(":memory:")
+        || url.contains("mode=memory")
+        || path.to_string_lossy().starts_with("file:sqlx-in-memory")
+    {
+        return Err(None);
     }
     let conn = rusqlite::Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Some(e.to_string()))?;
     conn.busy_timeout(Duration::from_secs(10))
         .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Some(e.to_string()))?;
     conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }
 
-/// The group-commit writer on its own thread and connection: each batch is
-/// one transaction of cached prepared statements, with no hop between
-/// threads per statement (what [`writer_loop`] pays through the pool).
+/// SQLite has one writer at a time, and connections waiting for the lock
+/// back off by sleeping. So all hot-path writes go through one thread with
+/// its own connection that takes every write waiting in its queue and
+/// commits them in one transaction ("group commit") of cached prepared
+/// statements, with no hop between threads per statement: a caller still
+/// gets its answer only after its write is committed, and concurrent runs
+/// share commits.
 fn writer_thread(conn: rusqlite::Connection, mut rx: mpsc::Receiver<WriteJob>) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     while let Some(job) = rx.blocking_recv() {
@@ -462,66 +465,6 @@ fn run_batch_direct(
             Err(e)
         }
     }
-}
-
-async fn writer_loop(pool: AnyPool, mut rx: mpsc::Receiver<WriteJob>) {
-    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
-    while let Some(job) = rx.recv().await {
-        batch.push(job);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        match run_batch(&pool, &batch).await {
-            Ok(counts) => {
-                for (job, n) in batch.drain(..).zip(counts) {
-                    let _ = job.done.send(Ok(n));
-                }
-            }
-            Err(_) if batch.len() > 1 => {
-                // Attribute the failure: replay the writes one by one.
-                for job in batch.drain(..) {
-                    let r = run_batch(&pool, std::slice::from_ref(&job))
-                        .await
-                        .map(|mut v| v.pop().unwrap_or_default())
-                        .map_err(|e| e.to_string());
-                    let _ = job.done.send(r);
-                }
-            }
-            Err(e) => {
-                for job in batch.drain(..) {
-                    let _ = job.done.send(Err(e.to_string()));
-                }
-            }
-        }
-    }
-}
-
-async fn run_batch(pool: &AnyPool, jobs: &[WriteJob]) -> Result<Vec<Vec<u64>>, sqlx::Error> {
-    if let [job] = jobs
-        && let [(sql, args)] = job.stmts.as_slice()
-    {
-        let done = bind_all(sqlx::query(*sql), args).execute(pool).await?;
-        return Ok(vec![vec![done.rows_affected()]]);
-    }
-    let mut tx = pool.begin().await?;
-    let mut out = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let mut counts = Vec::with_capacity(job.stmts.len());
-        for (sql, args) in &job.stmts {
-            counts.push(
-                bind_all(sqlx::query(*sql), args)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected(),
-            );
-        }
-        out.push(counts);
-    }
-    tx.commit().await?;
-    Ok(out)
 }
 
 fn json_text(v: &Value) -> String {
@@ -610,24 +553,24 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        let writer = (backend == Backend::Sqlite).then(|| {
-            let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-            match open_writer(&conn_url) {
-                Ok(conn) => {
-                    std::thread::Builder::new()
-                        .name("sluice-sqlite-writer".into())
-                        .spawn(move || writer_thread(conn, rx))
-                        .expect("the SQLite writer thread starts");
-                }
-                Err(e) => {
-                    if !e.is_empty() {
-                        tracing::warn!(error = %e, "the SQLite writer's own connection failed to open; writing through the pool");
-                    }
-                    tokio::spawn(writer_loop(pool.clone(), rx));
-                }
+        let writer = match backend {
+            Backend::Sqlite => {
+                let conn = open_writer(&conn_url).map_err(|e| match e {
+                    None => StoreError::UnsupportedUrl(url.to_string()),
+                    Some(e) => StoreError::Write(format!(
+                        "cannot open the SQLite writer's connection to {}: {e}",
+                        redact_password(url)
+                    )),
+                })?;
+                let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+                std::thread::Builder::new()
+                    .name("sluice-sqlite-writer".into())
+                    .spawn(move || writer_thread(conn, rx))
+                    .expect("the SQLite writer thread starts");
+                Some(tx)
             }
-            tx
-        });
+            Backend::Postgres => None,
+        };
         Ok(Store {
             pool,
             backend,
