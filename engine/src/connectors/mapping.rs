@@ -327,15 +327,9 @@ fn simple(text: &str) -> Option<FastPath> {
             return None;
         }
         if let Some(r) = rest.strip_prefix('.') {
-            let end = r
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(r.len());
-            let name = &r[..end];
-            if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-                return None;
-            }
+            let (name, r) = plain_name(r)?;
             segs.push(PathSeg::Name(name.to_string(), Hint::default()));
-            rest = &r[end..];
+            rest = r;
         } else if let Some(r) = rest.strip_prefix("['") {
             let end = r.find("']")?;
             let name = &r[..end];
@@ -362,18 +356,24 @@ fn simple(text: &str) -> Option<FastPath> {
     Some(FastPath::Simple { segs, wildcard })
 }
 
-/// `@.name == 'text'` (or `!=`, or `"text"`) with a plain name and a text
-/// without escapes: (name, whether `==`, text).
-fn string_test(expr: &str) -> Option<(String, bool, String)> {
-    let rest = expr.trim().strip_prefix("@.")?;
-    let end = rest
+/// A member name in dot notation (`name` of `.name`: letters, digits and
+/// `_`, not starting with a digit) at the start of `text`, and what follows it.
+fn plain_name(text: &str) -> Option<(&str, &str)> {
+    let end = text
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(rest.len());
-    let name = &rest[..end];
+        .unwrap_or(text.len());
+    let name = &text[..end];
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         return None;
     }
-    let rest = rest[end..].trim_start();
+    Some((name, &text[end..]))
+}
+
+/// `@.name == 'text'` (or `!=`, or `"text"`) with a plain name and a text
+/// without escapes: (name, whether `==`, text).
+fn string_test(expr: &str) -> Option<(String, bool, String)> {
+    let (name, rest) = plain_name(expr.trim().strip_prefix("@.")?)?;
+    let rest = rest.trim_start();
     let (equal, rest) = match (rest.strip_prefix("=="), rest.strip_prefix("!=")) {
         (Some(r), _) => (true, r),
         (_, Some(r)) => (false, r),
