@@ -343,3 +343,35 @@ fn validation_names_bad_methods_bodies_statuses_and_secret_leaks() {
     );
     assert!(e.contains("did you mean `status`"), "{e}");
 }
+
+/// `connection:` makes the step a passthrough: `url` must be a path, the
+/// connection must exist, and a connection without an HTTP API (the
+/// built-in sandbox) says so. (The passthrough itself is tested against
+/// CAP in `cap_odata.rs`.)
+#[tokio::test]
+async fn a_passthrough_takes_a_path_of_a_known_connection_with_an_http_api() {
+    let catalog = flow::Catalog::default();
+    let errors = |step: &str| -> String {
+        match flow::compile("f.yaml", &flow(step), &catalog) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = errors("    http: { connection: sandbox, url: \"https://x.example/api\" }");
+    assert!(
+        e.contains("`url` is a path under the connection's base URL"),
+        "{e}"
+    );
+    let e = errors("    http: { connection: sandbx, url: /api }");
+    assert!(e.contains("sandbx"), "{e}");
+    let (engine, _dir) = engine().await;
+    let out = common::run(
+        &engine,
+        &flow("    http: { connection: sandbox, url: /api/items }"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Failed);
+    let m = out.error.unwrap()["message"].as_str().unwrap().to_string();
+    assert!(m.contains("no HTTP API to pass requests through to"), "{m}");
+}

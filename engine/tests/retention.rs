@@ -282,3 +282,79 @@ fn the_server_applies_its_default_and_each_flows_retention() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("SLUICE_RETENTION=`forever`"), "{err}");
 }
+
+/// A run with large outputs is stored compact (its outputs in one
+/// compressed archive, the per-step texts emptied) and reads back whole:
+/// the run's output, every step's output, and a re-run of a failed run
+/// that needs its completed steps' outputs. On SQLite and PostgreSQL.
+#[tokio::test]
+async fn large_runs_are_archived_compactly_and_read_back_whole() {
+    let (sqlite, _dir) = common::sqlite_store().await;
+    let mut stores = vec![("sqlite", sqlite)];
+    match common::postgres_url() {
+        Some(url) => stores.push((
+            "postgres",
+            sluice::store::Store::connect(&url).await.unwrap(),
+        )),
+        None => eprintln!("postgres: skipped, SLUICE_TEST_POSTGRES_URL is not set"),
+    }
+    for (name, store) in stores {
+        let engine = common::engine(store.clone(), vec![], vec![]);
+        let flow_id = format!("archived-{}", uuid::Uuid::now_v7().simple());
+        let yaml = format!(
+            r#"apiVersion: sluice/v1
+id: {flow_id}
+inputs:
+  fail: {{ type: boolean, default: false }}
+steps:
+  - id: read
+    read: {{ connection: sandbox, entity: purchase_order }}
+  - id: numbers
+    needs: [read]
+    set: "${{{{ steps.read.output.records | map(attribute='number') | list }}}}"
+  - id: check
+    needs: [numbers]
+    set: "${{{{ 1 // 0 if inputs.fail else steps.numbers.output | length }}}}"
+"#
+        );
+        let ok = common::run(&engine, &yaml, json!({})).await;
+        assert_eq!(ok.status, sluice::store::RunStatus::Succeeded, "{name}");
+        let raw: Vec<Option<String>> = store.raw_step_outputs(&ok.run_id).await.unwrap();
+        assert!(
+            raw.iter().all(Option::is_none),
+            "{name}: step texts kept: {raw:?}"
+        );
+        let steps = store.steps(&ok.run_id).await.unwrap();
+        let read = steps.iter().find(|s| s.step_id == "read").unwrap();
+        let count = read.output.as_ref().unwrap()["count"].as_u64().unwrap();
+        assert!(count > 20, "{name}: {read:?}");
+        let numbers = steps.iter().find(|s| s.step_id == "numbers").unwrap();
+        assert_eq!(
+            numbers.output.as_ref().unwrap().as_array().unwrap().len() as u64,
+            count,
+            "{name}"
+        );
+        let run = store.get_run(&ok.run_id).await.unwrap().unwrap();
+        assert_eq!(run.output, Some(json!(count)), "{name}");
+
+        // A failed run's completed steps come back for the re-run.
+        let failed = common::run(&engine, &yaml, json!({"fail": true})).await;
+        assert_eq!(failed.status, sluice::store::RunStatus::Failed, "{name}");
+        let rerun = engine.resume(&failed.run_id, None).await.unwrap();
+        // It fails again at `check` (the input is the same), having read
+        // `numbers` from the archive: the error is the division, not a
+        // missing output.
+        let err = rerun.error.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("unable to calculate 1 // 0"), "{name}: {err}");
+        let steps = store.steps(&failed.run_id).await.unwrap();
+        let numbers = steps.iter().find(|s| s.step_id == "numbers").unwrap();
+        assert_eq!(
+            numbers.output.as_ref().unwrap().as_array().unwrap().len() as u64,
+            count,
+            "{name}"
+        );
+    }
+}

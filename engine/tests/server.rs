@@ -1714,6 +1714,16 @@ async fn real_answers_of_every_kind_conform_to_the_openapi_document() {
         c.send(post(&format!("/v1/runs/{run_id}/rerun"))).await.0,
         StatusCode::CONFLICT
     );
+    // A finished run waits for no signal.
+    assert_eq!(
+        c.send(post_json(
+            &format!("/v1/runs/{run_id}/signal"),
+            json!({"signal": "approve", "data": {}})
+        ))
+        .await
+        .0,
+        StatusCode::CONFLICT
+    );
     let (st, hook) = c
         .send(
             http.post(s.url("/v1/hooks/checked"))

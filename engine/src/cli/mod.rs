@@ -224,7 +224,27 @@ enum RunsCommand {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// Cancel a queued or running run.
+    /// Send a signal to a run parked by a `wait_for` step (an approval, a
+    /// callback), then go on with the run here (unless a server takes it).
+    Signal {
+        /// Run id.
+        id: String,
+        /// The signal's name, as its `wait_for` step names it.
+        signal: String,
+        /// The signal's data as a JSON object, checked against the step's
+        /// `data:` declaration, e.g. `{"approved": true}`.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// Only store the signal; leave the run for a server to resume.
+        #[arg(long)]
+        no_resume: bool,
+        /// Print only the result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Cancel a queued, running or waiting run.
     Cancel {
         /// Run id.
         id: String,
@@ -349,6 +369,8 @@ impl From<RunError> for CliError {
             RunError::Inputs(_)
             | RunError::NotFound(_)
             | RunError::AlreadyFinished(..)
+            | RunError::NotWaiting(_)
+            | RunError::Signal(_)
             | RunError::StepsChanged { .. } => CliError::invalid(e.to_string()),
             other => CliError::failed(other.to_string()),
         }
@@ -678,6 +700,12 @@ fn report(outcome: &RunOutcome, json_out: bool) -> Result<i32, CliError> {
                 eprintln!("run {} succeeded", outcome.run_id);
                 print_json(&outcome.output);
             }
+            RunStatus::Waiting => {
+                eprintln!(
+                    "run {0} waits (see `sluice runs show {0}`); `sluice runs signal {0} NAME --data JSON` answers a signal, and a server resumes it on an event or its timeout",
+                    outcome.run_id
+                );
+            }
             status => {
                 let message = outcome
                     .error
@@ -689,11 +717,13 @@ fn report(outcome: &RunOutcome, json_out: bool) -> Result<i32, CliError> {
             }
         }
     }
-    Ok(if outcome.status == RunStatus::Succeeded {
-        EXIT_OK
-    } else {
-        EXIT_FAILED
-    })
+    Ok(
+        if matches!(outcome.status, RunStatus::Succeeded | RunStatus::Waiting) {
+            EXIT_OK
+        } else {
+            EXIT_FAILED
+        },
+    )
 }
 
 /// Flow files under `paths`: files as given, directories walked recursively
@@ -946,10 +976,15 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
             let steps = store.steps(&id).await?;
             let attempts = store.attempts(&id).await?;
             let children = store.child_runs(&id).await?;
+            let waits = store.waits(&id).await?;
             if json {
                 let children: Vec<Value> = children.iter().map(child_summary).collect();
+                let waits: Vec<Value> = waits
+                    .iter()
+                    .map(|w| json!({"step": w.step_id, "signal": w.spec.signal, "event": w.spec.event, "data": w.spec.data, "deadline": w.deadline}))
+                    .collect();
                 print_json(
-                    &json!({"run": run, "steps": steps, "attempts": attempts, "children": children}),
+                    &json!({"run": run, "steps": steps, "attempts": attempts, "children": children, "waits": waits}),
                 );
             } else {
                 outln!(
@@ -984,6 +1019,46 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                         s.status.as_str(),
                         s.attempts
                     );
+                }
+                for w in &waits {
+                    let until = w
+                        .deadline
+                        .and_then(chrono::DateTime::from_timestamp_millis)
+                        .map(|d| {
+                            format!(
+                                " until {}",
+                                d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            )
+                        })
+                        .unwrap_or_default();
+                    let data = if w.spec.data.is_empty() {
+                        String::new()
+                    } else {
+                        let fields: Vec<String> = w
+                            .spec
+                            .data
+                            .iter()
+                            .map(|(k, s)| {
+                                format!(
+                                    "{k}: {}{}",
+                                    s.kind.name(),
+                                    if s.required { " (required)" } else { "" }
+                                )
+                            })
+                            .collect();
+                        format!(" with data {{{}}}", fields.join(", "))
+                    };
+                    outln!(
+                        "waits: step {} for {}{data}{until}",
+                        w.step_id,
+                        w.spec.describe()
+                    );
+                    if let Some(name) = &w.spec.signal {
+                        outln!(
+                            "  answer: sluice runs signal {} {name} --data '{{...}}'",
+                            run.id
+                        );
+                    }
                 }
                 if !children.is_empty() {
                     outln!("children:");
@@ -1129,6 +1204,49 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                 );
             }
             Ok(EXIT_OK)
+        }
+        RunsCommand::Signal {
+            id,
+            signal,
+            data,
+            no_resume,
+            json,
+            db,
+        } => {
+            let data: Value = serde_json::from_str(&data).map_err(|e| {
+                CliError::invalid(format!(
+                    "--data is not JSON: {e} (e.g. '{{\"approved\": true}}')"
+                ))
+            })?;
+            let engine = engine(&db).await?;
+            let done = engine.signal(&id, &signal, &data).await?;
+            eprintln!(
+                "run {id}: step `{}` received signal `{signal}`",
+                done.step_id
+            );
+            if no_resume {
+                if json {
+                    print_json(&done);
+                }
+                return Ok(EXIT_OK);
+            }
+            let (events, display) = if json {
+                (None, None)
+            } else {
+                progress::start_untitled()
+            };
+            let outcome = engine.resume(&id, events).await;
+            if let Some(d) = display {
+                let _ = d.await;
+            }
+            match outcome {
+                Ok(o) => report(&o, json),
+                Err(crate::run::RunError::Held { .. }) => {
+                    eprintln!("run {id} goes on in the process that holds it (a server)");
+                    Ok(EXIT_OK)
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         RunsCommand::Cancel { id, db } => {
             let engine = engine(&db).await?;

@@ -70,6 +70,9 @@ fn display(flow_id: String, total: u64) -> Display {
                         b.set_position(already_done as u64);
                     }
                 }
+                RunEvent::StepWaiting { step_id, waits_for } => {
+                    line(format!("  wait {step_id}: waits for {waits_for}"));
+                }
                 RunEvent::StepStarted { step_id } => {
                     if let Some(b) = &bar {
                         b.set_message(format!("running {step_id}"));

@@ -1302,6 +1302,205 @@ impl HttpConnector {
         }
     }
 
+    /// The passthrough: one request as the caller built it, under the
+    /// connection's base URL (never another origin), with its auth and
+    /// default headers, through the breaker and the token bucket. Every
+    /// answer is returned as it is (the `http` step's `on_status` decides);
+    /// an expired token or session is fetched again once on `401`, and a
+    /// write refused for its CSRF token is sent again with a new one.
+    async fn send_raw(&self, req: super::RawRequest) -> Result<super::RawResponse, ConnectorError> {
+        const OP: &str = "passthrough";
+        if !self.missing.is_empty() {
+            return Err(self.error(
+                ConnectorErrorKind::AuthRequired,
+                None,
+                OP,
+                None,
+                format!("credentials missing: {} not set", self.missing.join(", ")),
+            ));
+        }
+        let invalid = |m: String| self.error(ConnectorErrorKind::Validation, None, OP, None, m);
+        if req.path.contains("://") || req.path.starts_with("//") {
+            return Err(invalid(format!(
+                "`{}` is not a path: a passthrough goes to the connection's own base URL",
+                req.path
+            )));
+        }
+        let mut url = self.join(&req.path).map_err(invalid)?;
+        if !self.same_origin(&url) {
+            return Err(invalid(format!(
+                "`{}` leaves the connection's host",
+                req.path
+            )));
+        }
+        if !req.query.is_empty() {
+            let mut pairs = query_pairs(&url);
+            pairs.extend(req.query.iter().cloned());
+            set_query_pairs(&mut url, &pairs);
+        }
+        if let StaticAuth::Query(name, value) = &self.auth {
+            let mut pairs = query_pairs(&url);
+            pairs.push((name.clone(), value.clone()));
+            set_query_pairs(&mut url, &pairs);
+        }
+        let write = !matches!(
+            req.method,
+            reqwest::Method::GET | reqwest::Method::HEAD | reqwest::Method::OPTIONS
+        );
+        let what = format!("{} {}", req.method, url.path());
+        let mut refreshed = false;
+        let mut csrf_refreshed = false;
+        loop {
+            if let Admit::Open(left) = self.health.admit() {
+                return Err(ConnectorError {
+                    retry_after: Some(left),
+                    ..self.error(
+                        ConnectorErrorKind::Unavailable,
+                        None,
+                        OP,
+                        None,
+                        format!(
+                            "circuit open: the system failed repeatedly; next probe in {}",
+                            humantime::format_duration(Duration::from_millis(
+                                left.as_millis() as u64
+                            ))
+                        ),
+                    )
+                });
+            }
+            if let Some(b) = &self.bucket {
+                b.acquire().await;
+            }
+            let dynamic = self.dynamic_auth().await?;
+            let csrf = if write {
+                self.csrf_token(false).await?
+            } else {
+                None
+            };
+            let used = dynamic.as_ref().map(|(_, v)| v.clone());
+            let mut b = self.client.request(req.method.clone(), url.clone());
+            match &self.auth {
+                StaticAuth::None | StaticAuth::Query(..) => {}
+                StaticAuth::Basic(u, p) => b = b.basic_auth(u, Some(p)),
+                StaticAuth::Bearer(t) => b = b.bearer_auth(t),
+                StaticAuth::Header(name, value) => b = b.header(name.as_str(), value.as_str()),
+            }
+            if let Some((name, value)) = dynamic {
+                b = b.header(name.as_str(), value.as_str());
+            }
+            let ctx = from_json(&self.ctx);
+            for (k, t) in &self.default_headers {
+                b = b.header(k.as_str(), self.template_text(t, &ctx, None, OP)?);
+            }
+            for (k, v) in &req.headers {
+                b = b.header(k, v);
+            }
+            if let Some((token, cookies)) = csrf
+                && let Some(spec) = &self.def.def.csrf
+            {
+                b = b.header(spec.header.as_str(), token);
+                if !cookies.is_empty() {
+                    b = b.header("cookie", cookies);
+                }
+            }
+            if let Some(body) = &req.body {
+                b = b.body(body.clone());
+            }
+            let resp = match b.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let reason = format!(
+                        "{what}: {}",
+                        if e.is_timeout() {
+                            format!(
+                                "no answer within {}",
+                                humantime::format_duration(Duration::from_millis(
+                                    self.policy.timeout_ms
+                                ))
+                            )
+                        } else {
+                            format!(
+                                "unreachable: {}",
+                                crate::webhooks::delivery::error_chain(&e)
+                            )
+                        }
+                    );
+                    self.health.failure(&reason);
+                    return Err(self.error(
+                        ConnectorErrorKind::Unavailable,
+                        None,
+                        OP,
+                        None,
+                        reason,
+                    ));
+                }
+            };
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let mut body = Vec::new();
+            let mut resp = resp;
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if body.len() + chunk.len() > MAX_BODY {
+                            return Err(invalid(format!(
+                                "{what}: the answer is larger than {MAX_BODY} bytes"
+                            )));
+                        }
+                        body.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let reason = format!("{what}: the answer broke off: {e}");
+                        self.health.failure(&reason);
+                        return Err(self.error(
+                            ConnectorErrorKind::Unavailable,
+                            None,
+                            OP,
+                            None,
+                            reason,
+                        ));
+                    }
+                }
+            }
+            if status == 401 && !refreshed && used.is_some() {
+                refreshed = true;
+                let mut cached = self.token.lock().await;
+                if cached.as_ref().is_some_and(|(t, _)| {
+                    used.as_deref()
+                        .is_some_and(|u| u == t || u.strip_prefix("Bearer ") == Some(t))
+                }) {
+                    *cached = None;
+                }
+                continue;
+            }
+            if status == 403
+                && write
+                && !csrf_refreshed
+                && headers
+                    .get("x-csrf-token")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"required"))
+            {
+                csrf_refreshed = true;
+                *self.csrf.lock().await = None;
+                continue;
+            }
+            let message = format!("{what}: {status}");
+            match status {
+                200..=399 => self.health.success(false, ""),
+                401 => self.health.auth_failure(&message),
+                429 => self.health.throttled(&message),
+                s if s >= 500 || s == 408 => self.health.failure(&message),
+                _ => self.health.answered(),
+            }
+            return Ok(super::RawResponse {
+                status,
+                headers,
+                body: body.into(),
+            });
+        }
+    }
+
     /// Whether the definition's create request sends the step's
     /// idempotency key (in a header or the body), so that the system can
     /// recognise a create sent again.
@@ -2231,6 +2430,13 @@ impl Connector for HttpConnector {
         let mut rec = before.unwrap_or_else(|| json!({"remote_id": id, "connection_id": self.id}));
         rec["remote_was_deleted"] = json!(true);
         Ok(rec)
+    }
+
+    async fn passthrough(
+        &self,
+        req: super::RawRequest,
+    ) -> Result<super::RawResponse, ConnectorError> {
+        self.send_raw(req).await
     }
 
     async fn health(&self) -> ConnectionStatus {

@@ -243,6 +243,33 @@ pub struct WriteRequest<'a> {
     pub idempotency_key: &'a str,
 }
 
+/// A request sent as it is to a connected system (the `http` step's
+/// `connection:` passthrough), for what the unified model does not cover.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    /// The method.
+    pub method: reqwest::Method,
+    /// The path (and query) under the connection's base URL.
+    pub path: String,
+    /// Query parameters to append.
+    pub query: Vec<(String, String)>,
+    /// Headers besides the connection's own (auth, defaults).
+    pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    /// The body, if any.
+    pub body: Option<Vec<u8>>,
+}
+
+/// A connected system's answer to a [`RawRequest`], whatever its status.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// The status.
+    pub status: u16,
+    /// The headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
 /// A connected system.
 #[async_trait]
 pub trait Connector: Send + Sync {
@@ -260,6 +287,18 @@ pub trait Connector: Send + Sync {
     async fn health(&self) -> ConnectionStatus;
     /// Entities this connector serves.
     fn entities(&self) -> Vec<Entity>;
+    /// Sends a raw request to the system: the path under its base URL,
+    /// with its auth injected, under its rate limit and circuit breaker.
+    /// The answer comes back whatever its status; only a request that got
+    /// no answer (or the breaker) is an error.
+    async fn passthrough(&self, req: RawRequest) -> Result<RawResponse, ConnectorError> {
+        let _ = req;
+        Err(ConnectorError::new(
+            "",
+            ConnectorErrorKind::Validation,
+            "this connection has no HTTP API to pass requests through to",
+        ))
+    }
     /// Operations (`list`, `get`, `create`, `update`, `delete`) it supports
     /// for an entity, so validation can refuse what it cannot do.
     fn operations(&self, entity: Entity) -> Vec<&'static str> {

@@ -25,6 +25,8 @@ pub struct RefScope {
     pub current: Option<String>,
     /// Whether `item` and `index` exist here (inside `for_each`).
     pub item: bool,
+    /// Whether `event` exists here (a `wait_for` step's `match`).
+    pub event: bool,
     /// Known connection names.
     pub connections: Vec<String>,
     /// Registered plugin names, when known.
@@ -412,6 +414,7 @@ impl<'a> Checker<'a> {
                         .hint = Some(format!("add `{id}` to `needs:` of `{current}`"));
                     }
                 }
+                "event" if self.scope.event => {}
                 "item" | "index" if !self.scope.item => {
                     self.error(
                         rel,

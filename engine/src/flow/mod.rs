@@ -1139,21 +1139,8 @@ fn compile_step(
         }
         None => RetrySpec::NONE,
     };
-    let kind = match step.kind() {
-        Some(StepKind::Read(s)) => steps::read::compile(s, &mut c).map(CompiledKind::Read),
-        Some(StepKind::Write(s)) => steps::write::compile(s, &mut c).map(CompiledKind::Write),
-        Some(StepKind::Select(s)) => steps::select::compile(s, &mut c).map(CompiledKind::Select),
-        Some(StepKind::Set(v)) => steps::set::compile(v, &mut c).map(CompiledKind::Set),
-        Some(StepKind::Wait(s)) => steps::wait::compile(s, &mut c).map(CompiledKind::Wait),
-        Some(StepKind::Sync(s)) => steps::sync::compile(s, &mut c).map(CompiledKind::Sync),
-        Some(StepKind::Webhook(s)) => steps::webhook::compile(s, &mut c).map(CompiledKind::Webhook),
-        Some(StepKind::Http(s)) => steps::http::compile(s, &mut c).map(CompiledKind::Http),
-        Some(StepKind::Flow(s)) => steps::flow::compile(s, &mut c).map(CompiledKind::Flow),
-        Some(StepKind::Plugin(s)) => {
-            steps::plugin::compile(s, step.with.as_ref(), timeout, &mut c).map(CompiledKind::Plugin)
-        }
-        None => None,
-    };
+    let ctx = steps::CompileCtx { step, timeout };
+    let kind = step.kind().and_then(|k| k.compile(&ctx, &mut c));
     if !ok {
         return None;
     }

@@ -12,10 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use super::respond::Respond;
-use crate::steps::{
-    FlowStep, HttpStep, PluginStep, ReadStep, SelectStep, SyncStep, WaitStep, WebhookStep,
-    WriteStep,
-};
+pub use crate::steps::{STEP_KINDS, Step, StepKind};
 
 /// A flow: a DAG of steps started by triggers.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -152,6 +149,55 @@ pub struct InputSpec {
     /// What the input means.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+/// Checks values against their declarations (a flow's inputs, a signal's
+/// data; `what` names one in messages: `input`, `field`): unknown names,
+/// wrong types and missing required values are problems; defaults fill
+/// what is missing, and `null` what has no default.
+pub fn check_values(
+    decl: &BTreeMap<String, InputSpec>,
+    given: &serde_json::Map<String, Value>,
+    what: &str,
+) -> Result<Value, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut out = serde_json::Map::new();
+    for name in given.keys() {
+        if !decl.contains_key(name) {
+            let declared: Vec<&str> = decl.keys().map(String::as_str).collect();
+            problems.push(format!(
+                "unknown {what} `{name}` (declared: {})",
+                if declared.is_empty() {
+                    "none".to_string()
+                } else {
+                    declared.join(", ")
+                }
+            ));
+        }
+    }
+    for (name, spec) in decl {
+        match given.get(name).or(spec.default.as_ref()) {
+            Some(v) if spec.kind.accepts(v) => {
+                out.insert(name.clone(), v.clone());
+            }
+            Some(v) => problems.push(format!(
+                "{what} `{name}` must be {}, got {v}",
+                spec.kind.name()
+            )),
+            None if spec.required => problems.push(format!(
+                "missing required {what} `{name}` ({})",
+                spec.kind.name()
+            )),
+            None => {
+                out.insert(name.clone(), Value::Null);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(Value::Object(out))
+    } else {
+        Err(problems)
+    }
 }
 
 /// Per-flow limit on active runs.
@@ -291,174 +337,6 @@ pub enum OnError {
     /// The error is recorded and dependents run.
     Continue,
 }
-
-/// One step: common settings plus exactly one kind (`read`, `write`, `select`, `set`, `wait`, `webhook`, `plugin`, `sync`, `http`, `flow`).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Step {
-    /// Unique step id (letters, digits, `_`), used as `steps.<id>` in expressions.
-    pub id: String,
-    /// What the step does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Steps that must finish first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub needs: Vec<String>,
-    /// Condition; when false the step (and its dependents) are skipped. With
-    /// `for_each`, evaluated per item and false items are left out.
-    #[serde(rename = "if", default, skip_serializing_if = "Option::is_none")]
-    pub condition: Option<String>,
-    /// Run the step once per element of this array (an expression or a literal list).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub for_each: Option<Value>,
-    /// How many `for_each` items run at once (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub concurrency: Option<u32>,
-    /// Retry policy for failed attempts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetryPolicy>,
-    /// Time limit per attempt, e.g. `30s`, `2m`, `500ms`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
-    /// `fail` (default) or `continue`.
-    #[serde(default)]
-    pub on_error: OnError,
-
-    /// Read records of an entity from a connection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read: Option<ReadStep>,
-    /// Create, update or delete a record through a connection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write: Option<WriteStep>,
-    /// Select values with JSONPath (RFC 9535).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub select: Option<SelectStep>,
-    /// Build a value from templates; the value is the step's output.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set: Option<Value>,
-    /// Pause for a duration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait: Option<WaitStep>,
-    /// Fire a custom event to webhook endpoints.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook: Option<WebhookStep>,
-    /// Run a WASM plugin.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin: Option<PluginStep>,
-    /// Sync an entity of a connection into the record cache.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sync: Option<SyncStep>,
-    /// Call an HTTP API (Slack, Teams, a partner's REST API).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpStep>,
-    /// Run another flow as a child run and wait for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flow: Option<FlowStep>,
-    /// The plugin's input (for `plugin` steps).
-    #[serde(rename = "with", default, skip_serializing_if = "Option::is_none")]
-    pub with: Option<Value>,
-}
-
-/// Which kind a step is, borrowed from its [`Step`].
-#[derive(Debug, Clone, Copy)]
-pub enum StepKind<'a> {
-    /// `read`
-    Read(&'a ReadStep),
-    /// `write`
-    Write(&'a WriteStep),
-    /// `select`
-    Select(&'a SelectStep),
-    /// `set`
-    Set(&'a Value),
-    /// `wait`
-    Wait(&'a WaitStep),
-    /// `webhook`
-    Webhook(&'a WebhookStep),
-    /// `plugin`
-    Plugin(&'a PluginStep),
-    /// `sync`
-    Sync(&'a SyncStep),
-    /// `http`
-    Http(&'a HttpStep),
-    /// `flow`
-    Flow(&'a FlowStep),
-}
-
-impl StepKind<'_> {
-    /// The key naming this kind in YAML.
-    pub fn name(&self) -> &'static str {
-        match self {
-            StepKind::Read(_) => "read",
-            StepKind::Write(_) => "write",
-            StepKind::Select(_) => "select",
-            StepKind::Set(_) => "set",
-            StepKind::Wait(_) => "wait",
-            StepKind::Webhook(_) => "webhook",
-            StepKind::Plugin(_) => "plugin",
-            StepKind::Sync(_) => "sync",
-            StepKind::Http(_) => "http",
-            StepKind::Flow(_) => "flow",
-        }
-    }
-
-    /// Whether running the step twice is harmless (no external effect), so its
-    /// start need not be recorded for at-least-once accounting.
-    pub fn is_pure(&self) -> bool {
-        matches!(
-            self,
-            StepKind::Select(_) | StepKind::Set(_) | StepKind::Plugin(_)
-        )
-    }
-}
-
-impl Step {
-    /// All kinds present on this step (valid steps have exactly one).
-    pub fn kinds(&self) -> Vec<StepKind<'_>> {
-        let mut kinds = Vec::with_capacity(1);
-        if let Some(k) = &self.read {
-            kinds.push(StepKind::Read(k));
-        }
-        if let Some(k) = &self.write {
-            kinds.push(StepKind::Write(k));
-        }
-        if let Some(k) = &self.select {
-            kinds.push(StepKind::Select(k));
-        }
-        if let Some(k) = &self.set {
-            kinds.push(StepKind::Set(k));
-        }
-        if let Some(k) = &self.wait {
-            kinds.push(StepKind::Wait(k));
-        }
-        if let Some(k) = &self.webhook {
-            kinds.push(StepKind::Webhook(k));
-        }
-        if let Some(k) = &self.plugin {
-            kinds.push(StepKind::Plugin(k));
-        }
-        if let Some(k) = &self.sync {
-            kinds.push(StepKind::Sync(k));
-        }
-        if let Some(k) = &self.http {
-            kinds.push(StepKind::Http(k));
-        }
-        if let Some(k) = &self.flow {
-            kinds.push(StepKind::Flow(k));
-        }
-        kinds
-    }
-
-    /// The step's kind. Validation guarantees exactly one.
-    pub fn kind(&self) -> Option<StepKind<'_>> {
-        self.kinds().into_iter().next()
-    }
-}
-
-/// Names of the step kinds, for hints.
-pub const STEP_KINDS: &[&str] = &[
-    "read", "write", "select", "set", "wait", "webhook", "plugin", "sync", "http", "flow",
-];
 
 /// Retry policy of a step.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

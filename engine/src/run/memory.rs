@@ -66,7 +66,8 @@ pub async fn evaluate(
                             plugin_outputs: None,
                             children: None,
                         })
-                        .await?,
+                        .await?
+                        .value,
                 );
             }
             Value::Array(out)
@@ -82,6 +83,7 @@ pub async fn evaluate(
                     children: None,
                 })
                 .await?
+                .value
         };
         let status = if skip { "skipped" } else { "succeeded" };
         scope.steps.insert(

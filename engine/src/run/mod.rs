@@ -16,6 +16,9 @@
 
 pub mod memory;
 pub mod retry;
+mod waits;
+
+pub use waits::Signalled;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,7 +36,7 @@ use crate::connectors::ConnectorRegistry;
 use crate::expr::secrets::Secrets;
 use crate::expr::{Scope, from_json};
 use crate::flow::{self, Catalog, CompiledFlow, CompiledStep, FlowErrors, OnError, OnLimit};
-use crate::steps::{CompiledKind, StepError, StepErrorKind, StepRuntime};
+use crate::steps::{CompiledKind, Effect, StepError, StepErrorKind, StepOutput, StepRuntime};
 use crate::store::{
     NewRun, RunRecord, RunStatus, StepRecord, StepStatus, Store, StoreError, now_ms,
 };
@@ -62,6 +65,13 @@ pub enum RunEvent {
     StepStarted {
         /// Step id.
         step_id: String,
+    },
+    /// A `wait_for` step parked the run.
+    StepWaiting {
+        /// Step id.
+        step_id: String,
+        /// What it waits for (`signal \`approve\``, `event \`po.shipped\``).
+        waits_for: String,
     },
     /// A step finished.
     StepFinished {
@@ -148,6 +158,13 @@ pub enum RunError {
         /// or that the revision no longer has.
         steps: Vec<String>,
     },
+    /// The run does not wait for this signal (it ended, already received
+    /// it, or waits for something else).
+    #[error("{0}")]
+    NotWaiting(String),
+    /// A signal's data does not match the `wait_for` step's declaration.
+    #[error("invalid signal data: {0}")]
+    Signal(String),
     /// The stored flow revision is missing or no longer compiles.
     #[error("flow of run `{run_id}`: {message}")]
     Flow {
@@ -459,44 +476,8 @@ impl Engine {
         flow: &CompiledFlow,
         given: &Map<String, Value>,
     ) -> Result<Value, RunError> {
-        let mut problems = Vec::new();
-        let mut out = Map::new();
-        for name in given.keys() {
-            if !flow.flow.inputs.contains_key(name) {
-                let declared: Vec<&str> = flow.flow.inputs.keys().map(String::as_str).collect();
-                problems.push(format!(
-                    "unknown input `{name}` (declared: {})",
-                    if declared.is_empty() {
-                        "none".to_string()
-                    } else {
-                        declared.join(", ")
-                    }
-                ));
-            }
-        }
-        for (name, spec) in &flow.flow.inputs {
-            match given.get(name).or(spec.default.as_ref()) {
-                Some(v) if spec.kind.accepts(v) => {
-                    out.insert(name.clone(), v.clone());
-                }
-                Some(v) => problems.push(format!(
-                    "input `{name}` must be {}, got {v}",
-                    spec.kind.name()
-                )),
-                None if spec.required => problems.push(format!(
-                    "missing required input `{name}` ({})",
-                    spec.kind.name()
-                )),
-                None => {
-                    out.insert(name.clone(), Value::Null);
-                }
-            }
-        }
-        if problems.is_empty() {
-            Ok(Value::Object(out))
-        } else {
-            Err(RunError::Inputs(problems.join("; ")))
-        }
+        crate::flow::model::check_values(&flow.flow.inputs, given, "input")
+            .map_err(|problems| RunError::Inputs(problems.join("; ")))
     }
 
     /// Stores the flow (as a new revision if changed), starts a run with
@@ -735,6 +716,16 @@ impl Engine {
 
     /// Asks a run to stop. Returns false if it was not queued or running.
     pub async fn cancel(&self, run_id: &str) -> Result<bool, RunError> {
+        if self.inner.store.cancel_waiting(run_id).await? {
+            // A parked run has nothing executing: end it here, so it fires
+            // `run.cancelled` and its children are cancelled too.
+            if let Err(e) = Box::pin(self.resume(run_id, None)).await
+                && !matches!(e, RunError::Held { .. })
+            {
+                return Err(e);
+            }
+            return Ok(true);
+        }
         let requested = self.inner.store.request_cancel(run_id).await?;
         let signal = self
             .inner
@@ -870,6 +861,20 @@ impl Engine {
         on: ResumeRevision,
     ) -> Result<ClaimedRun, RunError> {
         let run = self.load_run(run_id).await?;
+        if run.status == RunStatus::Waiting {
+            let waits: Vec<String> = self
+                .inner
+                .store
+                .waits(run_id)
+                .await?
+                .iter()
+                .map(|w| format!("{} (step `{}`)", w.spec.describe(), w.step_id))
+                .collect();
+            return Err(RunError::NotWaiting(format!(
+                "run `{run_id}` is waiting for {}; it goes on by itself once that arrives (`sluice runs signal` sends a signal), or cancel it",
+                waits.join(" and ")
+            )));
+        }
         if run.status == RunStatus::Succeeded {
             return Err(RunError::AlreadyFinished(
                 run_id.to_string(),
@@ -1033,7 +1038,26 @@ impl Engine {
             cancel.clone(),
             lost.clone(),
         ));
-        let result = self.drive(&flow, &run, fresh, &cancel, &events).await;
+        let mut fresh = fresh;
+        // Every step result of the run, for its compact archive at the end.
+        let mut records = Vec::new();
+        let result = loop {
+            records.clear();
+            let result = self
+                .drive(&flow, &run, fresh, &cancel, &events, &mut records)
+                .await;
+            if !matches!(result, Ok((RunStatus::Waiting, ..))) || lost.load(Ordering::SeqCst) {
+                break result;
+            }
+            // Parked: the run lets go of its lease (and slot) while a wait
+            // is open. When every wait was resolved while it parked, it
+            // goes on at once.
+            match inner.store.park_run(&run_id, &inner.owner).await {
+                Ok(true) => break result,
+                Ok(false) => fresh = false,
+                Err(e) => break Err(e.into()),
+            }
+        };
         keeper.abort();
         inner
             .active
@@ -1048,6 +1072,19 @@ impl Engine {
                 remaining_ms: 0,
             });
         }
+        if status == RunStatus::Waiting {
+            tracing::info!("run waits");
+            return Ok(RunOutcome {
+                run_id,
+                flow_id: flow.id().to_string(),
+                status,
+                output: None,
+                error: None,
+            });
+        }
+        // An ended run waits for nothing (a wait left open by a failing
+        // branch must not queue it again).
+        inner.store.clear_waits(&run_id).await?;
         // Outputs are data: no secret reaches them (validation allows
         // secrets only where credentials go, and a plugin's output is
         // redacted of the secrets its config holds), and redacting by value
@@ -1069,7 +1106,14 @@ impl Engine {
         let fired = self.run_event(&flow, &run, status, error.as_ref()).await;
         inner
             .store
-            .finish_run_with_effects(&run_id, status, output.as_ref(), error.as_ref(), &fired)
+            .finish_run_with_effects(
+                &run_id,
+                status,
+                output.as_ref(),
+                error.as_ref(),
+                &fired,
+                &records,
+            )
             .await?;
         crate::events::committed(&inner.store, &fired);
         // Nobody listening is the usual case, and not an error.
@@ -1247,6 +1291,7 @@ impl Engine {
         fresh: bool,
         cancel: &Arc<CancelSignal>,
         events: &Events,
+        records: &mut Vec<StepRecord>,
     ) -> Result<(RunStatus, Option<Value>, Option<Value>), RunError> {
         let inner = &self.inner;
         let n = flow.steps.len();
@@ -1265,10 +1310,31 @@ impl Engine {
         } else {
             inner.store.steps(&run.id).await?
         };
+        // A parked `wait_for` step (its wait not yet resolved) is neither
+        // run again nor finished: its dependents wait with it.
+        let mut parked = vec![false; n];
+        let mut failure: Option<Value> = None;
+        records.extend(stored.iter().cloned());
         for rec in stored {
             let Some(i) = flow.step_index(&rec.step_id) else {
                 continue;
             };
+            if rec.status == StepStatus::Waiting {
+                parked[i] = true;
+                continue;
+            }
+            // A step that failed while the run was parked (a `wait_for`
+            // past its deadline) fails the run as if it had just failed.
+            if rec.status == StepStatus::Failed
+                && flow.steps[i].on_error == OnError::Fail
+                && failure.is_none()
+            {
+                let mut err = rec.error.clone().unwrap_or_else(|| json!({}));
+                if let Some(o) = err.as_object_mut() {
+                    o.insert("step".into(), json!(rec.step_id));
+                }
+                failure = Some(err);
+            }
             if matches!(
                 rec.status,
                 StepStatus::Succeeded | StepStatus::Skipped | StepStatus::Failed
@@ -1294,13 +1360,14 @@ impl Engine {
             chain: call_chain(flow.id(), &run.trigger),
         });
         let mut running = vec![false; n];
-        let mut tasks: JoinSet<(usize, StepRecord, Option<Value>)> = JoinSet::new();
-        let mut failure: Option<Value> = None;
-        let mut cancelled = false;
+        let mut tasks: JoinSet<(usize, StepRecord, Option<Value>, Vec<Effect>)> = JoinSet::new();
+        // A run resumed after a cancel request made while it was parked ends
+        // at once.
+        let mut cancelled = !fresh && inner.store.cancel_requested(&run.id).await?;
         loop {
             if failure.is_none() && !cancelled {
                 for &i in &flow.topo_order {
-                    if status[i].is_some() || running[i] {
+                    if status[i].is_some() || running[i] || parked[i] {
                         continue;
                     }
                     let step = &flow.steps[i];
@@ -1324,6 +1391,7 @@ impl Engine {
                             finished_at: Some(now_ms()),
                         };
                         inner.store.save_step(&run.id, &rec).await?;
+                        records.push(rec.clone());
                         emit(
                             events,
                             RunEvent::StepFinished {
@@ -1362,7 +1430,9 @@ impl Engine {
                 if failure.is_none()
                     && !cancelled
                     && status.iter().enumerate().any(|(i, s)| {
-                        s.is_none() && flow.steps[i].needs.iter().all(|&d| status[d].is_some())
+                        s.is_none()
+                            && !parked[i]
+                            && flow.steps[i].needs.iter().all(|&d| status[d].is_some())
                     })
                 {
                     continue;
@@ -1378,7 +1448,7 @@ impl Engine {
                 }
             };
             let Some(joined) = joined else { break };
-            let (i, rec, raw_output) = match joined {
+            let (i, mut rec, raw_output, effects) = match joined {
                 Ok(r) => r,
                 Err(e) if e.is_cancelled() => continue,
                 Err(e) => {
@@ -1389,26 +1459,58 @@ impl Engine {
                 }
             };
             running[i] = false;
+            let step = &flow.steps[i];
+            // The effects a step returned commit with its result, or none
+            // does; a failed step's effects are dropped.
+            let mut fired = Vec::new();
+            let mut park = None;
+            if rec.status == StepStatus::Succeeded {
+                for effect in effects {
+                    match effect {
+                        Effect::Publish(events) => fired.extend(events),
+                        Effect::Park(p) => park = Some(p),
+                    }
+                }
+            }
+            if let Some(p) = park {
+                rec.status = StepStatus::Waiting;
+                rec.output = None;
+                rec.finished_at = None;
+                inner
+                    .store
+                    .park_step(&run.id, &rec, &p.spec, p.deadline)
+                    .await?;
+                tracing::info!(step_id = %step.id, waits_for = %p.spec.describe(), "step waits");
+                emit(
+                    events,
+                    RunEvent::StepWaiting {
+                        step_id: step.id.clone(),
+                        waits_for: p.spec.describe(),
+                    },
+                );
+                parked[i] = true;
+                if cancel.flag.load(Ordering::SeqCst) && !cancelled {
+                    cancelled = true;
+                    tasks.abort_all();
+                }
+                continue;
+            }
             let stored = StepRecord {
                 error: rec.error.as_ref().map(|e| inner.secrets.redact_json(e)),
                 ..rec.clone()
             };
-            let step = &flow.steps[i];
-            match (&step.kind, &stored.output) {
-                (CompiledKind::Webhook(_), Some(out)) if rec.status == StepStatus::Succeeded => {
-                    // Outbox messages and logged events commit with the step
-                    // result, or none of them does.
-                    let endpoints = crate::events::endpoints_recent(&inner.store).await?;
-                    let fired = crate::steps::webhook::envelopes(out);
-                    let effects = crate::events::effects(&inner.store, &endpoints, &fired);
-                    inner
-                        .store
-                        .save_step_with_effects(&run.id, &stored, &effects)
-                        .await?;
-                    crate::events::committed(&inner.store, &effects);
-                }
-                _ => inner.store.save_step(&run.id, &stored).await?,
+            if fired.is_empty() {
+                inner.store.save_step(&run.id, &stored).await?;
+            } else {
+                let endpoints = crate::events::endpoints_recent(&inner.store).await?;
+                let effects = crate::events::effects(&inner.store, &endpoints, &fired);
+                inner
+                    .store
+                    .save_step_with_effects(&run.id, &stored, &effects)
+                    .await?;
+                crate::events::committed(&inner.store, &effects);
             }
+            records.push(stored.clone());
             emit(
                 events,
                 RunEvent::StepFinished {
@@ -1461,6 +1563,9 @@ impl Engine {
         }
         if let Some(err) = failure {
             return Ok((RunStatus::Failed, None, Some(err)));
+        }
+        if parked.iter().any(|&p| p) {
+            return Ok((RunStatus::Waiting, None, None));
         }
         let output = match &flow.output {
             Some(t) => match t.eval(&scope.context(None)) {
@@ -1599,12 +1704,12 @@ struct StepTask {
 }
 
 impl StepTask {
-    async fn run(self) -> (usize, StepRecord, Option<Value>) {
+    async fn run(self) -> (usize, StepRecord, Option<Value>, Vec<Effect>) {
         let step = &self.flow.steps[self.index];
         let started = now_ms();
-        let t0 = Instant::now();
+        let mut effects = Vec::new();
         let (status, output, error, attempts) = match &step.for_each {
-            Some(list) => self.run_for_each(step, list).await,
+            Some(list) => self.run_for_each(step, list, &mut effects).await,
             None => {
                 let ctx = self.scope.context(None);
                 let key = format!("{}:{}", self.run_id, step.id);
@@ -1622,13 +1727,15 @@ impl StepTask {
                         1,
                     ),
                     _ => match self.attempts(step, &ctx, &key).await {
-                        (Ok(v), n) => (StepStatus::Succeeded, Some(v), None, n),
+                        (Ok(out), n) => {
+                            effects = out.effects;
+                            (StepStatus::Succeeded, Some(out.value), None, n)
+                        }
                         (Err(e), n) => (StepStatus::Failed, None, Some(error_json(step, &e, n)), n),
                     },
                 }
             }
         };
-        let _ = t0;
         let rec = StepRecord {
             step_id: step.id.clone(),
             status,
@@ -1638,13 +1745,14 @@ impl StepTask {
             started_at: Some(started),
             finished_at: Some(now_ms()),
         };
-        (self.index, rec, output)
+        (self.index, rec, output, effects)
     }
 
     async fn run_for_each(
         &self,
         step: &CompiledStep,
         list: &crate::expr::Template,
+        effects: &mut Vec<Effect>,
     ) -> (StepStatus, Option<Value>, Option<Value>, u32) {
         let base = self.scope.context(None);
         let items = match list.eval(&base) {
@@ -1665,7 +1773,7 @@ impl StepTask {
                 );
             }
         };
-        let results: Vec<(usize, Result<Option<Value>, StepError>, u32)> =
+        let results: Vec<(usize, Result<Option<StepOutput>, StepError>, u32)> =
             futures::stream::iter(items.into_iter().enumerate())
                 .map(|(index, item)| async move {
                     let item = from_json(&item);
@@ -1690,7 +1798,10 @@ impl StepTask {
         let mut first_error: Option<(StepError, u32)> = None;
         for (index, r, n) in results {
             match r {
-                Ok(Some(v)) => out.push(v),
+                Ok(Some(v)) => {
+                    out.push(v.value);
+                    effects.extend(v.effects);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     let e = StepError {
@@ -1744,7 +1855,7 @@ impl StepTask {
         step: &CompiledStep,
         ctx: &minijinja::Value,
         key: &str,
-    ) -> (Result<Value, StepError>, u32) {
+    ) -> (Result<StepOutput, StepError>, u32) {
         let max = step.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
@@ -1798,7 +1909,12 @@ impl StepTask {
                 },
                 None => fut.await,
             };
-            let result = result.and_then(check_output_size);
+            let result = result.and_then(|out| {
+                Ok(StepOutput {
+                    value: check_output_size(out.value)?,
+                    effects: out.effects,
+                })
+            });
             match result {
                 Ok(v) => return (Ok(v), attempt),
                 Err(e) if e.retryable && attempt < max => {
@@ -1972,6 +2088,13 @@ impl ChildLauncher {
                 async move { engine.execute_started(child, created, trigger, None).await },
             )
             .await;
+        // A child parked by a `wait_for` step is waited for (the parent
+        // holds its slot meanwhile); cancelling the parent cancels it.
+        if matches!(&result, Ok(Ok(o)) if o.status == RunStatus::Waiting) {
+            let r = self.wait_existing(&child_id).await;
+            guard.run_id = None;
+            return r;
+        }
         guard.run_id = None;
         match result {
             Ok(Ok(o)) => child_result(o),
@@ -2003,6 +2126,7 @@ impl ChildLauncher {
                     });
                 }
                 RunStatus::Failed => true,
+                RunStatus::Waiting => false,
                 // As [`Store::orphaned_runs`] tells a dead process's runs.
                 RunStatus::Queued | RunStatus::Running => match run.lease_expires_at {
                     Some(t) => t < now_ms(),

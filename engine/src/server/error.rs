@@ -229,6 +229,8 @@ impl From<RunError> for ApiError {
             RunError::Flow { .. } | RunError::StepsChanged { .. } => {
                 ApiError::conflict(e.to_string())
             }
+            RunError::NotWaiting(m) => ApiError::conflict(m),
+            RunError::Signal(_) => ApiError::validation(e.to_string()),
             RunError::Store(s) => ApiError::internal(s),
         }
     }

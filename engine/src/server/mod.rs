@@ -274,6 +274,7 @@ pub async fn serve(
     }
     workers.spawn(triggers::schedule_loop(state.clone(), stop_rx.clone()));
     workers.spawn(triggers::event_loop(state.clone(), stop_rx.clone()));
+    workers.spawn(triggers::waits_loop(state.clone(), stop_rx.clone()));
     workers.spawn(triggers::sync_schedule_loop(state.clone(), stop_rx.clone()));
     workers.spawn(triggers::maintenance_loop(
         state.clone(),

@@ -209,6 +209,18 @@ pub fn routes(state: Arc<AppState>) -> Api {
         .errors(&[409])
         .route(
             "POST",
+            "/v1/runs/{id}/signal",
+            write,
+            "runs",
+            "Send a signal to a run parked by a `wait_for` step: {signal, data}; the data is checked against the step's declaration",
+            json,
+            post(runs::signal),
+        )
+        .body::<runs::SignalBody>()
+        .reply::<crate::run::Signalled>(202, "Signal taken; the run goes on")
+        .errors(&[409, 422])
+        .route(
+            "POST",
             "/v1/runs/{id}/rerun",
             write,
             "runs",

@@ -119,9 +119,31 @@ pub struct RunDetail {
     steps: Vec<StepRecord>,
     /// The runs its `flow` steps started, oldest first.
     children: Vec<ChildRun>,
+    /// What a `waiting` run waits for (one per parked `wait_for` step).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    waits: Vec<WaitInfo>,
     /// Whether this request started it (`POST /v1/runs` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     created: Option<bool>,
+}
+
+/// What a parked step waits for.
+#[derive(Serialize, JsonSchema)]
+pub struct WaitInfo {
+    /// The `wait_for` step.
+    step: String,
+    /// The signal it takes (`POST /v1/runs/{id}/signal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<String>,
+    /// The signal's declared data: name → `{type, required, default, description}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+    /// The event type it takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<String>,
+    /// When it times out (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deadline: Option<i64>,
 }
 
 /// A run started by a `flow` step of the run shown.
@@ -261,10 +283,29 @@ async fn run_json(state: &AppState, id: &str) -> ApiResult<RunDetail> {
             parent_step: c.parent_step,
         })
         .collect();
+    let waits = if run.status == RunStatus::Waiting {
+        state
+            .store
+            .waits(id)
+            .await?
+            .into_iter()
+            .map(|w| WaitInfo {
+                step: w.step_id,
+                data: (!w.spec.data.is_empty())
+                    .then(|| serde_json::to_value(&w.spec.data).unwrap_or(Value::Null)),
+                signal: w.spec.signal,
+                event: w.spec.event,
+                deadline: w.deadline,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(RunDetail {
         run,
         steps,
         children,
+        waits,
         created: None,
     })
 }
@@ -366,6 +407,32 @@ pub async fn cancel(
             cancel_requested: true,
         }),
     ))
+}
+
+/// The body of `POST /v1/runs/{id}/signal`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalBody {
+    /// The signal's name, as its `wait_for` step names it.
+    signal: String,
+    /// Its data, checked against the step's `data:` declaration.
+    #[serde(default)]
+    data: Value,
+}
+
+/// `POST /v1/runs/{id}/signal`: answers a parked `wait_for` step; the run
+/// goes on in the background.
+pub async fn signal(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let body: SignalBody = json_body(&headers, &body)?;
+    stored_run(&state, &id).await?;
+    let done = state.engine.signal(&id, &body.signal, &body.data).await?;
+    super::triggers::resume_resolved(&state, vec![id]).await;
+    Ok((StatusCode::ACCEPTED, Json(done)))
 }
 
 /// The query of `POST /v1/runs/{id}/rerun`.

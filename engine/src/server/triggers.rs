@@ -734,7 +734,14 @@ pub async fn event_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        crate::events::set_interest(&state.store, Some(listened_event_types(&state)));
+        let mut types = listened_event_types(&state);
+        match state.store.waited_event_types().await {
+            Ok(waited) => types.extend(waited),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the event types parked runs wait for")
+            }
+        }
+        crate::events::set_interest(&state.store, Some(types));
         let claimed = match state.store.claim_events(&owner, lease, EVENT_BATCH).await {
             Ok(c) => c,
             Err(e) => {
@@ -770,16 +777,20 @@ pub async fn event_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// The event types the enabled flows' `event` triggers listen to.
+/// The event types the flows' `event` triggers (enabled flows) and
+/// `wait_for` steps (any flow: its runs may be parked) listen to.
 fn listened_event_types(state: &AppState) -> std::collections::HashSet<String> {
-    state
-        .flows
-        .all()
+    let flows = state.flows.all();
+    let triggers = flows
         .iter()
         .filter(|f| f.enabled)
         .flat_map(|f| f.compiled.flow.triggers.iter())
-        .filter_map(|t| t.event.clone())
-        .collect()
+        .filter_map(|t| t.event.clone());
+    let waits = flows
+        .iter()
+        .flat_map(|f| f.compiled.flow.steps.iter())
+        .filter_map(|s| s.wait_for.as_ref().and_then(|w| w.event.clone()));
+    triggers.chain(waits).collect()
 }
 
 async fn dispatch_events(state: &Arc<AppState>, claimed: Vec<crate::store::StoredEvent>) {
@@ -838,7 +849,48 @@ async fn dispatch_event(state: &Arc<AppState>, e: &crate::store::StoredEvent) ->
             outcome = Dispatched::Later;
         }
     }
+    // Parked runs waiting for this event.
+    match state.engine.offer_event(&env).await {
+        Ok(queued) => resume_resolved(state, queued).await,
+        Err(err) => {
+            tracing::warn!(event_id = %env.id, error = %err, "waiting runs not offered the event; retried later");
+            outcome = Dispatched::Later;
+        }
+    }
     outcome
+}
+
+/// Resumes runs that a resolved wait (a signal, an event, a deadline)
+/// queued, each under a run slot, in tasks of their own. A run this
+/// process cannot take now is left queued for the orphan sweep.
+pub async fn resume_resolved(state: &Arc<AppState>, run_ids: Vec<String>) {
+    for id in run_ids {
+        let Ok(permit) = slot(state, None).await else {
+            return;
+        };
+        let s = state.clone();
+        tokio::spawn(async move {
+            s.engine.resume_resolved(&id).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Resolves parked runs' waits whose deadline passed, every second.
+pub async fn waits_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        match state.engine.expire_waits().await {
+            Ok(queued) => resume_resolved(&state, queued).await,
+            Err(crate::run::RunError::Store(e)) => {
+                store_failed(&state, "waits", "wait deadlines not applied", &e).await
+            }
+            Err(e) => tracing::warn!(error = %e, "wait deadlines not applied"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Periodically: reload flows from the store (other processes' uploads),

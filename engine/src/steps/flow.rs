@@ -88,7 +88,15 @@ pub trait ChildRuns: Send + Sync {
 
 /// Checks the flow id and, where the flow is known, the inputs against its
 /// declaration.
-pub fn compile(step: &FlowStep, c: &mut Checker<'_>) -> Option<CompiledFlowStep> {
+/// Starts child runs: has an effect outside the run.
+pub const PURE: bool = false;
+
+/// Checks the called flow and its inputs.
+pub fn compile(
+    step: &FlowStep,
+    _: &super::CompileCtx<'_>,
+    c: &mut Checker<'_>,
+) -> Option<CompiledFlowStep> {
     let mut ok = true;
     let mut types: BTreeMap<String, Type> = BTreeMap::new();
     let inputs = match &step.inputs {
@@ -232,6 +240,11 @@ fn fits(ty: &Type, kind: InputType) -> bool {
 
 impl CompiledFlowStep {
     /// Runs the child and gives its output.
+    /// The child's output is whatever its flow gives.
+    pub fn output_type(&self) -> crate::expr::types::Type {
+        crate::expr::types::Type::Any
+    }
+
     pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
         let inputs = match &self.inputs {
             Some(t) => match t.eval(rt.ctx)? {

@@ -26,6 +26,22 @@
 //! fails the step. Headers are the one place besides plugin config where an
 //! expression may read `secrets` (an auth header needs one); they are never
 //! stored or returned.
+//!
+//! **Passthrough**: with `connection: ID`, `url` is a path under that
+//! connection's base URL, and the request goes through the connection: its
+//! auth (basic, bearer, API key, OAuth 2.0, login session, SAP's CSRF token
+//! for writes) and default headers are added, and its rate limit and
+//! circuit breaker apply, for the endpoints the unified model does not cover
+//! (like Merge's and Nango's proxies). The connection's host is the only
+//! destination: an absolute URL is refused.
+//!
+//! ```yaml
+//! - id: custom_fields
+//!   http:
+//!     connection: bc
+//!     url: /api/v2.0/companies(${{ inputs.company }})/items
+//!     query: { $top: 5 }
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
@@ -48,6 +64,11 @@ use crate::webhooks::ssrf::{GuardPolicy, GuardedResolver};
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpStep {
+    /// Send the request through this connection (a passthrough): `url` is
+    /// then a path under its base URL, and its auth, rate limit and circuit
+    /// breaker apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
     /// `GET` (default), `POST`, `PUT`, `PATCH`, `DELETE`, `HEAD` or `OPTIONS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
@@ -117,6 +138,7 @@ enum Body {
 /// A compiled `http` step.
 #[derive(Debug)]
 pub struct CompiledHttp {
+    connection: Option<String>,
     method: reqwest::Method,
     url: Template,
     query: Option<Template>,
@@ -141,7 +163,14 @@ pub fn output_type() -> Type {
 }
 
 /// Checks and compiles an `http` step.
-pub fn compile(step: &HttpStep, c: &mut Checker<'_>) -> Option<CompiledHttp> {
+/// Calls other systems: has an effect outside the run.
+pub const PURE: bool = false;
+
+pub fn compile(
+    step: &HttpStep,
+    _: &super::CompileCtx<'_>,
+    c: &mut Checker<'_>,
+) -> Option<CompiledHttp> {
     let mut ok = true;
     let method = match step
         .method
@@ -165,6 +194,18 @@ pub fn compile(step: &HttpStep, c: &mut Checker<'_>) -> Option<CompiledHttp> {
         }
     };
     let url = c.template(&path!["http", "url"], &Value::String(step.url.clone()));
+    if let Some(name) = &step.connection {
+        ok &= c.connection(&path!["http", "connection"], name);
+        if step.url.contains("://") {
+            c.error(
+                &path!["http", "url"],
+                "absolute-url",
+                "with `connection`, `url` is a path under the connection's base URL",
+            )
+            .hint = Some("write the path only, e.g. `/api/v2.0/items`".into());
+            ok = false;
+        }
+    }
     let query = step.query.as_ref().map(|q| {
         c.template(
             &path!["http", "query"],
@@ -253,6 +294,7 @@ pub fn compile(step: &HttpStep, c: &mut Checker<'_>) -> Option<CompiledHttp> {
         return None;
     }
     Some(CompiledHttp {
+        connection: step.connection.clone(),
         method,
         url: url?,
         query: query.flatten(),
@@ -303,37 +345,29 @@ fn text_of(v: &Value) -> String {
 
 impl CompiledHttp {
     /// Sends the request and reads the response.
+    /// See [`output_type`].
+    pub fn output_type(&self) -> Type {
+        output_type()
+    }
+
     pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
         let invalid = |m: String| StepError::new(StepErrorKind::Validation, m);
-        let (policy, client) = client().as_ref().map_err(|e| invalid(e.clone()))?;
         let url_text = text_of(&self.url.eval(rt.ctx)?);
-        let mut url = policy
-            .check_url(&url_text)
-            .map_err(|e| invalid(e.to_string().replace("webhook URL", "URL")))?;
+        let mut query = Vec::new();
         if let Some(q) = &self.query
             && let Value::Object(params) = q.eval(rt.ctx)?
         {
-            let mut pairs = url.query_pairs_mut();
             for (k, v) in &params {
                 match v {
                     Value::Null => {}
                     Value::Array(items) => {
-                        for item in items {
-                            pairs.append_pair(k, &text_of(item));
-                        }
+                        query.extend(items.iter().map(|item| (k.clone(), text_of(item))));
                     }
-                    other => {
-                        pairs.append_pair(k, &text_of(other));
-                    }
+                    other => query.push((k.clone(), text_of(other))),
                 }
             }
         }
-        let shown = {
-            let mut u = url.clone();
-            u.set_query(None);
-            u.to_string()
-        };
-        let mut req = client.request(self.method.clone(), url);
+        let mut headers = Vec::with_capacity(self.headers.len() + 1);
         for (name, t) in &self.headers {
             let v = text_of(&t.eval(rt.ctx)?);
             let hv = reqwest::header::HeaderValue::from_str(&v).map_err(|_| {
@@ -341,15 +375,18 @@ impl CompiledHttp {
                     "the value of header `{name}` is not a valid header value"
                 ))
             })?;
-            req = req.header(name, hv);
+            headers.push((name.clone(), hv));
         }
         let has_content_type = self
             .headers
             .iter()
             .any(|(n, _)| n == reqwest::header::CONTENT_TYPE);
-        req = match &self.body {
-            Body::None => req,
-            Body::Json(t) => req.json(&t.eval(rt.ctx)?),
+        let (body, content_type) = match &self.body {
+            Body::None => (None, None),
+            Body::Json(t) => (
+                Some(serde_json::to_vec(&t.eval(rt.ctx)?).expect("JSON serializes")),
+                Some("application/json"),
+            ),
             Body::Form(t) => {
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
                 if let Value::Object(m) = t.eval(rt.ctx)? {
@@ -357,37 +394,69 @@ impl CompiledHttp {
                         form.append_pair(k, &text_of(v));
                     }
                 }
-                let req = req.body(form.finish());
-                if has_content_type {
-                    req
-                } else {
-                    req.header(
-                        reqwest::header::CONTENT_TYPE,
-                        "application/x-www-form-urlencoded",
-                    )
-                }
+                (
+                    Some(form.finish().into_bytes()),
+                    Some("application/x-www-form-urlencoded"),
+                )
             }
-            Body::Text(t) => {
-                let req = req.body(text_of(&t.eval(rt.ctx)?));
-                if has_content_type {
-                    req
-                } else {
-                    req.header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                }
-            }
+            Body::Text(t) => (
+                Some(text_of(&t.eval(rt.ctx)?).into_bytes()),
+                Some("text/plain; charset=utf-8"),
+            ),
             Body::Bytes(t) => {
                 let b64 = text_of(&t.eval(rt.ctx)?);
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(b64.trim())
                     .map_err(|e| invalid(format!("`bytes` is not standard base64: {e}")))?;
-                let req = req.body(bytes);
-                if has_content_type {
-                    req
-                } else {
-                    req.header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                }
+                (Some(bytes), Some("application/octet-stream"))
             }
         };
+        if let (Some(ct), false) = (content_type, has_content_type) {
+            headers.push((
+                reqwest::header::CONTENT_TYPE,
+                reqwest::header::HeaderValue::from_static(ct),
+            ));
+        }
+        if let Some(name) = &self.connection {
+            let shown = format!("{name}:{}", url_text.split('?').next().unwrap_or(""));
+            let resp = rt
+                .connector(name)?
+                .passthrough(crate::connectors::RawRequest {
+                    method: self.method.clone(),
+                    path: url_text,
+                    query,
+                    headers,
+                    body,
+                })
+                .await?;
+            let max = max_response();
+            if resp.body.len() > max {
+                return Err(invalid(format!(
+                    "{} {shown}: the response is larger than {max} bytes (SLUICE_HTTP_MAX_RESPONSE)",
+                    self.method
+                )));
+            }
+            return self.answer(&shown, resp.status, &resp.headers, &resp.body);
+        }
+        let (policy, client) = client().as_ref().map_err(|e| invalid(e.clone()))?;
+        let mut url = policy
+            .check_url(&url_text)
+            .map_err(|e| invalid(e.to_string().replace("webhook URL", "URL")))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&query);
+        }
+        let shown = {
+            let mut u = url.clone();
+            u.set_query(None);
+            u.to_string()
+        };
+        let mut req = client.request(self.method.clone(), url);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        if let Some(body) = body {
+            req = req.body(body);
+        }
         let network = |e: reqwest::Error| {
             // Connection failures are worth another attempt; the message never
             // carries request headers (credentials).
@@ -413,8 +482,33 @@ impl CompiledHttp {
         };
         let mut resp = req.send().await.map_err(network)?;
         let status = resp.status().as_u16();
+        let resp_headers = resp.headers().clone();
+        let max = max_response();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(network)? {
+            if body.len() + chunk.len() > max {
+                return Err(invalid(format!(
+                    "{} {shown}: the response is larger than {max} bytes (SLUICE_HTTP_MAX_RESPONSE)",
+                    self.method
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        self.answer(&shown, status, &resp_headers, &body)
+    }
+
+    /// The step's result from a response: its output, or the error
+    /// `on_status` (or the default rules) make of its status.
+    fn answer(
+        &self,
+        shown: &str,
+        status: u16,
+        resp_headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+    ) -> Result<Value, StepError> {
+        let invalid = |m: String| StepError::new(StepErrorKind::Validation, m);
         let mut headers = Map::new();
-        for (k, v) in resp.headers() {
+        for (k, v) in resp_headers {
             if let Ok(v) = v.to_str() {
                 headers
                     .entry(k.as_str().to_string())
@@ -427,9 +521,8 @@ impl CompiledHttp {
                     .or_insert_with(|| Value::String(v.to_string()));
             }
         }
-        let retry_after = crate::connectors::http::retry_after(resp.headers());
-        let is_json = resp
-            .headers()
+        let retry_after = crate::connectors::http::retry_after(resp_headers);
+        let is_json = resp_headers
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| {
@@ -441,18 +534,7 @@ impl CompiledHttp {
                     .to_ascii_lowercase();
                 ct == "application/json" || ct.ends_with("+json")
             });
-        let max = max_response();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(network)? {
-            if body.len() + chunk.len() > max {
-                return Err(invalid(format!(
-                    "{} {shown}: the response is larger than {max} bytes (SLUICE_HTTP_MAX_RESPONSE)",
-                    self.method
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let text = || String::from_utf8_lossy(&body).into_owned();
+        let text = || String::from_utf8_lossy(body).into_owned();
         let parsed = match self.response {
             ResponseAs::Text => Value::String(text()),
             ResponseAs::Auto if !is_json => {
@@ -466,7 +548,7 @@ impl CompiledHttp {
                 if body.is_empty() {
                     Value::Null
                 } else {
-                    serde_json::from_slice(&body).map_err(|e| {
+                    serde_json::from_slice(body).map_err(|e| {
                         invalid(format!(
                             "{} {shown}: answered {status} with a body that is not JSON: {e}",
                             self.method

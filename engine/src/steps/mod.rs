@@ -1,6 +1,18 @@
 //! Step kinds. Each module holds one kind's config (as written in YAML), its
-//! compile-time checks and its execution, side by side. Adding a kind means a
-//! new module here plus one field on [`crate::flow::Step`].
+//! compile-time checks and its execution, side by side.
+//!
+//! Adding a kind takes two places: its module, and one line in the
+//! [`step_kinds!`] list below. The module gives
+//! - `pub fn compile(config, &CompileCtx, &mut Checker) -> Option<Compiled>`;
+//! - on its compiled type, `async fn execute(&self, &StepRuntime) ->
+//!   Result<_, StepError>` (a [`Value`], or a [`StepOutput`] carrying
+//!   [`Effect`]s such as events to publish) and `fn output_type(&self) -> Type`;
+//! - `pub const PURE: bool`: whether running it twice is harmless (no
+//!   external effect), so its attempts need not be logged.
+//!
+//! The list generates the step's YAML key (a field of [`Step`], with its doc
+//! as the JSON Schema description), [`StepKind`], [`STEP_KINDS`],
+//! [`CompiledKind`] and the dispatch of compile and execute.
 
 pub mod flow;
 pub mod http;
@@ -10,12 +22,14 @@ pub mod select;
 pub mod set;
 pub mod sync;
 pub mod wait;
+pub mod wait_for;
 pub mod webhook;
 pub mod write;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use flow::{ChildCall, ChildRuns, FlowStep};
@@ -25,11 +39,15 @@ pub use read::ReadStep;
 pub use select::SelectStep;
 pub use sync::SyncStep;
 pub use wait::WaitStep;
+pub use wait_for::WaitForStep;
 pub use webhook::WebhookStep;
 pub use write::WriteStep;
 
 use crate::connectors::{ConnectorError, ConnectorErrorKind, ConnectorRegistry};
 use crate::expr::ExprError;
+use crate::expr::types::Type;
+use crate::flow::check::Checker;
+use crate::flow::model::{OnError, RetryPolicy};
 
 /// What went wrong in a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -141,71 +159,207 @@ impl StepRuntime<'_> {
     }
 }
 
-/// A step kind compiled for execution.
-#[derive(Debug)]
-pub enum CompiledKind {
-    /// `read`
-    Read(read::CompiledRead),
-    /// `write`
-    Write(write::CompiledWrite),
-    /// `select`
-    Select(select::CompiledSelect),
-    /// `set`
-    Set(set::CompiledSet),
-    /// `wait`
-    Wait(wait::CompiledWait),
-    /// `webhook`
-    Webhook(webhook::CompiledWebhook),
-    /// `plugin`
-    Plugin(plugin::CompiledPlugin),
-    /// `sync`
-    Sync(sync::CompiledSync),
-    /// `http`
-    Http(http::CompiledHttp),
-    /// `flow`
-    Flow(flow::CompiledFlowStep),
+/// What a step kind's `compile` may read besides its own config.
+pub struct CompileCtx<'a> {
+    /// The whole step (its `with`, `for_each`...).
+    pub step: &'a Step,
+    /// The step's `timeout`, when it parsed.
+    pub timeout: Option<Duration>,
 }
 
-impl CompiledKind {
-    /// Runs one attempt.
-    pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
-        match self {
-            CompiledKind::Read(s) => s.execute(rt).await,
-            CompiledKind::Write(s) => s.execute(rt).await,
-            CompiledKind::Select(s) => s.execute(rt),
-            CompiledKind::Set(s) => s.execute(rt),
-            CompiledKind::Wait(s) => s.execute().await,
-            CompiledKind::Webhook(s) => s.execute(rt).await,
-            CompiledKind::Plugin(s) => s.execute(rt).await,
-            CompiledKind::Sync(s) => s.execute(rt).await,
-            CompiledKind::Http(s) => s.execute(rt).await,
-            CompiledKind::Flow(s) => s.execute(rt).await,
+/// What an attempt gives: the step's output and the effects the executor
+/// commits with the step's result (or, for a failed step, drops).
+#[derive(Debug, Default)]
+pub struct StepOutput {
+    /// The output (`steps.<id>.output`).
+    pub value: Value,
+    /// What the step asks of the run beyond its output.
+    pub effects: Vec<Effect>,
+}
+
+impl From<Value> for StepOutput {
+    fn from(value: Value) -> Self {
+        StepOutput {
+            value,
+            effects: Vec::new(),
         }
     }
+}
 
-    /// The static type of the step's output (`steps.<id>.output`), which
-    /// validation checks downstream expressions against.
-    pub fn output_type(&self) -> crate::expr::types::Type {
-        use crate::expr::types::Type;
-        match self {
-            CompiledKind::Read(s) => s.output_type(),
-            CompiledKind::Write(s) => s.output_type(),
-            CompiledKind::Select(s) => s.output_type.clone(),
-            CompiledKind::Set(s) => s.output_type.clone(),
-            CompiledKind::Wait(_) => Type::Integer,
-            CompiledKind::Plugin(s) => s.output_type.clone(),
-            CompiledKind::Webhook(s) => s.output_type.clone(),
-            CompiledKind::Sync(s) => s.output_type(),
-            CompiledKind::Http(_) => http::output_type(),
-            CompiledKind::Flow(_) => Type::Any,
+/// An effect a step returns instead of performing it, so it commits
+/// atomically with the step's stored result.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Events to publish: an outbox message per endpoint that accepts one
+    /// (or only the endpoint named), and an event-log row when a trigger
+    /// listens (see [`crate::events`]).
+    Publish(Vec<(crate::events::Envelope, Option<String>)>),
+    /// Park the run until a signal, an event or a deadline (`wait_for`).
+    Park(wait_for::Park),
+}
+
+/// The one list of step kinds (see the module docs). Each entry: the doc
+/// of its YAML key, the key, the [`StepKind`]/[`CompiledKind`] variant, the
+/// config type, and `module::CompiledType`.
+macro_rules! step_kinds {
+    ($( $(#[doc = $doc:literal])* $key:ident ($variant:ident): $config:ty => $module:ident :: $compiled:ident, )+) => {
+        /// One step: common settings plus exactly one kind (`read`, `write`,
+        /// `select`, `set`, `wait`, `wait_for`, `webhook`, `plugin`, `sync`,
+        /// `http`, `flow`).
+        #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct Step {
+            /// Unique step id (letters, digits, `_`), used as `steps.<id>` in expressions.
+            pub id: String,
+            /// What the step does.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub description: Option<String>,
+            /// Steps that must finish first.
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub needs: Vec<String>,
+            /// Condition; when false the step (and its dependents) are skipped. With
+            /// `for_each`, evaluated per item and false items are left out.
+            #[serde(rename = "if", default, skip_serializing_if = "Option::is_none")]
+            pub condition: Option<String>,
+            /// Run the step once per element of this array (an expression or a literal list).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub for_each: Option<Value>,
+            /// How many `for_each` items run at once (default 1).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(range(min = 1))]
+            pub concurrency: Option<u32>,
+            /// Retry policy for failed attempts.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub retry: Option<RetryPolicy>,
+            /// Time limit per attempt, e.g. `30s`, `2m`, `500ms`.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub timeout: Option<String>,
+            /// `fail` (default) or `continue`.
+            #[serde(default)]
+            pub on_error: OnError,
+            $(
+                $(#[doc = $doc])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $key: Option<$config>,
+            )+
+            /// The plugin's input (for `plugin` steps).
+            #[serde(rename = "with", default, skip_serializing_if = "Option::is_none")]
+            pub with: Option<Value>,
         }
-    }
 
-    /// Whether the kind has no effect outside the run (safe to repeat unrecorded).
-    pub fn is_pure(&self) -> bool {
-        matches!(
-            self,
-            CompiledKind::Select(_) | CompiledKind::Set(_) | CompiledKind::Plugin(_)
-        )
-    }
+        /// Which kind a step is, borrowed from its [`Step`].
+        #[derive(Debug, Clone, Copy)]
+        pub enum StepKind<'a> {
+            $(
+                $(#[doc = $doc])*
+                $variant(&'a $config),
+            )+
+        }
+
+        impl StepKind<'_> {
+            /// The key naming this kind in YAML.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( StepKind::$variant(_) => stringify!($key), )+
+                }
+            }
+
+            /// Whether running the step twice is harmless (no external
+            /// effect), so its start need not be recorded for at-least-once
+            /// accounting.
+            pub fn is_pure(&self) -> bool {
+                match self {
+                    $( StepKind::$variant(_) => $module::PURE, )+
+                }
+            }
+
+            /// Compiles the kind's config, reporting problems through `c`.
+            pub fn compile(self, ctx: &CompileCtx<'_>, c: &mut Checker<'_>) -> Option<CompiledKind> {
+                match self {
+                    $( StepKind::$variant(config) => $module::compile(config, ctx, c).map(CompiledKind::$variant), )+
+                }
+            }
+        }
+
+        impl Step {
+            /// All kinds present on this step (valid steps have exactly one).
+            pub fn kinds(&self) -> Vec<StepKind<'_>> {
+                let mut kinds = Vec::with_capacity(1);
+                $(
+                    if let Some(k) = &self.$key {
+                        kinds.push(StepKind::$variant(k));
+                    }
+                )+
+                kinds
+            }
+
+            /// The step's kind. Validation guarantees exactly one.
+            pub fn kind(&self) -> Option<StepKind<'_>> {
+                self.kinds().into_iter().next()
+            }
+        }
+
+        /// Names of the step kinds, for hints.
+        pub const STEP_KINDS: &[&str] = &[ $( stringify!($key), )+ ];
+
+        /// A step kind compiled for execution.
+        #[derive(Debug)]
+        pub enum CompiledKind {
+            $(
+                $(#[doc = $doc])*
+                $variant($module::$compiled),
+            )+
+        }
+
+        impl CompiledKind {
+            /// Runs one attempt.
+            pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<StepOutput, StepError> {
+                match self {
+                    $( CompiledKind::$variant(s) => s.execute(rt).await.map(Into::into), )+
+                }
+            }
+
+            /// The static type of the step's output (`steps.<id>.output`),
+            /// which validation checks downstream expressions against.
+            pub fn output_type(&self) -> Type {
+                match self {
+                    $( CompiledKind::$variant(s) => s.output_type(), )+
+                }
+            }
+
+            /// Whether the kind has no effect outside the run (safe to repeat unrecorded).
+            pub fn is_pure(&self) -> bool {
+                match self {
+                    $( CompiledKind::$variant(_) => $module::PURE, )+
+                }
+            }
+        }
+    };
+}
+
+step_kinds! {
+    /// Read records of an entity from a connection.
+    read(Read): ReadStep => read::CompiledRead,
+    /// Create, update or delete a record through a connection.
+    write(Write): WriteStep => write::CompiledWrite,
+    /// Select values with JSONPath (RFC 9535).
+    select(Select): SelectStep => select::CompiledSelect,
+    /// Build a value from templates; the value is the step's output.
+    set(Set): Value => set::CompiledSet,
+    /// Pause for a duration.
+    wait(Wait): WaitStep => wait::CompiledWait,
+    /// Park the run, holding no run slot, until a signal (`POST /v1/runs/{id}/signal`,
+    /// `sluice runs signal`) or a matching event arrives, or a timeout passes.
+    wait_for(WaitFor): WaitForStep => wait_for::CompiledWaitFor,
+    /// Fire a custom event to webhook endpoints.
+    webhook(Webhook): WebhookStep => webhook::CompiledWebhook,
+    /// Run a WASM plugin.
+    plugin(Plugin): PluginStep => plugin::CompiledPlugin,
+    /// Sync an entity of a connection into the record cache.
+    sync(Sync): SyncStep => sync::CompiledSync,
+    /// Call an HTTP API (Slack, Teams, a partner's REST API), or a connected
+    /// system's own API through its connection.
+    http(Http): HttpStep => http::CompiledHttp,
+    /// Run another flow as a child run and wait for it.
+    flow(Flow): FlowStep => flow::CompiledFlowStep,
 }

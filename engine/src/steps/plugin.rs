@@ -11,8 +11,6 @@
 //! `memory_mb` (default 128), `fuel` (instructions, default unlimited), and
 //! the step's `timeout` (default 10 s) as the wall-clock limit.
 
-use std::time::Duration;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -66,12 +64,15 @@ pub struct CompiledPlugin {
 }
 
 /// Checks the requirement, the plugin's existence when known, and compiles `with`/`config`.
+/// Plugins run sandboxed with no access outside the run: pure.
+pub const PURE: bool = true;
+
 pub fn compile(
     step: &PluginStep,
-    with: Option<&Value>,
-    timeout: Option<Duration>,
+    ctx: &super::CompileCtx<'_>,
     c: &mut Checker<'_>,
 ) -> Option<CompiledPlugin> {
+    let (with, timeout) = (ctx.step.with.as_ref(), ctx.timeout);
     let version = step.version.clone().unwrap_or_else(|| "*".to_string());
     let mut ok = true;
     if let Err(e) = semver::VersionReq::parse(&version) {
@@ -184,6 +185,11 @@ impl CompiledPlugin {
     }
 
     /// Calls the plugin.
+    /// The type its `output_schema` declares (else any).
+    pub fn output_type(&self) -> Type {
+        self.output_type.clone()
+    }
+
     pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
         if let Some(pinned) = rt.plugin_outputs {
             // The input is still evaluated: its expressions must hold.

@@ -98,7 +98,14 @@ impl CompiledRead {
 }
 
 /// Compiles a `read` step.
-pub fn compile(step: &ReadStep, c: &mut Checker<'_>) -> Option<CompiledRead> {
+/// Reads a connected system: logged like every call outside the run.
+pub const PURE: bool = false;
+
+pub fn compile(
+    step: &ReadStep,
+    _: &super::CompileCtx<'_>,
+    c: &mut Checker<'_>,
+) -> Option<CompiledRead> {
     let connection_ok = c.connection(&path!["read", "connection"], &step.connection);
     let entity = c.entity(&path!["read", "entity"], &step.entity);
     let mut ok = connection_ok && entity.is_some();

@@ -50,7 +50,14 @@ pub struct CompiledSelect {
 }
 
 /// Compiles `from` and parses the query.
-pub fn compile(step: &SelectStep, c: &mut Checker<'_>) -> Option<CompiledSelect> {
+/// Reads only the run's own values.
+pub const PURE: bool = true;
+
+pub fn compile(
+    step: &SelectStep,
+    _: &super::CompileCtx<'_>,
+    c: &mut Checker<'_>,
+) -> Option<CompiledSelect> {
     let (from, from_type) = c.template_typed(&crate::path!["select", "from"], &step.from);
     let query = match &step.query {
         Some(q) if q.contains(crate::expr::OPEN) => {
@@ -134,7 +141,12 @@ fn check_members(c: &mut Checker<'_>, query: &str, from: &Type) {
 
 impl CompiledSelect {
     /// Evaluates `from` and applies the query.
-    pub fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
+    /// The type of the selected value(s).
+    pub fn output_type(&self) -> crate::expr::types::Type {
+        self.output_type.clone()
+    }
+
+    pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
         let doc = self.from.eval(rt.ctx)?;
         Ok(match &self.query {
             WhereClause::Fixed(q) => Value::Array(q.select(&doc)),

@@ -20,14 +20,26 @@ pub struct CompiledSet {
 }
 
 /// Compiles the value of `set:`.
-pub fn compile(value: &Value, c: &mut Checker<'_>) -> Option<CompiledSet> {
+/// Builds a value from the run's own values.
+pub const PURE: bool = true;
+
+pub fn compile(
+    value: &Value,
+    _: &super::CompileCtx<'_>,
+    c: &mut Checker<'_>,
+) -> Option<CompiledSet> {
     let (value, output_type) = c.template_typed(&crate::path!["set"], value);
     value.map(|value| CompiledSet { value, output_type })
 }
 
 impl CompiledSet {
     /// Renders the value.
-    pub fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
+    /// The type of the built value.
+    pub fn output_type(&self) -> crate::expr::types::Type {
+        self.output_type.clone()
+    }
+
+    pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
         Ok(self.value.eval(rt.ctx)?)
     }
 }

@@ -40,7 +40,14 @@ pub struct CompiledSync {
 }
 
 /// Checks the connection and entity.
-pub fn compile(step: &SyncStep, c: &mut Checker<'_>) -> Option<CompiledSync> {
+/// Reads a connected system and writes the record cache.
+pub const PURE: bool = false;
+
+pub fn compile(
+    step: &SyncStep,
+    _: &super::CompileCtx<'_>,
+    c: &mut Checker<'_>,
+) -> Option<CompiledSync> {
     let ok = c.connection(&path!["sync", "connection"], &step.connection);
     let entity = c.entity(&path!["sync", "entity"], &step.entity);
     if !ok {

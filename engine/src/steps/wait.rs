@@ -30,14 +30,26 @@ pub struct CompiledWait {
 }
 
 /// Checks the duration.
-pub fn compile(step: &WaitStep, c: &mut Checker<'_>) -> Option<CompiledWait> {
+/// Only sleeps; but a repeat would sleep again, so attempts are logged.
+pub const PURE: bool = false;
+
+pub fn compile(
+    step: &WaitStep,
+    _: &super::CompileCtx<'_>,
+    c: &mut Checker<'_>,
+) -> Option<CompiledWait> {
     c.duration(&crate::path!["wait", "duration"], &step.duration)
         .map(|duration| CompiledWait { duration })
 }
 
 impl CompiledWait {
     /// Sleeps; the output is the waited time in milliseconds.
-    pub async fn execute(&self) -> Result<Value, StepError> {
+    /// The waited time in milliseconds.
+    pub fn output_type(&self) -> crate::expr::types::Type {
+        crate::expr::types::Type::Integer
+    }
+
+    pub async fn execute(&self, _: &super::StepRuntime<'_>) -> Result<Value, StepError> {
         tokio::time::sleep(self.duration).await;
         Ok(Value::from(self.duration.as_millis() as u64))
     }

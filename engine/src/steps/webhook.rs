@@ -53,7 +53,14 @@ pub struct CompiledWebhook {
 }
 
 /// Checks the event type and compiles the payload.
-pub fn compile(step: &WebhookStep, c: &mut Checker<'_>) -> Option<CompiledWebhook> {
+/// Publishes events.
+pub const PURE: bool = false;
+
+pub fn compile(
+    step: &WebhookStep,
+    _: &super::CompileCtx<'_>,
+    c: &mut Checker<'_>,
+) -> Option<CompiledWebhook> {
     let mut ok = true;
     if let Err(e) = webhooks::check_custom_event_type(&step.event) {
         c.error(&path!["webhook", "event"], "invalid-event-type", e);
@@ -94,7 +101,12 @@ pub fn compile(step: &WebhookStep, c: &mut Checker<'_>) -> Option<CompiledWebhoo
 
 impl CompiledWebhook {
     /// Builds the envelope; checks its size and the named endpoint.
-    pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
+    /// The type of the envelope the step fires.
+    pub fn output_type(&self) -> crate::expr::types::Type {
+        self.output_type.clone()
+    }
+
+    pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<super::StepOutput, StepError> {
         let data = self.payload.eval(rt.ctx)?;
         let env = Envelope::new(
             rt.idempotency_key,
@@ -135,7 +147,11 @@ impl CompiledWebhook {
             .clone()
             .map(Value::String)
             .unwrap_or(Value::Null);
-        Ok(out)
+        let effects = vec![super::Effect::Publish(envelopes(&out))];
+        Ok(super::StepOutput {
+            value: out,
+            effects,
+        })
     }
 }
 

@@ -70,7 +70,14 @@ pub struct CompiledWrite {
 }
 
 /// Checks connection, entity, the fields of `data` and that `id`/`data` fit `op`.
-pub fn compile(step: &WriteStep, c: &mut Checker<'_>) -> Option<CompiledWrite> {
+/// Writes to a connected system.
+pub const PURE: bool = false;
+
+pub fn compile(
+    step: &WriteStep,
+    _: &super::CompileCtx<'_>,
+    c: &mut Checker<'_>,
+) -> Option<CompiledWrite> {
     let connection_ok = c.connection(&path!["write", "connection"], &step.connection);
     let entity = c.entity(&path!["write", "entity"], &step.entity);
     let mut ok = connection_ok && entity.is_some();

@@ -126,12 +126,19 @@ impl Store {
         output: Option<&Value>,
         error: Option<&Value>,
         effects: &Effects,
+        steps: &[StepRecord],
     ) -> Result<(), StoreError> {
-        self.commit_with_effects(
-            vec![finish_run_stmt(run_id, status, output, error)],
-            effects,
-        )
-        .await
+        // A run with large outputs is kept compact: its step outputs and
+        // its output move into one compressed archive (see `archive`).
+        let stmts = match super::archive::encode(run_id, steps, output) {
+            Some(archived) => {
+                let mut stmts = vec![finish_run_stmt(run_id, status, None, error)];
+                stmts.extend(archived);
+                stmts
+            }
+            None => vec![finish_run_stmt(run_id, status, output, error)],
+        };
+        self.commit_with_effects(stmts, effects).await
     }
 
     /// Claims up to `limit` undispatched events, oldest first, for `owner`

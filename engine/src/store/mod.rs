@@ -16,19 +16,23 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
+mod archive;
 mod connections;
 mod events;
 mod plugins;
 mod retention;
 mod server;
 mod syncs;
+mod waits;
 mod webhooks;
+
 pub use connections::{ConnectionRow, StatusEvent};
 pub use events::{EVENTS_CHANNEL, Effects, NewEvent, StoredEvent};
 pub use plugins::PluginRecord;
 pub use retention::{Prune, PruneReport};
 pub use server::{FlowSettings, TokenRow};
 pub use syncs::{CachedRecord, PageChanges, SyncStateRow};
+pub use waits::Wait;
 pub use webhooks::{
     AttemptEnd, AttemptLog, ClaimedMessage, Endpoint, MessageFilter, MessageRecord, MessageStatus,
     NewMessage, SECRET_PREFIX, Secret, SecretError,
@@ -94,6 +98,9 @@ pub enum RunStatus {
     Failed,
     /// Cancelled (by a user or a concurrency limit).
     Cancelled,
+    /// Parked by a `wait_for` step until a signal, an event or a timeout;
+    /// holds no lease and no run slot.
+    Waiting,
 }
 
 impl RunStatus {
@@ -105,6 +112,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Waiting => "waiting",
         }
     }
 
@@ -126,6 +134,7 @@ impl FromStr for RunStatus {
             "succeeded" => RunStatus::Succeeded,
             "failed" => RunStatus::Failed,
             "cancelled" => RunStatus::Cancelled,
+            "waiting" => RunStatus::Waiting,
             other => return Err(format!("unknown run status `{other}`")),
         })
     }
@@ -145,6 +154,8 @@ pub enum StepStatus {
     Failed,
     /// Skipped by `if`, or because a step it needs was skipped.
     Skipped,
+    /// A `wait_for` step waiting for its signal, event or timeout.
+    Waiting,
 }
 
 impl StepStatus {
@@ -156,6 +167,7 @@ impl StepStatus {
             StepStatus::Succeeded => "succeeded",
             StepStatus::Failed => "failed",
             StepStatus::Skipped => "skipped",
+            StepStatus::Waiting => "waiting",
         }
     }
 }
@@ -169,6 +181,7 @@ impl FromStr for StepStatus {
             "succeeded" => StepStatus::Succeeded,
             "failed" => StepStatus::Failed,
             "skipped" => StepStatus::Skipped,
+            "waiting" => StepStatus::Waiting,
             other => return Err(format!("unknown step status `{other}`")),
         })
     }
@@ -325,6 +338,7 @@ type Attachment = std::sync::Arc<dyn std::any::Any + Send + Sync>;
 enum Arg {
     Text(Option<String>),
     Int(Option<i64>),
+    Blob(Option<Vec<u8>>),
 }
 
 /// One statement of a write.
@@ -345,6 +359,7 @@ fn bind_all<'q>(
         q = match a {
             Arg::Text(t) => q.bind(t.clone()),
             Arg::Int(i) => q.bind(*i),
+            Arg::Blob(b) => q.bind(b.clone()),
         };
     }
     q
@@ -443,6 +458,7 @@ fn run_batch_direct(
                     match args.get(n.wrapping_sub(1)) {
                         Some(Arg::Text(t)) => stmt.raw_bind_parameter(i, t)?,
                         Some(Arg::Int(v)) => stmt.raw_bind_parameter(i, v)?,
+                        Some(Arg::Blob(v)) => stmt.raw_bind_parameter(i, v)?,
                         None => stmt.raw_bind_parameter(i, rusqlite::types::Null)?,
                     }
                 }
@@ -1167,7 +1183,8 @@ impl Store {
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
+        let mut steps: Vec<StepRecord> = rows
+            .iter()
             .map(|r| {
                 let status: String = r.try_get(1)?;
                 Ok(StepRecord {
@@ -1182,7 +1199,27 @@ impl Store {
                     finished_at: r.try_get(6)?,
                 })
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        // An archived run's outputs are in its archive.
+        if steps.iter().any(|s| {
+            s.output.is_none() && matches!(s.status, StepStatus::Succeeded | StepStatus::Failed)
+        }) {
+            let row = sqlx::query("SELECT archive FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(bytes) = row
+                .map(|r| r.try_get::<Option<Vec<u8>>, _>(0))
+                .transpose()?
+                .flatten()
+            {
+                let mut archived = archive::decode(&bytes)?;
+                for s in steps.iter_mut().filter(|s| s.output.is_none()) {
+                    s.output = archived.steps.remove(&s.step_id);
+                }
+            }
+        }
+        Ok(steps)
     }
 
     /// The value of type `T` attached to this store (and its clones),
@@ -1283,7 +1320,7 @@ fn save_step_stmt(run_id: &str, step: &StepRecord) -> Stmt {
     )
 }
 
-const RUN_COLUMNS: &str = "SELECT id, flow_id, flow_revision, status, inputs, trigger_data, output, error, created_at, started_at, finished_at, lease_owner, lease_expires_at, resumes, parent_run_id, parent_step FROM runs";
+const RUN_COLUMNS: &str = "SELECT id, flow_id, flow_revision, status, inputs, trigger_data, output, error, created_at, started_at, finished_at, lease_owner, lease_expires_at, resumes, parent_run_id, parent_step, archive FROM runs";
 
 fn run_from_row(r: &AnyRow) -> Result<RunRecord, StoreError> {
     let status: String = r.try_get(3)?;
@@ -1306,6 +1343,15 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord, StoreError> {
         resumes: r.try_get(13)?,
         parent_run_id: r.try_get(14)?,
         parent_step: r.try_get(15)?,
+    })
+    .and_then(|mut run| {
+        // An archived run's output is in its archive.
+        if run.output.is_none()
+            && let Some(bytes) = r.try_get::<Option<Vec<u8>>, _>(16)?
+        {
+            run.output = archive::decode(&bytes)?.output;
+        }
+        Ok(run)
     })
 }
 

@@ -115,6 +115,22 @@ impl Server {
         }
     }
 
+    /// Kills the server and starts a new one on the same database and
+    /// flows (as a crash and a restart would).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut serve = Command::new(BIN);
+        serve
+            .args(["serve", "--listen", "127.0.0.1:0", "--flows"])
+            .arg(&self.flows)
+            .env("SLUICE_DB", &self.db);
+        let (child, base, log) = spawn(serve);
+        self.child = child;
+        self.base = base;
+        self.log = log;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
