@@ -24,6 +24,10 @@ use sluice::run::Engine;
 use sluice::steps::StepRuntime;
 use sluice::store::{Prune, Store};
 
+// The allocator `sluice` itself runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -52,8 +56,14 @@ async fn checkpoint(url: &str) {
 
 async fn store_bench() {
     let runs = env_usize("SLUICE_BENCH_RUNS", 100_000);
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("runs.db").display());
+    let tmp = tempfile::tempdir().unwrap();
+    // `SLUICE_BENCH_DIR` keeps the database there (for a look with sqlite3).
+    let keep = std::env::var("SLUICE_BENCH_DIR")
+        .ok()
+        .map(std::path::PathBuf::from);
+    let dir_path = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir_path).unwrap();
+    let url = format!("sqlite://{}", dir_path.join("runs.db").display());
     let store = Store::connect(&url).await.unwrap();
     let engine = Engine::new(store.clone(), ConnectorRegistry::new(), Secrets::default());
     let text = std::fs::read_to_string(
@@ -62,7 +72,7 @@ async fn store_bench() {
     .unwrap();
     let flow = Arc::new(compile("po-high-value-alert.yaml", &text, &Catalog::default()).unwrap());
     checkpoint(&url).await;
-    let empty = file_bytes(dir.path());
+    let empty = file_bytes(&dir_path);
 
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -82,7 +92,7 @@ async fn store_bench() {
     while set.join_next().await.is_some() {}
     let took = t0.elapsed();
     checkpoint(&url).await;
-    let full = file_bytes(dir.path());
+    let full = file_bytes(&dir_path);
     println!(
         "store: {runs} runs of po-high-value-alert in {:.2} s = {:.0} runs/s",
         took.as_secs_f64(),
@@ -95,6 +105,9 @@ async fn store_bench() {
         empty / 1024
     );
 
+    if keep.is_some() && std::env::var("SLUICE_BENCH_NO_PRUNE").is_ok() {
+        return;
+    }
     let t0 = Instant::now();
     let report = store
         .prune_runs(
@@ -115,7 +128,7 @@ async fn store_bench() {
         took.as_secs_f64(),
         report.runs as f64 / took.as_secs_f64(),
         report.bytes_freed as f64 / 1e6,
-        file_bytes(dir.path()) as f64 / 1e6
+        file_bytes(&dir_path) as f64 / 1e6
     );
 }
 
@@ -138,7 +151,7 @@ async fn http_bench() {
     let flow = compile(
         "http.yaml",
         &format!(
-            "apiVersion: sluice/v1\nid: h\nsteps:\n  - id: call\n    http: {{ url: \"{url}\", headers: {{ x-po: \"${{{{ inputs.po }}}}\" }} }}\n"
+            "apiVersion: sluice/v1\nid: h\ninputs:\n  po: {{ type: string }}\nsteps:\n  - id: call\n    http: {{ url: \"{url}\", headers: {{ x-po: \"${{{{ inputs.po }}}}\" }} }}\n"
         ),
         &Catalog::default(),
     )
