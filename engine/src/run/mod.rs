@@ -954,7 +954,9 @@ impl Engine {
             });
         }
         if reopen {
-            // Only once the run is ours: forget its failed and skipped steps.
+            // Only once the run is ours: its archived step results back in
+            // rows, then forget its failed and skipped steps.
+            self.inner.store.unarchive(run_id).await?;
             self.inner.store.reset_unfinished_steps(run_id).await?;
         }
         let record = self.load_run(run_id).await?;

@@ -95,6 +95,18 @@ impl Store {
             if ids.is_empty() {
                 break;
             }
+            // Step results kept in archives (their rows are gone).
+            let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+            let mut archived = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT COALESCE(SUM(archived_steps), 0) FROM runs WHERE id IN ({}) \
+                 AND status IN ('succeeded', 'failed', 'cancelled')",
+                marks.join(", ")
+            )));
+            for id in &ids {
+                archived = archived.bind(id.clone());
+            }
+            let archived: i64 = archived.fetch_one(&self.pool).await?.try_get(0)?;
+            report.steps += archived.max(0) as u64;
             let mut stmts: Vec<Stmt> = Vec::with_capacity(ids.len() * 3);
             for id in &ids {
                 let arg = || vec![Arg::Text(Some(id.clone()))];
