@@ -1034,12 +1034,7 @@ impl HttpConnector {
             set_query_pairs(&mut url, &pairs);
         }
         let mut b = self.client.request(method, url);
-        match &self.auth {
-            StaticAuth::None | StaticAuth::Query(..) => {}
-            StaticAuth::Basic(u, p) => b = b.basic_auth(u, Some(p)),
-            StaticAuth::Bearer(t) => b = b.bearer_auth(t),
-            StaticAuth::Header(name, value) => b = b.header(name.as_str(), value.as_str()),
-        }
+        b = self.with_static_auth(b);
         if let Some((name, value)) = dynamic {
             b = b.header(name.as_str(), value.as_str());
         }
@@ -1100,21 +1095,7 @@ impl HttpConnector {
         loop {
             attempt += 1;
             if let Admit::Open(left) = self.health.admit() {
-                return Err(ConnectorError {
-                    retry_after: Some(left),
-                    ..self.error(
-                        ConnectorErrorKind::Unavailable,
-                        entity,
-                        op,
-                        None,
-                        format!(
-                            "circuit open: the system failed repeatedly; next probe in {}",
-                            humantime::format_duration(Duration::from_millis(
-                                left.as_millis() as u64
-                            ))
-                        ),
-                    )
-                });
+                return Err(self.circuit_open(left, entity, op));
             }
             if let Some(b) = &self.bucket {
                 b.acquire().await;
@@ -1134,22 +1115,7 @@ impl HttpConnector {
             let resp = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    let reason = format!(
-                        "{what}: {}",
-                        if e.is_timeout() {
-                            format!(
-                                "no answer within {}",
-                                humantime::format_duration(Duration::from_millis(
-                                    self.policy.timeout_ms
-                                ))
-                            )
-                        } else {
-                            format!(
-                                "unreachable: {}",
-                                crate::webhooks::delivery::error_chain(&e)
-                            )
-                        }
-                    );
+                    let reason = self.transport_reason(&what, &e);
                     self.health.failure(&reason);
                     if req.once && e.is_timeout() {
                         return Err(self.not_sent_again(entity, op, None, reason));
@@ -1197,13 +1163,7 @@ impl HttpConnector {
                 // a call refused with it at the same time may have fetched
                 // the next one already.
                 refreshed = true;
-                let mut cached = self.token.lock().await;
-                if cached.as_ref().is_some_and(|(t, _)| {
-                    used.as_deref()
-                        .is_some_and(|u| u == t || u.strip_prefix("Bearer ") == Some(t))
-                }) {
-                    *cached = None;
-                }
+                self.forget_token(used.as_deref()).await;
                 attempt -= 1;
                 continue;
             }
@@ -1302,6 +1262,62 @@ impl HttpConnector {
         }
     }
 
+    /// The error of a call the open circuit breaker refuses.
+    fn circuit_open(
+        &self,
+        left: Duration,
+        entity: Option<Entity>,
+        op: &'static str,
+    ) -> ConnectorError {
+        ConnectorError {
+            retry_after: Some(left),
+            ..self.error(
+                ConnectorErrorKind::Unavailable,
+                entity,
+                op,
+                None,
+                format!(
+                    "circuit open: the system failed repeatedly; next probe in {}",
+                    humantime::format_duration(Duration::from_millis(left.as_millis() as u64))
+                ),
+            )
+        }
+    }
+
+    /// Why a request got no answer: its deadline, or the network.
+    fn transport_reason(&self, what: &str, e: &reqwest::Error) -> String {
+        let why = if e.is_timeout() {
+            format!(
+                "no answer within {}",
+                humantime::format_duration(Duration::from_millis(self.policy.timeout_ms))
+            )
+        } else {
+            format!("unreachable: {}", crate::webhooks::delivery::error_chain(e))
+        };
+        format!("{what}: {why}")
+    }
+
+    /// Adds the connection's static auth (basic, bearer, API key header).
+    fn with_static_auth(&self, b: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            StaticAuth::None | StaticAuth::Query(..) => b,
+            StaticAuth::Basic(u, p) => b.basic_auth(u, Some(p)),
+            StaticAuth::Bearer(t) => b.bearer_auth(t),
+            StaticAuth::Header(name, value) => b.header(name.as_str(), value.as_str()),
+        }
+    }
+
+    /// Drops the cached token or session a call was refused with (`401`),
+    /// unless a call refused with it at the same time already fetched the next.
+    async fn forget_token(&self, used: Option<&str>) {
+        let mut cached = self.token.lock().await;
+        if cached.as_ref().is_some_and(|(t, _)| {
+            used.is_some_and(|u| u == t || u.strip_prefix("Bearer ") == Some(t))
+        }) {
+            *cached = None;
+        }
+    }
+
     /// The passthrough: one request as the caller built it, under the
     /// connection's base URL (never another origin), with its auth and
     /// default headers, through the breaker and the token bucket. Every
@@ -1352,21 +1368,7 @@ impl HttpConnector {
         let mut csrf_refreshed = false;
         loop {
             if let Admit::Open(left) = self.health.admit() {
-                return Err(ConnectorError {
-                    retry_after: Some(left),
-                    ..self.error(
-                        ConnectorErrorKind::Unavailable,
-                        None,
-                        OP,
-                        None,
-                        format!(
-                            "circuit open: the system failed repeatedly; next probe in {}",
-                            humantime::format_duration(Duration::from_millis(
-                                left.as_millis() as u64
-                            ))
-                        ),
-                    )
-                });
+                return Err(self.circuit_open(left, None, OP));
             }
             if let Some(b) = &self.bucket {
                 b.acquire().await;
@@ -1379,12 +1381,7 @@ impl HttpConnector {
             };
             let used = dynamic.as_ref().map(|(_, v)| v.clone());
             let mut b = self.client.request(req.method.clone(), url.clone());
-            match &self.auth {
-                StaticAuth::None | StaticAuth::Query(..) => {}
-                StaticAuth::Basic(u, p) => b = b.basic_auth(u, Some(p)),
-                StaticAuth::Bearer(t) => b = b.bearer_auth(t),
-                StaticAuth::Header(name, value) => b = b.header(name.as_str(), value.as_str()),
-            }
+            b = self.with_static_auth(b);
             if let Some((name, value)) = dynamic {
                 b = b.header(name.as_str(), value.as_str());
             }
@@ -1409,22 +1406,7 @@ impl HttpConnector {
             let resp = match b.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    let reason = format!(
-                        "{what}: {}",
-                        if e.is_timeout() {
-                            format!(
-                                "no answer within {}",
-                                humantime::format_duration(Duration::from_millis(
-                                    self.policy.timeout_ms
-                                ))
-                            )
-                        } else {
-                            format!(
-                                "unreachable: {}",
-                                crate::webhooks::delivery::error_chain(&e)
-                            )
-                        }
-                    );
+                    let reason = self.transport_reason(&what, &e);
                     self.health.failure(&reason);
                     return Err(self.error(
                         ConnectorErrorKind::Unavailable,
@@ -1465,13 +1447,7 @@ impl HttpConnector {
             }
             if status == 401 && !refreshed && used.is_some() {
                 refreshed = true;
-                let mut cached = self.token.lock().await;
-                if cached.as_ref().is_some_and(|(t, _)| {
-                    used.as_deref()
-                        .is_some_and(|u| u == t || u.strip_prefix("Bearer ") == Some(t))
-                }) {
-                    *cached = None;
-                }
+                self.forget_token(used.as_deref()).await;
                 continue;
             }
             if status == 403

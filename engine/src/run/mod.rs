@@ -1895,7 +1895,10 @@ impl StepTask {
             // A plugin enforces the step's timeout itself (and says so in its
             // error); the outer timeout is then only a backstop.
             let outer = match (&step.kind, step.timeout) {
-                (CompiledKind::Plugin(_), Some(t)) => Some(t + Duration::from_millis(500)),
+                // The backstop leaves room for compiling and instantiating
+                // the component (seconds on a loaded machine), which the
+                // plugin's own limit does not count.
+                (CompiledKind::Plugin(_), Some(t)) => Some(t + Duration::from_secs(5)),
                 (_, t) => t,
             };
             let result = match outer {
