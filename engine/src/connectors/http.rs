@@ -1042,14 +1042,7 @@ impl HttpConnector {
         for (k, v) in &req.headers {
             b = b.header(k.as_str(), v.as_str());
         }
-        if let Some((token, cookies)) = csrf
-            && let Some(spec) = &self.def.def.csrf
-        {
-            b = b.header(spec.header.as_str(), token);
-            if !cookies.is_empty() {
-                b = b.header("cookie", cookies);
-            }
-        }
+        b = self.with_csrf(b, csrf);
         if let Some(body) = &req.body {
             b = b.json(body);
         }
@@ -1307,6 +1300,25 @@ impl HttpConnector {
         }
     }
 
+    /// Adds a write's CSRF token and its session cookie, per the definition.
+    fn with_csrf(
+        &self,
+        b: reqwest::RequestBuilder,
+        csrf: Option<(String, String)>,
+    ) -> reqwest::RequestBuilder {
+        match (csrf, &self.def.def.csrf) {
+            (Some((token, cookies)), Some(spec)) => {
+                let b = b.header(spec.header.as_str(), token);
+                if cookies.is_empty() {
+                    b
+                } else {
+                    b.header("cookie", cookies)
+                }
+            }
+            _ => b,
+        }
+    }
+
     /// Drops the cached token or session a call was refused with (`401`),
     /// unless a call refused with it at the same time already fetched the next.
     async fn forget_token(&self, used: Option<&str>) {
@@ -1392,14 +1404,7 @@ impl HttpConnector {
             for (k, v) in &req.headers {
                 b = b.header(k, v);
             }
-            if let Some((token, cookies)) = csrf
-                && let Some(spec) = &self.def.def.csrf
-            {
-                b = b.header(spec.header.as_str(), token);
-                if !cookies.is_empty() {
-                    b = b.header("cookie", cookies);
-                }
-            }
+            b = self.with_csrf(b, csrf);
             if let Some(body) = &req.body {
                 b = b.body(body.clone());
             }

@@ -53,12 +53,18 @@ pub fn encode(run_id: &str, steps: &[StepRecord], output: Option<&Value>) -> Opt
     if size < ARCHIVE_MIN {
         return None;
     }
-    let archive = Archive {
-        output: output.cloned(),
-        records: steps.to_vec(),
-        ..Archive::default()
-    };
-    let json = serde_json::to_vec(&archive).ok()?;
+    // Serialized as an [`Archive`], without copying the outputs.
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        records: &'a [StepRecord],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        output: Option<&'a Value>,
+    }
+    let json = serde_json::to_vec(&Borrowed {
+        records: steps,
+        output,
+    })
+    .ok()?;
     if json.len() < ARCHIVE_MIN {
         return None;
     }
