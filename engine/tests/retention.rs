@@ -117,9 +117,22 @@ fn prune_keeps_the_newest_runs_and_failed_ones_longer() {
 fn a_flows_retention_is_applied_by_prune_and_gives_space_back() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("r.db").display());
-    let flow = write_flow(dir.path(), "retention: { max_runs: 2 }");
+    // Each run stores 40 KB that nothing else repeats (runs that read the
+    // same records again share one compressed base and take little room).
+    let flow = dir.path().join("noise.yaml");
+    std::fs::write(
+        &flow,
+        "apiVersion: sluice/v1\nid: noise\nretention: { max_runs: 2 }\ninputs:\n  noise: { type: string }\nsteps:\n  - id: keep\n    set: \"${{ inputs.noise }}\"\n",
+    )
+    .unwrap();
+    let flow = flow.to_str().unwrap();
     for _ in 0..12 {
-        let o = sluice(&["run", &flow, "--json"], &db);
+        let mut noise = String::new();
+        while noise.len() < 40_000 {
+            noise.push_str(&uuid::Uuid::now_v7().simple().to_string());
+        }
+        let input = format!("noise={noise}");
+        let o = sluice(&["run", flow, "--json", "--input", &input], &db);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let file = dir.path().join("r.db");
@@ -129,7 +142,7 @@ fn a_flows_retention_is_applied_by_prune_and_gives_space_back() {
     assert_eq!(report["runs"], 10, "{report}");
     assert!(
         report["bytes_freed"].as_u64().unwrap() > 100_000,
-        "ten stored reads of 60 orders free their pages: {report}"
+        "ten runs of 40 KB each (about 20 KB compressed) free their pages: {report}"
     );
     assert_eq!(runs(&db).len(), 2);
     // The file itself shrank by what was freed (incremental vacuum).
@@ -289,16 +302,17 @@ fn the_server_applies_its_default_and_each_flows_retention() {
 /// that needs its completed steps' outputs. On SQLite and PostgreSQL.
 #[tokio::test]
 async fn large_runs_are_archived_compactly_and_read_back_whole() {
-    let (sqlite, _dir) = common::sqlite_store().await;
-    let mut stores = vec![("sqlite", sqlite)];
+    let dir = tempfile::tempdir().unwrap();
+    let mut urls = vec![(
+        "sqlite",
+        format!("sqlite://{}", dir.path().join("sluice.db").display()),
+    )];
     match common::postgres_url() {
-        Some(url) => stores.push((
-            "postgres",
-            sluice::store::Store::connect(&url).await.unwrap(),
-        )),
+        Some(url) => urls.push(("postgres", url)),
         None => eprintln!("postgres: skipped, SLUICE_TEST_POSTGRES_URL is not set"),
     }
-    for (name, store) in stores {
+    for (name, url) in urls {
+        let store = sluice::store::Store::connect(&url).await.unwrap();
         let engine = common::engine(store.clone(), vec![], vec![]);
         let flow_id = format!("archived-{}", uuid::Uuid::now_v7().simple());
         let yaml = format!(
@@ -333,6 +347,38 @@ steps:
         );
         let run = store.get_run(&ok.run_id).await.unwrap().unwrap();
         assert_eq!(run.output, Some(json!(count)), "{name}");
+        // The read's attempt log moved into the archive too.
+        let first = store.raw_archive(&ok.run_id).await.unwrap();
+        assert_eq!(first.attempt_rows, 0, "{name}: {first:?}");
+        let attempts = store.attempts(&ok.run_id).await.unwrap();
+        assert!(
+            attempts.iter().any(|a| a.step_id == "read"),
+            "{name}: {attempts:?}"
+        );
+
+        // The next run reads the same orders again: its archive is
+        // compressed against the first run's (the flow's base), so it
+        // stores little more than a reference to it.
+        let again = common::run(&engine, &yaml, json!({})).await;
+        let second = store.raw_archive(&again.run_id).await.unwrap();
+        assert_eq!(second.base, first.base, "{name}: one base for both runs");
+        assert!(
+            second.archive_bytes * 4 < first.base_bytes,
+            "{name}: the second run's archive is not small: {second:?} (base {first:?})"
+        );
+        // A store opened afresh (nothing cached) reads both back whole.
+        let fresh = sluice::store::Store::connect(&url).await.unwrap();
+        for id in [&ok.run_id, &again.run_id] {
+            let steps = fresh.steps(id).await.unwrap();
+            let numbers = steps.iter().find(|s| s.step_id == "numbers").unwrap();
+            assert_eq!(
+                numbers.output.as_ref().unwrap().as_array().unwrap().len() as u64,
+                count,
+                "{name}"
+            );
+            let run = fresh.get_run(id).await.unwrap().unwrap();
+            assert_eq!(run.output, Some(json!(count)), "{name}");
+        }
 
         // A failed run's completed steps come back for the re-run.
         let failed = common::run(&engine, &yaml, json!({"fail": true})).await;

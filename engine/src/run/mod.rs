@@ -1110,6 +1110,7 @@ impl Engine {
             .store
             .finish_run_with_effects(
                 &run_id,
+                &run.flow_id,
                 status,
                 output.as_ref(),
                 error.as_ref(),

@@ -119,9 +119,11 @@ impl Store {
 
     /// Ends a run (see [`Store::finish_run`]) with what its end fires
     /// (`run.failed`, ...), in one transaction.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish_run_with_effects(
         &self,
         run_id: &str,
+        flow_id: &str,
         status: RunStatus,
         output: Option<&Value>,
         error: Option<&Value>,
@@ -130,15 +132,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         // A run with large outputs is kept compact: its step outputs and
         // its output move into one compressed archive (see `archive`).
-        let stmts = match super::archive::encode(run_id, steps, output) {
-            Some(archived) => {
+        let (stmts, made) = match self.archive_stmts(run_id, flow_id, steps, output).await? {
+            Some((archived, made)) => {
                 let mut stmts = vec![finish_run_stmt(run_id, status, None, error)];
                 stmts.extend(archived);
-                stmts
+                (stmts, made)
             }
-            None => vec![finish_run_stmt(run_id, status, output, error)],
+            None => (vec![finish_run_stmt(run_id, status, output, error)], None),
         };
-        self.commit_with_effects(stmts, effects).await
+        self.commit_with_effects(stmts, effects).await?;
+        if let Some(made) = made {
+            self.remember_base(made);
+        }
+        Ok(())
     }
 
     /// Claims up to `limit` undispatched events, oldest first, for `owner`

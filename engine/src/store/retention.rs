@@ -126,6 +126,8 @@ impl Store {
                 break;
             }
         }
+        // Bases of archives no run needs any more.
+        self.prune_bases().await?;
         if self.backend == Backend::Sqlite && (report.runs > 0 || vacuum) {
             let sql = if vacuum {
                 "VACUUM"
