@@ -192,6 +192,22 @@ impl Authenticator {
         if !bool::from(given.as_bytes().ct_eq(row.secret_hash.as_bytes())) {
             return Err(ApiError::unauthenticated("unknown token"));
         }
+        self.admit(row, needed)
+    }
+
+    /// Checks the token with id `id` (a console session's, whose secret was
+    /// checked at sign-in) as [`Authenticator::check`] does: not revoked,
+    /// scope, rate limit.
+    pub async fn check_id(&self, id: &str, needed: Scope) -> Result<Caller, ApiError> {
+        let row = self
+            .row(id)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::unauthenticated("the session's token no longer exists"))?;
+        self.admit(row, needed)
+    }
+
+    fn admit(&self, row: TokenRow, needed: Scope) -> Result<Caller, ApiError> {
         if row.revoked_at.is_some() {
             return Err(ApiError::unauthenticated(format!(
                 "token `{}` was revoked",

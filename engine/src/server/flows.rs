@@ -330,8 +330,10 @@ pub struct FlowSummary {
 pub struct FlowDetail {
     #[serde(flatten)]
     summary: FlowSummary,
-    /// The latest revision's YAML.
+    /// The YAML of the revision asked for (default: the latest).
     source: String,
+    /// Which revision `source` is.
+    source_revision: i64,
     /// Every stored revision, oldest first.
     revisions: Vec<RevisionOut>,
 }
@@ -423,12 +425,34 @@ fn loaded(state: &AppState, id: &str) -> ApiResult<LoadedFlow> {
         .ok_or_else(|| ApiError::not_found(format!("no flow `{id}`")))
 }
 
-/// `GET /v1/flows/{id}`: the flow, its source and its revisions.
+/// The query of `GET /v1/flows/{id}`.
+#[derive(serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowQuery {
+    /// Answer this revision's source instead of the latest's.
+    #[schemars(range(min = 1))]
+    revision: Option<i64>,
+}
+
+/// `GET /v1/flows/{id}?revision=`: the flow, its source and its revisions.
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
+    query: Result<axum::extract::Query<FlowQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let f = loaded(&state, &id)?;
+    let (source, source_revision) = match q.revision {
+        Some(r) => match state.store.flow_revision(&id, r).await? {
+            Some(rev) => (rev.source, rev.revision),
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "flow `{id}` has no revision {r}"
+                )));
+            }
+        },
+        None => (f.compiled.source.clone(), f.revision),
+    };
     let revisions = state
         .store
         .flow_revisions(&id)
@@ -442,7 +466,8 @@ pub async fn get_one(
         .collect();
     Ok(axum::Json(FlowDetail {
         summary: summary(&f),
-        source: f.compiled.source.clone(),
+        source,
+        source_revision,
         revisions,
     }))
 }

@@ -21,6 +21,7 @@
 mod accept;
 pub mod api;
 pub mod auth;
+mod console;
 pub mod error;
 mod flows;
 mod metrics;
@@ -282,7 +283,8 @@ pub async fn serve(
         config.lease,
     ));
 
-    let app = routes(state.clone()).into_router();
+    let api = routes(state.clone()).into_router();
+    let app = api.clone().merge(console::router(state.clone(), api));
     on_listening(addr);
     tracing::info!(%addr, "listening");
     let limits = accept::ConnectionLimits {
@@ -425,11 +427,19 @@ pub async fn require_scope(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match state.auth.check(header, scope).await {
+    // The console calls the API in-process for its signed-in user; the
+    // extension cannot come from the network.
+    let checked = match req.extensions().get::<console::SessionCaller>() {
+        Some(session) => state.auth.check_id(&session.token_id, scope).await,
+        None => {
+            let header = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            state.auth.check(header, scope).await
+        }
+    };
+    match checked {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await

@@ -251,9 +251,9 @@ fn connection_json(row: &crate::store::ConnectionRow) -> ConnectionOut {
     }
 }
 
-/// `GET /v1/connections`.
-pub async fn connection_list(State(state): State<Arc<AppState>>) -> ApiResult<impl IntoResponse> {
-    let mut items = vec![ConnectionOut {
+/// The built-in sandbox connection, as the API shows it.
+fn sandbox_json() -> ConnectionOut {
+    ConnectionOut {
         id: crate::connectors::sandbox::CONNECTION.to_string(),
         definition: "sandbox".to_string(),
         config: None,
@@ -261,7 +261,12 @@ pub async fn connection_list(State(state): State<Arc<AppState>>) -> ApiResult<im
         status_reason: None,
         status_at: None,
         created_at: None,
-    }];
+    }
+}
+
+/// `GET /v1/connections`.
+pub async fn connection_list(State(state): State<Arc<AppState>>) -> ApiResult<impl IntoResponse> {
+    let mut items = vec![sandbox_json()];
     items.extend(state.store.connections().await?.iter().map(connection_json));
     Ok(Json(Items { items }))
 }
@@ -274,17 +279,24 @@ pub async fn connection_get(
 ) -> ApiResult<impl IntoResponse> {
     check_id("connection", &id)?;
     let q = query_of(q)?;
-    let row = state
-        .store
-        .connection(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no connection `{id}`")))?;
     let limit = q.history_limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid(format!(
             "history_limit must be 1 to 1000, not {limit}"
         )));
     }
+    // The sandbox is built in: listed, so readable too (always online).
+    if id == crate::connectors::sandbox::CONNECTION {
+        return Ok(Json(ConnectionDetail {
+            connection: sandbox_json(),
+            history: Vec::new(),
+        }));
+    }
+    let row = state
+        .store
+        .connection(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no connection `{id}`")))?;
     let history = state.store.status_history(&id, limit).await?;
     Ok(Json(ConnectionDetail {
         connection: connection_json(&row),

@@ -116,7 +116,9 @@ pub fn routes(state: Arc<AppState>) -> Api {
             None,
             get(flows::get_one),
         )
+        .query::<flows::FlowQuery>()
         .reply::<flows::FlowDetail>(200, "The flow, its source and revisions")
+        .errors(&[400])
         .route(
             "DELETE",
             "/v1/flows/{id}",

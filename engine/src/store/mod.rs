@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod archive;
 mod connections;
+mod console;
 mod events;
 mod plugins;
 mod retention;
@@ -26,7 +27,9 @@ mod syncs;
 mod waits;
 mod webhooks;
 
+pub use archive::RawArchive;
 pub use connections::{ConnectionRow, StatusEvent};
+pub use console::SessionRow;
 pub use events::{EVENTS_CHANNEL, Effects, NewEvent, StoredEvent};
 pub use plugins::PluginRecord;
 pub use retention::{Prune, PruneReport};
@@ -261,7 +264,7 @@ pub struct StepRecord {
 }
 
 /// One logged attempt of a step with external effects.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AttemptRecord {
     /// Step id.
     pub step_id: String,
@@ -1039,7 +1042,10 @@ impl Store {
             .bind(run_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| run_from_row(&r)).transpose()
+        match row {
+            Some(r) => Ok(Some(self.run_from_row(&r).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Runs, newest first.
@@ -1063,7 +1069,7 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(run_from_row).collect()
+        self.runs_from_rows(&rows).await
     }
 
     /// The runs that `flow` steps of `run_id` started, oldest first.
@@ -1074,7 +1080,7 @@ impl Store {
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(run_from_row).collect()
+        self.runs_from_rows(&rows).await
     }
 
     /// The run that step `parent_step` of `run_id` started, if any.
@@ -1131,23 +1137,32 @@ impl Store {
         key: &str,
         attempt: u32,
     ) -> Result<(), StoreError> {
-        self.write(
-            "INSERT INTO step_attempts (id, run_id, step_id, idempotency_key, attempt, started_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            vec![
-                Arg::Text(Some(uuid::Uuid::now_v7().to_string())),
-                Arg::Text(Some(run_id.to_string())),
-                Arg::Text(Some(step_id.to_string())),
-                Arg::Text(Some(key.to_string())),
-                Arg::Int(Some(i64::from(attempt))),
-                Arg::Int(Some(now_ms())),
-            ],
-        )
-        .await?;
+        let attempt = AttemptRecord {
+            step_id: step_id.to_string(),
+            idempotency_key: key.to_string(),
+            attempt: i64::from(attempt),
+            started_at: now_ms(),
+        };
+        self.write_all(vec![attempt_stmt(run_id, &attempt)]).await?;
         Ok(())
     }
 
     /// Every logged attempt of a run.
     pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+        let attempts = self.attempt_rows(run_id).await?;
+        if !attempts.is_empty() {
+            return Ok(attempts);
+        }
+        // An archived run's attempt log is in its archive.
+        Ok(self
+            .run_archive(run_id)
+            .await?
+            .map(|a| a.attempts)
+            .unwrap_or_default())
+    }
+
+    /// The attempt log's rows of a run.
+    async fn attempt_rows(&self, run_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
         let rows = sqlx::query("SELECT step_id, idempotency_key, attempt, started_at FROM step_attempts WHERE run_id = $1 ORDER BY started_at, id")
             .bind(run_id)
             .fetch_all(&self.pool)
@@ -1203,27 +1218,16 @@ impl Store {
             })
             .collect::<Result<_, StoreError>>()?;
         // An archived run's results are in its archive.
-        if steps.is_empty()
+        let incomplete = steps.is_empty()
             || steps.iter().any(|s| {
                 s.output.is_none() && matches!(s.status, StepStatus::Succeeded | StepStatus::Failed)
-            })
-        {
-            let row = sqlx::query("SELECT archive FROM runs WHERE id = $1")
-                .bind(run_id)
-                .fetch_optional(&self.pool)
-                .await?;
-            if let Some(bytes) = row
-                .map(|r| r.try_get::<Option<Vec<u8>>, _>(0))
-                .transpose()?
-                .flatten()
-            {
-                let mut archived = archive::decode(&bytes)?;
-                if steps.is_empty() {
-                    return Ok(archived.records);
-                }
-                for s in steps.iter_mut().filter(|s| s.output.is_none()) {
-                    s.output = archived.steps.remove(&s.step_id);
-                }
+            });
+        if incomplete && let Some(mut archived) = self.run_archive(run_id).await? {
+            if steps.is_empty() {
+                return Ok(archived.records);
+            }
+            for s in steps.iter_mut().filter(|s| s.output.is_none()) {
+                s.output = archived.steps.remove(&s.step_id);
             }
         }
         Ok(steps)
@@ -1327,9 +1331,24 @@ fn save_step_stmt(run_id: &str, step: &StepRecord) -> Stmt {
     )
 }
 
-const RUN_COLUMNS: &str = "SELECT id, flow_id, flow_revision, status, inputs, trigger_data, output, error, created_at, started_at, finished_at, lease_owner, lease_expires_at, resumes, parent_run_id, parent_step, archive FROM runs";
+/// The statement that logs an attempt.
+fn attempt_stmt(run_id: &str, attempt: &AttemptRecord) -> Stmt {
+    (
+        "INSERT INTO step_attempts (id, run_id, step_id, idempotency_key, attempt, started_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        vec![
+            Arg::Text(Some(uuid::Uuid::now_v7().to_string())),
+            Arg::Text(Some(run_id.to_string())),
+            Arg::Text(Some(attempt.step_id.clone())),
+            Arg::Text(Some(attempt.idempotency_key.clone())),
+            Arg::Int(Some(attempt.attempt)),
+            Arg::Int(Some(attempt.started_at)),
+        ],
+    )
+}
 
-fn run_from_row(r: &AnyRow) -> Result<RunRecord, StoreError> {
+const RUN_COLUMNS: &str = "SELECT id, flow_id, flow_revision, status, inputs, trigger_data, output, error, created_at, started_at, finished_at, lease_owner, lease_expires_at, resumes, parent_run_id, parent_step, archive, archive_base FROM runs";
+
+fn run_from_row_sync(r: &AnyRow) -> Result<RunRecord, StoreError> {
     let status: String = r.try_get(3)?;
     Ok(RunRecord {
         id: r.try_get(0)?,
@@ -1351,15 +1370,28 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord, StoreError> {
         parent_run_id: r.try_get(14)?,
         parent_step: r.try_get(15)?,
     })
-    .and_then(|mut run| {
+}
+
+impl Store {
+    async fn run_from_row(&self, r: &AnyRow) -> Result<RunRecord, StoreError> {
+        let mut run = run_from_row_sync(r)?;
         // An archived run's output is in its archive.
         if run.output.is_none()
             && let Some(bytes) = r.try_get::<Option<Vec<u8>>, _>(16)?
         {
-            run.output = archive::decode(&bytes)?.output;
+            let base: Option<String> = r.try_get(17)?;
+            run.output = self.read_archive(&bytes, base.as_deref()).await?.output;
         }
         Ok(run)
-    })
+    }
+
+    async fn runs_from_rows(&self, rows: &[AnyRow]) -> Result<Vec<RunRecord>, StoreError> {
+        let mut runs = Vec::with_capacity(rows.len());
+        for r in rows {
+            runs.push(self.run_from_row(r).await?);
+        }
+        Ok(runs)
+    }
 }
 
 fn flow_from_row(r: &AnyRow) -> Result<FlowRevision, StoreError> {

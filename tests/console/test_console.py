@@ -1,0 +1,232 @@
+"""Drives the console of a real `sluice serve` in headless Chromium
+(Debian's `chromium` and `chromium-driver`, through Selenium's WebDriver):
+sign in, run a flow through its inputs form and watch it finish, open a
+step's output, sync a connection and see its counts, resend a webhook
+message, and the refusals: a wrong token, a `read` token pressing "Run",
+a form without its CSRF token, a session cookie replayed after sign-out.
+Text a user or a partner controls (a step's output, a receiver's answer)
+must come back escaped, never as markup. Every control must have a label.
+A screenshot of each page is written to SHOTS.
+
+Usage: test_console.py BASE_URL ADMIN_TOKEN READ_TOKEN SHOTS RECEIVER_PORT
+"""
+
+import http.server
+import os
+import sys
+import threading
+import time
+
+import requests
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+base, admin, reader, shots, receiver_port = sys.argv[1:6]
+os.makedirs(shots, exist_ok=True)
+XSS = "<img src=x onerror=alert(1)>"
+failures = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what, flush=True)
+    if not ok:
+        failures.append(what)
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """The webhook receiver: answers 200 with markup in its body."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = b"<script>document.title='pwned'</script>thanks"
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(receiver_port)), Receiver)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+api = requests.Session()
+api.headers["Authorization"] = f"Bearer {admin}"
+res = api.post(
+    f"{base}/v1/webhooks/endpoints",
+    json={"url": f"http://127.0.0.1:{receiver_port}/hook", "event_types": ["order.*"]},
+    timeout=10,
+)
+assert res.status_code == 201, res.text
+
+options = webdriver.ChromeOptions()
+options.binary_location = "/usr/bin/chromium"
+for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"]:
+    options.add_argument(arg)
+driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+wait = WebDriverWait(driver, 30)
+
+
+def shot(name):
+    driver.save_screenshot(os.path.join(shots, f"{name}.png"))
+
+
+def text():
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def unlabelled_controls():
+    """Controls a screen reader could not name."""
+    return driver.execute_script(
+        """
+        return [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+          .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+          .map(e => e.outerHTML);
+        """
+    )
+
+
+def labelled(page):
+    missing = unlabelled_controls()
+    check(not missing, f"{page}: every control has a label {missing}")
+
+
+def sign_in(token):
+    driver.get(f"{base}/login")
+    box = driver.find_element(By.ID, "token")
+    box.clear()
+    box.send_keys(token)
+    box.submit()
+
+
+try:
+    # Not signed in: every page leads to the sign-in page.
+    driver.get(f"{base}/runs")
+    check(driver.current_url.endswith("/login"), "a page without a session goes to sign-in")
+    labelled("sign-in")
+    shot("01-sign-in")
+    sign_in("slc_0123_wrong")
+    check("malformed token" in text() or "unknown token" in text(), "a wrong token is refused with its reason")
+
+    sign_in(admin)
+    wait.until(lambda d: "Flows" in d.title)
+    check("order-check" in text(), "the flows page lists the flow")
+    labelled("flows")
+    shot("02-flows")
+
+    # Run the flow through the form made from its typed inputs.
+    driver.find_element(By.LINK_TEXT, "order-check").click()
+    wait.until(lambda d: d.find_elements(By.ID, "input-order"))
+    check(len(driver.find_elements(By.CSS_SELECTOR, "svg.dag g")) == 2, "the flow's DAG is drawn with its 2 steps")
+    labelled("flow")
+    shot("03-flow")
+    driver.find_element(By.ID, "input-order").send_keys(XSS)
+    qty = driver.find_element(By.ID, "input-quantity")
+    qty.clear()
+    qty.send_keys("3")
+    driver.find_element(By.NAME, "input.rush").click()
+    driver.find_element(By.XPATH, "//button[text()='Run']").click()
+    wait.until(lambda d: "/runs/" in d.current_url)
+    run_url = driver.current_url
+    wait.until(lambda d: d.find_element(By.ID, "run-status").text == "succeeded")
+    check(True, "the run finished: succeeded (the page updates itself)")
+    # The step's output, opened: typed inputs went through, markup escaped.
+    driver.find_element(By.XPATH, "//summary[text()='Output of check']").click()
+    out = driver.find_element(By.XPATH, "//summary[text()='Output of check']/following-sibling::pre").text
+    check('"quantity": 3' in out and '"rush": true' in out, f"the step's output shows the typed inputs: {out}")
+    check(XSS in out, "the step output's markup is shown as text")
+    check(not driver.find_elements(By.CSS_SELECTOR, "main img"), "the step output's markup made no element")
+    check(len(driver.find_elements(By.CSS_SELECTOR, "svg.dag g.n-succeeded")) == 2, "the run's graph colours both steps succeeded")
+    labelled("run")
+    shot("04-run")
+
+    # Sync a connection and see its counts.
+    driver.get(f"{base}/connections/sandbox")
+    Select(driver.find_element(By.ID, "s-entity")).select_by_visible_text("vendor")
+    driver.find_element(By.XPATH, "//button[text()='Sync now']").click()
+    wait.until(lambda d: "added" in d.find_element(By.ID, "syncs").text and "running" not in d.find_element(By.ID, "syncs").text)
+    check("vendor" in driver.find_element(By.ID, "syncs").text, "the sync shows its counts")
+    Select(driver.find_element(By.ID, "r-entity")).select_by_visible_text("vendor")
+    driver.find_element(By.XPATH, "//button[text()='Browse']").click()
+    wait.until(lambda d: "entity=vendor" in d.current_url)
+    check("Acme Industrial Supply" in text(), "the cached vendor records are browsable")
+    labelled("connection")
+    shot("05-connection")
+
+    # The webhook message the run sent: its attempt and the receiver's answer.
+    msg_link = None
+    for _ in range(100):
+        driver.get(f"{base}/webhooks")
+        links = driver.find_elements(By.CSS_SELECTOR, "a[href^='/webhooks/messages/']")
+        if links and "delivered" in text():
+            msg_link = links[0].get_attribute("href")
+            break
+        time.sleep(0.2)
+    check(msg_link is not None, "the run's webhook message was delivered")
+    labelled("webhooks")
+    shot("06-webhooks")
+    driver.get(msg_link)
+    rows = lambda: len(driver.find_elements(By.CSS_SELECTOR, "tbody tr"))
+    before = rows()
+    check("<script>document.title='pwned'</script>thanks" in text(), "the receiver's answer is shown as text")
+    check(driver.title != "pwned", "the receiver's script did not run")
+    driver.find_element(By.XPATH, "//button[text()='Resend']").click()
+    for _ in range(100):
+        driver.get(msg_link)
+        if rows() > before:
+            break
+        time.sleep(0.2)
+    check(rows() > before, f"resend made a new attempt ({before} before)")
+    shot("07-message")
+
+    # A form without its CSRF token is refused, with the session's cookie.
+    cookie = driver.get_cookie("sluice_session")
+    check(cookie is not None and cookie.get("httpOnly") and cookie.get("sameSite") == "Strict", f"the session cookie is HttpOnly and SameSite=Strict: {cookie}")
+    jar = {"sluice_session": cookie["value"]}
+    res = requests.post(f"{base}/flows/order-check/run", data={"input.order": "x"}, cookies=jar, allow_redirects=False, timeout=10)
+    check(res.status_code == 403 and "CSRF" in res.text, f"a form without its CSRF token is refused: {res.status_code}")
+    res = requests.post(f"{base}/flows/order-check/run", data={"input.order": "x", "csrf": "forged"}, cookies=jar, allow_redirects=False, timeout=10)
+    check(res.status_code == 403, f"a form with a forged CSRF token is refused: {res.status_code}")
+
+    # Sign out; the old cookie no longer opens anything.
+    driver.find_element(By.XPATH, "//button[text()='Sign out']").click()
+    wait.until(lambda d: d.current_url.endswith("/login"))
+    res = requests.get(f"{base}/runs", cookies=jar, allow_redirects=False, timeout=10)
+    check(res.status_code == 303 and res.headers.get("location") == "/login", f"a cookie replayed after sign-out is refused: {res.status_code}")
+
+    # A read token sees, cannot run.
+    sign_in(reader)
+    wait.until(lambda d: "Flows" in d.title)
+    driver.get(f"{base}/flows/order-check")
+    run_button = driver.find_element(By.XPATH, "//button[text()='Run']")
+    check(not run_button.is_enabled(), "a read token's Run button is disabled")
+    shot("08-flow-read-token")
+    csrf = driver.find_element(By.NAME, "csrf").get_attribute("value")
+    jar = {"sluice_session": driver.get_cookie("sluice_session")["value"]}
+    res = requests.post(f"{base}/flows/order-check/run", data={"input.order": "x", "csrf": csrf}, cookies=jar, allow_redirects=False, timeout=10)
+    check(res.status_code == 403 and "scope `read`" in res.text, f"a read token's run is refused by the API's scope check: {res.status_code}")
+    driver.get(run_url)
+    check(not driver.find_elements(By.XPATH, "//button[text()='Cancel' or text()='Re-run from the failed step']"), "a read token sees no run actions")
+    driver.get(f"{base}/runs?status=succeeded")
+    check("order-check" in text(), "the runs list filtered by status shows the run")
+    labelled("runs")
+    shot("09-runs")
+    driver.get(f"{base}/plugins")
+    shot("10-plugins")
+
+    # The public status page needs no sign-in.
+    res = requests.get(f"{base}/status", timeout=10)
+    check(res.status_code == 200 and "operational" in res.text, "the status page answers without sign-in")
+    driver.get(f"{base}/status")
+    shot("11-status")
+finally:
+    driver.quit()
+    server.shutdown()
+
+if failures:
+    print(f"{len(failures)} check(s) failed")
+    sys.exit(1)
+print("console: every check passed")
