@@ -8,7 +8,7 @@ Text a user or a partner controls (a step's output, a receiver's answer)
 must come back escaped, never as markup. Every control must have a label.
 A screenshot of each page is written to SHOTS.
 
-Usage: test_console.py BASE_URL ADMIN_TOKEN READ_TOKEN SHOTS RECEIVER_PORT
+Usage: test_console.py BASE_URL ADMIN_TOKEN READ_TOKEN SHOTS RECEIVER_PORT MAXIMO_URL MAXIMO_KEY
 """
 
 import http.server
@@ -23,7 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-base, admin, reader, shots, receiver_port = sys.argv[1:6]
+base, admin, reader, shots, receiver_port, maximo_url, maximo_key = sys.argv[1:8]
 os.makedirs(shots, exist_ok=True)
 XSS = "<img src=x onerror=alert(1)>"
 failures = []
@@ -113,6 +113,8 @@ try:
 
     sign_in(admin)
     wait.until(lambda d: "Flows" in d.title)
+    cookie = driver.get_cookie("sluice_session")
+    check(cookie is not None and cookie.get("httpOnly") and cookie.get("sameSite") == "Strict", f"the session cookie is HttpOnly and SameSite=Strict: {cookie}")
     check("order-check" in text(), "the flows page lists the flow")
     labelled("flows")
     shot("02-flows")
@@ -143,18 +145,63 @@ try:
     labelled("run")
     shot("04-run")
 
-    # Sync a connection and see its counts.
-    driver.get(f"{base}/connections/sandbox")
-    Select(driver.find_element(By.ID, "s-entity")).select_by_visible_text("vendor")
+    # Connect the Maximo emulator through the connect flow: a wrong key is
+    # said in plain words, the right one is tested and saved.
+    driver.get(f"{base}/connections")
+    driver.find_element(By.LINK_TEXT, "Connect a system").click()
+    driver.find_element(By.PARTIAL_LINK_TEXT, "IBM Maximo").click()
+    wait.until(lambda d: d.find_elements(By.ID, "c-id"))
+    labelled("connect form")
+
+    def fill(key, name=True):
+        if name:
+            box = driver.find_element(By.ID, "c-id")
+            box.clear()
+            box.send_keys("plant")
+        for field, value in [("p-base_url", maximo_url), ("p-site", "BEDFORD")]:
+            box = driver.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(value)
+        driver.find_element(By.ID, "k-api_key").send_keys(key)
+        driver.find_element(By.XPATH, "//button[text()='Test and save']").click()
+
+    fill("not-the-key")
+    wait.until(lambda d: d.find_elements(By.ID, "problem"))
+    check("Wrong credentials" in driver.find_element(By.ID, "problem").text, "a wrong key is refused in plain words")
+    shot("05-connect-wrong-key")
+    fill(maximo_key)
+    wait.until(lambda d: d.current_url.endswith("/connections/plant"))
+    check(True, "the right key is tested and the connection saved")
+    # Sync it and see its counts.
+    Select(driver.find_element(By.ID, "s-entity")).select_by_visible_text("work_order")
     driver.find_element(By.XPATH, "//button[text()='Sync now']").click()
     wait.until(lambda d: "added" in d.find_element(By.ID, "syncs").text and "running" not in d.find_element(By.ID, "syncs").text)
-    check("vendor" in driver.find_element(By.ID, "syncs").text, "the sync shows its counts")
-    Select(driver.find_element(By.ID, "r-entity")).select_by_visible_text("vendor")
+    check("12 added" in driver.find_element(By.ID, "syncs").text, "the sync shows its counts: " + driver.find_element(By.ID, "syncs").text)
+    Select(driver.find_element(By.ID, "r-entity")).select_by_visible_text("work_order")
     driver.find_element(By.XPATH, "//button[text()='Browse']").click()
-    wait.until(lambda d: "entity=vendor" in d.current_url)
-    check("Acme Industrial Supply" in text(), "the cached vendor records are browsable")
+    wait.until(lambda d: "entity=work_order" in d.current_url)
+    check(len(driver.find_elements(By.CSS_SELECTOR, "main details")) == 12, "the cached work orders are browsable")
     labelled("connection")
-    shot("05-connection")
+    shot("06-connection")
+
+    # A connect link: made by the admin, opened without signing in.
+    driver.get(f"{base}/connect")
+    Select(driver.find_element(By.ID, "l-def")).select_by_value("maximo")
+    driver.find_element(By.ID, "l-id").send_keys("partner-plant")
+    driver.find_element(By.XPATH, "//button[text()='Make a link']").click()
+    link = wait.until(lambda d: d.find_element(By.ID, "link")).get_attribute("value")
+    shot("07-connect-link")
+    cookie_before = driver.get_cookie("sluice_session")
+    driver.delete_all_cookies()
+    driver.get(link)
+    check(not driver.find_elements(By.CSS_SELECTOR, "nav"), "a connect link shows no navigation")
+    labelled("connect link")
+    fill(maximo_key, name=False)
+    wait.until(lambda d: "Connected" in d.title)
+    check(True, "connected through the link")
+    driver.get(link)
+    check("already used" in text(), "a used link is refused")
+    driver.add_cookie({"name": "sluice_session", "value": cookie_before["value"], "path": "/", "httpOnly": True, "sameSite": "Strict"})
 
     # The webhook message the run sent: its attempt and the receiver's answer.
     msg_link = None
@@ -167,7 +214,7 @@ try:
         time.sleep(0.2)
     check(msg_link is not None, "the run's webhook message was delivered")
     labelled("webhooks")
-    shot("06-webhooks")
+    shot("08-webhooks")
     driver.get(msg_link)
     rows = lambda: len(driver.find_elements(By.CSS_SELECTOR, "tbody tr"))
     before = rows()
@@ -180,11 +227,10 @@ try:
             break
         time.sleep(0.2)
     check(rows() > before, f"resend made a new attempt ({before} before)")
-    shot("07-message")
+    shot("09-message")
 
     # A form without its CSRF token is refused, with the session's cookie.
     cookie = driver.get_cookie("sluice_session")
-    check(cookie is not None and cookie.get("httpOnly") and cookie.get("sameSite") == "Strict", f"the session cookie is HttpOnly and SameSite=Strict: {cookie}")
     jar = {"sluice_session": cookie["value"]}
     res = requests.post(f"{base}/flows/order-check/run", data={"input.order": "x"}, cookies=jar, allow_redirects=False, timeout=10)
     check(res.status_code == 403 and "CSRF" in res.text, f"a form without its CSRF token is refused: {res.status_code}")
@@ -203,7 +249,7 @@ try:
     driver.get(f"{base}/flows/order-check")
     run_button = driver.find_element(By.XPATH, "//button[text()='Run']")
     check(not run_button.is_enabled(), "a read token's Run button is disabled")
-    shot("08-flow-read-token")
+    shot("10-flow-read-token")
     csrf = driver.find_element(By.NAME, "csrf").get_attribute("value")
     jar = {"sluice_session": driver.get_cookie("sluice_session")["value"]}
     res = requests.post(f"{base}/flows/order-check/run", data={"input.order": "x", "csrf": csrf}, cookies=jar, allow_redirects=False, timeout=10)
@@ -213,15 +259,16 @@ try:
     driver.get(f"{base}/runs?status=succeeded")
     check("order-check" in text(), "the runs list filtered by status shows the run")
     labelled("runs")
-    shot("09-runs")
+    shot("11-runs")
     driver.get(f"{base}/plugins")
-    shot("10-plugins")
+    shot("12-plugins")
 
     # The public status page needs no sign-in.
     res = requests.get(f"{base}/status", timeout=10)
     check(res.status_code == 200 and "operational" in res.text, "the status page answers without sign-in")
+    check("plant" in res.text and "online" in res.text, "the status page shows the connected systems")
     driver.get(f"{base}/status")
-    shot("11-status")
+    shot("13-status")
 finally:
     driver.quit()
     server.shutdown()

@@ -203,7 +203,7 @@ pub fn build(
         &row.id,
         def.clone(),
         &config,
-        &|name| secrets.get(name).map(str::to_string),
+        &|name| secrets.lookup(name),
         health,
     )
     .map_err(|e| e.to_string())

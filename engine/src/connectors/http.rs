@@ -283,6 +283,10 @@ pub struct ConnectionConfig {
     pub syncs: Vec<crate::sync::SyncSchedule>,
 }
 
+/// The prefix of the secret names of credentials stored sealed in the
+/// database (the console's connect flow): `stored:<connection>.<credential>`.
+pub const STORED_PREFIX: &str = "stored:";
+
 /// Static credentials, resolved once from the auth templates.
 #[derive(Clone)]
 enum StaticAuth {
@@ -399,7 +403,12 @@ impl HttpConnector {
                     credentials.insert(name.clone(), Value::String(v));
                 }
                 None => {
-                    missing.push(format!("SLUICE_SECRET_{secret_name}"));
+                    missing.push(match secret_name.strip_prefix(STORED_PREFIX) {
+                        Some(_) => format!(
+                            "the stored credential `{secret_name}` (it opens with the SLUICE_CREDENTIALS_KEY it was stored with)"
+                        ),
+                        None => format!("SLUICE_SECRET_{secret_name}"),
+                    });
                     credentials.insert(name.clone(), Value::String(String::new()));
                 }
             }

@@ -10,6 +10,7 @@ pub mod http;
 pub mod mapping;
 pub mod resilience;
 pub mod sandbox;
+pub mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

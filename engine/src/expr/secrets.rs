@@ -1,11 +1,15 @@
 //! Secrets: read from `SLUICE_SECRET_<NAME>` variables, never stored or logged.
+//! Credentials entered in the console are stored sealed (see
+//! `connectors::vault`) and added here once opened ([`Secrets::add_stored`]):
+//! connections find them with [`Secrets::lookup`], and redaction covers
+//! them, but expressions do not see them.
 //!
-//! Expressions see them as `secrets.<NAME>`. Every output, error and log line
+//! Expressions see the variables as `secrets.<NAME>`. Every output, error and log line
 //! the engine stores or prints passes through [`Secrets::redact`], which
 //! replaces each secret value with `[REDACTED]`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
@@ -18,6 +22,8 @@ pub const REDACTED: &str = "[REDACTED]";
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     values: Arc<BTreeMap<String, String>>,
+    /// Opened stored credentials, shared by every clone.
+    stored: Arc<RwLock<BTreeMap<String, String>>>,
 }
 
 impl Secrets {
@@ -33,6 +39,28 @@ impl Secrets {
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Secrets {
         Secrets {
             values: Arc::new(pairs.into_iter().collect()),
+            stored: Arc::default(),
+        }
+    }
+
+    /// Adds an opened stored credential (seen by every clone).
+    pub fn add_stored(&self, name: &str, value: &str) {
+        self.stored
+            .write()
+            .expect("stored secrets lock")
+            .insert(name.to_string(), value.to_string());
+    }
+
+    /// A secret a connection names: a variable's or a stored credential's.
+    pub fn lookup(&self, name: &str) -> Option<String> {
+        match self.values.get(name) {
+            Some(v) => Some(v.clone()),
+            None => self
+                .stored
+                .read()
+                .expect("stored secrets lock")
+                .get(name)
+                .cloned(),
         }
     }
 
@@ -53,13 +81,19 @@ impl Secrets {
 
     /// Whether there are no secrets (redaction is then free).
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.values.is_empty() && self.stored.read().expect("stored secrets lock").is_empty()
     }
 
     /// Text with every secret value replaced by `[REDACTED]`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for v in self.values.values().filter(|v| v.len() >= 3) {
+        let stored = self.stored.read().expect("stored secrets lock");
+        for v in self
+            .values
+            .values()
+            .chain(stored.values())
+            .filter(|v| v.len() >= 3)
+        {
             if out.contains(v.as_str()) {
                 out = out.replace(v.as_str(), REDACTED);
             }

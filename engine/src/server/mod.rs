@@ -113,6 +113,8 @@ pub struct AppState {
     max_runs: usize,
     /// False once shutdown begins: new starts get 503.
     accepting: AtomicBool,
+    /// Seals and opens credentials stored in the database.
+    vault: crate::connectors::vault::Vault,
 }
 
 impl AppState {
@@ -185,6 +187,8 @@ pub async fn state(config: &ServeConfig) -> Result<Arc<AppState>, String> {
         .await
         .map_err(|e| e.to_string())?;
     let secrets = Secrets::from_env();
+    let vault = crate::connectors::vault::Vault::from_env()?;
+    open_stored_credentials(&store, &vault, &secrets).await?;
     let (defs, broken) =
         Definitions::load(config.connectors_dir.as_deref()).map_err(|e| e.to_string())?;
     for e in &broken {
@@ -227,12 +231,50 @@ pub async fn state(config: &ServeConfig) -> Result<Arc<AppState>, String> {
         run_slots: Arc::new(Semaphore::new(config.max_runs)),
         max_runs: config.max_runs,
         accepting: AtomicBool::new(true),
+        vault,
     });
     // `flow` steps and `on_failure` run the flows this server has loaded.
     state.engine.set_flows(state.flows.clone());
     flows::load_dir(&state, &config.flows_dir).await?;
     flows::reload(&state).await.map_err(|e| e.to_string())?;
     Ok(state)
+}
+
+/// Opens the credentials stored sealed in the database (the console's
+/// connect flow) into `secrets`, sealing again with the current key those
+/// sealed with the old one (key rotation). One that does not open is
+/// logged, and its connection reports the credential missing.
+async fn open_stored_credentials(
+    store: &Store,
+    vault: &crate::connectors::vault::Vault,
+    secrets: &Secrets,
+) -> Result<(), String> {
+    let mut resealed = Vec::new();
+    for c in store.credentials().await.map_err(|e| e.to_string())? {
+        match vault.open(&c.secret_name, &c.sealed) {
+            Ok(opened) => {
+                secrets.add_stored(&c.secret_name, &opened.value);
+                if opened.stale {
+                    resealed.push(crate::store::StoredCredential {
+                        sealed: vault.seal(&c.secret_name, &opened.value)?,
+                        ..c
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(connection = %c.connection_id, "{e}"),
+        }
+    }
+    if !resealed.is_empty() {
+        store
+            .put_credentials(&resealed)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            count = resealed.len(),
+            "stored credentials sealed again with the new SLUICE_CREDENTIALS_KEY; SLUICE_CREDENTIALS_OLD_KEY can go"
+        );
+    }
+    Ok(())
 }
 
 /// Runs the server until `shutdown` completes. `on_listening` gets the bound address.

@@ -216,9 +216,19 @@ pub async fn connection_create(
     conn::add(&state.store, &state.defs, &req.id, &req.config, req.replace)
         .await
         .map_err(ApiError::validation)?;
+    let row = install_connection(&state, &req.id).await?;
+    Ok((StatusCode::CREATED, Json(connection_json(&row))))
+}
+
+/// Makes a stored connection usable at once: flows, syncs and tests use it
+/// without a restart.
+pub async fn install_connection(
+    state: &AppState,
+    id: &str,
+) -> ApiResult<crate::store::ConnectionRow> {
     let row = state
         .store
-        .connection(&req.id)
+        .connection(id)
         .await?
         .ok_or_else(|| ApiError::internal("a stored connection vanished"))?;
     let c = conn::build(
@@ -229,13 +239,13 @@ pub async fn connection_create(
     )
     .map_err(ApiError::validation)?;
     let c = Arc::new(c);
-    state.engine.set_connection(&req.id, c.clone());
+    state.engine.set_connection(id, c.clone());
     state
         .connections
         .write()
         .expect("connections lock")
-        .insert(req.id.clone(), c);
-    Ok((StatusCode::CREATED, Json(connection_json(&row))))
+        .insert(id.to_string(), c);
+    Ok(row)
 }
 
 fn connection_json(row: &crate::store::ConnectionRow) -> ConnectionOut {

@@ -99,10 +99,15 @@ impl Store {
         r.as_ref().map(row).transpose()
     }
 
-    /// Removes a connection and its history; false when there was none.
+    /// Removes a connection, its history and its stored credentials; false
+    /// when there was none.
     pub async fn remove_connection(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM connection_status_events WHERE connection_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM connection_credentials WHERE connection_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;

@@ -29,7 +29,7 @@ mod webhooks;
 
 pub use archive::RawArchive;
 pub use connections::{ConnectionRow, StatusEvent};
-pub use console::SessionRow;
+pub use console::{ConnectLink, SessionRow, StoredCredential};
 pub use events::{EVENTS_CHANNEL, Effects, NewEvent, StoredEvent};
 pub use plugins::PluginRecord;
 pub use retention::{Prune, PruneReport};

@@ -14,7 +14,8 @@ const W: i64 = 160;
 const H: i64 = 40;
 
 /// Node boxes and edges of the steps' DAG, each node with its status from
-/// `statuses` (by step id; `pending` when absent).
+/// `statuses` (by step id; `pending` when absent, none when `statuses` is
+/// empty: the flow's picture, not a run's).
 pub fn draw(steps: &[Step], statuses: &BTreeMap<String, String>) -> Value {
     let index: HashMap<&str, usize> = steps
         .iter()
@@ -59,7 +60,11 @@ pub fn draw(steps: &[Step], statuses: &BTreeMap<String, String>) -> Value {
                 "kind": s.kind().map(|k| k.name()).unwrap_or(""),
                 "x": at[i].0,
                 "y": at[i].1,
-                "status": statuses.get(&s.id).map(String::as_str).unwrap_or("pending"),
+                "status": match statuses.get(&s.id) {
+                    Some(status) => status.as_str(),
+                    None if statuses.is_empty() => "",
+                    None => "pending",
+                },
             })
         })
         .collect();

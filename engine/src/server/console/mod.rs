@@ -34,6 +34,7 @@ use super::AppState;
 use super::auth::Scope;
 use crate::flow::model::InputType;
 
+mod connect;
 mod graph;
 
 /// Marks an in-process API request made for a console session.
@@ -83,6 +84,16 @@ pub fn router(state: Arc<AppState>, api: Router) -> Router {
         .route("/connections", get(connections_page))
         .route("/connections/{id}", get(connection_page))
         .route("/connections/{id}/sync", post(connection_sync))
+        .route("/connect", get(connect::catalog))
+        .route(
+            "/connect/{definition}",
+            get(connect::form_page).post(connect::submit),
+        )
+        .route("/connect-links", post(connect::create_link))
+        .route(
+            "/link/{token}",
+            get(connect::link_page).post(connect::link_submit),
+        )
         .route("/webhooks", get(webhooks_page))
         .route("/webhooks/messages/{id}", get(message_page))
         .route("/webhooks/messages/{id}/resend", post(message_resend))
@@ -114,6 +125,15 @@ fn templates() -> minijinja::Environment<'static> {
         ),
         ("plugins.html", include_str!("templates/plugins.html")),
         ("graph.html", include_str!("templates/graph.html")),
+        ("connect.html", include_str!("templates/connect.html")),
+        (
+            "connect_form.html",
+            include_str!("templates/connect_form.html"),
+        ),
+        (
+            "link_created.html",
+            include_str!("templates/link_created.html"),
+        ),
         ("status.html", include_str!("templates/status.html")),
     ] {
         env.add_template(name, text)
@@ -700,7 +720,7 @@ async fn runs_page(
         "runs.html",
         &s,
         "runs",
-        json!({"runs": items, "q": q, "next": runs["next_cursor"], "flows": flows["items"]}),
+        json!({"runs": items, "q": q, "next": runs["next_cursor"], "flows": flows["items"], "live": true, "refresh": 5}),
     )
 }
 
