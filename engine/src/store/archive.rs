@@ -137,9 +137,53 @@ fn decompress(bytes: &[u8], dict: Option<&[u8]>) -> Result<Vec<u8>, StoreError> 
     Ok(out)
 }
 
+/// The mark of an archive in two frames: the run's output, then the rest.
+const TWO_FRAMES: &[u8; 4] = b"SLA2";
+
+/// An archive in two frames: `SLA2`, the first frame's length (u32 LE),
+/// the output's frame, the frame of the rest.
+fn pack(output: &[u8], rest: &[u8], dict: Option<&[u8]>) -> Result<Vec<u8>, StoreError> {
+    let first = compress(output, dict)?;
+    let second = compress(rest, dict)?;
+    let mut packed = Vec::with_capacity(8 + first.len() + second.len());
+    packed.extend_from_slice(TWO_FRAMES);
+    packed.extend_from_slice(&(first.len() as u32).to_le_bytes());
+    packed.extend_from_slice(&first);
+    packed.extend_from_slice(&second);
+    Ok(packed)
+}
+
+/// The output's frame and the rest's, or `None` for an archive in one frame.
+fn unpack(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = bytes.strip_prefix(TWO_FRAMES)?;
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let frames = &rest[4..];
+    (len <= frames.len()).then(|| frames.split_at(len))
+}
+
 /// Reads an archive compressed on its own or against `base`.
 pub fn decode(bytes: &[u8], base: Option<&[u8]>) -> Result<Archive, StoreError> {
-    Ok(serde_json::from_slice(&decompress(bytes, base)?)?)
+    match unpack(bytes) {
+        Some((output, rest)) => {
+            let mut archive: Archive = serde_json::from_slice(&decompress(rest, base)?)?;
+            archive.output = serde_json::from_slice(&decompress(output, base)?)?;
+            Ok(archive)
+        }
+        None => Ok(serde_json::from_slice(&decompress(bytes, base)?)?),
+    }
+}
+
+/// Reads only an archive's output.
+fn decode_output(bytes: &[u8], base: Option<&[u8]>) -> Result<Option<Value>, StoreError> {
+    #[derive(Deserialize)]
+    struct OutputOnly {
+        #[serde(default)]
+        output: Option<Value>,
+    }
+    match unpack(bytes) {
+        Some((output, _)) => Ok(serde_json::from_slice(&decompress(output, base)?)?),
+        None => Ok(serde_json::from_slice::<OutputOnly>(&decompress(bytes, base)?)?.output),
+    }
 }
 
 impl super::Store {
@@ -164,21 +208,21 @@ impl super::Store {
             return Ok(None);
         }
         let attempts = self.attempt_rows(run_id).await?;
-        // Serialized as an [`Archive`], without copying the outputs.
+        // Serialized as an [`Archive`] without its output, without copying
+        // the outputs; the output goes into a frame of its own, so a list
+        // of runs reads only that.
         #[derive(Serialize)]
         struct Borrowed<'a> {
             records: &'a [StepRecord],
-            #[serde(skip_serializing_if = "Option::is_none")]
-            output: Option<&'a Value>,
             #[serde(skip_serializing_if = "<[AttemptRecord]>::is_empty")]
             attempts: &'a [AttemptRecord],
         }
-        let json = serde_json::to_vec(&Borrowed {
+        let rest = serde_json::to_vec(&Borrowed {
             records: steps,
-            output,
             attempts: &attempts,
         })?;
-        if json.len() < ARCHIVE_MIN {
+        let out = serde_json::to_vec(&output)?;
+        if rest.len() + out.len() < ARCHIVE_MIN {
             return Ok(None);
         }
         let mut stmts = Vec::new();
@@ -186,7 +230,7 @@ impl super::Store {
         let current = self.current_base(flow_id).await?;
         let against_current = match &current {
             Some(base) => {
-                let packed = compress(&json, Some(&base.json))?;
+                let packed = pack(&out, &rest, Some(&base.json))?;
                 (packed.len() * 2 <= base.packed_len).then(|| (packed, base.id.clone()))
             }
             None => None,
@@ -196,6 +240,8 @@ impl super::Store {
             None => {
                 // This run's archive becomes the flow's base, and the run
                 // is stored as (almost) nothing but a reference to it.
+                let mut json = out;
+                json.extend_from_slice(&rest);
                 let own = compress(&json, None)?;
                 let base = Arc::new(Base {
                     id: uuid::Uuid::now_v7().to_string(),
@@ -216,7 +262,8 @@ impl super::Store {
                         Arg::Int(Some(now)),
                     ],
                 ));
-                let packed = compress(&base.json, Some(&base.json))?;
+                let (out, rest) = base.json.split_at(base.json.len() - rest.len());
+                let packed = pack(out, rest, Some(&base.json))?;
                 let id = base.id.clone();
                 made = Some(NewBase {
                     flow_id: flow_id.to_string(),
@@ -333,6 +380,19 @@ impl super::Store {
                 decode(bytes, Some(&json))
             }
             None => decode(bytes, None),
+        }
+    }
+
+    /// Only the run's output from its archive (run lists show outputs,
+    /// not steps): its own small frame.
+    pub(crate) async fn read_archive_output(
+        &self,
+        bytes: &[u8],
+        base: Option<&str>,
+    ) -> Result<Option<Value>, StoreError> {
+        match base {
+            Some(id) => decode_output(bytes, Some(&self.base(id).await?)),
+            None => decode_output(bytes, None),
         }
     }
 

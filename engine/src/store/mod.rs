@@ -1380,7 +1380,7 @@ impl Store {
             && let Some(bytes) = r.try_get::<Option<Vec<u8>>, _>(16)?
         {
             let base: Option<String> = r.try_get(17)?;
-            run.output = self.read_archive(&bytes, base.as_deref()).await?.output;
+            run.output = self.read_archive_output(&bytes, base.as_deref()).await?;
         }
         Ok(run)
     }
