@@ -8,7 +8,7 @@ Text a user or a partner controls (a step's output, a receiver's answer)
 must come back escaped, never as markup. Every control must have a label.
 A screenshot of each page is written to SHOTS.
 
-Usage: test_console.py BASE_URL ADMIN_TOKEN READ_TOKEN SHOTS RECEIVER_PORT MAXIMO_URL MAXIMO_KEY
+Usage: test_console.py BASE_URL ADMIN_TOKEN READ_TOKEN SHOTS RECEIVER_PORT MAXIMO_URL MAXIMO_KEY WASM
 """
 
 import http.server
@@ -23,7 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-base, admin, reader, shots, receiver_port, maximo_url, maximo_key = sys.argv[1:8]
+base, admin, reader, shots, receiver_port, maximo_url, maximo_key, wasm = sys.argv[1:9]
 os.makedirs(shots, exist_ok=True)
 XSS = "<img src=x onerror=alert(1)>"
 failures = []
@@ -229,6 +229,33 @@ try:
     check(rows() > before, f"resend made a new attempt ({before} before)")
     shot("09-message")
 
+    # Endpoints: add one (its secret shown once), disable it, rotate its secret.
+    driver.get(f"{base}/webhooks")
+    driver.find_element(By.ID, "e-url").send_keys(f"http://127.0.0.1:{receiver_port}/second")
+    driver.find_element(By.ID, "e-types").send_keys("run.failed, sync.*")
+    driver.find_element(By.ID, "e-desc").send_keys("second receiver")
+    driver.find_element(By.XPATH, "//button[text()='Add endpoint']").click()
+    secret = wait.until(lambda d: d.find_element(By.ID, "secret")).get_attribute("value")
+    check(secret.startswith("whsec_"), "a new endpoint's signing secret is shown once")
+    driver.get(f"{base}/webhooks")
+    row = driver.find_element(By.XPATH, "//tr[td[contains(., 'second receiver')]]")
+    row.find_element(By.XPATH, ".//button[text()='Disable']").click()
+    row = wait.until(lambda d: d.find_element(By.XPATH, "//tr[td[contains(., 'second receiver')]]"))
+    check("disabled" in row.text, "the endpoint is disabled")
+    row.find_element(By.XPATH, ".//button[text()='Rotate secret']").click()
+    rotated = wait.until(lambda d: d.find_element(By.ID, "secret")).get_attribute("value")
+    check(rotated.startswith("whsec_") and rotated != secret, "rotating gives a new secret")
+
+    # A plugin uploaded from the browser.
+    driver.get(f"{base}/plugins")
+    driver.find_element(By.ID, "pl-file").send_keys(wasm)
+    driver.find_element(By.ID, "pl-name").send_keys("echo-console")
+    driver.find_element(By.ID, "pl-version").send_keys("1.0.0")
+    driver.find_element(By.XPATH, "//button[text()='Upload']").click()
+    wait.until(lambda d: d.current_url.endswith("/plugins") and "echo-console" in text())
+    check("1.0.0" in text(), "the uploaded plugin is listed with its version and size")
+    labelled("plugins")
+
     # A form without its CSRF token is refused, with the session's cookie.
     cookie = driver.get_cookie("sluice_session")
     jar = {"sluice_session": cookie["value"]}
@@ -261,6 +288,7 @@ try:
     labelled("runs")
     shot("11-runs")
     driver.get(f"{base}/plugins")
+    check(not driver.find_elements(By.ID, "pl-file"), "a read token sees no upload form")
     shot("12-plugins")
 
     # The public status page needs no sign-in.

@@ -325,13 +325,17 @@ impl Api {
     /// The axum router with the request-id middleware around everything
     /// (unknown routes included).
     pub fn into_router(self) -> Router {
+        self.into_router_with(Router::new())
+    }
+
+    /// [`Api::into_router`] with `pages` (the console) beside the API,
+    /// under the same request-id middleware.
+    pub fn into_router_with(self, pages: Router) -> Router {
         let state = self.state.clone();
         self.router
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                request_id,
-            ))
-            .with_state(state)
+            .with_state(state.clone())
+            .merge(pages)
+            .layer(axum::middleware::from_fn_with_state(state, request_id))
     }
 
     /// The OpenAPI 3.1 document of the declared routes.

@@ -325,8 +325,9 @@ pub async fn serve(
         config.lease,
     ));
 
+    // The console calls the API in-process through its own copy of it.
     let api = routes(state.clone()).into_router();
-    let app = api.clone().merge(console::router(state.clone(), api));
+    let app = routes(state.clone()).into_router_with(console::router(state.clone(), api));
     on_listening(addr);
     tracing::info!(%addr, "listening");
     let limits = accept::ConnectionLimits {
@@ -417,7 +418,9 @@ pub async fn request_id(State(state): State<Arc<AppState>>, req: Request, next: 
     let started = std::time::Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status();
-    let flow_answer = res.extensions().get::<FlowAnswer>().is_some();
+    // A flow's synchronous answer and a console page keep their own bodies.
+    let flow_answer = res.extensions().get::<FlowAnswer>().is_some()
+        || res.extensions().get::<console::Page>().is_some();
     if (status.is_client_error() || status.is_server_error()) && !flow_answer {
         let err = res.extensions().get::<ApiError>().cloned().unwrap_or_else(|| {
             let mut e = ApiError::for_status(status);

@@ -37,6 +37,16 @@ use crate::flow::model::InputType;
 mod connect;
 mod graph;
 
+/// Marks a response as a console page: the API's middleware leaves its
+/// body as it is (an HTML page saying what went wrong, not a JSON error).
+#[derive(Debug, Clone, Copy)]
+pub struct Page;
+
+async fn mark_page(mut res: Response) -> Response {
+    res.extensions_mut().insert(Page);
+    res
+}
+
 /// Marks an in-process API request made for a console session.
 #[derive(Debug, Clone)]
 pub struct SessionCaller {
@@ -95,11 +105,14 @@ pub fn router(state: Arc<AppState>, api: Router) -> Router {
             get(connect::link_page).post(connect::link_submit),
         )
         .route("/webhooks", get(webhooks_page))
+        .route("/webhooks/endpoints", post(endpoint_create))
+        .route("/webhooks/endpoints/{id}/{action}", post(endpoint_action))
         .route("/webhooks/messages/{id}", get(message_page))
         .route("/webhooks/messages/{id}/resend", post(message_resend))
-        .route("/plugins", get(plugins_page))
+        .route("/plugins", get(plugins_page).post(plugin_upload))
         .route("/status", get(status_page))
         .route("/console.css", get(stylesheet))
+        .route_layer(axum::middleware::map_response(mark_page))
         .with_state(console)
 }
 
@@ -125,6 +138,7 @@ fn templates() -> minijinja::Environment<'static> {
         ),
         ("plugins.html", include_str!("templates/plugins.html")),
         ("graph.html", include_str!("templates/graph.html")),
+        ("secret.html", include_str!("templates/secret.html")),
         ("connect.html", include_str!("templates/connect.html")),
         (
             "connect_form.html",
@@ -573,6 +587,20 @@ async fn flow_page(
     )
 }
 
+/// A value without its `null` members and empty lists (a step's unset keys).
+fn without_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nulls).collect()),
+        other => other,
+    }
+}
+
 fn input_kind(kind: InputType) -> &'static str {
     match kind {
         InputType::String => "string",
@@ -764,11 +792,23 @@ async fn run_page(
         }
     }
     let flow_id = run["flow_id"].as_str().unwrap_or_default().to_string();
-    let picture = c
-        .state
-        .flows
-        .get(&flow_id)
+    let loaded = c.state.flows.get(&flow_id);
+    let picture = loaded
+        .as_ref()
         .map(|l| graph::draw(&l.compiled.flow.steps, &statuses));
+    // What each step was given: its definition in the flow (the values its
+    // expressions took are not stored).
+    if let (Some(l), Some(list)) = (&loaded, run["steps"].as_array_mut()) {
+        for step in list {
+            let id = step["step_id"].as_str().unwrap_or_default().to_string();
+            if let Some(def) = l.compiled.flow.steps.iter().find(|s| s.id == id) {
+                step["definition"] =
+                    without_nulls(serde_json::to_value(def).unwrap_or(Value::Null));
+            }
+        }
+    }
+    // Secret values never reach the page, whatever a step returned.
+    let run = c.state.secrets.redact_json(&run);
     let attempts = c.state.store.attempts(&id).await.unwrap_or_default();
     let live = matches!(
         run["status"].as_str(),
@@ -941,6 +981,190 @@ async fn message_resend(
         &back,
     )
     .await
+}
+
+/// `POST /webhooks/endpoints`: a new endpoint; its secret is shown once.
+async fn endpoint_create(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let fields = form(&body);
+    let s = match c.form_session(&headers, &fields).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let field = |k: &str| {
+        fields
+            .get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let event_types: Vec<String> = field("event_types")
+        .unwrap_or_default()
+        .split([',', ' '])
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    let (status, answer) = c
+        .api(
+            &s,
+            Method::POST,
+            "/v1/webhooks/endpoints",
+            Some(json!({
+                "url": field("url").unwrap_or_default(),
+                "event_types": event_types,
+                "description": field("description"),
+            })),
+        )
+        .await;
+    if !status.is_success() {
+        return c.api_error(status, &answer);
+    }
+    c.page(
+        "secret.html",
+        &s,
+        "webhooks",
+        json!({"title": "Endpoint created", "id": answer["id"], "secret": answer["secret"]}),
+    )
+}
+
+/// `POST /webhooks/endpoints/{id}/enable|disable|rotate`.
+async fn endpoint_action(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let s = match c.form_session(&headers, &form(&body)).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let uri = format!("/v1/webhooks/endpoints/{}", enc(&id));
+    match action.as_str() {
+        "enable" | "disable" => {
+            let (status, answer) = c
+                .api(
+                    &s,
+                    Method::PATCH,
+                    &uri,
+                    Some(json!({"enabled": action == "enable"})),
+                )
+                .await;
+            if status.is_success() {
+                see_other("/webhooks")
+            } else {
+                c.api_error(status, &answer)
+            }
+        }
+        "rotate" => {
+            let (status, answer) = c
+                .api(&s, Method::POST, &format!("{uri}/rotate-secret"), None)
+                .await;
+            if !status.is_success() {
+                return c.api_error(status, &answer);
+            }
+            c.page(
+                "secret.html",
+                &s,
+                "webhooks",
+                json!({
+                    "title": "Secret rotated",
+                    "id": answer["id"],
+                    "secret": answer["secret"],
+                    "previous_valid_s": answer["previous_secret_valid_for_s"],
+                }),
+            )
+        }
+        _ => c.message(StatusCode::NOT_FOUND, "Not found", "no such action"),
+    }
+}
+
+/// `POST /plugins`: a `.wasm` file from a form (multipart), sent on to the API.
+async fn plugin_upload(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    mut multipart: axum::extract::Multipart,
+) -> Response {
+    let mut fields = BTreeMap::new();
+    let mut wasm = None;
+    loop {
+        match multipart.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or_default().to_string();
+                match field.bytes().await {
+                    Ok(bytes) if name == "file" => wasm = Some(bytes),
+                    Ok(bytes) => {
+                        fields.insert(name, String::from_utf8_lossy(&bytes).trim().to_string());
+                    }
+                    Err(e) => {
+                        return c.message(
+                            StatusCode::BAD_REQUEST,
+                            "The upload failed",
+                            &e.body_text(),
+                        );
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return c.message(StatusCode::BAD_REQUEST, "The upload failed", &e.body_text());
+            }
+        }
+    }
+    let s = match c.form_session(&headers, &fields).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(wasm) = wasm.filter(|w| !w.is_empty()) else {
+        return c.message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Wrong input",
+            "choose a .wasm file to upload",
+        );
+    };
+    let field = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    let mut uri = format!(
+        "/v1/plugins?name={}&version={}",
+        enc(&field("name")),
+        enc(&field("version"))
+    );
+    if !field("description").is_empty() {
+        uri.push_str(&format!("&description={}", enc(&field("description"))));
+    }
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(&uri)
+        .header(header::CONTENT_TYPE, "application/wasm");
+    if let Some(h) = req.headers_mut() {
+        h.insert(header::CONTENT_LENGTH, wasm.len().into());
+    }
+    let Ok(mut req) = req.body(Body::from(wasm)) else {
+        return c.message(
+            StatusCode::BAD_REQUEST,
+            "Wrong input",
+            "not a valid plugin name or version",
+        );
+    };
+    req.extensions_mut().insert(SessionCaller {
+        token_id: s.token_id.clone(),
+    });
+    let resp = match c.api.clone().oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    if status.is_success() {
+        see_other("/plugins")
+    } else {
+        c.api_error(
+            status,
+            &serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
 }
 
 async fn plugins_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
