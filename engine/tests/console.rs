@@ -58,6 +58,8 @@ fn start(db: &str, connectors: &str, key: &[u8]) -> Server {
     cmd.args(["serve", "--listen", "127.0.0.1:0"])
         .env("SLUICE_DB", db)
         .env("SLUICE_CONNECTORS_DIR", connectors)
+        // The emulator listens on loopback, which links may not reach otherwise.
+        .env("SLUICE_CONNECT_LINK_ALLOW", "127.0.0.1/32")
         .env(
             "SLUICE_CREDENTIALS_KEY",
             base64::engine::general_purpose::STANDARD.encode(key),
@@ -384,6 +386,24 @@ async fn the_connect_flow_and_connect_links_test_seal_and_install_connections() 
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(res.text().await.unwrap().contains("Wrong credentials"));
+    // Whoever holds a link cannot reach this server's network: private,
+    // metadata and (not allow-listed) loopback addresses are refused
+    // before any request, and failed attempts do not spend the link.
+    for internal in [
+        "http://10.1.2.3:8080",
+        "http://169.254.169.254",
+        "http://[::1]:8080",
+    ] {
+        let mut f = link_form(good);
+        f[0].1 = internal.to_string();
+        let res = http.post(&link_url).form_of(&f).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let html = res.text().await.unwrap();
+        assert!(
+            html.contains("The address is refused"),
+            "{internal}: {html}"
+        );
+    }
     let res = http
         .post(&link_url)
         .form_of(&link_form(good))
@@ -427,6 +447,52 @@ async fn the_connect_flow_and_connect_links_test_seal_and_install_connections() 
     let (status, html) = page(&http, &format!("{}{short}", s.base), None).await;
     assert_eq!(status, StatusCode::GONE);
     assert!(html.contains("expired"), "{html}");
+
+    // A link for a connection that exists is refused when made.
+    let (status, html, _) = post_form(
+        &http,
+        &format!("{}/connect-links", s.base),
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("definition", "maximo"),
+            ("connection_id", "mx"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("already exists"), "{html}");
+    // Pages are not cached, framed or referred on.
+    let res = http
+        .get(format!("{}/connect", s.base))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+    assert_eq!(res.headers()["referrer-policy"], "same-origin");
+    assert!(
+        res.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    // A sign-in from another site (a sandboxed frame sends `Origin: null`) is refused.
+    for (name, value) in [
+        ("origin", "null"),
+        ("origin", "https://evil.example"),
+        ("referer", "https://evil.example/x"),
+    ] {
+        let res = http
+            .post(format!("{}/login", s.base))
+            .header(name, value)
+            .form_of(&[("token", admin.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{name}: {value}");
+    }
 
     // Signing out ends the session: the cookie replayed is sent to sign-in.
     let (_, html) = page(&http, &format!("{}/", s.base), Some(&cookie)).await;

@@ -27,6 +27,7 @@ use crate::connectors::resilience::{Health, Policy};
 use crate::connectors::{ConnectionStatus, ConnectorError, ErrorCode};
 use crate::server::auth::Scope;
 use crate::store::StoredCredential;
+use crate::webhooks::ssrf::GuardPolicy;
 
 /// How long a connect link lives unless told (seconds).
 const LINK_DEFAULT_S: i64 = 7 * 24 * 3600;
@@ -112,7 +113,7 @@ pub(super) async fn submit(
         return c.message(e.status, "Not allowed", &e.message);
     }
     let id = fields.get("connection_id").cloned().unwrap_or_default();
-    match connect(&c, &definition, &id, &fields).await {
+    match connect(&c, &definition, &id, &fields, false).await {
         Ok(()) => see_other(&format!("/connections/{}", enc(&id))),
         Err(problem) => {
             let Some(system) = form_of(&c, &definition) else {
@@ -153,6 +154,7 @@ async fn connect(
     definition: &str,
     id: &str,
     fields: &BTreeMap<String, String>,
+    via_link: bool,
 ) -> Result<(), String> {
     let state = &c.state;
     let def = state
@@ -243,9 +245,16 @@ async fn connect(
     )
     .map_err(|e| hide(&e.message))?;
     let base = config.params.get("base_url").cloned().unwrap_or_default();
+    // Whoever holds a link is not trusted with this server's network: the
+    // address must be public (or allow-listed), and the answer's details
+    // are not shown to them.
+    if via_link {
+        guard_link_address(&base).await?;
+    }
     match tokio::time::timeout(Duration::from_secs(20), trial.test()).await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(hide(&plain_words(&name, &base, &e))),
+        Ok(Err(e)) if via_link => return Err(plain_words(&name, &base, e.code(), None)),
+        Ok(Err(e)) => return Err(hide(&plain_words(&name, &base, e.code(), Some(&e)))),
         Err(_) => {
             return Err(format!(
                 "{name} did not answer at {base} within 20 seconds: check the address and that the system is up."
@@ -281,27 +290,61 @@ async fn connect(
     Ok(())
 }
 
-/// What a failed connection test means, for someone who is not a developer.
-fn plain_words(system: &str, base: &str, e: &ConnectorError) -> String {
-    match e.code() {
+/// What a failed connection test means, for someone who is not a developer;
+/// with the system's own message when `detail` is given.
+fn plain_words(
+    system: &str,
+    base: &str,
+    code: ErrorCode,
+    detail: Option<&ConnectorError>,
+) -> String {
+    let text = match code {
         ErrorCode::AuthenticationFailed => format!(
-            "Wrong credentials: {system} refused them. Check the user name, password, key or secret. ({})",
-            e.message
+            "Wrong credentials: {system} refused them. Check the user name, password, key or secret."
         ),
         ErrorCode::PermissionDenied => format!(
-            "The credentials work, but {system} does not allow this user to read what Sluice needs. Ask its administrator for access. ({})",
-            e.message
+            "The credentials work, but {system} does not allow this user to read what Sluice needs. Ask its administrator for access."
         ),
         ErrorCode::ConnectionUnavailable => format!(
-            "{system} could not be reached at {base}. Check the address and that the system is up and reachable from this server. ({})",
-            e.message
+            "{system} could not be reached at {base}. Check the address and that the system is up and reachable from this server."
         ),
-        ErrorCode::NotFound => format!(
-            "Something answered at {base}, but not as {system} does: check the address. ({})",
-            e.message
-        ),
-        _ => format!("{system} answered with an error: {}", e.message),
+        ErrorCode::NotFound => {
+            format!("Something answered at {base}, but not as {system} does: check the address.")
+        }
+        _ => format!("{system} answered with an error."),
+    };
+    match detail {
+        Some(e) => format!("{text} ({})", e.message),
+        None => text,
     }
+}
+
+/// The networks a connect link may reach besides public addresses
+/// (`SLUICE_CONNECT_LINK_ALLOW`: IPs, CIDRs and host names, comma-separated).
+fn link_policy() -> Result<GuardPolicy, String> {
+    GuardPolicy::parse(&std::env::var("SLUICE_CONNECT_LINK_ALLOW").unwrap_or_default())
+        .map_err(|e| format!("SLUICE_CONNECT_LINK_ALLOW: {e}"))
+}
+
+/// Refuses a link's address that is not public and not allow-listed (the
+/// webhooks' guard: loopback, private, link-local and metadata addresses),
+/// by its name and by every address it resolves to; https unless allow-listed.
+async fn guard_link_address(base: &str) -> Result<(), String> {
+    let policy = link_policy()?;
+    let url = policy
+        .check_url(base)
+        .map_err(|e| format!("The address is refused: {e}"))?;
+    let host = url.host_str().unwrap_or_default().to_string();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addrs = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
+        .await
+        .map_err(|e| format!("The address is refused: cannot resolve {host}: {e}"))?;
+    for addr in addrs {
+        policy
+            .check_ip(&host, addr.ip())
+            .map_err(|e| format!("The address is refused: {e}"))?;
+    }
+    Ok(())
 }
 
 /// `POST /connect-links`: an admin makes a link.
@@ -333,6 +376,25 @@ pub(super) async fn create_link(
             "Wrong input",
             &format!("Connection name: {e}"),
         );
+    }
+    match c.state.store.connection(&id).await {
+        Ok(None) if id != crate::connectors::sandbox::CONNECTION => {}
+        Ok(_) => {
+            return c.message(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Wrong input",
+                &format!(
+                    "A connection named `{id}` already exists: a link for it could never be used."
+                ),
+            );
+        }
+        Err(e) => {
+            return c.message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The store does not answer",
+                &e.to_string(),
+            );
+        }
     }
     let valid_s = match fields
         .get("valid_s")
@@ -366,16 +428,25 @@ pub(super) async fn create_link(
             &e.to_string(),
         );
     }
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1:8080");
+    // The address partners reach this server at: SLUICE_PUBLIC_URL, else
+    // the Host the admin used.
+    let public = std::env::var("SLUICE_PUBLIC_URL")
+        .ok()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            let host = headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1:8080");
+            format!("http://{host}")
+        });
     c.page(
         "link_created.html",
         &s,
         "connections",
         json!({
-            "url": format!("http://{host}/link/{token}"),
+            "url": format!("{public}/link/{token}"),
             "path": format!("/link/{token}"),
             "definition": definition,
             "connection_id": id,
@@ -462,18 +533,21 @@ pub(super) async fn link_submit(
         Err(r) => return r,
     };
     let fields = form(&body);
-    match connect(&c, &link.definition, &link.connection_id, &fields).await {
+    match connect(&c, &link.definition, &link.connection_id, &fields, true).await {
         Ok(()) => {
             if let Err(e) = c.state.store.use_connect_link(&hash).await {
                 tracing::warn!(error = %e, "a used connect link could not be marked used");
             }
-            c.message(
-                StatusCode::OK,
-                "Connected",
-                &format!(
-                    "The connection to {} works and is saved. You can close this page.",
-                    link.definition
-                ),
+            c.render(
+                "message.html",
+                json!({
+                    "title": "Connected",
+                    "text": format!(
+                        "The connection to {} works and is saved. You can close this page.",
+                        link.definition
+                    ),
+                    "ok": true,
+                }),
             )
         }
         Err(problem) => {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -44,6 +44,26 @@ pub struct Page;
 
 async fn mark_page(mut res: Response) -> Response {
     res.extensions_mut().insert(Page);
+    let h = res.headers_mut();
+    // Pages show secrets once (a new endpoint's) and carry CSRF tokens: not
+    // kept by caches. Link tokens in URLs are not sent to other sites as a
+    // Referer (`same-origin`; `no-referrer` would make browsers send
+    // `Origin: null` on the forms' own posts, which sign-in refuses). No
+    // framing; nothing but this server's own stylesheet and forms.
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
     res
 }
 
@@ -390,13 +410,22 @@ async fn login_page(State(c): State<Arc<Console>>) -> Response {
 }
 
 async fn login(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
-    // A sign-in posted from another site's page is refused (login CSRF).
-    if let (Some(origin), Some(host)) = (
-        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
-    ) && origin != "null"
-        && origin.split_once("://").map(|(_, h)| h) != Some(host)
-    {
+    // A sign-in posted from another site's page is refused (login CSRF):
+    // by `Origin` (`null` included: a sandboxed frame), else by `Referer`.
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let same_site = |url: &str| {
+        url.split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
+            == host
+    };
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let referer = headers.get(header::REFERER).and_then(|v| v.to_str().ok());
+    let foreign = match (origin, referer) {
+        (Some(o), _) => !same_site(o),
+        (None, Some(r)) => !same_site(r),
+        (None, None) => false,
+    };
+    if foreign {
         return c.message(
             StatusCode::FORBIDDEN,
             "Refused: sign-in from another site",
@@ -735,7 +764,9 @@ async fn runs_page(
         .get("since")
         .and_then(|v| v.strip_suffix('h'))
         .and_then(|h| h.parse::<i64>().ok())
-        .map(|h| crate::store::now_ms() - h * 3600 * 1000);
+        .map(|h| {
+            crate::store::now_ms().saturating_sub(h.clamp(0, 1_000_000).saturating_mul(3_600_000))
+        });
     let items: Vec<&Value> = runs["items"]
         .as_array()
         .map_or(&[][..], |v| v)
@@ -899,10 +930,34 @@ async fn connection_page(
             "syncs": syncs["items"],
             "entity": entity,
             "records": records.map(|r| r["items"].clone()),
-            "entities": crate::unified::Entity::ALL.iter().map(|e| e.name()).collect::<Vec<_>>(),
+            "entities": served_entities(&c, &id),
             "live": live,
         }),
     )
+}
+
+/// The entities a connection's system serves (the sandbox: all).
+fn served_entities(c: &Console, id: &str) -> Vec<String> {
+    let all = || {
+        crate::unified::Entity::ALL
+            .iter()
+            .map(|e| e.name().to_string())
+            .collect()
+    };
+    if id == crate::connectors::sandbox::CONNECTION {
+        return all();
+    }
+    let definition = c
+        .state
+        .connections
+        .read()
+        .expect("connections lock")
+        .get(id)
+        .map(|conn| conn.definition().clone());
+    match definition {
+        Some(def) => def.def.entities.keys().cloned().collect(),
+        None => all(),
+    }
 }
 
 async fn connection_sync(
