@@ -197,6 +197,7 @@ async fn runs_list_by_flow_and_status_newest_first(store: &Store) {
             status: None,
             limit: 10,
             before: None,
+            ..RunFilter::default()
         })
         .await
         .unwrap();
@@ -210,6 +211,7 @@ async fn runs_list_by_flow_and_status_newest_first(store: &Store) {
             status: Some(RunStatus::Succeeded),
             limit: 10,
             before: None,
+            ..RunFilter::default()
         })
         .await
         .unwrap();
@@ -221,6 +223,7 @@ async fn runs_list_by_flow_and_status_newest_first(store: &Store) {
             status: None,
             limit: 2,
             before: None,
+            ..RunFilter::default()
         })
         .await
         .unwrap();
@@ -233,6 +236,7 @@ async fn runs_list_by_flow_and_status_newest_first(store: &Store) {
             status: None,
             limit: 2,
             before: Some((last.created_at, last.id.clone())),
+            ..RunFilter::default()
         })
         .await
         .unwrap();

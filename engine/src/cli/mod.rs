@@ -916,6 +916,7 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                     status,
                     limit,
                     before: None,
+                    ..RunFilter::default()
                 })
                 .await?;
             if json {

@@ -332,6 +332,12 @@ pub struct ListQuery {
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only runs started by this kind of trigger (`manual`, `webhook`, `schedule`, `event`, `flow`, `on_failure`).
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z_]+$"))]
+    trigger: Option<String>,
+    /// Only runs created at or after this time (ms since the Unix epoch).
+    #[schemars(range(min = 0))]
+    created_after: Option<i64>,
 }
 
 /// `GET /v1/runs?flow=&status=&limit=&cursor=`.
@@ -348,6 +354,19 @@ pub async fn list(
         .map(|s| s.parse::<RunStatus>())
         .transpose()
         .map_err(ApiError::invalid)?;
+    if let Some(t) = &q.trigger
+        && (t.is_empty() || t.len() > 40 || !t.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    {
+        return Err(ApiError::invalid(format!(
+            "trigger `{}` is not a trigger kind (lowercase letters and `_`, e.g. `webhook`)",
+            t.chars().take(40).collect::<String>()
+        )));
+    }
+    if q.created_after.is_some_and(|t| t < 0) {
+        return Err(ApiError::invalid(
+            "created_after must be 0 or more (ms since the Unix epoch)",
+        ));
+    }
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::invalid(format!(
@@ -373,6 +392,8 @@ pub async fn list(
             status,
             limit: limit + 1,
             before,
+            trigger: q.trigger,
+            created_after: q.created_after,
         })
         .await?;
     let more = runs.len() as i64 > limit;

@@ -306,6 +306,10 @@ pub struct RunFilter {
     pub limit: i64,
     /// Only runs older than this `(created_at, id)`: the cursor of the next page.
     pub before: Option<(i64, String)>,
+    /// Only runs started by this kind of trigger (`manual`, `webhook`, ...).
+    pub trigger: Option<String>,
+    /// Only runs created at or after this time (ms).
+    pub created_after: Option<i64>,
 }
 
 /// What [`Store::admit_run`] did.
@@ -1054,6 +1058,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{RUN_COLUMNS} WHERE ($1 = '' OR flow_id = $1) AND ($2 = '' OR status = $2) \
              AND ($4 = 0 OR created_at < $4 OR (created_at = $4 AND id < $5)) \
+             AND ($6 = '' OR trigger_data LIKE $6 ESCAPE '!') AND created_at >= $7 \
              ORDER BY created_at DESC, id DESC LIMIT $3"
         )))
         .bind(filter.flow_id.clone().unwrap_or_default())
@@ -1067,6 +1072,18 @@ impl Store {
                 .map(|b| b.1.clone())
                 .unwrap_or_default(),
         )
+        // The trigger data is `{"type":"<kind>", ...}`: its kind is a prefix.
+        .bind(
+            filter
+                .trigger
+                .as_ref()
+                .map(|t| {
+                    let escaped = t.replace('!', "!!").replace('%', "!%").replace('_', "!_");
+                    format!("{{\"type\":\"{escaped}\"%")
+                })
+                .unwrap_or_default(),
+        )
+        .bind(filter.created_after.unwrap_or(0))
         .fetch_all(&self.pool)
         .await?;
         self.runs_from_rows(&rows).await
