@@ -279,6 +279,28 @@ async fn the_connect_flow_and_connect_links_test_seal_and_install_connections() 
     .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["added"], 12, "{report}");
+    // An entity Maximo does not serve: refused as a wrong request, and the
+    // connection's page offers only the entities it serves.
+    let (status, answer) = api(
+        &http,
+        &s,
+        &admin,
+        "POST",
+        "/v1/connections/mx/syncs",
+        Some(json!({"entity": "purchase_order"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not serve"),
+        "{answer}"
+    );
+    let (_, html) = page(&http, &format!("{}/connections/mx", s.base), Some(&cookie)).await;
+    assert!(html.contains("<option>work_order</option>"), "{html}");
+    assert!(!html.contains("<option>purchase_order</option>"), "{html}");
     // Stored sealed: neither the store nor the config holds the key.
     let (_, detail) = api(&http, &s, &admin, "GET", "/v1/connections/mx", None).await;
     assert_eq!(

@@ -1579,7 +1579,18 @@ async fn every_openapi_operation_documents_its_parameters_bodies_answers_and_sco
     assert!(ops >= 39, "only {ops} operations");
     // The routes that read a query string document every parameter they read.
     let expect = [
-        ("GET /v1/runs", &["cursor", "flow", "limit", "status"][..]),
+        (
+            "GET /v1/runs",
+            &[
+                "created_after",
+                "cursor",
+                "flow",
+                "limit",
+                "status",
+                "trigger",
+            ][..],
+        ),
+        ("GET /v1/flows/{id}", &["revision"]),
         (
             "GET /v1/webhooks/messages",
             &["endpoint", "limit", "status"],

@@ -417,14 +417,17 @@ pub async fn sync_start(
     }
     match crate::sync::run(&state.store, connector.as_ref(), &id, entity, &opts, None).await {
         Ok(report) => Ok(Json(report)),
-        Err(e) => {
-            let text = e.to_string();
-            if text.contains("already running") {
-                Err(ApiError::conflict(text))
-            } else {
-                Err(ApiError::unavailable(format!("sync failed: {text}"), 30))
-            }
+        Err(e @ crate::sync::SyncError::AlreadyRunning { .. }) => {
+            Err(ApiError::conflict(e.to_string()))
         }
+        // Refused before any page (an entity the system does not serve):
+        // the request is wrong, not the system down.
+        Err(crate::sync::SyncError::Connector { pages: 0, source })
+            if source.code() == crate::connectors::ErrorCode::ValidationFailed =>
+        {
+            Err(ApiError::validation(format!("sync refused: {source}")))
+        }
+        Err(e) => Err(ApiError::unavailable(format!("sync failed: {e}"), 30)),
     }
 }
 

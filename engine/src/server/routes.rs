@@ -326,7 +326,7 @@ pub fn routes(state: Arc<AppState>) -> Api {
         )
         .body::<res::SyncBody>()
         .reply::<SyncReport>(200, "The finished sync")
-        .errors(&[409, 503])
+        .errors(&[409, 422, 503])
         .route(
             "GET",
             "/v1/connections/{id}/syncs",
