@@ -21,6 +21,7 @@ import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 base, admin, reader, shots, receiver_port, maximo_url, maximo_key, wasm = sys.argv[1:9]
@@ -67,7 +68,10 @@ options.binary_location = "/usr/bin/chromium"
 for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"]:
     options.add_argument(arg)
 driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-wait = WebDriverWait(driver, 30)
+# Live pages (a running run, a running sync, the runs list) reload
+# themselves: an element read while the page reloads is stale, so waits
+# ignore that and look again.
+wait = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException])
 
 
 def shot(name):
@@ -75,6 +79,11 @@ def shot(name):
 
 
 def text():
+    for _ in range(20):
+        try:
+            return driver.find_element(By.TAG_NAME, "body").text
+        except StaleElementReferenceException:
+            time.sleep(0.1)
     return driver.find_element(By.TAG_NAME, "body").text
 
 
