@@ -21,7 +21,7 @@ import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 base, admin, reader, shots, receiver_port, maximo_url, maximo_key, wasm = sys.argv[1:9]
@@ -69,9 +69,9 @@ for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--wind
     options.add_argument(arg)
 driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
 # Live pages (a running run, a running sync, the runs list) reload
-# themselves: an element read while the page reloads is stale, so waits
-# ignore that and look again.
-wait = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException])
+# themselves, and a form's answer replaces the page: an element read
+# meanwhile is stale or "aborted by navigation", so waits look again.
+wait = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException, WebDriverException])
 
 
 def shot(name):
@@ -158,6 +158,7 @@ try:
     # said in plain words, the right one is tested and saved.
     driver.get(f"{base}/connections")
     driver.find_element(By.LINK_TEXT, "Connect a system").click()
+    wait.until(lambda d: d.find_elements(By.PARTIAL_LINK_TEXT, "IBM Maximo"))
     driver.find_element(By.PARTIAL_LINK_TEXT, "IBM Maximo").click()
     wait.until(lambda d: d.find_elements(By.ID, "c-id"))
     labelled("connect form")
@@ -230,6 +231,9 @@ try:
     check("<script>document.title='pwned'</script>thanks" in text(), "the receiver's answer is shown as text")
     check(driver.title != "pwned", "the receiver's script did not run")
     driver.find_element(By.XPATH, "//button[text()='Resend']").click()
+    # The form's answer is the message page again, pending (no Resend button)
+    # or already delivered once more: wait for it before loading the page.
+    wait.until(lambda d: not d.find_elements(By.XPATH, "//button[text()='Resend']") or rows() > before)
     for _ in range(100):
         driver.get(msg_link)
         if rows() > before:
@@ -247,11 +251,12 @@ try:
     secret = wait.until(lambda d: d.find_element(By.ID, "secret")).get_attribute("value")
     check(secret.startswith("whsec_"), "a new endpoint's signing secret is shown once")
     driver.get(f"{base}/webhooks")
-    row = driver.find_element(By.XPATH, "//tr[td[contains(., 'second receiver')]]")
-    row.find_element(By.XPATH, ".//button[text()='Disable']").click()
-    row = wait.until(lambda d: d.find_element(By.XPATH, "//tr[td[contains(., 'second receiver')]]"))
-    check("disabled" in row.text, "the endpoint is disabled")
-    row.find_element(By.XPATH, ".//button[text()='Rotate secret']").click()
+    second = "//tr[td[contains(., 'second receiver')]]"
+    driver.find_element(By.XPATH, second + "//button[text()='Disable']").click()
+    # The row of the page the form went back to (not the one it left).
+    wait.until(lambda d: d.find_elements(By.XPATH, second + "//button[text()='Enable']"))
+    check("disabled" in driver.find_element(By.XPATH, second).text, "the endpoint is disabled")
+    driver.find_element(By.XPATH, second + "//button[text()='Rotate secret']").click()
     rotated = wait.until(lambda d: d.find_element(By.ID, "secret")).get_attribute("value")
     check(rotated.startswith("whsec_") and rotated != secret, "rotating gives a new secret")
 
