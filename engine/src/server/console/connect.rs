@@ -104,10 +104,7 @@ pub(super) async fn submit(
     body: Bytes,
 ) -> Response {
     let fields = form(&body);
-    let s = match c.form_session(&headers, &fields).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = form_session!(c, headers, fields);
     // Connections change with `write`, as in the API.
     if let Err(e) = c.state.auth.check_id(&s.token_id, Scope::Write).await {
         return c.message(e.status, "Not allowed", &e.message);
@@ -354,10 +351,7 @@ pub(super) async fn create_link(
     body: Bytes,
 ) -> Response {
     let fields = form(&body);
-    let s = match c.form_session(&headers, &fields).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = form_session!(c, headers, fields);
     if let Err(e) = c.state.auth.check_id(&s.token_id, Scope::Admin).await {
         return c.message(e.status, "Not allowed", &e.message);
     }

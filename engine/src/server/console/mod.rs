@@ -34,7 +34,6 @@ use super::AppState;
 use super::auth::Scope;
 use crate::flow::model::InputType;
 
-mod connect;
 mod graph;
 
 /// Marks a response as a console page: the API's middleware leaves its
@@ -292,12 +291,17 @@ impl Console {
             }
             None => Body::empty(),
         };
-        let Ok(mut req) = req.body(body) else {
+        let Ok(req) = req.body(body) else {
             return (
                 StatusCode::BAD_REQUEST,
                 error_json(&format!("not a valid address: {uri}")),
             );
         };
+        self.send(s, req).await
+    }
+
+    /// Sends an API request for the session: its status and JSON body.
+    async fn send(&self, s: &Session, mut req: Request<Body>) -> (StatusCode, Value) {
         req.extensions_mut().insert(SessionCaller {
             token_id: s.token_id.clone(),
         });
@@ -395,6 +399,37 @@ fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+macro_rules! session {
+    ($c:expr, $headers:expr) => {
+        match $c.session(&$headers).await {
+            Ok(s) => s,
+            Err(r) => return r,
+        }
+    };
+}
+
+/// The session of a form post (its CSRF token checked), or the page saying why not.
+macro_rules! form_session {
+    ($c:expr, $headers:expr, $fields:expr) => {
+        match $c.form_session(&$headers, &$fields).await {
+            Ok(s) => s,
+            Err(r) => return r,
+        }
+    };
+}
+
+macro_rules! read {
+    ($c:expr, $s:expr, $uri:expr) => {
+        match $c.read(&$s, &$uri).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
+}
+
+// After the macros above, which it uses.
+mod connect;
+
 async fn stylesheet() -> impl IntoResponse {
     (
         [
@@ -473,10 +508,7 @@ async fn login(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -
 }
 
 async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
-    let s = match c.form_session(&headers, &form(&body)).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = form_session!(c, headers, form(&body));
     if let Err(e) = c.state.store.delete_session(&s.id_hash).await {
         return c.message(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -495,24 +527,6 @@ async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) 
         ],
     )
         .into_response()
-}
-
-macro_rules! session {
-    ($c:expr, $headers:expr) => {
-        match $c.session(&$headers).await {
-            Ok(s) => s,
-            Err(r) => return r,
-        }
-    };
-}
-
-macro_rules! read {
-    ($c:expr, $s:expr, $uri:expr) => {
-        match $c.read(&$s, &$uri).await {
-            Ok(v) => v,
-            Err(r) => return r,
-        }
-    };
 }
 
 /// Success rate and last run of a flow's latest runs.
@@ -585,7 +599,7 @@ async fn flow_page(
                 .map(|(name, spec)| {
                     json!({
                         "name": name,
-                        "kind": input_kind(spec.kind),
+                        "kind": spec.kind.name(),
                         "required": spec.required,
                         "description": spec.description,
                         "default": spec.default.as_ref().map(|d| match d {
@@ -627,17 +641,6 @@ fn without_nulls(v: Value) -> Value {
         ),
         Value::Array(a) => Value::Array(a.into_iter().map(without_nulls).collect()),
         other => other,
-    }
-}
-
-fn input_kind(kind: InputType) -> &'static str {
-    match kind {
-        InputType::String => "string",
-        InputType::Number => "number",
-        InputType::Integer => "integer",
-        InputType::Boolean => "boolean",
-        InputType::Object => "object",
-        InputType::Array => "array",
     }
 }
 
@@ -693,12 +696,8 @@ fn typed_inputs(
             (_, None) => continue,
             (_, Some(v)) if v.trim().is_empty() => continue,
             (InputType::String, Some(v)) => Value::String(v.clone()),
-            (_, Some(v)) => serde_json::from_str(v.trim()).map_err(|e| {
-                format!(
-                    "input `{name}`: `{v}` is not a {}: {e}",
-                    input_kind(spec.kind)
-                )
-            })?,
+            (_, Some(v)) => serde_json::from_str(v.trim())
+                .map_err(|e| format!("input `{name}`: `{v}` is not a {}: {e}", spec.kind.name()))?,
         };
         inputs.insert(name.clone(), value);
     }
@@ -712,10 +711,7 @@ async fn flow_action(
     body: Bytes,
 ) -> Response {
     let fields = form(&body);
-    let s = match c.form_session(&headers, &fields).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = form_session!(c, headers, fields);
     let back = format!("/flows/{}", enc(&id));
     match action.as_str() {
         "enable" | "disable" => {
@@ -860,10 +856,7 @@ async fn run_action(
     Path((id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let s = match c.form_session(&headers, &form(&body)).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = form_session!(c, headers, form(&body));
     let back = format!("/runs/{}", enc(&id));
     match action.as_str() {
         "cancel" | "rerun" => {
@@ -968,10 +961,7 @@ async fn connection_sync(
     body: Bytes,
 ) -> Response {
     let fields = form(&body);
-    let s = match c.form_session(&headers, &fields).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = form_session!(c, headers, fields);
     let entity = fields.get("entity").cloned().unwrap_or_default();
     let full = fields.get("full").is_some_and(|v| v == "true");
     c.act(
@@ -1025,10 +1015,7 @@ async fn message_resend(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let s = match c.form_session(&headers, &form(&body)).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = form_session!(c, headers, form(&body));
     let back = format!("/webhooks/messages/{}", enc(&id));
     c.act(
         &s,
@@ -1046,10 +1033,7 @@ async fn endpoint_create(
     body: Bytes,
 ) -> Response {
     let fields = form(&body);
-    let s = match c.form_session(&headers, &fields).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = form_session!(c, headers, fields);
     let field = |k: &str| {
         fields
             .get(k)
@@ -1092,10 +1076,7 @@ async fn endpoint_action(
     Path((id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let s = match c.form_session(&headers, &form(&body)).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = form_session!(c, headers, form(&body));
     let uri = format!("/v1/webhooks/endpoints/{}", enc(&id));
     match action.as_str() {
         "enable" | "disable" => {
@@ -1168,10 +1149,7 @@ async fn plugin_upload(
             }
         }
     }
-    let s = match c.form_session(&headers, &fields).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = form_session!(c, headers, fields);
     let Some(wasm) = wasm.filter(|w| !w.is_empty()) else {
         return c.message(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1195,31 +1173,18 @@ async fn plugin_upload(
     if let Some(h) = req.headers_mut() {
         h.insert(header::CONTENT_LENGTH, wasm.len().into());
     }
-    let Ok(mut req) = req.body(Body::from(wasm)) else {
+    let Ok(req) = req.body(Body::from(wasm)) else {
         return c.message(
             StatusCode::BAD_REQUEST,
             "Wrong input",
             "not a valid plugin name or version",
         );
     };
-    req.extensions_mut().insert(SessionCaller {
-        token_id: s.token_id.clone(),
-    });
-    let resp = match c.api.clone().oneshot(req).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    };
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
+    let (status, answer) = c.send(&s, req).await;
     if status.is_success() {
         see_other("/plugins")
     } else {
-        c.api_error(
-            status,
-            &serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        c.api_error(status, &answer)
     }
 }
 
