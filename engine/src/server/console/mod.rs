@@ -343,7 +343,19 @@ impl Console {
 
     /// Runs an action (a `POST` to the API) and goes to `then`, or shows why it failed.
     async fn act(&self, s: &Session, uri: &str, body: Option<Value>, then: &str) -> Response {
-        let (status, answer) = self.api(s, Method::POST, uri, body).await;
+        self.act_with(s, Method::POST, uri, body, then).await
+    }
+
+    /// [`Console::act`] with another method (`PATCH`).
+    async fn act_with(
+        &self,
+        s: &Session,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+        then: &str,
+    ) -> Response {
+        let (status, answer) = self.api(s, method, uri, body).await;
         if status.is_success() {
             see_other(then)
         } else {
@@ -1080,19 +1092,9 @@ async fn endpoint_action(
     let uri = format!("/v1/webhooks/endpoints/{}", enc(&id));
     match action.as_str() {
         "enable" | "disable" => {
-            let (status, answer) = c
-                .api(
-                    &s,
-                    Method::PATCH,
-                    &uri,
-                    Some(json!({"enabled": action == "enable"})),
-                )
-                .await;
-            if status.is_success() {
-                see_other("/webhooks")
-            } else {
-                c.api_error(status, &answer)
-            }
+            let enabled = json!({"enabled": action == "enable"});
+            c.act_with(&s, Method::PATCH, &uri, Some(enabled), "/webhooks")
+                .await
         }
         "rotate" => {
             let (status, answer) = c
