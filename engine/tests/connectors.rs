@@ -2403,3 +2403,41 @@ output: "${{{{ steps.create.output }}}}"
     assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
     assert_eq!(emu.count("purchaseOrders"), before + 2);
 }
+
+/// A connection test passes only when the system answers as an API: a 2xx
+/// page from something else at the base URL (a web server's index, a proxy's
+/// sign-in form) is refused, saying what answered.
+#[tokio::test]
+async fn a_connection_test_answered_by_a_web_page_fails_naming_what_answered() {
+    let app = axum::Router::new().fallback(|| async {
+        (
+            [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            "<html><body>Welcome to nginx!</body></html>",
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let c = connect_with(
+        "mx",
+        &Definitions::built_in(),
+        "maximo",
+        &[("base_url", &base), ("site", "BEDFORD")],
+        &[("api_key", maximo::API_KEY)],
+        fast_policy(),
+    );
+    let e = c.connector.test().await.unwrap_err();
+    assert_eq!(e.code().as_str(), "NOT_FOUND");
+    assert_eq!(e.upstream_status, Some(200));
+    assert!(
+        e.message
+            .contains("/maximo/api/os/mxapiwo answered 200 with text/html")
+            && e.message.contains("check the base URL"),
+        "{}",
+        e.message
+    );
+    // The real system passes.
+    let emu = maximo::start(1).await;
+    let c = maximo_conn(&emu, maximo::API_KEY, fast_policy());
+    c.connector.test().await.unwrap_or_else(|e| panic!("{e}"));
+}

@@ -587,10 +587,39 @@ impl HttpConnector {
     }
 
     /// Makes the definition's cheap authenticated call; returns its latency.
+    ///
+    /// A success is a 2xx answer carrying a JSON object or array, as every
+    /// API a definition describes answers. Anything else that says 2xx (a
+    /// web server's page at a wrong base URL, a proxy's sign-in form) is
+    /// not the system, and the test fails saying what answered.
     pub async fn test(&self) -> Result<Duration, ConnectorError> {
         let t = Instant::now();
         let req = self.render(&self.test, &self.ctx, false, None, "test")?;
-        self.execute(req, None, "test").await?;
+        let url = req.url.clone();
+        let resp = self.execute(req, None, "test").await?;
+        let json = serde_json::from_slice::<Value>(&resp.body)
+            .is_ok_and(|v| v.is_object() || v.is_array());
+        if !json {
+            let kind = resp
+                .headers
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "no content type".to_string(), str::to_string);
+            return Err(self.error(
+                ConnectorErrorKind::NotFound,
+                None,
+                "test",
+                Some(resp.status),
+                format!(
+                    "{} {} answered {} with {kind} ({} bytes), not the JSON of a {} API: check the base URL",
+                    method_name(self.test.method),
+                    url.path(),
+                    resp.status,
+                    resp.body.len(),
+                    self.def.def.name
+                ),
+            ));
+        }
         Ok(t.elapsed())
     }
 
