@@ -185,6 +185,7 @@ async fn http_bench() {
                 plugins: None,
                 plugin_outputs: None,
                 children: None,
+                input: None,
             };
             let out = step.kind.execute(&rt).await.unwrap();
             assert_eq!(out.value["status"], Value::from(200));

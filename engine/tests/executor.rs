@@ -207,7 +207,16 @@ steps:
         err["message"],
         "step `create`: VALIDATION_FAILED: sandbox: invalid record: vendor `V-9999` does not exist (field `vendor_id`)"
     );
-    assert_eq!(steps_by_id(&e, &out.run_id).await["create"].attempts, 1);
+    let create = &steps_by_id(&e, &out.run_id).await["create"];
+    assert_eq!(create.attempts, 1);
+    // The refused record is kept as the step's input, for whoever fixes it.
+    let input = create
+        .input
+        .as_ref()
+        .expect("a failed write keeps its input");
+    assert_eq!(input["op"], "create");
+    assert_eq!(input["entity"], "purchase_order");
+    assert_eq!(input["data"]["vendor_id"], "V-9999");
 
     let out = run(&e, r#"
 apiVersion: sluice/v1
@@ -255,6 +264,18 @@ steps:
     assert_eq!(written["custom_fields"]["risk"], 0.4);
     let reread = &s["reread"].output.as_ref().unwrap()["records"][0];
     assert_eq!(reread["status"], "draft");
+    // Each step's input is its config with the values its expressions took.
+    assert_eq!(
+        s["approve"].input,
+        Some(json!({
+            "connection": "sandbox", "entity": "purchase_order", "op": "update",
+            "id": "4500000001", "data": {"status": "approved", "custom_fields": {"risk": 0.4}}
+        }))
+    );
+    assert_eq!(
+        s["reread"].input.as_ref().unwrap()["filter"],
+        json!({"remote_id": "4500000001"})
+    );
     assert_eq!(
         serde_json::to_string(&DATA.purchase_orders).unwrap(),
         before
@@ -757,4 +778,41 @@ async fn a_run_whose_caller_goes_away_while_it_is_stored_still_runs() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_for_each_steps_input_is_each_items_in_order() {
+    let (store, _dir) = sqlite_store().await;
+    let e = engine(store, vec![], vec![]);
+    let out = run(
+        &e,
+        r#"
+apiVersion: sluice/v1
+id: each-input
+steps:
+  - id: tag
+    for_each: ["4500000001", "skip", "4500000002"]
+    if: "${{ item != 'skip' }}"
+    write:
+      connection: sandbox
+      entity: purchase_order
+      op: update
+      id: "${{ item }}"
+      data: { custom_fields: { checked: "${{ index }}" } }
+"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let s = steps_by_id(&e, &out.run_id).await;
+    let inputs = s["tag"].input.clone().expect("inputs recorded");
+    assert_eq!(inputs[0]["id"], "4500000001");
+    assert_eq!(inputs[0]["data"], json!({"custom_fields": {"checked": 0}}));
+    assert_eq!(
+        inputs[1],
+        Value::Null,
+        "the item `if` left out sent nothing"
+    );
+    assert_eq!(inputs[2]["id"], "4500000002");
+    assert_eq!(inputs[2]["data"], json!({"custom_fields": {"checked": 2}}));
 }

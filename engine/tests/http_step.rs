@@ -154,8 +154,27 @@ async fn a_post_sends_query_headers_and_json_and_reads_the_json_answer() {
     );
     assert_eq!(got.headers["authorization"], "Bearer tok-3xq");
     // The credential is in no stored output.
-    let stored = serde_json::to_string(&engine.store().steps(&out.run_id).await.unwrap()).unwrap();
+    let steps = engine.store().steps(&out.run_id).await.unwrap();
+    let stored = serde_json::to_string(&steps).unwrap();
     assert!(!stored.contains("tok-3xq"), "{stored}");
+    // The step's input is what went out, with the credential header kept
+    // only by name.
+    let input = steps[0]
+        .input
+        .clone()
+        .expect("the http step records its input");
+    assert_eq!(input["method"], "POST");
+    assert_eq!(input["url"], format!("{base}/echo"));
+    assert_eq!(
+        input["query"],
+        json!([["po", "PO 1/2 & #3 ü"], ["tag", "a"], ["tag", "b"]])
+    );
+    assert_eq!(input["headers"]["authorization"], "[redacted]");
+    assert_eq!(input["headers"]["content-type"], "application/json");
+    assert_eq!(
+        input["body"],
+        json!({"json": {"po": "PO 1/2 & #3 ü", "total": 12.5}})
+    );
 }
 
 #[tokio::test]

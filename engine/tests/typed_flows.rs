@@ -850,3 +850,92 @@ async fn a_plugin_given_a_secret_cannot_hand_it_back() {
     let failures = run_case("p.yaml", flow, &case).await.unwrap();
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// A value put into a `select` filter cannot rewrite it. RFC 9535 §2.3.5.1:
+/// a comparable is a `literal` (string, number, true, false, null) or a
+/// query; §2.3.1.1: inside a string literal the quote and `\` are escaped.
+/// Each `${{ }}` of a `where` goes in as one literal, escaped for the quote
+/// it stands in, so the input below is compared as text, not run as `||`.
+#[tokio::test]
+async fn inputs_in_a_select_filter_are_values_not_query_text() {
+    let (store, _dir) = sqlite_store().await;
+    let e = engine(store, vec![], vec![]);
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../flows/overdue-work-orders.yaml"),
+    )
+    .unwrap();
+    let count = |out: &sluice::run::RunOutcome| out.output.as_ref().unwrap()["count"].clone();
+    let honest = run(&e, &yaml, json!({"as_of": "2026-03-01"})).await;
+    assert_eq!(honest.status, RunStatus::Succeeded, "{:?}", honest.error);
+    let overdue = count(&honest).as_u64().unwrap();
+    assert!(overdue > 0, "the sandbox has overdue work orders");
+    // Written into the query text, this input turned the filter into
+    // `@.due_date < '0000' || @.priority == 'low'`: every low-priority order.
+    for hostile in [
+        "0000' || @.priority == 'low",
+        r"0000\' || @.priority == \'low",
+        "0000\" || true || \"",
+    ] {
+        let out = run(&e, &yaml, json!({ "as_of": hostile })).await;
+        assert_eq!(
+            out.status,
+            RunStatus::Succeeded,
+            "{hostile}: {:?}",
+            out.error
+        );
+        assert_eq!(
+            count(&out),
+            json!(0),
+            "{hostile}: every due date sorts after `0000`"
+        );
+    }
+    // A value standing alone: a string goes in as a string literal, a number
+    // as a number, so `status == ${{ }}` compares and cannot add a clause.
+    let bare = r#"apiVersion: sluice/v1
+id: bare
+inputs:
+  status: { type: string }
+  min: { type: number, default: 0 }
+steps:
+  - id: all
+    set: [{ s: open, n: 5 }, { s: closed, n: 50 }, { s: "a'b\\c\n", n: 500 }]
+  - id: pick
+    needs: [all]
+    select:
+      from: "${{ steps.all.output }}"
+      where: "$[?@.s == ${{ inputs.status }} && @.n >= ${{ inputs.min }}]"
+output: "${{ steps.pick.output | map(attribute='n') | list }}"
+"#;
+    for (status, min, want) in [
+        (json!("open"), json!(0), json!([5])),
+        (json!("closed"), json!(10), json!([50])),
+        (json!("closed"), json!(51), json!([])),
+        (json!("a'b\\c\n"), json!(0), json!([500])),
+        (json!("open || true"), json!(0), json!([])),
+    ] {
+        let out = run(&e, bare, json!({"status": status, "min": min})).await;
+        assert_eq!(
+            out.status,
+            RunStatus::Succeeded,
+            "{status}: {:?}",
+            out.error
+        );
+        assert_eq!(out.output.unwrap(), want, "status {status}, min {min}");
+    }
+    // A list has no literal form: the step fails saying so.
+    let list = bare.replace("${{ inputs.status }}", "${{ [inputs.status] }}");
+    let out = run(&e, &list, json!({"status": "open"})).await;
+    assert_eq!(out.status, RunStatus::Failed);
+    let msg = out.error.unwrap()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("gives a list"), "{msg}");
+    // A filter broken around its expressions is caught before any run.
+    let broken = bare.replace("&& @.n >=", "&& @.n >= >");
+    let d = problems(&broken);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].code, "invalid-jsonpath");
+    assert!(
+        d[0].message.contains("standing for a value"),
+        "{}",
+        d[0].message
+    );
+}

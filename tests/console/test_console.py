@@ -150,6 +150,11 @@ try:
     check('"quantity": 3' in out and '"rush": true' in out, f"the step's output shows the typed inputs: {out}")
     check(XSS in out, "the step output's markup is shown as text")
     check(not driver.find_elements(By.CSS_SELECTOR, "main img"), "the step output's markup made no element")
+    # The webhook step's input: the payload its expression gave, escaped.
+    driver.find_element(By.XPATH, "//summary[text()='Input of tell']").click()
+    sent = driver.find_element(By.XPATH, "//summary[text()='Input of tell']/following-sibling::pre").text
+    check('"event": "order.checked"' in sent and '"quantity": 3' in sent and XSS in sent, f"the step's input shows the payload it sent: {sent}")
+    check(not driver.find_elements(By.CSS_SELECTOR, "main img"), "the step input's markup made no element")
     check(len(driver.find_elements(By.CSS_SELECTOR, "svg.dag g.n-succeeded")) == 2, "the run's graph colours both steps succeeded")
     labelled("run")
     shot("04-run")

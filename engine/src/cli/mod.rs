@@ -1020,6 +1020,15 @@ async fn runs(cmd: RunsCommand) -> Result<i32, CliError> {
                         s.status.as_str(),
                         s.attempts
                     );
+                    // What a failed step sent (all of it: `--json`).
+                    if s.status == crate::store::StepStatus::Failed
+                        && let Some(input) = &s.input
+                    {
+                        let text = input.to_string();
+                        let cut: String = text.chars().take(300).collect();
+                        let more = if cut.len() < text.len() { " ..." } else { "" };
+                        outln!("  {:<24} input: {cut}{more}", "");
+                    }
                 }
                 for w in &waits {
                     let until = w

@@ -65,6 +65,7 @@ pub async fn evaluate(
                             plugins: None,
                             plugin_outputs: None,
                             children: None,
+                            input: None,
                         })
                         .await?
                         .value,
@@ -81,6 +82,7 @@ pub async fn evaluate(
                     plugins: None,
                     plugin_outputs: None,
                     children: None,
+                    input: None,
                 })
                 .await?
                 .value

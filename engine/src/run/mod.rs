@@ -1386,6 +1386,7 @@ impl Engine {
                             step_id: step.id.clone(),
                             status: StepStatus::Skipped,
                             attempts: 0,
+                            input: None,
                             output: None,
                             error: Some(
                                 json!({"kind": "skipped", "message": format!("skipped because `{}` was skipped", flow.steps[d].id)}),
@@ -1500,6 +1501,7 @@ impl Engine {
             }
             let stored = StepRecord {
                 error: rec.error.as_ref().map(|e| inner.secrets.redact_json(e)),
+                input: rec.input.as_ref().map(|i| inner.secrets.redact_json(i)),
                 ..rec.clone()
             };
             if fired.is_empty() {
@@ -1634,8 +1636,9 @@ fn parse_bytes(text: &str) -> Option<usize> {
     n.checked_mul(mult)
 }
 
-/// Fails a step whose output is larger than [`max_step_output`].
-fn check_output_size(v: Value) -> Result<Value, StepError> {
+/// Whether `v` takes more than `max` bytes as JSON (counted, not built;
+/// the count stops at `max`).
+fn json_longer_than(v: &Value, max: usize) -> bool {
     struct Count(usize, usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -1649,9 +1652,28 @@ fn check_output_size(v: Value) -> Result<Value, StepError> {
             Ok(())
         }
     }
-    let max = max_step_output();
     let mut count = Count(0, max);
-    if serde_json::to_writer(&mut count, &v).is_err() && count.0 > max {
+    serde_json::to_writer(&mut count, v).is_err() && count.0 > max
+}
+
+/// The largest step input kept with a step's result, in bytes.
+const MAX_KEPT_INPUT: usize = 256 * 1024;
+
+/// A step's input as kept: itself, or a note when it is over
+/// [`MAX_KEPT_INPUT`] (the step still ran with all of it).
+fn kept_input(input: Value) -> Value {
+    if json_longer_than(&input, MAX_KEPT_INPUT) {
+        return json!({
+            "not_kept": format!("the input is more than {MAX_KEPT_INPUT} bytes; only inputs up to that size are kept")
+        });
+    }
+    input
+}
+
+/// Fails a step whose output is larger than [`max_step_output`].
+fn check_output_size(v: Value) -> Result<Value, StepError> {
+    let max = max_step_output();
+    if json_longer_than(&v, max) {
         return Err(StepError::new(
             StepErrorKind::Validation,
             format!(
@@ -1711,8 +1733,12 @@ impl StepTask {
         let step = &self.flow.steps[self.index];
         let started = now_ms();
         let mut effects = Vec::new();
+        let mut input = None;
         let (status, output, error, attempts) = match &step.for_each {
-            Some(list) => self.run_for_each(step, list, &mut effects).await,
+            Some(list) => {
+                self.run_for_each(step, list, &mut effects, &mut input)
+                    .await
+            }
             None => {
                 let ctx = self.scope.context(None);
                 let key = format!("{}:{}", self.run_id, step.id);
@@ -1729,13 +1755,17 @@ impl StepTask {
                         Some(error_json(step, &StepError::from(e), 1)),
                         1,
                     ),
-                    _ => match self.attempts(step, &ctx, &key).await {
-                        (Ok(out), n) => {
-                            effects = out.effects;
-                            (StepStatus::Succeeded, Some(out.value), None, n)
+                    _ => {
+                        let (result, n, sent) = self.attempts(step, &ctx, &key).await;
+                        input = sent;
+                        match result {
+                            Ok(out) => {
+                                effects = out.effects;
+                                (StepStatus::Succeeded, Some(out.value), None, n)
+                            }
+                            Err(e) => (StepStatus::Failed, None, Some(error_json(step, &e, n)), n),
                         }
-                        (Err(e), n) => (StepStatus::Failed, None, Some(error_json(step, &e, n)), n),
-                    },
+                    }
                 }
             }
         };
@@ -1743,6 +1773,7 @@ impl StepTask {
             step_id: step.id.clone(),
             status,
             attempts: i64::from(attempts),
+            input: input.map(kept_input),
             output: output.clone(),
             error,
             started_at: Some(started),
@@ -1756,6 +1787,7 @@ impl StepTask {
         step: &CompiledStep,
         list: &crate::expr::Template,
         effects: &mut Vec<Effect>,
+        inputs: &mut Option<Value>,
     ) -> (StepStatus, Option<Value>, Option<Value>, u32) {
         let base = self.scope.context(None);
         let items = match list.eval(&base) {
@@ -1776,30 +1808,45 @@ impl StepTask {
                 );
             }
         };
-        let results: Vec<(usize, Result<Option<StepOutput>, StepError>, u32)> =
-            futures::stream::iter(items.into_iter().enumerate())
-                .map(|(index, item)| async move {
-                    let item = from_json(&item);
-                    let ctx = self.scope.context(Some((&item, index)));
-                    match step.condition.as_ref().map(|c| c.eval_truthy(&ctx)) {
-                        Some(Ok(false)) => (index, Ok(None), 0),
-                        Some(Err(e)) => (index, Err(StepError::from(e)), 1),
-                        _ => {
-                            let key = format!("{}:{}:{}", self.run_id, step.id, index);
-                            let (r, n) = self.attempts(step, &ctx, &key).await;
-                            (index, r.map(Some), n)
-                        }
+        #[allow(clippy::type_complexity)]
+        let results: Vec<(
+            usize,
+            Result<Option<StepOutput>, StepError>,
+            u32,
+            Option<Value>,
+        )> = futures::stream::iter(items.into_iter().enumerate())
+            .map(|(index, item)| async move {
+                let item = from_json(&item);
+                let ctx = self.scope.context(Some((&item, index)));
+                match step.condition.as_ref().map(|c| c.eval_truthy(&ctx)) {
+                    Some(Ok(false)) => (index, Ok(None), 0, None),
+                    Some(Err(e)) => (index, Err(StepError::from(e)), 1, None),
+                    _ => {
+                        let key = format!("{}:{}:{}", self.run_id, step.id, index);
+                        let (r, n, sent) = self.attempts(step, &ctx, &key).await;
+                        (index, r.map(Some), n, sent)
                     }
-                })
-                .buffered(step.concurrency)
-                .collect()
-                .await;
+                }
+            })
+            .buffered(step.concurrency)
+            .collect()
+            .await;
         let attempts = results.iter().map(|r| r.2).max().unwrap_or(0);
         let total = results.len();
+        // Each item's input in item order (`null` for an item left out or
+        // that sent nothing); none when no item sent anything.
+        if results.iter().any(|r| r.3.is_some()) {
+            *inputs = Some(Value::Array(
+                results
+                    .iter()
+                    .map(|r| r.3.clone().unwrap_or(Value::Null))
+                    .collect(),
+            ));
+        }
         let mut out = Vec::with_capacity(total);
         let mut failed: Vec<Value> = Vec::new();
         let mut first_error: Option<(StepError, u32)> = None;
-        for (index, r, n) in results {
+        for (index, r, n, _) in results {
             match r {
                 Ok(Some(v)) => {
                     out.push(v.value);
@@ -1852,15 +1899,18 @@ impl StepTask {
     }
 
     /// Runs attempts until one succeeds, the error is not retryable, or the
-    /// policy is exhausted. Returns the result and the number of attempts.
+    /// policy is exhausted. Returns the result, the number of attempts and
+    /// the input the last attempt recorded.
     async fn attempts(
         &self,
         step: &CompiledStep,
         ctx: &minijinja::Value,
         key: &str,
-    ) -> (Result<StepOutput, StepError>, u32) {
+    ) -> (Result<StepOutput, StepError>, u32, Option<Value>) {
         let max = step.retry.max_attempts.max(1);
         let mut attempt = 1;
+        let input = std::sync::Mutex::new(None);
+        let sent = |input: std::sync::Mutex<Option<Value>>| input.into_inner().ok().flatten();
         loop {
             if !step.kind.is_pure()
                 && let Err(e) = self
@@ -1875,6 +1925,7 @@ impl StepTask {
                         format!("could not log the attempt: {e}"),
                     )),
                     attempt,
+                    sent(input),
                 );
             }
             let connectors = self
@@ -1891,6 +1942,7 @@ impl StepTask {
                 plugins: self.inner.plugins.as_deref(),
                 plugin_outputs: self.inner.plugin_outputs.as_deref(),
                 children: Some(&*self.children),
+                input: Some(&input),
             };
             let fut = step.kind.execute(&rt);
             // A plugin enforces the step's timeout itself (and says so in its
@@ -1922,7 +1974,7 @@ impl StepTask {
                 })
             });
             match result {
-                Ok(v) => return (Ok(v), attempt),
+                Ok(v) => return (Ok(v), attempt, sent(input)),
                 Err(e) if e.retryable && attempt < max => {
                     let delay = retry::delay(&step.retry, attempt + 1, e.retry_after);
                     tracing::info!(step_id = %step.id, attempt, delay_ms = delay.as_millis() as u64, error = %self.inner.secrets.redact(&e.message), "retrying step");
@@ -1938,7 +1990,7 @@ impl StepTask {
                     } else {
                         e
                     };
-                    return (Err(e), attempt);
+                    return (Err(e), attempt, sent(input));
                 }
             }
         }

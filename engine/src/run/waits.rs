@@ -173,18 +173,19 @@ impl Engine {
         output: Option<Value>,
         error: Option<Value>,
     ) -> Result<StepRecord, RunError> {
-        let started_at = self
+        let parked = self
             .inner
             .store
             .steps(&wait.run_id)
             .await?
             .into_iter()
-            .find(|s| s.step_id == wait.step_id)
-            .and_then(|s| s.started_at);
+            .find(|s| s.step_id == wait.step_id);
+        let started_at = parked.as_ref().and_then(|s| s.started_at);
         Ok(StepRecord {
             step_id: wait.step_id.clone(),
             status,
             attempts: 1,
+            input: parked.and_then(|s| s.input),
             output,
             error,
             started_at: started_at.or(Some(now_ms())),

@@ -258,6 +258,7 @@ impl CompiledFlowStep {
             },
             None => Map::new(),
         };
+        rt.record_input(serde_json::json!({"flow": self.flow_id, "inputs": inputs}));
         let Some(children) = rt.children else {
             return Err(StepError::new(
                 StepErrorKind::Validation,

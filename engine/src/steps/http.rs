@@ -50,11 +50,23 @@ use std::time::Duration;
 use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::{StepError, StepErrorKind, StepRuntime};
 use crate::connectors::definition::parse_status_pattern;
 use crate::expr::Template;
+
+/// Request headers whose values are credentials: kept as `[redacted]` in
+/// the step's recorded input (names lowercase, as `HeaderName` has them).
+const SENSITIVE_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "apikey",
+    "x-auth-token",
+];
 use crate::expr::types::Type;
 use crate::flow::check::Checker;
 use crate::path;
@@ -381,34 +393,47 @@ impl CompiledHttp {
             .headers
             .iter()
             .any(|(n, _)| n == reqwest::header::CONTENT_TYPE);
-        let (body, content_type) = match &self.body {
-            Body::None => (None, None),
-            Body::Json(t) => (
-                Some(serde_json::to_vec(&t.eval(rt.ctx)?).expect("JSON serializes")),
-                Some("application/json"),
-            ),
+        // The body, and how it is shown in the step's recorded input.
+        let (body, content_type, shown_body) = match &self.body {
+            Body::None => (None, None, Value::Null),
+            Body::Json(t) => {
+                let v = t.eval(rt.ctx)?;
+                (
+                    Some(serde_json::to_vec(&v).expect("JSON serializes")),
+                    Some("application/json"),
+                    json!({ "json": v }),
+                )
+            }
             Body::Form(t) => {
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
-                if let Value::Object(m) = t.eval(rt.ctx)? {
-                    for (k, v) in &m {
+                let v = t.eval(rt.ctx)?;
+                if let Value::Object(m) = &v {
+                    for (k, v) in m {
                         form.append_pair(k, &text_of(v));
                     }
                 }
                 (
                     Some(form.finish().into_bytes()),
                     Some("application/x-www-form-urlencoded"),
+                    json!({ "form": v }),
                 )
             }
-            Body::Text(t) => (
-                Some(text_of(&t.eval(rt.ctx)?).into_bytes()),
-                Some("text/plain; charset=utf-8"),
-            ),
+            Body::Text(t) => {
+                let text = text_of(&t.eval(rt.ctx)?);
+                let shown = json!({ "text": text });
+                (
+                    Some(text.into_bytes()),
+                    Some("text/plain; charset=utf-8"),
+                    shown,
+                )
+            }
             Body::Bytes(t) => {
                 let b64 = text_of(&t.eval(rt.ctx)?);
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(b64.trim())
                     .map_err(|e| invalid(format!("`bytes` is not standard base64: {e}")))?;
-                (Some(bytes), Some("application/octet-stream"))
+                let shown = json!({ "bytes": bytes.len() });
+                (Some(bytes), Some("application/octet-stream"), shown)
             }
         };
         if let (Some(ct), false) = (content_type, has_content_type) {
@@ -417,6 +442,22 @@ impl CompiledHttp {
                 reqwest::header::HeaderValue::from_static(ct),
             ));
         }
+        rt.record_input(json!({
+            "connection": self.connection,
+            "method": self.method.as_str(),
+            "url": url_text,
+            "query": query,
+            "headers": headers.iter().map(|(name, v)| {
+                // Credentials in headers are not kept, whatever their value.
+                let value = if SENSITIVE_HEADERS.contains(&name.as_str()) || v.is_sensitive() {
+                    "[redacted]".to_string()
+                } else {
+                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                };
+                (name.to_string(), Value::String(value))
+            }).collect::<Map<_, _>>(),
+            "body": shown_body,
+        }));
         if let Some(name) = &self.connection {
             let shown = format!("{name}:{}", url_text.split('?').next().unwrap_or(""));
             let resp = rt

@@ -143,9 +143,21 @@ pub struct StepRuntime<'a> {
     pub plugin_outputs: Option<&'a std::collections::BTreeMap<String, Result<Value, String>>>,
     /// Starts child runs (`flow` steps), when the step runs in a stored run.
     pub children: Option<&'a dyn ChildRuns>,
+    /// Where the step leaves its input ([`StepRuntime::record_input`]),
+    /// when the run keeps it.
+    pub input: Option<&'a std::sync::Mutex<Option<Value>>>,
 }
 
 impl StepRuntime<'_> {
+    /// Records the step's input: its config with the expressions evaluated,
+    /// as it goes to the system (what `runs show` and the console show next
+    /// to the output). Called before the effect, so a failed call keeps it.
+    pub fn record_input(&self, input: Value) {
+        if let Some(slot) = self.input {
+            *slot.lock().expect("input slot") = Some(input);
+        }
+    }
+
     fn connector(
         &self,
         name: &str,

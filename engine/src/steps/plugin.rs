@@ -193,7 +193,7 @@ impl CompiledPlugin {
     pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<Value, StepError> {
         if let Some(pinned) = rt.plugin_outputs {
             // The input is still evaluated: its expressions must hold.
-            self.input.eval(rt.ctx)?;
+            rt.record_input(self.input.eval(rt.ctx)?);
             return match pinned.get(&self.name) {
                 Some(Ok(v)) => self.checked(self.redacted(v.clone(), rt)),
                 Some(Err(e)) => Err(StepError::new(StepErrorKind::Plugin, e.clone())),
@@ -213,6 +213,8 @@ impl CompiledPlugin {
             )
         })?;
         let input = self.input.eval(rt.ctx)?;
+        // The config is not recorded: it is where a plugin's credentials go.
+        rt.record_input(input.clone());
         let config = self.config.eval(rt.ctx)?;
         let outcome = registry
             .call(&self.name, &self.version, &input, &config, &self.limits)

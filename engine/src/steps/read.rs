@@ -200,6 +200,14 @@ impl CompiledRead {
             Some(t) => t.eval(rt.ctx)?.as_str().map(str::to_string),
             None => None,
         };
+        rt.record_input(serde_json::json!({
+            "connection": self.connection,
+            "entity": self.entity,
+            "filter": filters,
+            "modified_after": modified_after.map(|t| t.to_rfc3339()),
+            "limit": limit,
+            "cursor": cursor,
+        }));
         let cap = limit.unwrap_or(MAX_RECORDS);
         if self.from == ReadFrom::Cache {
             return self

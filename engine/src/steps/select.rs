@@ -7,8 +7,17 @@
 //!     where: "$[?@.total > 10000]"
 //! ```
 //! The output is the list of matched values, in document order; without
-//! `where` it is `from` itself. A `where` holding `${{ }}` is rendered first,
-//! then parsed.
+//! `where` it is `from` itself.
+//!
+//! A `where` may hold `${{ }}` expressions. Each one's value goes into the
+//! query as a JSONPath literal (RFC 9535 §2.3.5.1 `literal`), never as query
+//! text, so an input cannot rewrite the filter:
+//! - inside a quoted string (`'${{ inputs.as_of }}'`) the value is escaped for
+//!   that quote (§2.3.1.1: `\\`, the quote, control characters);
+//! - standing alone (`> ${{ inputs.threshold }}`) a number, boolean or null
+//!   goes in as that literal and a string as a double-quoted string literal.
+//!
+//! A list or an object has no literal form in a filter and fails the step.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -31,13 +40,162 @@ pub struct SelectStep {
     pub query: Option<String>,
 }
 
-/// The query of a `select` step: parsed once, or rendered per run when it
+/// The query of a `select` step: parsed once, or built per run when it
 /// holds `${{ }}` expressions.
 #[derive(Debug)]
 enum WhereClause {
     None,
     Fixed(Query),
-    Templated(Template),
+    Templated(QueryTemplate),
+}
+
+/// A `where` with expressions: the query text around them, and each
+/// expression with the place it stands in.
+#[derive(Debug)]
+struct QueryTemplate {
+    /// Query text; one piece more than `holes`.
+    text: Vec<String>,
+    holes: Vec<Hole>,
+}
+
+/// One `${{ }}` of a `where`.
+#[derive(Debug)]
+struct Hole {
+    /// The expression as written, for messages.
+    source: String,
+    expr: Template,
+    /// The quote of the string literal it stands inside, if any.
+    quote: Option<char>,
+}
+
+impl QueryTemplate {
+    /// Splits `query` at its expressions and finds, for each, whether it
+    /// stands inside a quoted string of the query text before it.
+    fn compile(query: &str) -> Result<QueryTemplate, crate::expr::ExprError> {
+        let mut text = Vec::new();
+        let mut holes = Vec::new();
+        let mut quote: Option<char> = None;
+        let mut rest = query;
+        while let Some(start) = rest.find(crate::expr::OPEN) {
+            let inner_start = start + crate::expr::OPEN.len();
+            let Some(len) = rest[inner_start..].find(crate::expr::CLOSE) else {
+                break;
+            };
+            let piece = &rest[..start];
+            quote = quote_after(quote, piece);
+            text.push(piece.to_string());
+            let inner = rest[inner_start..inner_start + len].trim();
+            holes.push(Hole {
+                source: inner.to_string(),
+                expr: Template::compile_strict(&Value::String(format!(
+                    "{} {inner} {}",
+                    crate::expr::OPEN,
+                    crate::expr::CLOSE
+                )))?,
+                quote,
+            });
+            rest = &rest[inner_start + len + crate::expr::CLOSE.len()..];
+        }
+        text.push(rest.to_string());
+        Ok(QueryTemplate { text, holes })
+    }
+
+    /// The query with each expression's value in place as a literal.
+    fn render(&self, ctx: &minijinja::Value) -> Result<String, StepError> {
+        let mut out = String::new();
+        for (piece, hole) in self.text.iter().zip(&self.holes) {
+            out.push_str(piece);
+            let value = hole.expr.eval(ctx)?;
+            literal(&mut out, &value, hole.quote).map_err(|shape| {
+                StepError::new(
+                    StepErrorKind::Validation,
+                    format!(
+                        "`where`: `${{{{ {} }}}}` gives {shape}; a JSONPath filter compares \
+                         single values (a string, number, boolean or null)",
+                        hole.source
+                    ),
+                )
+            })?;
+        }
+        out.push_str(self.text.last().map_or("", String::as_str));
+        Ok(out)
+    }
+
+    /// The query with a stand-in for each value, to check its syntax before
+    /// any run.
+    fn sample(&self) -> String {
+        let mut out = String::new();
+        for (piece, hole) in self.text.iter().zip(&self.holes) {
+            out.push_str(piece);
+            out.push_str(if hole.quote.is_some() { "x" } else { "0" });
+        }
+        out.push_str(self.text.last().map_or("", String::as_str));
+        out
+    }
+}
+
+/// Whether query text ends inside a quoted string, given the state before it.
+fn quote_after(mut quote: Option<char>, text: &str) -> Option<char> {
+    let mut escaped = false;
+    for c in text.chars() {
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None => {}
+        }
+    }
+    quote
+}
+
+/// Writes `value` as a JSONPath literal: inside a string quoted by `quote`,
+/// or standing alone. Lists and objects have no literal form (their shape is
+/// the error).
+fn literal(out: &mut String, value: &Value, quote: Option<char>) -> Result<(), &'static str> {
+    match (value, quote) {
+        (Value::Array(_), _) => Err("a list"),
+        (Value::Object(_), _) => Err("an object"),
+        (Value::Null, Some(_)) => Err("null, which cannot stand inside a quoted string"),
+        (Value::String(s), Some(q)) => {
+            escape_into(out, s, q);
+            Ok(())
+        }
+        (Value::String(s), None) => {
+            out.push('"');
+            escape_into(out, s, '"');
+            out.push('"');
+            Ok(())
+        }
+        // Numbers, booleans and null: their JSON text is their JSONPath literal.
+        (other, _) => {
+            out.push_str(&other.to_string());
+            Ok(())
+        }
+    }
+}
+
+/// Escapes `s` for a JSONPath string literal quoted by `quote` (RFC 9535
+/// §2.3.1.1: the quote and `\\` are escaped, and so are control characters,
+/// which may not appear unescaped).
+fn escape_into(out: &mut String, s: &str, quote: char) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
 }
 
 /// A compiled `select` step.
@@ -62,8 +220,24 @@ pub fn compile(
     let query = match &step.query {
         Some(q) if q.contains(crate::expr::OPEN) => {
             check_members(c, q, &from_type);
+            // Checks the expressions' references and types where they are written.
             c.template(&crate::path!["select", "where"], &Value::String(q.clone()))
-                .map(WhereClause::Templated)
+                .and_then(|_| QueryTemplate::compile(q).ok())
+                .and_then(|t| match Query::parse(&t.sample()) {
+                    Ok(_) => Some(WhereClause::Templated(t)),
+                    Err(e) => {
+                        c.error(
+                            &crate::path!["select", "where"],
+                            "invalid-jsonpath",
+                            format!("{} (with each `${{{{ }}}}` standing for a value)", e.message),
+                        )
+                        .hint = Some(
+                            "an expression's value goes in as a literal: `@.total > ${{ inputs.min }}` or `@.status == '${{ inputs.status }}'`"
+                                .into(),
+                        );
+                        None
+                    }
+                })
         }
         Some(q) => match Query::parse(q) {
             Ok(parsed) => {
@@ -151,10 +325,10 @@ impl CompiledSelect {
         Ok(match &self.query {
             WhereClause::Fixed(q) => Value::Array(q.select(&doc)),
             WhereClause::Templated(t) => {
-                let text = match t.eval(rt.ctx)? {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
+                let text = t.render(rt.ctx)?;
+                // `from` is another step's output, shown there; the query
+                // with its values in place is what this step adds.
+                rt.record_input(serde_json::json!({ "where": text }));
                 let q = Query::parse(&text)
                     .map_err(|e| StepError::new(StepErrorKind::Validation, e.to_string()))?;
                 Value::Array(q.select(&doc))

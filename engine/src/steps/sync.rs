@@ -94,6 +94,11 @@ impl CompiledSync {
                 "`sync` writes the record cache of a durable run; there is no store here",
             )
         })?;
+        rt.record_input(serde_json::json!({
+            "connection": self.connection,
+            "entity": self.entity,
+            "mode": if self.full { "full" } else { "incremental" },
+        }));
         let connector = rt.connector(&self.connection)?;
         let opts = SyncOptions {
             mode: if self.full {

@@ -108,6 +108,11 @@ impl CompiledWebhook {
 
     pub async fn execute(&self, rt: &StepRuntime<'_>) -> Result<super::StepOutput, StepError> {
         let data = self.payload.eval(rt.ctx)?;
+        rt.record_input(serde_json::json!({
+            "event": self.event,
+            "endpoint": self.endpoint,
+            "data": data,
+        }));
         let env = Envelope::new(
             rt.idempotency_key,
             &self.event,

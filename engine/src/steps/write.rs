@@ -233,6 +233,13 @@ impl CompiledWrite {
             Some(t) => t.eval(rt.ctx)?,
             None => Value::Null,
         };
+        rt.record_input(serde_json::json!({
+            "connection": self.connection,
+            "entity": self.entity,
+            "op": self.op,
+            "id": id,
+            "data": data,
+        }));
         let req = WriteRequest {
             entity: self.entity,
             remote_id: id.as_deref(),

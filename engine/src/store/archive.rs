@@ -200,7 +200,8 @@ impl super::Store {
     ) -> Result<Option<(Vec<Stmt>, Option<NewBase>)>, StoreError> {
         let size: usize = steps
             .iter()
-            .filter_map(|s| s.output.as_ref())
+            .flat_map(|s| [s.output.as_ref(), s.input.as_ref()])
+            .flatten()
             .map(approx_len)
             .sum::<usize>()
             + output.map(approx_len).unwrap_or(0);

@@ -253,6 +253,11 @@ pub struct StepRecord {
     pub status: StepStatus,
     /// Attempts made.
     pub attempts: i64,
+    /// Input: the step's config with its expressions evaluated, as it went
+    /// to the system (secrets redacted); a list of them, item by item, for
+    /// a `for_each` step. Absent for steps that send nothing (`set`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
     /// Output.
     pub output: Option<Value>,
     /// Error `{kind, message}` (secrets redacted).
@@ -1213,7 +1218,7 @@ impl Store {
 
     /// The stored step results of a run.
     pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
-        let rows = sqlx::query("SELECT step_id, status, attempts, output, error, started_at, finished_at FROM step_runs WHERE run_id = $1 ORDER BY started_at, step_id")
+        let rows = sqlx::query("SELECT step_id, status, attempts, output, error, started_at, finished_at, input FROM step_runs WHERE run_id = $1 ORDER BY started_at, step_id")
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
@@ -1227,6 +1232,7 @@ impl Store {
                         .parse()
                         .map_err(|e: String| StoreError::Query(sqlx::Error::Protocol(e)))?,
                     attempts: r.try_get(2)?,
+                    input: parse_json(r.try_get(7)?)?,
                     output: parse_json(r.try_get(3)?)?,
                     error: parse_json(r.try_get(4)?)?,
                     started_at: r.try_get(5)?,
@@ -1333,8 +1339,8 @@ fn finish_run_stmt(
 /// The upsert of a step result.
 fn save_step_stmt(run_id: &str, step: &StepRecord) -> Stmt {
     (
-        "INSERT INTO step_runs (run_id, step_id, status, attempts, output, error, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, output = excluded.output, error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at",
+        "INSERT INTO step_runs (run_id, step_id, status, attempts, output, error, started_at, finished_at, input) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, output = excluded.output, error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at, input = excluded.input",
         vec![
             Arg::Text(Some(run_id.to_string())),
             Arg::Text(Some(step.step_id.clone())),
@@ -1344,6 +1350,7 @@ fn save_step_stmt(run_id: &str, step: &StepRecord) -> Stmt {
             Arg::Text(step.error.as_ref().map(json_text)),
             Arg::Int(step.started_at),
             Arg::Int(step.finished_at),
+            Arg::Text(step.input.as_ref().map(json_text)),
         ],
     )
 }

@@ -836,8 +836,8 @@ async fn run_page(
     let picture = loaded
         .as_ref()
         .map(|l| graph::draw(&l.compiled.flow.steps, &statuses));
-    // What each step was given: its definition in the flow (the values its
-    // expressions took are not stored).
+    // Each step's definition in the flow, next to its input (the values
+    // its expressions took, stored with its result).
     if let (Some(l), Some(list)) = (&loaded, run["steps"].as_array_mut()) {
         for step in list {
             let id = step["step_id"].as_str().unwrap_or_default().to_string();
