@@ -2441,3 +2441,69 @@ async fn a_connection_test_answered_by_a_web_page_fails_naming_what_answered() {
     let c = maximo_conn(&emu, maximo::API_KEY, fast_policy());
     c.connector.test().await.unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A connection made through a connect link (`guarded`) reaches no internal
+/// address: an IP in its URL parameters is refused when it is built, and a
+/// host name is checked each time it connects, by every address it resolves
+/// to, so a name that resolves inward (or is re-pointed inward after the
+/// link's check: DNS rebinding) is refused before any request is sent.
+#[tokio::test]
+async fn a_connection_made_through_a_link_reaches_no_internal_address_even_by_name() {
+    let emu = maximo::start(1).await;
+    let port = url::Url::parse(&emu.base_url).unwrap().port().unwrap();
+    let def = Definitions::built_in().get("maximo").unwrap().clone();
+    let config = |base: &str, guarded: bool| ConnectionConfig {
+        definition: "maximo".into(),
+        params: [("base_url", base), ("site", "BEDFORD")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        credentials: [("api_key".to_string(), "MX_KEY".to_string())].into(),
+        policy: fast_policy(),
+        guarded,
+        ..ConnectionConfig::default()
+    };
+    let build = |c: &ConnectionConfig| {
+        HttpConnector::new(
+            "mx",
+            def.clone(),
+            c,
+            &|_| Some(maximo::API_KEY.to_string()),
+            Arc::new(Health::new(
+                "mx",
+                fast_policy(),
+                ConnectionStatus::Online,
+                None,
+            )),
+        )
+    };
+    let Err(e) = build(&config(&emu.base_url, true)) else {
+        panic!("a guarded connection to a loopback IP was built");
+    };
+    assert!(
+        e.message.contains("parameter `base_url`") && e.message.contains("must use https"),
+        "{}",
+        e.message
+    );
+    let by_name = build(&config(&format!("https://localhost:{port}"), true)).unwrap();
+    let e = by_name.test().await.unwrap_err();
+    assert_eq!(e.code().as_str(), "CONNECTION_UNAVAILABLE");
+    assert!(
+        e.message.contains("refused to connect to localhost")
+            && e.message.contains("loopback addresses are blocked"),
+        "{}",
+        e.message
+    );
+    assert!(emu.requests().is_empty(), "no request left this process");
+    // The same connection made by an operator (not guarded) reaches it.
+    build(&config(&emu.base_url, false))
+        .unwrap()
+        .test()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Stored, the mark stays with the connection.
+    let stored = serde_json::to_value(config(&emu.base_url, true)).unwrap();
+    assert_eq!(stored["guarded"], true);
+    let plain = serde_json::to_value(config(&emu.base_url, false)).unwrap();
+    assert!(plain.get("guarded").is_none(), "{plain}");
+}

@@ -448,6 +448,10 @@ async fn the_connect_flow_and_connect_links_test_seal_and_install_connections() 
         (StatusCode::OK, json!(true)),
         "{report}"
     );
+    // A link's connection stays guarded: each address it resolves to is
+    // checked whenever it connects (loopback is allow-listed here).
+    let (_, conn) = api(&http, &s, &admin, "GET", "/v1/connections/mx-partner", None).await;
+    assert_eq!(conn["config"]["guarded"], true, "{conn}");
     // Used once: refused after, on both methods.
     let (status, html) = page(&http, &link_url, None).await;
     assert_eq!(status, StatusCode::GONE);

@@ -474,7 +474,7 @@ async fn the_ssrf_guard_refuses_internal_addresses_unless_allow_listed() {
         if m.endpoint_id == via_name.id {
             assert_eq!(
                 err,
-                "refused to deliver to localhost (127.0.0.1): loopback addresses are blocked (allow-list it to permit)"
+                "refused to connect to localhost (127.0.0.1): loopback addresses are blocked (allow-list it to permit)"
             );
         } else {
             assert!(

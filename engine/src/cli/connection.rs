@@ -306,6 +306,7 @@ pub(super) async fn dispatch(cmd: ConnectionCommand) -> Result<i32, CliError> {
                 }),
                 policy,
                 syncs: schedules,
+                guarded: false,
             };
             let store = Store::connect(&db.db).await?;
             connection::add(&store, &defs, &id, &config, replace)

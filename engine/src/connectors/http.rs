@@ -281,6 +281,13 @@ pub struct ConnectionConfig {
     /// Syncs that `sluice serve` runs on a schedule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub syncs: Vec<crate::sync::SyncSchedule>,
+    /// Whether it was made through a connect link, by someone not trusted
+    /// with this server's network: its URL parameters and every address
+    /// its host names resolve to, at each connection (so a name re-pointed
+    /// inward later is refused too), must be public or in
+    /// `SLUICE_CONNECT_LINK_ALLOW`; redirects are never followed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guarded: bool,
 }
 
 /// The prefix of the secret names of credentials stored sealed in the
@@ -464,9 +471,27 @@ impl HttpConnector {
             );
         }
         let policy = config.policy;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(policy.timeout_ms))
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if config.guarded {
+            use crate::webhooks::ssrf::{GuardPolicy, GuardedResolver};
+            let guard = Arc::new(GuardPolicy::for_connect_links().map_err(err)?);
+            // An address written as an IP never reaches the resolver: URL
+            // parameters are checked here.
+            for (name, value) in &config.params {
+                if value.starts_with("http://") || value.starts_with("https://") {
+                    guard.check_url(value).map_err(|e| {
+                        err(format!(
+                            "parameter `{name}`: {}",
+                            e.to_string().replace("webhook URL", "URL")
+                        ))
+                    })?;
+                }
+            }
+            builder = builder.dns_resolver(Arc::new(GuardedResolver::new(guard)));
+        }
+        let client = builder
             .build()
             .map_err(|e| err(format!("cannot build an HTTP client: {e}")))?;
         let rate = config.rate_limit.or(def.def.rate_limit);

@@ -31,7 +31,7 @@ pub enum GuardError {
     HttpsRequired(String),
     /// The address is internal.
     #[error(
-        "refused to deliver to {host} ({addr}): {kind} addresses are blocked (allow-list it to permit)"
+        "refused to connect to {host} ({addr}): {kind} addresses are blocked (allow-list it to permit)"
     )]
     Blocked {
         /// Host name as written.
@@ -86,6 +86,14 @@ impl GuardPolicy {
     /// The policy from `SLUICE_WEBHOOK_ALLOW` (empty when unset).
     pub fn from_env() -> Result<GuardPolicy, String> {
         GuardPolicy::parse(&std::env::var("SLUICE_WEBHOOK_ALLOW").unwrap_or_default())
+    }
+
+    /// The networks a connection made through a connect link may reach
+    /// besides public addresses: `SLUICE_CONNECT_LINK_ALLOW` (IPs, CIDRs and
+    /// host names, comma-separated; empty when unset).
+    pub fn for_connect_links() -> Result<GuardPolicy, String> {
+        GuardPolicy::parse(&std::env::var("SLUICE_CONNECT_LINK_ALLOW").unwrap_or_default())
+            .map_err(|e| format!("SLUICE_CONNECT_LINK_ALLOW: {e}"))
     }
 
     fn host_allowed(&self, host: &str) -> bool {

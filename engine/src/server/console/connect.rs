@@ -217,7 +217,18 @@ async fn connect(
         rate_limit: None,
         policy: Policy::default(),
         syncs: Vec::new(),
+        // Made by whoever held a link: every address it reaches is checked
+        // when it connects, for as long as the connection exists.
+        guarded: via_link,
     };
+    let base = config.params.get("base_url").cloned().unwrap_or_default();
+    // Whoever holds a link is not trusted with this server's network: the
+    // address must be public (or allow-listed), and the answer's details
+    // are not shown to them. (The connection checks it again, with every
+    // other URL parameter, and each address whenever it connects.)
+    if via_link {
+        guard_link_address(&base).await?;
+    }
     // The live test: one attempt, a short deadline.
     let trial_policy = Policy {
         max_attempts: 1,
@@ -241,13 +252,6 @@ async fn connect(
         health,
     )
     .map_err(|e| hide(&e.message))?;
-    let base = config.params.get("base_url").cloned().unwrap_or_default();
-    // Whoever holds a link is not trusted with this server's network: the
-    // address must be public (or allow-listed), and the answer's details
-    // are not shown to them.
-    if via_link {
-        guard_link_address(&base).await?;
-    }
     match tokio::time::timeout(Duration::from_secs(20), trial.test()).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) if via_link => return Err(plain_words(&name, &base, e.code(), None)),
@@ -316,18 +320,11 @@ fn plain_words(
     }
 }
 
-/// The networks a connect link may reach besides public addresses
-/// (`SLUICE_CONNECT_LINK_ALLOW`: IPs, CIDRs and host names, comma-separated).
-fn link_policy() -> Result<GuardPolicy, String> {
-    GuardPolicy::parse(&std::env::var("SLUICE_CONNECT_LINK_ALLOW").unwrap_or_default())
-        .map_err(|e| format!("SLUICE_CONNECT_LINK_ALLOW: {e}"))
-}
-
 /// Refuses a link's address that is not public and not allow-listed (the
 /// webhooks' guard: loopback, private, link-local and metadata addresses),
 /// by its name and by every address it resolves to; https unless allow-listed.
 async fn guard_link_address(base: &str) -> Result<(), String> {
-    let policy = link_policy()?;
+    let policy = GuardPolicy::for_connect_links()?;
     let url = policy
         .check_url(base)
         .map_err(|e| format!("The address is refused: {e}"))?;
