@@ -33,6 +33,7 @@ fn setup() {
         unsafe {
             std::env::set_var("SLUICE_WEBHOOK_ALLOW", "127.0.0.1");
             std::env::set_var("SLUICE_HTTP_MAX_RESPONSE", "4096");
+            std::env::set_var("SLUICE_HTTP_TIMEOUT", "400ms");
         }
     });
 }
@@ -330,6 +331,42 @@ async fn internal_addresses_redirects_and_oversized_answers_are_refused() {
     let m = fail(format!("{base}/redirect")).await;
     assert!(m.contains("answered 302"), "{m}");
     assert_eq!(log.lock().unwrap().len(), 1, "/echo was not requested");
+}
+
+/// A server that accepts the connection and never answers: the attempt
+/// fails after `SLUICE_HTTP_TIMEOUT` (400 ms here; 60 s by default), or
+/// after the step's own `timeout`, and the run ends instead of hanging.
+#[tokio::test]
+async fn a_server_that_never_answers_fails_the_step_at_its_deadline() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket); // read nothing, answer nothing
+        }
+    });
+    let (engine, _dir) = engine().await;
+    for (step, expected) in [
+        (
+            format!("    http: {{ url: \"http://{addr}/slow\" }}"),
+            "no answer within 400ms (SLUICE_HTTP_TIMEOUT",
+        ),
+        (
+            format!("    timeout: 300ms\n    http: {{ url: \"http://{addr}/slow\" }}"),
+            "timed out after 300ms",
+        ),
+    ] {
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(50),
+            common::run(&engine, &flow(&step), json!({})),
+        )
+        .await
+        .expect("the run ends");
+        assert_eq!(out.status, RunStatus::Failed);
+        let m = out.error.unwrap()["message"].as_str().unwrap().to_string();
+        assert!(m.contains(expected), "{m}");
+    }
 }
 
 #[test]

@@ -20,7 +20,9 @@ import time
 import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -103,6 +105,25 @@ def labelled(page):
     check(not missing, f"{page}: every control has a label {missing}")
 
 
+def tab_to(matches, limit=80):
+    """Presses Tab (keyboard only) until the focused element matches; the
+    element, or None when `limit` presses never reach one."""
+    for _ in range(limit):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        el = driver.switch_to.active_element
+        if matches(el):
+            return el
+    return None
+
+
+def focus_visible(el):
+    """Whether the focused element shows where the keyboard is."""
+    style = driver.execute_script(
+        "const s = getComputedStyle(arguments[0]); return [s.outlineStyle, s.outlineWidth, s.boxShadow];", el
+    )
+    return (style[0] != "none" and style[1] != "0px") or style[2] != "none"
+
+
 def sign_in(token):
     driver.get(f"{base}/login")
     box = driver.find_element(By.ID, "token")
@@ -158,6 +179,33 @@ try:
     check(len(driver.find_elements(By.CSS_SELECTOR, "svg.dag g.n-succeeded")) == 2, "the run's graph colours both steps succeeded")
     labelled("run")
     shot("04-run")
+
+    # The same run by keyboard alone: Tab to each field, type, Tab to
+    # "Run", Enter; each focused control shows the focus.
+    driver.get(f"{base}/flows/order-check")
+    box = tab_to(lambda e: e.get_attribute("id") == "input-order")
+    check(box is not None, "the order field is reached by Tab")
+    if box is not None:
+        check(focus_visible(box), "the focused field shows the keyboard focus")
+        box.send_keys("KB-7")
+        qty = tab_to(lambda e: e.get_attribute("id") == "input-quantity", limit=5)
+        check(qty is not None, "Tab goes on to the next field in order")
+        if qty is not None:
+            qty.send_keys(Keys.CONTROL, "a")
+            qty.send_keys("2")
+        rush = tab_to(lambda e: e.get_attribute("name") == "input.rush", limit=5)
+        check(rush is not None, "the checkbox is reached by Tab")
+        if rush is not None:
+            rush.send_keys(Keys.SPACE)
+        run = tab_to(lambda e: e.tag_name == "button" and e.text == "Run", limit=10)
+        check(run is not None and focus_visible(run), "the Run button is reached by Tab and shows the focus")
+        if run is not None:
+            run.send_keys(Keys.ENTER)
+            wait.until(lambda d: "/runs/" in d.current_url and d.current_url != run_url)
+            wait.until(lambda d: d.find_element(By.ID, "run-status").text == "succeeded")
+            driver.find_element(By.XPATH, "//summary[text()='Output of check']").click()
+            out = driver.find_element(By.XPATH, "//summary[text()='Output of check']/following-sibling::pre").text
+            check('"order": "KB-7"' in out and '"quantity": 2' in out and '"rush": true' in out, f"a run started by keyboard alone took its inputs: {out}")
 
     # Connect the Maximo emulator through the connect flow: a wrong key is
     # said in plain words, the right one is tested and saved.

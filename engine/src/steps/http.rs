@@ -158,6 +158,23 @@ pub struct CompiledHttp {
     body: Body,
     response: ResponseAs,
     on_status: Vec<(Vec<(u16, u16)>, StatusAction)>,
+    /// The limit of one request, answer included, when the step sets no
+    /// `timeout` of its own (which the executor enforces).
+    deadline: Option<Duration>,
+}
+
+/// How long a request of an `http` step without a `timeout` may take, from
+/// connecting to the answer's last byte: `SLUICE_HTTP_TIMEOUT` (e.g. `90s`),
+/// 60 s by default. A server that accepts and never answers fails the
+/// attempt (retryable) instead of holding the run.
+fn default_timeout() -> Duration {
+    static LIMIT: LazyLock<Duration> = LazyLock::new(|| {
+        std::env::var("SLUICE_HTTP_TIMEOUT")
+            .ok()
+            .and_then(|v| humantime::parse_duration(v.trim()).ok())
+            .unwrap_or(Duration::from_secs(60))
+    });
+    *LIMIT
 }
 
 /// The static type of an `http` step's output.
@@ -180,7 +197,7 @@ pub const PURE: bool = false;
 
 pub fn compile(
     step: &HttpStep,
-    _: &super::CompileCtx<'_>,
+    ctx: &super::CompileCtx<'_>,
     c: &mut Checker<'_>,
 ) -> Option<CompiledHttp> {
     let mut ok = true;
@@ -314,6 +331,7 @@ pub fn compile(
         body: body?,
         response: step.response,
         on_status,
+        deadline: ctx.step.timeout.is_none().then(default_timeout),
     })
 }
 
@@ -498,11 +516,20 @@ impl CompiledHttp {
         if let Some(body) = body {
             req = req.body(body);
         }
+        if let Some(limit) = self.deadline {
+            req = req.timeout(limit);
+        }
         let network = |e: reqwest::Error| {
             // Connection failures are worth another attempt; the message never
             // carries request headers (credentials).
             let why = if e.is_timeout() {
-                "timed out".to_string()
+                match self.deadline {
+                    Some(limit) => format!(
+                        "no answer within {} (SLUICE_HTTP_TIMEOUT; a step's `timeout` replaces it)",
+                        humantime::format_duration(limit)
+                    ),
+                    None => "timed out".to_string(),
+                }
             } else if e.is_connect() {
                 format!(
                     "could not connect: {}",
