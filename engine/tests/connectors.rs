@@ -2485,6 +2485,64 @@ async fn a_connection_made_through_a_link_reaches_no_internal_address_even_by_na
         "{}",
         e.message
     );
+    // However the URL is spelled, as the URL parser reads it.
+    for spelled in [
+        "HTTPS://10.1.2.3",
+        "https:10.1.2.3",
+        "https:/169.254.169.254/x",
+    ] {
+        let Err(e) = build(&config(spelled, true)) else {
+            panic!("a guarded connection to {spelled} was built");
+        };
+        assert!(
+            e.message.contains("parameter `base_url`")
+                && e.message.contains("addresses are blocked"),
+            "{spelled}: {}",
+            e.message
+        );
+    }
+    // Any parameter that is a URL (here Business Central's OAuth `login_url`).
+    let bc_config = ConnectionConfig {
+        definition: "business_central".into(),
+        params: [
+            ("base_url", "https://api.example.com"),
+            ("login_url", "Https:169.254.169.254"),
+            ("tenant", "t"),
+            ("company_id", "c"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        credentials: [
+            ("client_id".to_string(), "ID".to_string()),
+            ("client_secret".to_string(), "SECRET".to_string()),
+        ]
+        .into(),
+        guarded: true,
+        ..ConnectionConfig::default()
+    };
+    let Err(e) = HttpConnector::new(
+        "bc",
+        Definitions::built_in()
+            .get("business_central")
+            .unwrap()
+            .clone(),
+        &bc_config,
+        &|_| Some("x".to_string()),
+        Arc::new(Health::new(
+            "bc",
+            fast_policy(),
+            ConnectionStatus::Online,
+            None,
+        )),
+    ) else {
+        panic!("a guarded connection with a metadata login_url was built");
+    };
+    assert!(
+        e.message.contains("parameter `login_url`") && e.message.contains("169.254.169.254"),
+        "{}",
+        e.message
+    );
     let by_name = build(&config(&format!("https://localhost:{port}"), true)).unwrap();
     let e = by_name.test().await.unwrap_err();
     assert_eq!(e.code().as_str(), "CONNECTION_UNAVAILABLE");

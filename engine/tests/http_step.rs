@@ -124,7 +124,7 @@ async fn a_post_sends_query_headers_and_json_and_reads_the_json_answer() {
       method: post
       url: "{base}/echo"
       query: {{ po: "${{{{ inputs.po }}}}", tag: [a, b] }}
-      headers: {{ Authorization: "Bearer ${{{{ secrets.PARTNER_TOKEN }}}}" }}
+      headers: {{ Authorization: "Bearer ${{{{ secrets.PARTNER_TOKEN }}}}", X-Sig: "${{{{ secrets.PARTNER_TOKEN | reverse }}}}" }}
       json: {{ po: "${{{{ inputs.po }}}}", total: 12.5 }}"#
         )),
         json!({}),
@@ -171,6 +171,9 @@ async fn a_post_sends_query_headers_and_json_and_reads_the_json_answer() {
         json!([["po", "PO 1/2 & #3 ü"], ["tag", "a"], ["tag", "b"]])
     );
     assert_eq!(input["headers"]["authorization"], "[redacted]");
+    // A header made from a secret is not kept, whatever it became.
+    assert_eq!(input["headers"]["x-sig"], "[redacted]");
+    assert!(!stored.contains("qx3-kot"), "{stored}");
     assert_eq!(input["headers"]["content-type"], "application/json");
     assert_eq!(
         input["body"],
@@ -356,6 +359,14 @@ async fn a_server_that_never_answers_fails_the_step_at_its_deadline() {
             format!("    timeout: 300ms\n    http: {{ url: \"http://{addr}/slow\" }}"),
             "timed out after 300ms",
         ),
+        // A POST that may have reached the server is not sent again, even
+        // with retries allowed (RFC 9110 §9.2.2: POST is not idempotent).
+        (
+            format!(
+                "    retry: {{ max_attempts: 3, initial: 10ms }}\n    http: {{ method: post, url: \"http://{addr}/slow\", json: {{ po: 1 }} }}"
+            ),
+            "(not sent again: the server may have acted on it)",
+        ),
     ] {
         let out = tokio::time::timeout(
             std::time::Duration::from_secs(50),
@@ -366,6 +377,7 @@ async fn a_server_that_never_answers_fails_the_step_at_its_deadline() {
         assert_eq!(out.status, RunStatus::Failed);
         let m = out.error.unwrap()["message"].as_str().unwrap().to_string();
         assert!(m.contains(expected), "{m}");
+        assert!(!m.contains("gave up after"), "tried once: {m}");
     }
 }
 

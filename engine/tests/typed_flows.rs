@@ -922,6 +922,11 @@ output: "${{ steps.pick.output | map(attribute='n') | list }}"
         );
         assert_eq!(out.output.unwrap(), want, "status {status}, min {min}");
     }
+    // `${{- x -}}` only trims whitespace: the dashes are not a minus sign.
+    let trimmed = bare.replace("${{ inputs.min }}", "${{- inputs.min -}}");
+    let out = run(&e, &trimmed, json!({"status": "closed", "min": 10})).await;
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    assert_eq!(out.output.unwrap(), json!([50]));
     // A list has no literal form: the step fails saying so.
     let list = bare.replace("${{ inputs.status }}", "${{ [inputs.status] }}");
     let out = run(&e, &list, json!({"status": "open"})).await;

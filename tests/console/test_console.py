@@ -171,6 +171,7 @@ try:
     check('"quantity": 3' in out and '"rush": true' in out, f"the step's output shows the typed inputs: {out}")
     check(XSS in out, "the step output's markup is shown as text")
     check(not driver.find_elements(By.CSS_SELECTOR, "main img"), "the step output's markup made no element")
+    check(not driver.find_elements(By.XPATH, "//summary[text()='Input of check']"), "a `set` step, which sends nothing, shows no input")
     # The webhook step's input: the payload its expression gave, escaped.
     driver.find_element(By.XPATH, "//summary[text()='Input of tell']").click()
     sent = driver.find_element(By.XPATH, "//summary[text()='Input of tell']/following-sibling::pre").text

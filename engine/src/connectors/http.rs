@@ -306,6 +306,8 @@ enum StaticAuth {
 
 /// A connection to a system described by a definition.
 pub struct HttpConnector {
+    /// The SSRF guard of a connection made through a connect link.
+    guard: Option<Arc<crate::webhooks::ssrf::GuardPolicy>>,
     id: String,
     def: Arc<CompiledDefinition>,
     base: Url,
@@ -474,23 +476,31 @@ impl HttpConnector {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(policy.timeout_ms))
             .redirect(reqwest::redirect::Policy::none());
-        if config.guarded {
+        let guard = if config.guarded {
             use crate::webhooks::ssrf::{GuardPolicy, GuardedResolver};
             let guard = Arc::new(GuardPolicy::for_connect_links().map_err(err)?);
-            // An address written as an IP never reaches the resolver: URL
-            // parameters are checked here.
-            for (name, value) in &config.params {
-                if value.starts_with("http://") || value.starts_with("https://") {
-                    guard.check_url(value).map_err(|e| {
-                        err(format!(
-                            "parameter `{name}`: {}",
-                            e.to_string().replace("webhook URL", "URL")
-                        ))
-                    })?;
+            // An address written as an IP never reaches the resolver: the
+            // base URL and every parameter that parses as an http(s) URL
+            // (in whatever spelling the URL parser accepts) are checked
+            // here; the token URL is checked when it is used.
+            let urls = std::iter::once(("base_url", base.clone())).chain(
+                config
+                    .params
+                    .iter()
+                    .filter_map(|(k, v)| Url::parse(v.trim()).ok().map(|u| (k.as_str(), u))),
+            );
+            for (name, url) in urls {
+                if matches!(url.scheme(), "http" | "https") {
+                    guard
+                        .check_url(url.as_str())
+                        .map_err(|e| err(format!("parameter `{name}`: {}", guard_text(&e))))?;
                 }
             }
-            builder = builder.dns_resolver(Arc::new(GuardedResolver::new(guard)));
-        }
+            builder = builder.dns_resolver(Arc::new(GuardedResolver::new(guard.clone())));
+            Some(guard)
+        } else {
+            None
+        };
         let client = builder
             .build()
             .map_err(|e| err(format!("cannot build an HTTP client: {e}")))?;
@@ -533,6 +543,7 @@ impl HttpConnector {
             } => StaticAuth::Query(name.clone(), resolve("value", value)?),
         };
         let c = HttpConnector {
+            guard,
             id: id.to_string(),
             base,
             ctx,
@@ -613,17 +624,20 @@ impl HttpConnector {
 
     /// Makes the definition's cheap authenticated call; returns its latency.
     ///
-    /// A success is a 2xx answer carrying a JSON object or array, as every
-    /// API a definition describes answers. Anything else that says 2xx (a
-    /// web server's page at a wrong base URL, a proxy's sign-in form) is
-    /// not the system, and the test fails saying what answered.
+    /// A success is a 2xx answer carrying a JSON object or array (or
+    /// nothing), as every API a definition describes answers. Anything else
+    /// that says 2xx (a web server's page at a wrong base URL, a proxy's
+    /// sign-in form) is not the system, and the test fails saying what
+    /// answered.
     pub async fn test(&self) -> Result<Duration, ConnectorError> {
         let t = Instant::now();
         let req = self.render(&self.test, &self.ctx, false, None, "test")?;
         let url = req.url.clone();
         let resp = self.execute(req, None, "test").await?;
-        let json = serde_json::from_slice::<Value>(&resp.body)
-            .is_ok_and(|v| v.is_object() || v.is_array());
+        // An empty answer (a 204 to a ping) says nothing against it.
+        let json = resp.body.is_empty()
+            || serde_json::from_slice::<Value>(&resp.body)
+                .is_ok_and(|v| v.is_object() || v.is_array());
         if !json {
             let kind = resp
                 .headers
@@ -963,6 +977,18 @@ impl HttpConnector {
             form.finish()
         };
         let url = eval(token_url)?;
+        if let Some(guard) = &self.guard {
+            let normalized = Url::parse(url.trim()).map_or(url.clone(), |u| u.to_string());
+            guard.check_url(&normalized).map_err(|e| {
+                self.error(
+                    ConnectorErrorKind::Validation,
+                    None,
+                    "auth",
+                    None,
+                    format!("token URL: {}", guard_text(&e)),
+                )
+            })?;
+        }
         let resp = self
             .client
             .post(&url)
@@ -2255,6 +2281,11 @@ fn remote_id_in_url(url: &str) -> Option<String> {
         .ok()?
         .into_owned();
     (!key.is_empty()).then_some(key)
+}
+
+/// A guard refusal in a connection's words (the guard speaks of webhooks).
+fn guard_text(e: &crate::webhooks::ssrf::GuardError) -> String {
+    e.to_string().replace("webhook URL", "URL")
 }
 
 fn method_name(m: Method) -> &'static str {

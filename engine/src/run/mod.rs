@@ -1480,6 +1480,7 @@ impl Engine {
                 rec.status = StepStatus::Waiting;
                 rec.output = None;
                 rec.finished_at = None;
+                rec.input = rec.input.as_ref().map(|i| inner.secrets.redact_json(i));
                 inner
                     .store
                     .park_step(&run.id, &rec, &p.spec, p.deadline)

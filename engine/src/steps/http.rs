@@ -155,6 +155,8 @@ pub struct CompiledHttp {
     url: Template,
     query: Option<Template>,
     headers: Vec<(reqwest::header::HeaderName, Template)>,
+    /// Headers whose value reads a secret: their values are never kept.
+    secret_headers: Vec<reqwest::header::HeaderName>,
     body: Body,
     response: ResponseAs,
     on_status: Vec<(Vec<(u16, u16)>, StatusAction)>,
@@ -167,12 +169,21 @@ pub struct CompiledHttp {
 /// connecting to the answer's last byte: `SLUICE_HTTP_TIMEOUT` (e.g. `90s`),
 /// 60 s by default. A server that accepts and never answers fails the
 /// attempt (retryable) instead of holding the run.
-fn default_timeout() -> Duration {
-    static LIMIT: LazyLock<Duration> = LazyLock::new(|| {
-        std::env::var("SLUICE_HTTP_TIMEOUT")
-            .ok()
-            .and_then(|v| humantime::parse_duration(v.trim()).ok())
-            .unwrap_or(Duration::from_secs(60))
+/// `0s` sets no limit; a value that does not parse is reported and the
+/// default used.
+fn default_timeout() -> Option<Duration> {
+    static LIMIT: LazyLock<Option<Duration>> = LazyLock::new(|| {
+        let Ok(text) = std::env::var("SLUICE_HTTP_TIMEOUT") else {
+            return Some(Duration::from_secs(60));
+        };
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(value = %text, error = %e, "SLUICE_HTTP_TIMEOUT is not a duration (e.g. 90s); using 60s");
+                Some(Duration::from_secs(60))
+            }
+        }
     });
     *LIMIT
 }
@@ -242,6 +253,7 @@ pub fn compile(
         )
     });
     let mut headers = Vec::new();
+    let mut secret_headers = Vec::new();
     // An auth header is where a credential is needed.
     c.allow_secrets = true;
     for (name, value) in step.headers.iter().flatten() {
@@ -251,6 +263,9 @@ pub fn compile(
         );
         match reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
             Ok(h) => {
+                if value.contains("secrets") {
+                    secret_headers.push(h.clone());
+                }
                 if let Some(t) = t {
                     headers.push((h, t));
                 }
@@ -328,10 +343,11 @@ pub fn compile(
         url: url?,
         query: query.flatten(),
         headers,
+        secret_headers,
         body: body?,
         response: step.response,
         on_status,
-        deadline: ctx.step.timeout.is_none().then(default_timeout),
+        deadline: ctx.step.timeout.is_none().then(default_timeout).flatten(),
     })
 }
 
@@ -466,8 +482,12 @@ impl CompiledHttp {
             "url": url_text,
             "query": query,
             "headers": headers.iter().map(|(name, v)| {
-                // Credentials in headers are not kept, whatever their value.
-                let value = if SENSITIVE_HEADERS.contains(&name.as_str()) || v.is_sensitive() {
+                // Credentials in headers are not kept, whatever their value
+                // or however it was encoded.
+                let value = if SENSITIVE_HEADERS.contains(&name.as_str())
+                    || self.secret_headers.contains(name)
+                    || v.is_sensitive()
+                {
                     "[redacted]".to_string()
                 } else {
                     String::from_utf8_lossy(v.as_bytes()).into_owned()
@@ -520,8 +540,11 @@ impl CompiledHttp {
             req = req.timeout(limit);
         }
         let network = |e: reqwest::Error| {
-            // Connection failures are worth another attempt; the message never
-            // carries request headers (credentials).
+            // A request that never connected was never sent; one that may
+            // have reached the server is sent again only when repeating it
+            // is harmless (RFC 9110 §9.2.2: GET, HEAD, PUT, DELETE...).
+            let retryable = e.is_connect() || self.method.is_idempotent();
+            // The message never carries request headers (credentials).
             let why = if e.is_timeout() {
                 match self.deadline {
                     Some(limit) => format!(
@@ -540,11 +563,16 @@ impl CompiledHttp {
             } else {
                 e.without_url().to_string()
             };
+            let again = if retryable {
+                ""
+            } else {
+                " (not sent again: the server may have acted on it)"
+            };
             StepError {
-                retryable: true,
+                retryable,
                 ..StepError::new(
                     StepErrorKind::Connector,
-                    format!("{} {shown}: {why}", self.method),
+                    format!("{} {shown}: {why}{again}", self.method),
                 )
             }
         };

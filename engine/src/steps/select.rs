@@ -18,6 +18,11 @@
 //!   goes in as that literal and a string as a double-quoted string literal.
 //!
 //! A list or an object has no literal form in a filter and fails the step.
+//! A value keeps its type: a string standing alone is a string literal, so
+//! `@.total > ${{ trigger.body.min }}` with `"100"` compares text, which
+//! no number matches; convert it (`${{ trigger.body.min | float }}`). A
+//! value inside a `match()`/`search()` pattern is escaped for JSONPath but
+//! is still read as a pattern (I-Regexp, RFC 9485) there.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -84,7 +89,11 @@ impl QueryTemplate {
             let piece = &rest[..start];
             quote = quote_after(quote, piece);
             text.push(piece.to_string());
-            let inner = rest[inner_start..inner_start + len].trim();
+            // `${{- x -}}`: the dashes are whitespace control, not a minus.
+            let raw = &rest[inner_start..inner_start + len];
+            let raw = raw.strip_prefix('-').unwrap_or(raw);
+            let raw = raw.strip_suffix('-').unwrap_or(raw);
+            let inner = raw.trim();
             holes.push(Hole {
                 source: inner.to_string(),
                 expr: Template::compile_strict(&Value::String(format!(
@@ -222,7 +231,17 @@ pub fn compile(
             check_members(c, q, &from_type);
             // Checks the expressions' references and types where they are written.
             c.template(&crate::path!["select", "where"], &Value::String(q.clone()))
-                .and_then(|_| QueryTemplate::compile(q).ok())
+                .and_then(|_| match QueryTemplate::compile(q) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        c.error(
+                            &crate::path!["select", "where"],
+                            "invalid-expression",
+                            format!("expression `{}`: {}", e.source_text, e.message),
+                        );
+                        None
+                    }
+                })
                 .and_then(|t| match Query::parse(&t.sample()) {
                     Ok(_) => Some(WhereClause::Templated(t)),
                     Err(e) => {
