@@ -100,6 +100,18 @@ async fn sign_in(http: &reqwest::Client, base: &str, token: &str) -> String {
         set.contains("HttpOnly") && set.contains("SameSite=Strict"),
         "{set}"
     );
+    // Plain http (no proxy saying https): a cookie the browser sends back.
+    assert!(!set.contains("Secure"), "{set}");
+    // Behind a TLS proxy the cookie is `Secure`.
+    let res = http
+        .post(format!("{base}/login"))
+        .header("x-forwarded-proto", "https")
+        .form_of(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    let behind = res.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(behind.contains("; Secure"), "{behind}");
     set.split(';').next().unwrap().to_string()
 }
 

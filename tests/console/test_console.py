@@ -366,7 +366,8 @@ try:
     # The public status page needs no sign-in.
     res = requests.get(f"{base}/status", timeout=10)
     check(res.status_code == 200 and "operational" in res.text, "the status page answers without sign-in")
-    check("plant" in res.text and "online" in res.text, "the status page shows the connected systems")
+    check("System 1" in res.text and "online" in res.text, "the status page shows the connected systems")
+    check("plant" not in res.text and "mx-partner" not in res.text, "the public status page does not name connections by default")
     driver.get(f"{base}/status")
     shot("13-status")
 finally:

@@ -81,7 +81,9 @@ struct Console {
     state: Arc<AppState>,
     api: Router,
     env: minijinja::Environment<'static>,
-    /// Whether `/status` shows connection names (`SLUICE_STATUS_NAMES=hide` hides them).
+    /// Whether `/status` shows connection ids (`SLUICE_STATUS_NAMES=show`);
+    /// by default it says "System 1, 2, ...": the page is public, and ids
+    /// often name customers.
     status_names: bool,
 }
 
@@ -99,7 +101,7 @@ pub fn router(state: Arc<AppState>, api: Router) -> Router {
         state,
         api,
         env: templates(),
-        status_names: std::env::var("SLUICE_STATUS_NAMES").map_or(true, |v| v != "hide"),
+        status_names: std::env::var("SLUICE_STATUS_NAMES").is_ok_and(|v| v == "show"),
     });
     Router::new()
         .route("/", get(flows_page))
@@ -506,8 +508,9 @@ async fn login(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -
         );
     }
     let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_MS / 1000
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        SESSION_MS / 1000,
+        secure_attribute(&headers)
     );
     (
         StatusCode::SEE_OTHER,
@@ -517,6 +520,19 @@ async fn login(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -
         ],
     )
         .into_response()
+}
+
+/// `; Secure` when the console is reached over https: `SLUICE_PUBLIC_URL`
+/// is https, or the proxy in front says so (`X-Forwarded-Proto: https`).
+/// Plain http (a local server) gets a cookie the browser would send back.
+fn secure_attribute(headers: &HeaderMap) -> &'static str {
+    let public = std::env::var("SLUICE_PUBLIC_URL")
+        .is_ok_and(|u| u.trim().to_ascii_lowercase().starts_with("https://"));
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    if public || forwarded { "; Secure" } else { "" }
 }
 
 async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -534,7 +550,10 @@ async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) 
             (header::LOCATION, "/login".to_string()),
             (
                 header::SET_COOKIE,
-                format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+                format!(
+                    "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+                    secure_attribute(&headers)
+                ),
             ),
         ],
     )
