@@ -2429,12 +2429,10 @@ async fn a_connection_test_answered_by_a_web_page_fails_naming_what_answered() {
     let e = c.connector.test().await.unwrap_err();
     assert_eq!(e.code().as_str(), "NOT_FOUND");
     assert_eq!(e.upstream_status, Some(200));
-    assert!(
-        e.message
-            .contains("/maximo/api/os/mxapiwo answered 200 with text/html")
-            && e.message.contains("check the base URL"),
-        "{}",
-        e.message
+    assert_eq!(
+        e.message,
+        "GET /maximo/api/os/mxapiwo answered 200 with text/html; charset=utf-8 (43 bytes), \
+         where IBM Maximo Manage (REST API, mxapiwo / mxapiasset) answers with JSON: check the base URL"
     );
     // The real system passes.
     let emu = maximo::start(1).await;

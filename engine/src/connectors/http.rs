@@ -650,7 +650,7 @@ impl HttpConnector {
                 "test",
                 Some(resp.status),
                 format!(
-                    "{} {} answered {} with {kind} ({} bytes), not the JSON of a {} API: check the base URL",
+                    "{} {} answered {} with {kind} ({} bytes), where {} answers with JSON: check the base URL",
                     method_name(self.test.method),
                     url.path(),
                     resp.status,
