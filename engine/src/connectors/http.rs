@@ -493,7 +493,7 @@ impl HttpConnector {
                 if matches!(url.scheme(), "http" | "https") {
                     guard
                         .check_url(url.as_str())
-                        .map_err(|e| err(format!("parameter `{name}`: {}", guard_text(&e))))?;
+                        .map_err(|e| err(format!("parameter `{name}`: {}", e.for_any_url())))?;
                 }
             }
             builder = builder.dns_resolver(Arc::new(GuardedResolver::new(guard.clone())));
@@ -985,7 +985,7 @@ impl HttpConnector {
                     None,
                     "auth",
                     None,
-                    format!("token URL: {}", guard_text(&e)),
+                    format!("token URL: {}", e.for_any_url()),
                 )
             })?;
         }
@@ -2281,11 +2281,6 @@ fn remote_id_in_url(url: &str) -> Option<String> {
         .ok()?
         .into_owned();
     (!key.is_empty()).then_some(key)
-}
-
-/// A guard refusal in a connection's words (the guard speaks of webhooks).
-fn guard_text(e: &crate::webhooks::ssrf::GuardError) -> String {
-    e.to_string().replace("webhook URL", "URL")
 }
 
 fn method_name(m: Method) -> &'static str {

@@ -55,18 +55,6 @@ use serde_json::{Map, Value, json};
 use super::{StepError, StepErrorKind, StepRuntime};
 use crate::connectors::definition::parse_status_pattern;
 use crate::expr::Template;
-
-/// Request headers whose values are credentials: kept as `[redacted]` in
-/// the step's recorded input (names lowercase, as `HeaderName` has them).
-const SENSITIVE_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-    "api-key",
-    "apikey",
-    "x-auth-token",
-];
 use crate::expr::types::Type;
 use crate::flow::check::Checker;
 use crate::path;
@@ -147,6 +135,18 @@ enum Body {
     Bytes(Template),
 }
 
+/// Request headers whose values are credentials: kept as `[redacted]` in
+/// the step's recorded input (names lowercase, as `HeaderName` has them).
+const SENSITIVE_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "apikey",
+    "x-auth-token",
+];
+
 /// A compiled `http` step.
 #[derive(Debug)]
 pub struct CompiledHttp {
@@ -168,7 +168,7 @@ pub struct CompiledHttp {
 /// How long a request of an `http` step without a `timeout` may take, from
 /// connecting to the answer's last byte: `SLUICE_HTTP_TIMEOUT` (e.g. `90s`),
 /// 60 s by default. A server that accepts and never answers fails the
-/// attempt (retryable) instead of holding the run.
+/// attempt instead of holding the run.
 /// `0s` sets no limit; a value that does not parse is reported and the
 /// default used.
 fn default_timeout() -> Option<Duration> {
@@ -520,7 +520,7 @@ impl CompiledHttp {
         let (policy, client) = client().as_ref().map_err(|e| invalid(e.clone()))?;
         let mut url = policy
             .check_url(&url_text)
-            .map_err(|e| invalid(e.to_string().replace("webhook URL", "URL")))?;
+            .map_err(|e| invalid(e.for_any_url()))?;
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(&query);
         }

@@ -80,17 +80,13 @@ impl QueryTemplate {
         let mut text = Vec::new();
         let mut holes = Vec::new();
         let mut quote: Option<char> = None;
-        let mut rest = query;
-        while let Some(start) = rest.find(crate::expr::OPEN) {
-            let inner_start = start + crate::expr::OPEN.len();
-            let Some(len) = rest[inner_start..].find(crate::expr::CLOSE) else {
-                break;
-            };
-            let piece = &rest[..start];
+        let mut from = 0;
+        for (inner_start, raw) in crate::expr::embedded_expressions(query) {
+            let piece = &query[from..inner_start - crate::expr::OPEN.len()];
             quote = quote_after(quote, piece);
             text.push(piece.to_string());
+            from = inner_start + raw.len() + crate::expr::CLOSE.len();
             // `${{- x -}}`: the dashes are whitespace control, not a minus.
-            let raw = &rest[inner_start..inner_start + len];
             let raw = raw.strip_prefix('-').unwrap_or(raw);
             let raw = raw.strip_suffix('-').unwrap_or(raw);
             let inner = raw.trim();
@@ -103,19 +99,30 @@ impl QueryTemplate {
                 )))?,
                 quote,
             });
-            rest = &rest[inner_start + len + crate::expr::CLOSE.len()..];
         }
-        text.push(rest.to_string());
+        text.push(query[from..].to_string());
         Ok(QueryTemplate { text, holes })
+    }
+
+    /// The query text with `put` writing each expression's place.
+    fn fill<E>(
+        &self,
+        mut put: impl FnMut(&mut String, &Hole) -> Result<(), E>,
+    ) -> Result<String, E> {
+        let mut out = String::new();
+        for (piece, hole) in self.text.iter().zip(&self.holes) {
+            out.push_str(piece);
+            put(&mut out, hole)?;
+        }
+        out.push_str(self.text.last().map_or("", String::as_str));
+        Ok(out)
     }
 
     /// The query with each expression's value in place as a literal.
     fn render(&self, ctx: &minijinja::Value) -> Result<String, StepError> {
-        let mut out = String::new();
-        for (piece, hole) in self.text.iter().zip(&self.holes) {
-            out.push_str(piece);
+        self.fill(|out, hole| {
             let value = hole.expr.eval(ctx)?;
-            literal(&mut out, &value, hole.quote).map_err(|shape| {
+            literal(out, &value, hole.quote).map_err(|shape| {
                 StepError::new(
                     StepErrorKind::Validation,
                     format!(
@@ -124,22 +131,21 @@ impl QueryTemplate {
                         hole.source
                     ),
                 )
-            })?;
-        }
-        out.push_str(self.text.last().map_or("", String::as_str));
-        Ok(out)
+            })
+        })
     }
 
     /// The query with a stand-in for each value, to check its syntax before
     /// any run.
     fn sample(&self) -> String {
-        let mut out = String::new();
-        for (piece, hole) in self.text.iter().zip(&self.holes) {
-            out.push_str(piece);
+        let stand_in = |out: &mut String, hole: &Hole| {
             out.push_str(if hole.quote.is_some() { "x" } else { "0" });
+            Ok::<(), std::convert::Infallible>(())
+        };
+        match self.fill(stand_in) {
+            Ok(text) => text,
+            Err(never) => match never {},
         }
-        out.push_str(self.text.last().map_or("", String::as_str));
-        out
     }
 }
 

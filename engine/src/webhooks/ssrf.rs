@@ -51,6 +51,14 @@ pub enum GuardError {
     },
 }
 
+impl GuardError {
+    /// The refusal in words that fit any URL (an `http` step's, a
+    /// connection's), not only a webhook endpoint's.
+    pub fn for_any_url(&self) -> String {
+        self.to_string().replace("webhook URL", "URL")
+    }
+}
+
 /// What the guard lets through.
 #[derive(Debug, Clone, Default)]
 pub struct GuardPolicy {

@@ -327,7 +327,7 @@ async fn guard_link_address(base: &str) -> Result<(), String> {
     let policy = GuardPolicy::for_connect_links()?;
     let url = policy
         .check_url(base)
-        .map_err(|e| format!("The address is refused: {e}"))?;
+        .map_err(|e| format!("The address is refused: {}", e.for_any_url()))?;
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port_or_known_default().unwrap_or(443);
     let addrs = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
@@ -336,7 +336,7 @@ async fn guard_link_address(base: &str) -> Result<(), String> {
     for addr in addrs {
         policy
             .check_ip(&host, addr.ip())
-            .map_err(|e| format!("The address is refused: {e}"))?;
+            .map_err(|e| format!("The address is refused: {}", e.for_any_url()))?;
     }
     Ok(())
 }
